@@ -1,0 +1,245 @@
+//! `gatewarden demo`: the main job end to end on embedded defaults. A temporary data folder,
+//! a synthetic population, the import, a real `gatewarden serve` child process on loopback
+//! with fresh certificates, the fleet load generator over real QUIC, the report, the plot and
+//! a clean shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gatewarden::clock::{Clock, SystemClock};
+use gatewarden::server::certs::{CertDir, ensure_dev_certs};
+use gatewarden_loadgen::population::{PopulationConfig, generate};
+use gatewarden_loadgen::run::{Profile, RunConfig};
+use gatewarden_protocol::GateId;
+
+/// Arguments of `gatewarden demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// Enrolled people in the synthetic population.
+    #[arg(long, default_value_t = 100_000)]
+    subjects: usize,
+    /// Simulated gates, each its own QUIC connection and certificate.
+    #[arg(long, default_value_t = 1_000)]
+    gates: u32,
+    /// Markets the gates and people are spread over.
+    #[arg(long, default_value_t = 10)]
+    markets: u32,
+    /// Peak arrival rate of the rush-hour curve, events per second (whole fleet).
+    #[arg(long, default_value_t = 2_000.0)]
+    rate: f64,
+    /// Length of the load run, e.g. 60s or 2m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Arrival profile: rush (ramp to the peak and back), constant or poisson.
+    #[arg(long, default_value = "rush")]
+    profile: String,
+    /// Fraction of requests that are deliberately bad (malformed, NaN, replays, ...).
+    #[arg(long, default_value_t = 0.0)]
+    bad_input: f64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the latency-over-time plot (SVG) here.
+    #[arg(long, default_value = "gatewarden-demo.svg")]
+    plot: PathBuf,
+    /// Use (and keep) this data folder instead of a temporary one.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Seed of the synthetic population and arrivals.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    gatewarden::clock::parse_duration_ms(s)
+        .map(Duration::from_millis)
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
+    super::init_logging("warn");
+    let profile = match args.profile.as_str() {
+        "rush" => Profile::Rush,
+        "constant" => Profile::Constant,
+        "poisson" => Profile::Poisson,
+        other => bail!("unknown profile {other:?}: use rush, constant or poisson"),
+    };
+    anyhow::ensure!(args.gates > 0 && args.subjects > 0, "--gates and --subjects must be positive");
+    let (dir, temporary) = match &args.keep {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("gatewarden-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    let result = run_in(&args, &dir, profile);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
+    let clock = SystemClock;
+    let t0 = clock.instant();
+    let step = |what: &str| eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
+
+    step(&format!("population: {} people, {} gates, {} markets", args.subjects, args.gates, args.markets));
+    let population = dir.join("population");
+    generate(
+        &PopulationConfig {
+            subjects: args.subjects,
+            markets: args.markets,
+            gates: args.gates,
+            dim: 512,
+            seed: args.seed,
+            model: "demo-face-v1".to_owned(),
+            now: clock.now(),
+        },
+        &population,
+    )?;
+
+    step("import: gates, people, health records, face templates");
+    std::fs::write(
+        dir.join(gatewarden::config::CONFIG_FILE),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .context("cannot write the demo configuration")?;
+    import_population(dir, &population)?;
+
+    step(&format!("certificates: fleet CA, server, admin, {} gates", args.gates));
+    ensure_dev_certs(&CertDir(dir.join("certs")), (1..=args.gates).map(GateId))?;
+
+    step("server: starting `gatewarden serve` on loopback");
+    let mut server = ServerProcess::start(dir)?;
+    let setup_s = t0.elapsed().as_secs_f64();
+    step(&format!("server listening on {} (set-up took {setup_s:.1} s); load starts", server.addr));
+
+    let cpu_before = server.cpu_seconds();
+    let report = gatewarden_loadgen::run::run(&RunConfig {
+        target: server.addr,
+        server_name: "localhost".to_owned(),
+        certs: dir.join("certs"),
+        population: population.clone(),
+        gates: args.gates,
+        rate: args.rate,
+        profile,
+        duration: args.duration,
+        max_events: None,
+        bad_input: args.bad_input,
+        seed: args.seed,
+        progress: true,
+        ..RunConfig::default()
+    });
+    let server_cpu = server.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    step("load finished; shutting the server down");
+    let clean = server.stop()?;
+    let report = report?;
+
+    println!("{}", report.summary());
+    println!(
+        "set-up before load: {setup_s:.1} s   CPU during load: server {}, load generator {:.1} s",
+        server_cpu.map_or("n/a".to_owned(), |s| format!("{s:.1} s")),
+        report.cpu_s
+    );
+    println!("server shutdown: {}", if clean { "clean" } else { "NOT clean" });
+    report.write_plot_svg(&args.plot)?;
+    println!("latency plot: {}", args.plot.display());
+    if let Some(path) = &args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["demo"] = serde_json::json!({
+            "setup_s": setup_s,
+            "server_cpu_s": server_cpu,
+            "loadgen_cpu_s": report.cpu_s,
+            "clean_shutdown": clean,
+            "subjects": args.subjects,
+            "gates": args.gates,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&value)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("json report: {}", path.display());
+    }
+    anyhow::ensure!(clean, "the server did not shut down cleanly");
+    Ok(())
+}
+
+/// Loads the population's registry files and templates through the engine API.
+fn import_population(dir: &Path, population: &Path) -> anyhow::Result<()> {
+    let config = gatewarden::Config::load_from_data_dir(dir)?;
+    let engine = gatewarden::Engine::open(dir, config)?;
+    let store = engine.store();
+    super::import::import_file(store, super::import::Kind::Gates, &population.join("gates.jsonl"))?;
+    super::import::import_file(store, super::import::Kind::Subjects, &population.join("subjects.jsonl"))?;
+    super::import::import_file(store, super::import::Kind::Health, &population.join("health.jsonl"))?;
+    super::enroll::enroll_files(
+        &engine,
+        &population.join("templates.npy"),
+        &population.join("template_subjects.txt"),
+        true,
+    )?;
+    engine.shutdown();
+    Ok(())
+}
+
+/// A `gatewarden serve` child process.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the gatewarden executable")?;
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .arg("--data")
+            .arg(dir)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start gatewarden serve")?;
+        let stdout = child.stdout.take().context("no stdout from server")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("cannot read from the server")?;
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            bail!("the server did not start (it said {line:?}); see its messages above");
+        };
+        let addr = addr.parse().context("server printed an invalid address")?;
+        Ok(Self { child, addr })
+    }
+
+    /// User + system CPU seconds of the child so far (Linux), if readable.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        // Linux reports clock ticks; USER_HZ is 100 on every mainstream configuration.
+        Some((utime + stime) / 100.0)
+    }
+
+    /// Sends SIGTERM and waits; true when the server exited successfully.
+    fn stop(mut self) -> anyhow::Result<bool> {
+        let pid = self.child.id().to_string();
+        let signalled = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !signalled {
+            self.child.kill().context("cannot stop the server")?;
+        }
+        let status = self.child.wait().context("cannot wait for the server")?;
+        Ok(signalled && status.success())
+    }
+}

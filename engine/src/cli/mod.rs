@@ -1,0 +1,84 @@
+//! Command-line front end. Each subcommand lives in its own module and talks to the engine
+//! only through the library API.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cert;
+mod demo;
+mod enroll;
+mod gallery;
+mod import;
+mod query;
+mod search;
+mod serve;
+
+/// gatewarden: face-gate ingestion and matching engine.
+#[derive(Debug, Parser)]
+#[command(name = "gatewarden", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole job end to end: population, import, a real server on loopback, a fleet
+    /// of simulated gates over QUIC, and the report.
+    Demo(demo::DemoArgs),
+    /// Serve gates over QUIC (mutual TLS) from a data folder.
+    Serve(serve::ServeArgs),
+    /// Create a ready data folder: configuration, certificates, empty store, example policy.
+    Init(cert::InitArgs),
+    /// Create development certificates: a fleet CA, the server's, gates' and an admin's.
+    Cert(cert::CertArgs),
+    /// Enroll face templates from a .npy file into the store and the gallery.
+    Enroll(enroll::EnrollArgs),
+    /// Build, inspect and verify gallery segment files.
+    Gallery(gallery::GalleryArgs),
+    /// Exact top-k search of query vectors over a gallery file, with timings.
+    Search(search::SearchArgs),
+    /// Import subjects, gates or health records into a data folder.
+    Import(import::ImportArgs),
+    /// Import the daily health feed (test results, vaccination, codes).
+    Health(import::HealthArgs),
+    /// Query entry records: trajectories, frequency, sign-ins, contacts.
+    Query(query::QueryArgs),
+}
+
+/// Sets up logging to stderr; `RUST_LOG` overrides the default level.
+pub(crate) fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Default data folder of every command.
+pub(crate) const DEFAULT_DATA: &str = "gatewarden-data";
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Init(args) => cert::run_init(args),
+        Command::Cert(args) => cert::run(args),
+        Command::Enroll(args) => enroll::run(args),
+        Command::Health(args) => import::run_health(args),
+        Command::Gallery(args) => gallery::run(args),
+        Command::Search(args) => search::run(args),
+        Command::Import(args) => import::run(args),
+        Command::Query(args) => query::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

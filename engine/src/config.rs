@@ -1,0 +1,283 @@
+//! Typed configuration, read from `DATA/gatewarden.toml`. Every field has a sensible default,
+//! so an empty file (or none) is a working configuration.
+//!
+//! ```toml
+//! [engine]
+//! dim = 512                 # embedding dimension of the face model
+//! model = "demo-face-v1"    # face model id every embedding must come from
+//! precision = "int8"        # gallery scan: "int8" (then exact f32 re-rank) or "f32"
+//! utc_offset_minutes = 480  # the markets' local time (Beijing)
+//! policy = "policy.toml"    # relative to the data folder; absent: the embedded demo policy
+//! queue_capacity = 4096     # events waiting for a matcher; beyond it gates get Busy
+//! workers = 0               # matcher threads; 0 = one per core
+//! max_batch = 64            # events per micro-batch
+//! max_wait_ms = 2           # longest the first event waits for a batch to fill
+//! deadline_ms = 60          # an event queued longer than this gets Busy, not a late verdict
+//! commit_max = 512          # most records per group commit
+//! busy_retry_ms = 50        # base retry hint in Busy replies
+//! compact_after = 50000     # fold the in-memory gallery delta into a segment past this size
+//!
+//! [server]
+//! listen = "127.0.0.1:4433"
+//! certs = "certs"
+//! max_streams_per_gate = 32
+//! keep_alive_ms = 5000
+//! idle_timeout_ms = 30000
+//! stream_read_timeout_ms = 5000
+//! udp_buffer_bytes = 4194304
+//! shutdown_grace_ms = 5000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clock::UtcOffset;
+use crate::gallery::Precision;
+
+/// File name of the configuration inside a data folder.
+pub const CONFIG_FILE: &str = "gatewarden.toml";
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Matching, policy and pipeline.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// The QUIC front.
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// Gallery scan precision as written in the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSetting {
+    /// Full-precision scan.
+    F32,
+    /// Quantized scan with exact re-rank.
+    #[default]
+    Int8,
+}
+
+impl From<PrecisionSetting> for Precision {
+    fn from(p: PrecisionSetting) -> Self {
+        match p {
+            PrecisionSetting::F32 => Self::F32,
+            PrecisionSetting::Int8 => Self::Int8,
+        }
+    }
+}
+
+/// Engine settings. See the module docs for each field's meaning and default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)] // documented in the module-level example
+pub struct EngineConfig {
+    pub dim: usize,
+    pub model: String,
+    pub precision: PrecisionSetting,
+    pub utc_offset_minutes: i32,
+    pub policy: Option<PathBuf>,
+    pub queue_capacity: usize,
+    pub workers: usize,
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+    pub deadline_ms: u64,
+    pub commit_max: usize,
+    pub busy_retry_ms: u32,
+    pub compact_after: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            dim: 512,
+            model: "demo-face-v1".to_owned(),
+            precision: PrecisionSetting::Int8,
+            utc_offset_minutes: 480,
+            policy: None,
+            queue_capacity: 4096,
+            workers: 0,
+            max_batch: 64,
+            max_wait_ms: 2,
+            deadline_ms: 60,
+            commit_max: 512,
+            busy_retry_ms: 50,
+            compact_after: 50_000,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The markets' local time zone.
+    pub fn utc_offset(&self) -> UtcOffset {
+        UtcOffset(self.utc_offset_minutes)
+    }
+
+    /// Matcher threads to run: the configured count, or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, usize::from)
+        }
+    }
+
+    /// The longest an event may wait in the queue.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.dim == 0 || self.dim > usize::from(u16::MAX) {
+            return bad("engine.dim", format!("{} is not in 1..=65535", self.dim));
+        }
+        if self.model.is_empty() {
+            return bad("engine.model", "must not be empty".to_owned());
+        }
+        if !(-840..=840).contains(&self.utc_offset_minutes) {
+            return bad(
+                "engine.utc_offset_minutes",
+                format!("{} is not in -840..=840", self.utc_offset_minutes),
+            );
+        }
+        if self.queue_capacity == 0 || self.max_batch == 0 || self.commit_max == 0 {
+            return bad(
+                "engine",
+                "queue_capacity, max_batch and commit_max must be at least 1".to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// QUIC front settings. See the module docs for each field's meaning and default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)] // documented in the module-level example
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub certs: PathBuf,
+    pub max_streams_per_gate: u32,
+    pub keep_alive_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub stream_read_timeout_ms: u64,
+    pub udp_buffer_bytes: usize,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            certs: PathBuf::from("certs"),
+            max_streams_per_gate: 32,
+            keep_alive_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            stream_read_timeout_ms: 5_000,
+            udp_buffer_bytes: 4 << 20,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config value {field}: {reason}")]
+    Invalid {
+        /// The key.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Parses a configuration from TOML text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// Syntax errors, unknown keys and out-of-range values.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })?;
+        config.engine.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `DATA/gatewarden.toml`; a missing file gives the defaults.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file.
+    pub fn load_from_data_dir(data: &Path) -> Result<Self, ConfigError> {
+        let path = data.join(CONFIG_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_toml(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.engine.dim, 512);
+        assert_eq!(c.server.listen.port(), 4433);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let err = Config::from_toml("[engine]\ndimm = 3\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("dimm"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_refused() {
+        let err = Config::from_toml("[engine]\ndim = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("engine.dim"), "{err}");
+    }
+
+    #[test]
+    fn doc_example_parses() {
+        let doc = include_str!("config.rs");
+        let start = doc.find("//! ```toml").unwrap();
+        let end = start + doc[start..].find("//! ```\n").unwrap();
+        let text: String = doc[start..end]
+            .lines()
+            .skip(1)
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        Config::from_toml(&text, Path::new("doc.toml")).unwrap();
+    }
+}

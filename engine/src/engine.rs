@@ -1,0 +1,614 @@
+//! The library API: [`Engine`]. The server, the CLI and the demo use only this; a program that
+//! embeds gatewarden gets the same.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use gatewarden_protocol::{
+    Enroll, EnrollAck, ErrorCode, ErrorReply, Event, MarketId, Revoke, RevokeAck, SubjectId,
+    UnixMillis, UpdateHealth, UpdateHealthAck,
+};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, EngineConfig};
+use crate::error::Error;
+use crate::gallery::{GalleryOptions, LiveGallery};
+use crate::pipeline::tally::{Observation, Tally};
+use crate::pipeline::{BatchPolicy, Job, Pipeline, PipelineSizes, Reply, Shared, StatsSnapshot};
+use crate::policy::PolicyBook;
+use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow, Store};
+
+/// Templates inserted into the gallery per snapshot swap when loading from the store.
+const LOAD_CHUNK: usize = 4096;
+
+/// A running engine: store, gallery, policy and pipeline over one data folder.
+///
+/// ```no_run
+/// # fn main() -> Result<(), gatewarden::Error> {
+/// let engine = gatewarden::Engine::open("gatewarden-data", gatewarden::Config::default())?;
+/// println!("{} subjects enrolled", engine.store().subject_count());
+/// engine.shutdown();
+/// # Ok(()) }
+/// ```
+pub struct Engine {
+    shared: Arc<Shared>,
+    pipeline: RwLock<Pipeline>,
+    config: EngineConfig,
+    data_dir: PathBuf,
+    /// Serializes enrollments so the duplicate check sees every earlier template.
+    enroll_lock: Mutex<()>,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data folder and starts the pipeline.
+    ///
+    /// # Errors
+    /// An unusable store, gallery, policy or configuration, each with a message that says what
+    /// is wrong.
+    pub fn open(data_dir: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
+        Self::open_with_clock(data_dir, config, Arc::new(SystemClock))
+    }
+
+    /// [`Engine::open`] with an explicit clock (tests drive a `ManualClock`).
+    ///
+    /// # Errors
+    /// As [`Engine::open`].
+    pub fn open_with_clock(
+        data_dir: impl AsRef<Path>,
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        let data_dir = data_dir.as_ref().to_owned();
+        create_private_dir(&data_dir)?;
+        let cfg = config.engine;
+        let store = Arc::new(Store::open(&data_dir.join("store"))?);
+        let gallery = Arc::new(LiveGallery::open(
+            &data_dir.join("gallery"),
+            GalleryOptions::new(cfg.dim, cfg.precision.into()),
+        )?);
+        load_templates(&store, &gallery)?;
+        let policies = match &cfg.policy {
+            Some(path) => PolicyBook::load(&data_dir.join(path))?,
+            None => PolicyBook::demo(),
+        };
+        let offset = cfg.utc_offset();
+        let tally = rebuild_tally(&store, clock.now(), offset)?;
+        let shared = Arc::new(Shared {
+            store,
+            gallery,
+            policies: ArcSwap::from_pointee(policies),
+            tally: Mutex::new(tally),
+            stats: Default::default(),
+            clock,
+            offset,
+            inflight: DashMap::new(),
+            committed_seq: DashMap::new(),
+            busy_retry_ms: cfg.busy_retry_ms,
+        });
+        let sizes = PipelineSizes {
+            queue_capacity: cfg.queue_capacity,
+            workers: cfg.worker_count(),
+            batch: BatchPolicy::new(
+                cfg.max_batch,
+                std::time::Duration::from_millis(cfg.max_wait_ms),
+            ),
+            commit_max: cfg.commit_max,
+        };
+        let pipeline = Pipeline::start(Arc::clone(&shared), sizes)?;
+        tracing::info!(
+            subjects = shared.store.subject_count(),
+            templates = shared.gallery.len(),
+            workers = sizes.workers,
+            "engine open"
+        );
+        Ok(Self {
+            shared,
+            pipeline: RwLock::new(pipeline),
+            config: cfg,
+            data_dir,
+            enroll_lock: Mutex::new(()),
+        })
+    }
+
+    /// Submits one event. The returned [`Submission`] is both a future (`.await` it) and a
+    /// blocking handle ([`Submission::wait`]). Invalid events, replays of recorded events and
+    /// overload are answered at once; others after their record is durable.
+    pub fn submit(&self, event: Event) -> Submission {
+        match self.admit_to_queue(event) {
+            Ok(rx) => Submission(State::Waiting(rx)),
+            Err(reply) => Submission(State::Ready(Some(reply))),
+        }
+    }
+
+    /// Submits and waits for the reply.
+    pub fn submit_blocking(&self, event: Event) -> Reply {
+        self.submit(event).wait()
+    }
+
+    fn admit_to_queue(&self, event: Event) -> Result<oneshot::Receiver<Reply>, Reply> {
+        let shared = &self.shared;
+        let gate = shared.store.gate(event.gate).ok_or_else(|| {
+            refuse(ErrorCode::UnknownGate, format!("gate {} is not registered", event.gate))
+        })?;
+        self.check_face(&event)?;
+        let key = (event.gate, event.seq);
+        if shared.inflight.insert(key, ()).is_some() {
+            // The same key is being decided right now; its retry will find the record.
+            let (depth, capacity) = self.queue_fill();
+            return Err(Reply::Busy(shared.busy(depth, capacity)));
+        }
+        if let Some(reply) = self.recorded_reply(&event) {
+            shared.inflight.remove(&key);
+            return Err(reply);
+        }
+        let (tx, rx) = oneshot::channel();
+        let now = shared.clock.instant();
+        let job = Job {
+            event,
+            gate,
+            enqueued: now,
+            deadline: now + self.config.deadline(),
+            reply: tx,
+        };
+        self.pipeline
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .enqueue(job);
+        Ok(rx)
+    }
+
+    /// The recorded verdict of an already-committed `(gate, seq)`, if any. Sequence numbers
+    /// above the gate's highest committed one are new and cost no lookup.
+    fn recorded_reply(&self, event: &Event) -> Option<Reply> {
+        let shared = &self.shared;
+        let known_new = shared
+            .committed_seq
+            .get(&event.gate)
+            .is_some_and(|hwm| event.seq > *hwm);
+        if known_new {
+            return None;
+        }
+        match shared.store.verdict_for(event.gate, event.seq) {
+            Ok(Some(mut verdict)) => {
+                shared
+                    .stats
+                    .replayed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                verdict.replayed = true;
+                Some(Reply::Verdict(verdict))
+            }
+            Ok(None) => None,
+            Err(e) => Some(Shared::internal_error(format!(
+                "cannot read the entry log ({e}); retry with the same seq"
+            ))),
+        }
+    }
+
+    fn check_face(&self, event: &Event) -> Result<(), Reply> {
+        let Some(face) = &event.face else {
+            return Ok(());
+        };
+        if face.model != self.config.model {
+            return Err(refuse(
+                ErrorCode::UnknownModel,
+                format!(
+                    "face model {:?} is not the gallery's model {:?}",
+                    face.model, self.config.model
+                ),
+            ));
+        }
+        if face.embedding.len() != self.config.dim {
+            return Err(refuse(
+                ErrorCode::DimensionMismatch,
+                format!(
+                    "embedding has {} values; the gallery's dimension is {}",
+                    face.embedding.len(),
+                    self.config.dim
+                ),
+            ));
+        }
+        if face.embedding.iter().any(|v| !v.is_finite()) {
+            return Err(refuse(
+                ErrorCode::InvalidValue,
+                "embedding contains a non-finite value".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn queue_fill(&self) -> (usize, usize) {
+        self.pipeline
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queue_fill()
+    }
+
+    /// Enrolls (or updates) a person and adds their templates. A template whose face already
+    /// matches another person above the identify threshold is not added: it is reported in
+    /// `duplicate_of` for staff to resolve.
+    ///
+    /// # Errors
+    /// Wrong model or dimension, non-finite values, or a store failure.
+    pub fn enroll(&self, request: &Enroll) -> Result<EnrollAck, Error> {
+        let _guard = self.enroll_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        for t in &request.templates {
+            self.validate_template(&t.model, &t.embedding)?;
+        }
+        let subject = request.subject.subject;
+        self.shared
+            .store
+            .upsert_subjects(std::slice::from_ref(&request.subject))?;
+        let rows: Vec<(SubjectId, &[f32])> = request
+            .templates
+            .iter()
+            .map(|t| (subject, t.embedding.as_slice()))
+            .collect();
+        let report = self.add_templates_checked(&rows, true)?;
+        Ok(EnrollAck {
+            subject,
+            templates_added: u32::try_from(report.added).unwrap_or(u32::MAX),
+            duplicate_of: report.duplicates.first().map(|d| d.existing),
+        })
+    }
+
+    /// Adds many templates at once (the bulk importer). With `check_duplicates`, each template
+    /// is searched against the gallery as it was before this call; one that matches another
+    /// person above the identify threshold is skipped and reported.
+    ///
+    /// # Errors
+    /// Wrong dimension, non-finite values, unknown subjects, or a store failure.
+    pub fn enroll_templates(
+        &self,
+        rows: &[(SubjectId, &[f32])],
+        check_duplicates: bool,
+    ) -> Result<BulkEnrollReport, Error> {
+        let _guard = self.enroll_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        for (subject, v) in rows {
+            self.validate_template(&self.config.model, v)?;
+            if self.shared.store.subject(*subject).is_none() {
+                return Err(Error::Invalid(format!(
+                    "subject {subject} is not in the registry; import subjects first"
+                )));
+            }
+        }
+        self.add_templates_checked(rows, check_duplicates)
+    }
+
+    fn add_templates_checked(
+        &self,
+        rows: &[(SubjectId, &[f32])],
+        check_duplicates: bool,
+    ) -> Result<BulkEnrollReport, Error> {
+        let mut report = BulkEnrollReport::default();
+        let keep: Vec<(SubjectId, &[f32])> = if check_duplicates {
+            self.drop_duplicates(rows, &mut report)
+        } else {
+            rows.to_vec()
+        };
+        let model = self.config.model.as_str();
+        let store_rows: Vec<(SubjectId, &str, &[f32])> =
+            keep.iter().map(|(s, v)| (*s, model, *v)).collect();
+        let ids = self.shared.store.add_templates(&store_rows)?;
+        let gallery_rows: Vec<(u64, SubjectId, &[f32])> = ids
+            .iter()
+            .zip(&keep)
+            .map(|(id, (s, v))| (*id, *s, *v))
+            .collect();
+        self.shared.gallery.insert_batch(&gallery_rows)?;
+        report.added = gallery_rows.len();
+        Ok(report)
+    }
+
+    /// Splits off templates that already match another person in the gallery.
+    fn drop_duplicates<'a>(
+        &self,
+        rows: &[(SubjectId, &'a [f32])],
+        report: &mut BulkEnrollReport,
+    ) -> Vec<(SubjectId, &'a [f32])> {
+        let snapshot = self.shared.gallery.snapshot();
+        if snapshot.len() == 0 {
+            return rows.to_vec();
+        }
+        let threshold = self.shared.policies.load().for_market(MarketId(0)).identify_threshold();
+        let mut keep = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(256) {
+            let queries: Vec<&[f32]> = chunk.iter().map(|(_, v)| *v).collect();
+            for ((subject, v), found) in chunk.iter().zip(snapshot.identify_batch(&queries)) {
+                let clash = [found.best, found.runner_up]
+                    .into_iter()
+                    .flatten()
+                    .find(|(other, score)| other != subject && *score >= threshold);
+                match clash {
+                    Some((existing, score)) => report.duplicates.push(Duplicate {
+                        subject: *subject,
+                        existing,
+                        score,
+                    }),
+                    None => keep.push((*subject, *v)),
+                }
+            }
+        }
+        keep
+    }
+
+    fn validate_template(&self, model: &str, v: &[f32]) -> Result<(), Error> {
+        if model != self.config.model {
+            return Err(Error::Invalid(format!(
+                "template model {model:?} is not the gallery's model {:?}",
+                self.config.model
+            )));
+        }
+        if v.len() != self.config.dim {
+            return Err(Error::Invalid(format!(
+                "template has {} values; the gallery's dimension is {}",
+                v.len(),
+                self.config.dim
+            )));
+        }
+        if v.iter().any(|x| !x.is_finite()) || v.iter().all(|x| *x == 0.0) {
+            return Err(Error::Invalid(
+                "template has non-finite values or is all zeros".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies a batch of health records (idempotent upserts).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn update_health(&self, request: &UpdateHealth) -> Result<UpdateHealthAck, Error> {
+        Ok(self.shared.store.upsert_health(&request.records)?)
+    }
+
+    /// Revokes a person everywhere. Their templates stay in the gallery so that their face is
+    /// still recognised, and refused by name, rather than mistaken for someone else.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn revoke(&self, request: &Revoke) -> Result<RevokeAck, Error> {
+        let now = self.shared.clock.now();
+        let revoked = self
+            .shared
+            .store
+            .revoke(request.subject, &request.reason, now)?;
+        Ok(RevokeAck {
+            subject: request.subject,
+            revoked,
+        })
+    }
+
+    /// A person's entries across every market.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn trajectory(
+        &self,
+        subject: SubjectId,
+        since: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Vec<EntryRow>, Error> {
+        Ok(self.shared.store.trajectory(subject, since, until)?)
+    }
+
+    /// Admitted entries per person at a market in a time range, most first.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn frequency(
+        &self,
+        market: MarketId,
+        since: UnixMillis,
+        until: UnixMillis,
+        min: u32,
+    ) -> Result<Vec<FrequencyRow>, Error> {
+        Ok(self.shared.store.frequency(market, since, until, min)?)
+    }
+
+    /// Staff sign-ins at a market in a time range.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn signins(
+        &self,
+        market: MarketId,
+        since: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Vec<SignInRow>, Error> {
+        Ok(self.shared.store.signins(market, since, until)?)
+    }
+
+    /// Everyone admitted to the same market within `window_ms` of the person's visits.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn contacts(
+        &self,
+        subject: SubjectId,
+        window_ms: u64,
+        since: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Vec<ContactRow>, Error> {
+        Ok(self.shared.store.contacts(subject, window_ms, since, until)?)
+    }
+
+    /// The registry and entry log, for imports and ad-hoc queries.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The live gallery.
+    pub fn gallery(&self) -> &LiveGallery {
+        &self.shared.gallery
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Replaces the policy book (a reload); events already deciding keep the old one.
+    pub fn set_policies(&self, policies: PolicyBook) {
+        self.shared.policies.store(Arc::new(policies));
+    }
+
+    /// Pipeline counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let (depth, capacity) = self.queue_fill();
+        self.shared.stats.snapshot(depth, capacity)
+    }
+
+    /// Stops taking events, decides and records everything already queued, and joins the
+    /// pipeline's threads. Events submitted afterwards get `ShuttingDown`.
+    pub fn shutdown(&self) {
+        self.pipeline
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shutdown();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The result of a bulk enrollment.
+#[derive(Clone, Debug, Default)]
+pub struct BulkEnrollReport {
+    /// Templates added.
+    pub added: usize,
+    /// Templates refused because the face already belongs to someone else.
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// A template whose face matches another enrolled person.
+#[derive(Clone, Copy, Debug)]
+pub struct Duplicate {
+    /// The person being enrolled.
+    pub subject: SubjectId,
+    /// The person already enrolled with that face.
+    pub existing: SubjectId,
+    /// Their similarity.
+    pub score: f32,
+}
+
+/// A pending reply: `.await` it, or [`wait`](Submission::wait) for it.
+#[must_use = "a submission does nothing unless its reply is awaited"]
+pub struct Submission(State);
+
+enum State {
+    Ready(Option<Reply>),
+    Waiting(oneshot::Receiver<Reply>),
+}
+
+impl Submission {
+    /// Blocks until the reply arrives.
+    pub fn wait(self) -> Reply {
+        match self.0 {
+            State::Ready(reply) => reply.unwrap_or_else(lost_reply),
+            State::Waiting(rx) => rx.recv().unwrap_or_else(|_| lost_reply()),
+        }
+    }
+}
+
+impl Future for Submission {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        match &mut self.0 {
+            State::Ready(reply) => Poll::Ready(reply.take().unwrap_or_else(lost_reply)),
+            State::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| lost_reply())),
+        }
+    }
+}
+
+/// A reply channel closed without an answer: only if a pipeline thread died. The gate retries
+/// and finds the record if there is one.
+fn lost_reply() -> Reply {
+    Shared::internal_error("the engine lost this event's reply; retry with the same seq".to_owned())
+}
+
+fn refuse(code: ErrorCode, message: String) -> Reply {
+    Reply::Error(ErrorReply { code, message })
+}
+
+/// Replays templates the gallery does not have yet from the store (the truth).
+fn load_templates(store: &Store, gallery: &LiveGallery) -> Result<(), Error> {
+    let mut pending: Vec<(u64, SubjectId, Vec<f32>)> = Vec::with_capacity(LOAD_CHUNK);
+    let mut failed = None;
+    store.for_each_template_since(gallery.watermark(), |id, subject, v| {
+        if failed.is_some() {
+            return;
+        }
+        pending.push((id, subject, v.to_vec()));
+        if pending.len() == LOAD_CHUNK {
+            failed = flush_templates(gallery, &mut pending).err();
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    flush_templates(gallery, &mut pending)
+}
+
+fn flush_templates(
+    gallery: &LiveGallery,
+    pending: &mut Vec<(u64, SubjectId, Vec<f32>)>,
+) -> Result<(), Error> {
+    let rows: Vec<(u64, SubjectId, &[f32])> = pending
+        .iter()
+        .map(|(id, s, v)| (*id, *s, v.as_slice()))
+        .collect();
+    gallery.insert_batch(&rows)?;
+    pending.clear();
+    Ok(())
+}
+
+/// Today's counters, rebuilt from today's entry records.
+fn rebuild_tally(
+    store: &Store,
+    now: UnixMillis,
+    offset: crate::clock::UtcOffset,
+) -> Result<Tally, Error> {
+    let mut tally = Tally::default();
+    let (day_start, _) = offset.day_bounds(now);
+    store.for_each_entry_since(day_start, |row| {
+        tally.observe(
+            &Observation {
+                subject: row.subject,
+                market: row.market,
+                mode: row.mode,
+                direction: row.direction,
+                decision: row.decision,
+                at: row.decided_at,
+            },
+            offset,
+        );
+    })?;
+    Ok(tally)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| Error::Io {
+        path: dir.to_owned(),
+        source,
+    })
+}

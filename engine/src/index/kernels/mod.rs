@@ -1,0 +1,456 @@
+//! Scoring kernels and their run-time dispatch.
+//!
+//! A [`Kernels`] value is a table of function pointers for one instruction set ([`Isa`]).
+//! It can only be obtained through [`Kernels::for_isa`], [`Kernels::scalar`],
+//! [`Kernels::detect`], [`Kernels::select`] or [`Kernels::available`], each of which checks
+//! the CPU first, so *holding a table proves the CPU supports it* (memchr's pattern). The
+//! search code copies the table once and calls through it, so the hot loop pays no feature
+//! test, atomic load or branch.
+//!
+//! The kernels score a block of gallery rows against one query ([`F32Block`], [`I8Block`])
+//! or against several queries at once ([`F32Multi`], [`I8Multi`]: each row is loaded once
+//! from memory and used for every query, which turns the memory-bound scan into a
+//! compute-bound one). Block constructors validate every length, so the SIMD code can rely
+//! on them.
+//!
+//! int8 kernels compute the exact integer dot product of codes in `[-127, 127]`; the caller
+//! turns it into an approximate score and an error bound (see [`crate::index::quant`]).
+//!
+//! `GATEWARDEN_ISA=scalar|avx2|avx512|neon` forces a table ([`Kernels::select`] reads it once);
+//! an unknown value or an instruction set the CPU lacks is refused, never silently replaced.
+//!
+//! | Isa | Requires | f32 | int8 |
+//! |---|---|---|---|
+//! | `avx512` | AVX-512 F, BW, VNNI + FMA | 512-bit FMA, 4 accumulators | `vpdpbusd` |
+//! | `avx2` | AVX2 + FMA | 256-bit FMA, 4 accumulators | `vpmaddubsw` sign trick |
+//! | `neon` | aarch64 NEON (always) | `vfmaq_f32` | `vmull_s8` + `vpadalq_s16` |
+//! | `scalar` | nothing | `zip().map().sum()` | same, in i32 |
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+mod scalar;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+#[cfg(target_endian = "big")]
+compile_error!("gatewarden reads little-endian gallery files by mapping them; big-endian hosts are not supported");
+
+/// Environment variable that forces a kernel table.
+pub const ISA_ENV: &str = "GATEWARDEN_ISA";
+
+/// Which instruction set a kernel table targets (reported in stats and logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Isa {
+    /// ARMv8 Advanced SIMD.
+    Aarch64Neon,
+    /// Portable Rust, no SIMD intrinsics: the reference every other table is tested against.
+    Scalar,
+    /// x86-64 AVX2 with FMA.
+    X86Avx2,
+    /// x86-64 AVX-512 (F, BW, VNNI) with FMA.
+    X86Avx512,
+}
+
+impl Isa {
+    /// Every instruction set, in preference order (best first).
+    pub const ALL: [Isa; 4] = [Isa::X86Avx512, Isa::X86Avx2, Isa::Aarch64Neon, Isa::Scalar];
+
+    /// The name used by `GATEWARDEN_ISA` and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Aarch64Neon => "neon",
+            Isa::Scalar => "scalar",
+            Isa::X86Avx2 => "avx2",
+            Isa::X86Avx512 => "avx512",
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Isa {
+    type Err = IsaError;
+
+    fn from_str(s: &str) -> Result<Self, IsaError> {
+        Isa::ALL
+            .into_iter()
+            .find(|isa| isa.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| IsaError::Unknown { value: s.chars().take(32).collect() })
+    }
+}
+
+/// A requested instruction set cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IsaError {
+    /// The name is not one of `scalar`, `avx2`, `avx512`, `neon`.
+    #[error("unknown instruction set {value:?}: use one of auto, scalar, avx2, avx512, neon")]
+    Unknown {
+        /// What was asked for.
+        value: String,
+    },
+    /// The CPU (or this build's target) lacks the instruction set.
+    #[error("this CPU does not support the {isa} kernels; unset {ISA_ENV} or choose another")]
+    Unsupported {
+        /// What was asked for.
+        isa: Isa,
+    },
+}
+
+/// One query against `n` rows of f32 (row `i` starts at `i * stride`).
+#[derive(Clone, Copy)]
+pub struct F32Block<'a> {
+    query: &'a [f32],
+    rows: &'a [f32],
+    stride: usize,
+    n: usize,
+}
+
+impl<'a> F32Block<'a> {
+    /// A block, or `None` unless `stride >= query.len()` and `rows` holds `n` rows.
+    pub fn new(query: &'a [f32], rows: &'a [f32], stride: usize, n: usize) -> Option<Self> {
+        rows_fit(query.len(), rows.len(), stride, n).then_some(Self { query, rows, stride, n })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if the block has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The query.
+    pub fn query(&self) -> &'a [f32] {
+        self.query
+    }
+
+    /// Row `i < len()`, `dim` values.
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.rows[i * self.stride..i * self.stride + self.query.len()]
+    }
+
+    fn truncated(self, n: usize) -> Self {
+        Self { n: self.n.min(n), ..self }
+    }
+}
+
+/// One int8 query against `n` rows of int8 codes (row `i` starts at `i * stride`).
+#[derive(Clone, Copy)]
+pub struct I8Block<'a> {
+    query: &'a [i8],
+    rows: &'a [i8],
+    stride: usize,
+    n: usize,
+}
+
+impl<'a> I8Block<'a> {
+    /// A block, or `None` unless `stride >= query.len()` and `rows` holds `n` rows.
+    pub fn new(query: &'a [i8], rows: &'a [i8], stride: usize, n: usize) -> Option<Self> {
+        rows_fit(query.len(), rows.len(), stride, n).then_some(Self { query, rows, stride, n })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if the block has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The query codes.
+    pub fn query(&self) -> &'a [i8] {
+        self.query
+    }
+
+    /// Row `i < len()`, `dim` codes.
+    pub fn row(&self, i: usize) -> &'a [i8] {
+        &self.rows[i * self.stride..i * self.stride + self.query.len()]
+    }
+
+    fn truncated(self, n: usize) -> Self {
+        Self { n: self.n.min(n), ..self }
+    }
+}
+
+/// `nq` f32 queries (query `j` at `j * qstride`) against `n` rows; output `out[i * nq + j]`.
+#[derive(Clone, Copy)]
+pub struct F32Multi<'a> {
+    queries: &'a [f32],
+    qstride: usize,
+    nq: usize,
+    rows: &'a [f32],
+    stride: usize,
+    n: usize,
+    dim: usize,
+}
+
+impl<'a> F32Multi<'a> {
+    /// A block, or `None` unless both strides are `>= dim` and both slices hold their rows.
+    pub fn new(
+        dim: usize,
+        queries: &'a [f32],
+        qstride: usize,
+        nq: usize,
+        rows: &'a [f32],
+        stride: usize,
+        n: usize,
+    ) -> Option<Self> {
+        (rows_fit(dim, queries.len(), qstride, nq) && rows_fit(dim, rows.len(), stride, n))
+            .then_some(Self { queries, qstride, nq, rows, stride, n, dim })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if the block has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Number of queries.
+    pub fn queries(&self) -> usize {
+        self.nq
+    }
+
+    /// Query `j < queries()`.
+    pub fn query(&self, j: usize) -> &'a [f32] {
+        &self.queries[j * self.qstride..j * self.qstride + self.dim]
+    }
+
+    /// Row `i < len()`.
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.rows[i * self.stride..i * self.stride + self.dim]
+    }
+
+    fn truncated(self, n: usize) -> Self {
+        Self { n: self.n.min(n), ..self }
+    }
+}
+
+/// `nq` int8 queries against `n` rows of int8 codes; output `out[i * nq + j]`.
+#[derive(Clone, Copy)]
+pub struct I8Multi<'a> {
+    queries: &'a [i8],
+    qstride: usize,
+    nq: usize,
+    rows: &'a [i8],
+    stride: usize,
+    n: usize,
+    dim: usize,
+}
+
+impl<'a> I8Multi<'a> {
+    /// A block, or `None` unless both strides are `>= dim` and both slices hold their rows.
+    pub fn new(
+        dim: usize,
+        queries: &'a [i8],
+        qstride: usize,
+        nq: usize,
+        rows: &'a [i8],
+        stride: usize,
+        n: usize,
+    ) -> Option<Self> {
+        (rows_fit(dim, queries.len(), qstride, nq) && rows_fit(dim, rows.len(), stride, n))
+            .then_some(Self { queries, qstride, nq, rows, stride, n, dim })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if the block has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Number of queries.
+    pub fn queries(&self) -> usize {
+        self.nq
+    }
+
+    /// Query `j < queries()`.
+    pub fn query(&self, j: usize) -> &'a [i8] {
+        &self.queries[j * self.qstride..j * self.qstride + self.dim]
+    }
+
+    /// Row `i < len()`.
+    pub fn row(&self, i: usize) -> &'a [i8] {
+        &self.rows[i * self.stride..i * self.stride + self.dim]
+    }
+
+    fn truncated(self, n: usize) -> Self {
+        Self { n: self.n.min(n), ..self }
+    }
+}
+
+/// True if `len` elements hold `n` rows of `dim` values spaced `stride` apart.
+fn rows_fit(dim: usize, len: usize, stride: usize, n: usize) -> bool {
+    if stride < dim {
+        return false;
+    }
+    match n.checked_sub(1) {
+        None => true,
+        Some(last) => last
+            .checked_mul(stride)
+            .and_then(|x| x.checked_add(dim))
+            .is_some_and(|need| need <= len),
+    }
+}
+
+type DotF32 = fn(&[f32], &[f32]) -> f32;
+type ScoreF32 = fn(&F32Block<'_>, &mut [f32]);
+type ScoreI8 = fn(&I8Block<'_>, &mut [i32]);
+type MultiF32 = fn(&F32Multi<'_>, &mut [f32]);
+type MultiI8 = fn(&I8Multi<'_>, &mut [i32]);
+
+/// A table of scoring kernels for one instruction set.
+///
+/// Constructible only through the checked constructors, so holding one proves the CPU
+/// supports [`Kernels::isa`].
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    isa: Isa,
+    dot_f32: DotF32,
+    score_f32: ScoreF32,
+    score_i8: ScoreI8,
+    multi_f32: MultiF32,
+    multi_i8: MultiI8,
+}
+
+impl Kernels {
+    /// The portable table; always available. It is the oracle the others are tested against.
+    pub fn scalar() -> Self {
+        Self {
+            isa: Isa::Scalar,
+            dot_f32: scalar::dot_f32,
+            score_f32: scalar::score_f32,
+            score_i8: scalar::score_i8,
+            multi_f32: scalar::multi_f32,
+            multi_i8: scalar::multi_i8,
+        }
+    }
+
+    /// The table for `isa`, or `None` if this CPU (or build target) lacks it.
+    pub fn for_isa(isa: Isa) -> Option<Self> {
+        match isa {
+            Isa::Scalar => Some(Self::scalar()),
+            #[cfg(target_arch = "x86_64")]
+            Isa::X86Avx2 => x86_64::avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::X86Avx512 => x86_64::avx512(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Aarch64Neon => aarch64::neon(),
+            #[allow(unreachable_patterns)] // which arms exist depends on the target
+            _ => None,
+        }
+    }
+
+    /// Every table this CPU supports, best first (the scalar table is always last).
+    pub fn available() -> impl Iterator<Item = Kernels> {
+        Isa::ALL.into_iter().filter_map(Self::for_isa)
+    }
+
+    /// The best table for this CPU, ignoring `GATEWARDEN_ISA`; detected once and cached.
+    pub fn detect() -> &'static Kernels {
+        static BEST: OnceLock<Kernels> = OnceLock::new();
+        BEST.get_or_init(|| Self::available().next().unwrap_or_else(Self::scalar))
+    }
+
+    /// The table to run with: `GATEWARDEN_ISA` if set (read once; `auto` or empty means
+    /// detect), otherwise the best the CPU supports.
+    ///
+    /// # Errors
+    /// The variable names an unknown instruction set or one this CPU lacks.
+    pub fn select() -> Result<&'static Kernels, IsaError> {
+        static SELECTED: OnceLock<Result<Kernels, IsaError>> = OnceLock::new();
+        SELECTED
+            .get_or_init(|| {
+                let value = std::env::var(ISA_ENV).unwrap_or_default();
+                Self::from_setting(&value)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The table for a configuration value: `auto` (or empty) detects, otherwise the named
+    /// instruction set, refused if unsupported.
+    ///
+    /// # Errors
+    /// Unknown name, or an instruction set this CPU lacks.
+    pub fn from_setting(value: &str) -> Result<Kernels, IsaError> {
+        let value = value.trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("auto") {
+            return Ok(*Self::detect());
+        }
+        let isa: Isa = value.parse()?;
+        Self::for_isa(isa).ok_or(IsaError::Unsupported { isa })
+    }
+
+    /// The instruction set of this table.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Inner product of the common prefix of `a` and `b`.
+    #[inline]
+    pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        (self.dot_f32)(&a[..n], &b[..n])
+    }
+
+    /// Scores the block's rows against its query into `out[..min(len, out.len())]`.
+    #[inline]
+    pub fn score_f32(&self, block: &F32Block<'_>, out: &mut [f32]) {
+        let b = block.truncated(out.len());
+        (self.score_f32)(&b, &mut out[..b.n]);
+    }
+
+    /// Integer dot products of the block's code rows with its query codes.
+    #[inline]
+    pub fn score_i8(&self, block: &I8Block<'_>, out: &mut [i32]) {
+        let b = block.truncated(out.len());
+        (self.score_i8)(&b, &mut out[..b.n]);
+    }
+
+    /// Scores every row against every query: `out[i * nq + j]`, for as many whole rows as
+    /// `out` holds.
+    #[inline]
+    pub fn multi_f32(&self, block: &F32Multi<'_>, out: &mut [f32]) {
+        let b = block.truncated(out.len().checked_div(block.nq).unwrap_or(0));
+        (self.multi_f32)(&b, &mut out[..b.n * b.nq]);
+    }
+
+    /// Integer dot products of every row with every query: `out[i * nq + j]`.
+    #[inline]
+    pub fn multi_i8(&self, block: &I8Multi<'_>, out: &mut [i32]) {
+        let b = block.truncated(out.len().checked_div(block.nq).unwrap_or(0));
+        (self.multi_i8)(&b, &mut out[..b.n * b.nq]);
+    }
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernels").field("isa", &self.isa).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,667 @@
+//! AVX2+FMA and AVX-512 (F, BW, VNNI) kernels.
+//!
+//! Every kernel is a safe `#[target_feature]` function; the only `unsafe` left is (a) the
+//! raw loads, each from a fixed-size array reference or a masked tail whose mask covers
+//! exactly the slice, and (b) one call per table entry, reachable only through a table
+//! that [`avx2`] or [`avx512`] built after detecting the features.
+//!
+//! Shapes (why):
+//! - single query: four independent accumulators per row hide the FMA latency; the scan is
+//!   memory-bound, so the per-row horizontal sum is free;
+//! - several queries: 4 rows x 4 queries register tiles, so each row chunk loaded from L1 is
+//!   used four times; the sixteen partial vectors are reduced together with a transpose-add
+//!   (about 3 instructions per result instead of 8 for sixteen separate reductions);
+//! - int8 on AVX-512: `vpdpbusd` multiplies unsigned by signed bytes, so rows are flipped to
+//!   `r + 128` with one xor and the exact `128 * sum(q)` is subtracted at the end;
+//! - int8 on AVX2: `vpmaddubsw(|q|, sign(r, q))`; with codes in [-127, 127] a pair sum is at
+//!   most 2 * 127 * 127 = 32258, so the i16 saturation never triggers.
+#![allow(unsafe_code)]
+
+use super::{F32Block, F32Multi, I8Block, I8Multi, Isa, Kernels};
+
+/// The AVX2+FMA table, if the CPU has both.
+pub(super) fn avx2() -> Option<Kernels> {
+    let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    ok.then_some(Kernels {
+        isa: Isa::X86Avx2,
+        dot_f32: entry::avx2_dot_f32,
+        score_f32: entry::avx2_score_f32,
+        score_i8: entry::avx2_score_i8,
+        multi_f32: entry::avx2_multi_f32,
+        multi_i8: entry::avx2_multi_i8,
+    })
+}
+
+/// The AVX-512 table, if the CPU has AVX-512 F, BW and VNNI plus FMA.
+pub(super) fn avx512() -> Option<Kernels> {
+    let ok = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("fma");
+    ok.then_some(Kernels {
+        isa: Isa::X86Avx512,
+        dot_f32: entry::avx512_dot_f32,
+        score_f32: entry::avx512_score_f32,
+        score_i8: entry::avx512_score_i8,
+        multi_f32: entry::avx512_multi_f32,
+        multi_i8: entry::avx512_multi_i8,
+    })
+}
+
+/// Safe table entries. Each is installed only by the constructor above that detected its
+/// features, which is what every SAFETY comment below relies on.
+mod entry {
+    use super::{F32Block, F32Multi, I8Block, I8Multi, avx2, avx512};
+
+    macro_rules! entries {
+        ($isa:ident: $($name:ident => $f:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
+            $(
+                pub(super) fn $name($($arg: $ty),*) $(-> $ret)? {
+                    // SAFETY: this entry is only stored in the table that `x86_64::avx2()` or
+                    // `x86_64::avx512()` (the one named like its module) built after
+                    // detecting every feature the callee enables.
+                    unsafe { $isa::$f($($arg),*) }
+                }
+            )*
+        };
+    }
+
+    entries!(avx2:
+        avx2_dot_f32 => dot_f32(a: &[f32], b: &[f32]) -> f32;
+        avx2_score_f32 => score_f32(b: &F32Block<'_>, out: &mut [f32]);
+        avx2_score_i8 => score_i8(b: &I8Block<'_>, out: &mut [i32]);
+        avx2_multi_f32 => multi_f32(b: &F32Multi<'_>, out: &mut [f32]);
+        avx2_multi_i8 => multi_i8(b: &I8Multi<'_>, out: &mut [i32]);
+    );
+    entries!(avx512:
+        avx512_dot_f32 => dot_f32(a: &[f32], b: &[f32]) -> f32;
+        avx512_score_f32 => score_f32(b: &F32Block<'_>, out: &mut [f32]);
+        avx512_score_i8 => score_i8(b: &I8Block<'_>, out: &mut [i32]);
+        avx512_multi_f32 => multi_f32(b: &F32Multi<'_>, out: &mut [f32]);
+        avx512_multi_i8 => multi_i8(b: &I8Multi<'_>, out: &mut [i32]);
+    );
+}
+
+fn scalar_dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
+}
+
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{F32Block, F32Multi, I8Block, I8Multi, scalar_dot_i8};
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load(a: &[f32; 8]) -> __m256 {
+        // SAFETY: `a` is 8 readable f32; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_ps(a.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load_tail(a: &[f32]) -> __m256 {
+        let n = a.len().min(7) as i32;
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+        // SAFETY: the mask enables lanes 0..a.len() (< 8), all inside `a`; vmaskmov does not
+        // touch masked-off lanes, so no byte past the slice is read.
+        unsafe { _mm256_maskload_ps(a.as_ptr(), mask) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load_i8(a: &[i8; 32]) -> __m256i {
+        // SAFETY: `a` is 32 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum_ps(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ac, at) = a[..n].as_chunks::<8>();
+        let (bc, bt) = b[..n].as_chunks::<8>();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let whole = ac.len() / 4 * 4;
+        for (a4, b4) in ac[..whole].chunks_exact(4).zip(bc[..whole].chunks_exact(4)) {
+            for u in 0..4 {
+                acc[u] = _mm256_fmadd_ps(load(&a4[u]), load(&b4[u]), acc[u]);
+            }
+        }
+        for (x, y) in ac[whole..].iter().zip(&bc[whole..]) {
+            acc[0] = _mm256_fmadd_ps(load(x), load(y), acc[0]);
+        }
+        if !at.is_empty() {
+            acc[1] = _mm256_fmadd_ps(load_tail(at), load_tail(bt), acc[1]);
+        }
+        hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn score_f32(b: &F32Block<'_>, out: &mut [f32]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = dot_f32(b.query(), b.row(i));
+        }
+    }
+
+    /// Exact `q . r` for codes in [-127, 127] (sign trick, see the module docs).
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_i8(q: &[i8], r: &[i8]) -> i32 {
+        let n = q.len().min(r.len());
+        let (qc, qt) = q[..n].as_chunks::<32>();
+        let (rc, rt) = r[..n].as_chunks::<32>();
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 2];
+        for (k, (x, y)) in qc.iter().zip(rc).enumerate() {
+            let qv = load_i8(x);
+            let prod = _mm256_maddubs_epi16(_mm256_abs_epi8(qv), _mm256_sign_epi8(load_i8(y), qv));
+            acc[k & 1] = _mm256_add_epi32(acc[k & 1], _mm256_madd_epi16(prod, ones));
+        }
+        hsum_epi32(_mm256_add_epi32(acc[0], acc[1])) + scalar_dot_i8(qt, rt)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn score_i8(b: &I8Block<'_>, out: &mut [i32]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = dot_i8(b.query(), b.row(i));
+        }
+    }
+
+    /// A `R x Q` tile of f32 dot products (R rows starting at `i`, Q queries at `j`).
+    #[target_feature(enable = "avx2,fma")]
+    fn tile_f32<const R: usize, const Q: usize>(
+        b: &F32Multi<'_>,
+        i: usize,
+        j: usize,
+        out: &mut [f32],
+    ) {
+        let rows: [&[f32]; R] = std::array::from_fn(|r| b.row(i + r));
+        let qs: [&[f32]; Q] = std::array::from_fn(|q| b.query(j + q));
+        let mut acc = [[_mm256_setzero_ps(); Q]; R];
+        let rc: [&[[f32; 8]]; R] = std::array::from_fn(|r| rows[r].as_chunks::<8>().0);
+        let qc: [&[[f32; 8]]; Q] = std::array::from_fn(|q| qs[q].as_chunks::<8>().0);
+        let chunks = rows[0].len() / 8;
+        for c in 0..chunks {
+            let rv: [__m256; R] = std::array::from_fn(|r| load(&rc[r][c]));
+            for q in 0..Q {
+                let qv = load(&qc[q][c]);
+                for r in 0..R {
+                    acc[r][q] = _mm256_fmadd_ps(rv[r], qv, acc[r][q]);
+                }
+            }
+        }
+        let tail = chunks * 8;
+        if tail < rows[0].len() {
+            let rv: [__m256; R] = std::array::from_fn(|r| load_tail(&rows[r][tail..]));
+            for q in 0..Q {
+                let qv = load_tail(&qs[q][tail..]);
+                for r in 0..R {
+                    acc[r][q] = _mm256_fmadd_ps(rv[r], qv, acc[r][q]);
+                }
+            }
+        }
+        let nq = b.queries();
+        for r in 0..R {
+            for q in 0..Q {
+                out[(i + r) * nq + j + q] = hsum_ps(acc[r][q]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn multi_f32(b: &F32Multi<'_>, out: &mut [f32]) {
+        let (n, nq) = (b.len(), b.queries());
+        let mut i = 0;
+        while i + 2 <= n {
+            let mut j = 0;
+            while j + 4 <= nq {
+                tile_f32::<2, 4>(b, i, j, out);
+                j += 4;
+            }
+            while j < nq {
+                tile_f32::<2, 1>(b, i, j, out);
+                j += 1;
+            }
+            i += 2;
+        }
+        if i < n {
+            for j in 0..nq {
+                tile_f32::<1, 1>(b, i, j, out);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn tile_i8<const R: usize, const Q: usize>(b: &I8Multi<'_>, i: usize, j: usize, out: &mut [i32]) {
+        let rows: [&[i8]; R] = std::array::from_fn(|r| b.row(i + r));
+        let qs: [&[i8]; Q] = std::array::from_fn(|q| b.query(j + q));
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); Q]; R];
+        let rc: [&[[i8; 32]]; R] = std::array::from_fn(|r| rows[r].as_chunks::<32>().0);
+        let qc: [&[[i8; 32]]; Q] = std::array::from_fn(|q| qs[q].as_chunks::<32>().0);
+        let chunks = rows[0].len() / 32;
+        for c in 0..chunks {
+            let rv: [__m256i; R] = std::array::from_fn(|r| load_i8(&rc[r][c]));
+            for q in 0..Q {
+                let qv = load_i8(&qc[q][c]);
+                let qa = _mm256_abs_epi8(qv);
+                for r in 0..R {
+                    let p = _mm256_maddubs_epi16(qa, _mm256_sign_epi8(rv[r], qv));
+                    acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(p, ones));
+                }
+            }
+        }
+        let tail = chunks * 32;
+        let nq = b.queries();
+        for r in 0..R {
+            for q in 0..Q {
+                out[(i + r) * nq + j + q] =
+                    hsum_epi32(acc[r][q]) + scalar_dot_i8(&rows[r][tail..], &qs[q][tail..]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn multi_i8(b: &I8Multi<'_>, out: &mut [i32]) {
+        let (n, nq) = (b.len(), b.queries());
+        let mut i = 0;
+        while i + 2 <= n {
+            let mut j = 0;
+            while j + 4 <= nq {
+                tile_i8::<2, 4>(b, i, j, out);
+                j += 4;
+            }
+            while j < nq {
+                tile_i8::<2, 1>(b, i, j, out);
+                j += 1;
+            }
+            i += 2;
+        }
+        if i < n {
+            for j in 0..nq {
+                tile_i8::<1, 1>(b, i, j, out);
+            }
+        }
+    }
+
+}
+
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{F32Block, F32Multi, I8Block, I8Multi};
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn load(a: &[f32; 16]) -> __m512 {
+        // SAFETY: `a` is 16 readable f32; loadu has no alignment requirement.
+        unsafe { _mm512_loadu_ps(a.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn load_tail(a: &[f32]) -> __m512 {
+        let k = ((1u32 << a.len().min(15)) - 1) as __mmask16;
+        // SAFETY: the mask enables lanes 0..a.len() (< 16), all inside `a`; AVX-512 masked
+        // loads suppress faults on masked-off lanes, so nothing past the slice is touched.
+        unsafe { _mm512_maskz_loadu_ps(k, a.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn load_i8(a: &[i8; 64]) -> __m512i {
+        // SAFETY: `a` is 64 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm512_loadu_epi8(a.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn load_i8_tail(a: &[i8]) -> __m512i {
+        let k: __mmask64 = (1u64 << a.len().min(63)) - 1;
+        // SAFETY: the mask enables bytes 0..a.len() (< 64), all inside `a`; masked-off bytes
+        // are not accessed (fault suppression).
+        unsafe { _mm512_maskz_loadu_epi8(k, a.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ac, at) = a[..n].as_chunks::<16>();
+        let (bc, bt) = b[..n].as_chunks::<16>();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let whole = ac.len() / 4 * 4;
+        for (a4, b4) in ac[..whole].chunks_exact(4).zip(bc[..whole].chunks_exact(4)) {
+            for u in 0..4 {
+                acc[u] = _mm512_fmadd_ps(load(&a4[u]), load(&b4[u]), acc[u]);
+            }
+        }
+        for (x, y) in ac[whole..].iter().zip(&bc[whole..]) {
+            acc[0] = _mm512_fmadd_ps(load(x), load(y), acc[0]);
+        }
+        if !at.is_empty() {
+            acc[1] = _mm512_fmadd_ps(load_tail(at), load_tail(bt), acc[1]);
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub(super) fn score_f32(b: &F32Block<'_>, out: &mut [f32]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = dot_f32(b.query(), b.row(i));
+        }
+    }
+
+    /// `sum(q)` over the codes, for the `r + 128` correction.
+    fn code_sum(q: &[i8]) -> i32 {
+        q.iter().map(|&x| i32::from(x)).sum()
+    }
+
+    /// `sum((r + 128) * q)` via `vpdpbusd`; the caller subtracts `128 * sum(q)`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    fn biased_dot_i8(q: &[i8], r: &[i8]) -> i32 {
+        let n = q.len().min(r.len());
+        let (qc, qt) = q[..n].as_chunks::<64>();
+        let (rc, rt) = r[..n].as_chunks::<64>();
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let mut acc = [_mm512_setzero_si512(); 2];
+        for (k, (x, y)) in qc.iter().zip(rc).enumerate() {
+            let ru = _mm512_xor_si512(load_i8(y), flip);
+            acc[k & 1] = _mm512_dpbusd_epi32(acc[k & 1], ru, load_i8(x));
+        }
+        if !qt.is_empty() {
+            // Masked-off bytes load as 0; the row's become 128 after the flip, times q = 0.
+            let ru = _mm512_xor_si512(load_i8_tail(rt), flip);
+            acc[0] = _mm512_dpbusd_epi32(acc[0], ru, load_i8_tail(qt));
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub(super) fn score_i8(b: &I8Block<'_>, out: &mut [i32]) {
+        let bias = 128 * code_sum(b.query());
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = biased_dot_i8(b.query(), b.row(i)) - bias;
+        }
+    }
+
+    /// Lane `m` of the result is the horizontal sum of `acc[m]` (transpose-add, see docs).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn reduce16_ps(acc: &[__m512; 16]) -> __m512 {
+        let pair = |a: __m512, b: __m512| _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let quad = |ab: __m512, cd: __m512| {
+            let (x, y) = (_mm512_castps_pd(ab), _mm512_castps_pd(cd));
+            _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+            )
+        };
+        let u: [__m512; 4] = std::array::from_fn(|g| {
+            let a = &acc[4 * g..4 * g + 4];
+            quad(pair(a[0], a[1]), pair(a[2], a[3]))
+        });
+        let s01 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(u[0], u[1]),
+            _mm512_shuffle_f32x4::<0xDD>(u[0], u[1]),
+        );
+        let s23 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(u[2], u[3]),
+            _mm512_shuffle_f32x4::<0xDD>(u[2], u[3]),
+        );
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(s01, s23),
+            _mm512_shuffle_f32x4::<0xDD>(s01, s23),
+        )
+    }
+
+    /// Integer twin of [`reduce16_ps`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn reduce16_epi32(acc: &[__m512i; 16]) -> __m512i {
+        let pair = |a: __m512i, b: __m512i| {
+            _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+        };
+        let quad = |ab: __m512i, cd: __m512i| {
+            _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd))
+        };
+        let u: [__m512i; 4] = std::array::from_fn(|g| {
+            let a = &acc[4 * g..4 * g + 4];
+            quad(pair(a[0], a[1]), pair(a[2], a[3]))
+        });
+        let s01 = _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0x88>(u[0], u[1]),
+            _mm512_shuffle_i32x4::<0xDD>(u[0], u[1]),
+        );
+        let s23 = _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0x88>(u[2], u[3]),
+            _mm512_shuffle_i32x4::<0xDD>(u[2], u[3]),
+        );
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0x88>(s01, s23),
+            _mm512_shuffle_i32x4::<0xDD>(s01, s23),
+        )
+    }
+
+    /// Accumulates an `R x Q` tile of f32 products over the whole dimension.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn acc_f32<const R: usize, const Q: usize>(
+        rows: &[&[f32]; R],
+        qs: &[&[f32]; Q],
+    ) -> [[__m512; Q]; R] {
+        let mut acc = [[_mm512_setzero_ps(); Q]; R];
+        let (_, tail) = rows[0].as_chunks::<16>();
+        let rc: [&[[f32; 16]]; R] = std::array::from_fn(|r| rows[r].as_chunks::<16>().0);
+        let qc: [&[[f32; 16]]; Q] = std::array::from_fn(|q| qs[q].as_chunks::<16>().0);
+        let chunks = rows[0].len() / 16;
+        for c in 0..chunks {
+            let rv: [__m512; R] = std::array::from_fn(|r| load(&rc[r][c]));
+            for q in 0..Q {
+                let qv = load(&qc[q][c]);
+                for r in 0..R {
+                    acc[r][q] = _mm512_fmadd_ps(rv[r], qv, acc[r][q]);
+                }
+            }
+        }
+        if !tail.is_empty() {
+            let t = chunks * 16;
+            let rv: [__m512; R] = std::array::from_fn(|r| load_tail(&rows[r][t..]));
+            for q in 0..Q {
+                let qv = load_tail(&qs[q][t..]);
+                for r in 0..R {
+                    acc[r][q] = _mm512_fmadd_ps(rv[r], qv, acc[r][q]);
+                }
+            }
+        }
+        acc
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    fn tile4x4_f32(b: &F32Multi<'_>, i: usize, j: usize, out: &mut [f32]) {
+        let rows: [&[f32]; 4] = std::array::from_fn(|r| b.row(i + r));
+        let qs: [&[f32]; 4] = std::array::from_fn(|q| b.query(j + q));
+        let acc = acc_f32::<4, 4>(&rows, &qs);
+        let flat: [__m512; 16] = std::array::from_fn(|m| acc[m / 4][m % 4]);
+        let mut sums = [0f32; 16];
+        store16_ps(&mut sums, reduce16_ps(&flat));
+        let nq = b.queries();
+        for r in 0..4 {
+            out[(i + r) * nq + j..(i + r) * nq + j + 4].copy_from_slice(&sums[4 * r..4 * r + 4]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    fn tile_f32<const R: usize, const Q: usize>(b: &F32Multi<'_>, i: usize, j: usize, out: &mut [f32]) {
+        let rows: [&[f32]; R] = std::array::from_fn(|r| b.row(i + r));
+        let qs: [&[f32]; Q] = std::array::from_fn(|q| b.query(j + q));
+        let acc = acc_f32::<R, Q>(&rows, &qs);
+        let nq = b.queries();
+        for r in 0..R {
+            for q in 0..Q {
+                out[(i + r) * nq + j + q] = _mm512_reduce_add_ps(acc[r][q]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub(super) fn multi_f32(b: &F32Multi<'_>, out: &mut [f32]) {
+        let (n, nq) = (b.len(), b.queries());
+        let mut i = 0;
+        while i + 4 <= n {
+            let mut j = 0;
+            while j + 4 <= nq {
+                tile4x4_f32(b, i, j, out);
+                j += 4;
+            }
+            while j < nq {
+                tile_f32::<4, 1>(b, i, j, out);
+                j += 1;
+            }
+            i += 4;
+        }
+        while i < n {
+            let mut j = 0;
+            while j + 4 <= nq {
+                tile_f32::<1, 4>(b, i, j, out);
+                j += 4;
+            }
+            while j < nq {
+                tile_f32::<1, 1>(b, i, j, out);
+                j += 1;
+            }
+            i += 1;
+        }
+    }
+
+    /// Accumulates an `R x Q` tile of biased int8 products (`(r + 128) * q`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn acc_i8<const R: usize, const Q: usize>(rows: &[&[i8]; R], qs: &[&[i8]; Q]) -> [[__m512i; Q]; R] {
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let mut acc = [[_mm512_setzero_si512(); Q]; R];
+        let rc: [&[[i8; 64]]; R] = std::array::from_fn(|r| rows[r].as_chunks::<64>().0);
+        let qc: [&[[i8; 64]]; Q] = std::array::from_fn(|q| qs[q].as_chunks::<64>().0);
+        let chunks = rows[0].len() / 64;
+        for c in 0..chunks {
+            let rv: [__m512i; R] = std::array::from_fn(|r| _mm512_xor_si512(load_i8(&rc[r][c]), flip));
+            for q in 0..Q {
+                let qv = load_i8(&qc[q][c]);
+                for r in 0..R {
+                    acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], rv[r], qv);
+                }
+            }
+        }
+        let t = chunks * 64;
+        if t < rows[0].len() {
+            let rv: [__m512i; R] =
+                std::array::from_fn(|r| _mm512_xor_si512(load_i8_tail(&rows[r][t..]), flip));
+            for q in 0..Q {
+                let qv = load_i8_tail(&qs[q][t..]);
+                for r in 0..R {
+                    acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], rv[r], qv);
+                }
+            }
+        }
+        acc
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    fn tile4x4_i8(b: &I8Multi<'_>, bias: &[i32], i: usize, j: usize, out: &mut [i32]) {
+        let rows: [&[i8]; 4] = std::array::from_fn(|r| b.row(i + r));
+        let qs: [&[i8]; 4] = std::array::from_fn(|q| b.query(j + q));
+        let acc = acc_i8::<4, 4>(&rows, &qs);
+        let flat: [__m512i; 16] = std::array::from_fn(|m| acc[m / 4][m % 4]);
+        let mut sums = [0i32; 16];
+        store16_epi32(&mut sums, reduce16_epi32(&flat));
+        let nq = b.queries();
+        for r in 0..4 {
+            for q in 0..4 {
+                out[(i + r) * nq + j + q] = sums[4 * r + q] - bias[j + q];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    fn tile_i8<const R: usize, const Q: usize>(
+        b: &I8Multi<'_>,
+        bias: &[i32],
+        i: usize,
+        j: usize,
+        out: &mut [i32],
+    ) {
+        let rows: [&[i8]; R] = std::array::from_fn(|r| b.row(i + r));
+        let qs: [&[i8]; Q] = std::array::from_fn(|q| b.query(j + q));
+        let acc = acc_i8::<R, Q>(&rows, &qs);
+        let nq = b.queries();
+        for r in 0..R {
+            for q in 0..Q {
+                out[(i + r) * nq + j + q] = _mm512_reduce_add_epi32(acc[r][q]) - bias[j + q];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub(super) fn multi_i8(b: &I8Multi<'_>, out: &mut [i32]) {
+        let (n, nq) = (b.len(), b.queries());
+        let bias: Vec<i32> = (0..nq).map(|j| 128 * code_sum(b.query(j))).collect();
+        let mut i = 0;
+        while i + 4 <= n {
+            let mut j = 0;
+            while j + 4 <= nq {
+                tile4x4_i8(b, &bias, i, j, out);
+                j += 4;
+            }
+            while j < nq {
+                tile_i8::<4, 1>(b, &bias, i, j, out);
+                j += 1;
+            }
+            i += 4;
+        }
+        while i < n {
+            let mut j = 0;
+            while j + 4 <= nq {
+                tile_i8::<1, 4>(b, &bias, i, j, out);
+                j += 4;
+            }
+            while j < nq {
+                tile_i8::<1, 1>(b, &bias, i, j, out);
+                j += 1;
+            }
+            i += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn store16_ps(dst: &mut [f32; 16], v: __m512) {
+        // SAFETY: `dst` is 16 writable f32; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn store16_epi32(dst: &mut [i32; 16], v: __m512i) {
+        // SAFETY: `dst` is 16 writable i32; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_epi32(dst.as_mut_ptr(), v) }
+    }
+
+}

@@ -1,0 +1,55 @@
+//! gatewarden: the gate-event ingestion and face-matching engine.
+//!
+//! Gates stream events (a face embedding, maybe a credential, maybe a temperature); the
+//! engine matches the face against a memory-mapped gallery, applies the market's policy,
+//! writes a durable entry record and answers with a verdict and its reasons.
+//!
+//! ```text
+//!  gate ─QUIC─► server (feature "server")          Engine::submit ◄─ your program
+//!                    └────────────┬────────────────────┘
+//!                                 ▼
+//!        pipeline: bounded queue ─► matcher workers (micro-batches) ─► committer
+//!                                     │  gallery + index: 1:N / 1:1      │ store: SQLite,
+//!                                     │  policy: checks → Verdict        │ group commit
+//!                                     ▼                                  ▼
+//!                              reply released only after the record is durable
+//! ```
+//!
+//! Modules:
+//! - [`engine`]: the library API, [`Engine`]; the server and the CLI use only this.
+//! - [`config`]: typed configuration (`DATA/gatewarden.toml`) with defaults.
+//! - [`clock`]: the only reader of the system clock; calendar helpers.
+//! - [`gallery`]: memory-mapped segment files, the in-memory delta, tombstones.
+//! - [`index`]: SIMD kernels (runtime dispatch), exact top-k search, batched search.
+//! - [`policy`]: pure decision logic: (event, match, person, health, state, now) → Verdict.
+//! - [`store`]: SQLite registry, templates, health records and entry records.
+//! - [`pipeline`]: queue, micro-batching, workers, group commit, stats.
+//! - [`model`]: small domain records shared across modules.
+//! - [`npy`]: NumPy `.npy` reading and writing for the tools.
+//!
+//! Invariants: nothing is acknowledged that is not on disk; every error or panic on the
+//! decision path fails closed (Deny, recorded); no embedding ever reaches a log line.
+#![deny(unsafe_code)]
+
+pub mod clock;
+// LEAD-PENDING pub mod config;
+// LEAD-PENDING pub mod engine;
+// LEAD-PENDING mod error;
+pub mod gallery;
+pub mod index;
+pub mod model;
+pub mod npy;
+// LEAD-PENDING pub mod pipeline;
+pub mod policy;
+pub mod store;
+
+// LEAD-PENDING #[cfg(feature = "server")]
+// LEAD-PENDING pub mod server;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+// LEAD-PENDING pub use config::Config;
+// LEAD-PENDING pub use engine::{Engine, Submission};
+// LEAD-PENDING pub use error::Error;
+// LEAD-PENDING pub use pipeline::Reply;

@@ -1,0 +1,224 @@
+//! The matching pipeline: bounded queue → matcher workers (micro-batches) → group commit →
+//! reply. Plain std threads and crossbeam channels; no async runtime, so the engine embeds in
+//! any program.
+//!
+//! ```text
+//!  submit ──try_send──► [bounded queue] ──► worker × N: take a micro-batch (batch.rs)
+//!    │ full ⇒ Busy                             │ expired ⇒ Busy
+//!    │                                         ├─ 1:N identify: one batched gallery search
+//!    │                                         ├─ 1:1 verify: the credential holder's templates
+//!    │                                         └─ policy::decide (panics fail closed)
+//!    │                                         ▼
+//!    │                        [commit channel] ──► committer: one transaction per group
+//!    │                                                      (synchronous=FULL)
+//!    ◄──────────── oneshot reply, sent only after the record is durable ◄──┘
+//! ```
+//!
+//! Invariants:
+//! - a verdict is released only after its entry record committed;
+//! - every accepted event gets exactly one reply (verdict, Busy or error) unless the engine is
+//!   killed, and then the gate's retry with the same `(gate, seq)` gets the recorded verdict;
+//! - a full queue answers at once; nothing waits unboundedly.
+
+pub mod batch;
+mod commit;
+pub mod stats;
+pub(crate) mod tally;
+mod worker;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Sender, TrySendError};
+use dashmap::DashMap;
+use gatewarden_protocol::{Busy, ErrorCode, ErrorReply, Event, GateId, Verdict};
+
+use crate::clock::{Clock, UtcOffset};
+use crate::gallery::LiveGallery;
+use crate::model::GateInfo;
+use crate::policy::PolicyBook;
+use crate::store::Store;
+
+pub use batch::BatchPolicy;
+pub use stats::StatsSnapshot;
+
+/// The engine's answer to one submitted event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// The decision, durable on disk.
+    Verdict(Verdict),
+    /// Overloaded: retry the same event after the hint.
+    Busy(Busy),
+    /// Refused or failed; the code says whether to retry.
+    Error(ErrorReply),
+}
+
+/// One event travelling through the pipeline.
+pub(crate) struct Job {
+    pub(crate) event: Event,
+    pub(crate) gate: GateInfo,
+    pub(crate) enqueued: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) reply: oneshot::Sender<Reply>,
+}
+
+/// State shared by the submit path, the workers and the committer.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<Store>,
+    pub(crate) gallery: Arc<LiveGallery>,
+    pub(crate) policies: ArcSwap<PolicyBook>,
+    pub(crate) tally: Mutex<tally::Tally>,
+    pub(crate) stats: stats::PipelineStats,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) offset: UtcOffset,
+    /// Keys accepted but not yet answered: a duplicate in flight gets Busy.
+    pub(crate) inflight: DashMap<(GateId, u64), ()>,
+    /// Highest committed seq per gate: a seq above it is new and needs no store lookup.
+    pub(crate) committed_seq: DashMap<GateId, u64>,
+    pub(crate) busy_retry_ms: u32,
+}
+
+impl Shared {
+    /// A Busy reply whose hint grows with the queue.
+    pub(crate) fn busy(&self, depth: usize, capacity: usize) -> Busy {
+        let base = self.busy_retry_ms.max(1);
+        let load = u32::try_from(depth.saturating_mul(4) / capacity.max(1)).unwrap_or(4);
+        Busy {
+            retry_after_ms: base.saturating_mul(1 + load),
+        }
+    }
+
+    pub(crate) fn internal_error(message: String) -> Reply {
+        Reply::Error(ErrorReply {
+            code: ErrorCode::Internal,
+            message,
+        })
+    }
+}
+
+/// Sizing of the pipeline.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PipelineSizes {
+    pub(crate) queue_capacity: usize,
+    pub(crate) workers: usize,
+    pub(crate) batch: BatchPolicy,
+    pub(crate) commit_max: usize,
+}
+
+/// The running pipeline: its threads and the queue's sending side.
+pub(crate) struct Pipeline {
+    shared: Arc<Shared>,
+    queue: Option<Sender<Job>>,
+    capacity: usize,
+    workers: Vec<JoinHandle<()>>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Starts the committer and the matcher workers.
+    pub(crate) fn start(shared: Arc<Shared>, sizes: PipelineSizes) -> Result<Self, PipelineError> {
+        let writer = shared.store.entry_writer()?;
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(sizes.queue_capacity);
+        let (commit_tx, commit_rx) = crossbeam_channel::bounded(sizes.queue_capacity);
+        let committer = {
+            let shared = Arc::clone(&shared);
+            let max = sizes.commit_max;
+            std::thread::Builder::new()
+                .name("gw-commit".into())
+                .spawn(move || commit::run(&shared, &commit_rx, writer, max))?
+        };
+        let mut workers = Vec::with_capacity(sizes.workers);
+        for i in 0..sizes.workers.max(1) {
+            let shared = Arc::clone(&shared);
+            let rx = queue_rx.clone();
+            let tx = commit_tx.clone();
+            let batch = sizes.batch;
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("gw-match-{i}"))
+                    .spawn(move || worker::run(&shared, &rx, &tx, batch))?,
+            );
+        }
+        Ok(Self {
+            shared,
+            queue: Some(queue_tx),
+            capacity: sizes.queue_capacity,
+            workers,
+            committer: Some(committer),
+        })
+    }
+
+    /// Queues a job; a full queue answers Busy at once.
+    pub(crate) fn enqueue(&self, job: Job) {
+        let Some(queue) = &self.queue else {
+            Self::refuse_shutting_down(&self.shared, job);
+            return;
+        };
+        match queue.try_send(job) {
+            Ok(()) => {
+                self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(job)) => {
+                self.shared.stats.rejected_busy.fetch_add(1, Ordering::Relaxed);
+                let busy = self.shared.busy(queue.len(), self.capacity);
+                self.shared.finish_unrecorded(job, Reply::Busy(busy));
+            }
+            Err(TrySendError::Disconnected(job)) => Self::refuse_shutting_down(&self.shared, job),
+        }
+    }
+
+    fn refuse_shutting_down(shared: &Shared, job: Job) {
+        let reply = Reply::Error(ErrorReply {
+            code: ErrorCode::ShuttingDown,
+            message: "the engine is shutting down; retry with the same seq".to_owned(),
+        });
+        shared.finish_unrecorded(job, reply);
+    }
+
+    /// Queue depth and capacity.
+    pub(crate) fn queue_fill(&self) -> (usize, usize) {
+        (self.queue.as_ref().map_or(0, Sender::len), self.capacity)
+    }
+
+    /// Stops taking events, lets the workers finish what is queued, waits for the last group
+    /// commit, and joins every thread.
+    pub(crate) fn shutdown(&mut self) {
+        self.queue = None; // workers see the disconnect once the queue is empty
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Some(c) = self.committer.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Shared {
+    /// Answers a job that will not be recorded (Busy, shutdown) and forgets its key.
+    pub(crate) fn finish_unrecorded(&self, job: Job, reply: Reply) {
+        self.inflight.remove(&(job.event.gate, job.event.seq));
+        // The gate may have gone away; nothing was promised to it.
+        let _ = job.reply.send(reply);
+    }
+}
+
+/// The pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The store refused a writer connection.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A thread could not be spawned.
+    #[error("cannot start pipeline thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}

@@ -1,0 +1,254 @@
+//! Pipeline counters: plain atomics, cheap enough to bump per event.
+//!
+//! Latencies go into fixed log2 buckets of microseconds (bucket `i` holds values in
+//! `[2^i, 2^(i+1))`), so recording is one atomic add and a snapshot can estimate quantiles.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gatewarden_protocol::{CheckKind, Decision, Outcome, Verdict};
+use serde::Serialize;
+
+const BUCKETS: usize = 32;
+
+/// A lock-free latency histogram with log2 buckets of microseconds.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_us: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Records one duration.
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.record_value(us);
+    }
+
+    /// Records one plain value (a batch size, say) in the same buckets.
+    pub fn record_value(&self, v: u64) {
+        let idx = (64 - v.max(1).leading_zeros() as usize - 1).min(BUCKETS - 1);
+        self.buckets[idx].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// A point-in-time summary.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let count: u64 = counts.iter().sum();
+        let quantile = |q: f64| -> u64 {
+            if count == 0 {
+                return 0;
+            }
+            let rank = ((count as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    // Upper edge of the bucket: a conservative estimate.
+                    return (1u64 << (i + 1)) - 1;
+                }
+            }
+            u64::MAX
+        };
+        HistogramSnapshot {
+            count,
+            mean: if count == 0 {
+                0.0
+            } else {
+                self.sum_us.load(Ordering::Relaxed) as f64 / count as f64
+            },
+            p50: quantile(0.50),
+            p99: quantile(0.99),
+            buckets: counts,
+        }
+    }
+}
+
+/// Summary of a [`LatencyHistogram`]; values in the unit recorded (µs for latencies).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HistogramSnapshot {
+    /// Values recorded.
+    pub count: u64,
+    /// Mean value.
+    pub mean: f64,
+    /// Median, as the upper edge of its log2 bucket.
+    pub p50: u64,
+    /// 99th percentile, as the upper edge of its log2 bucket.
+    pub p99: u64,
+    /// Counts per log2 bucket (bucket i holds values in [2^i, 2^(i+1))).
+    pub buckets: Vec<u64>,
+}
+
+/// Live counters of a running pipeline.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) rejected_busy: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) internal_errors: AtomicU64,
+    pub(crate) commit_failures: AtomicU64,
+    pub(crate) admit: AtomicU64,
+    pub(crate) deny: AtomicU64,
+    pub(crate) escalate: AtomicU64,
+    pub(crate) failed_checks: FailedChecks,
+    pub(crate) queue_wait: LatencyHistogram,
+    pub(crate) matching: LatencyHistogram,
+    pub(crate) commit: LatencyHistogram,
+    pub(crate) end_to_end: LatencyHistogram,
+    pub(crate) batch_size: LatencyHistogram,
+    pub(crate) commit_size: LatencyHistogram,
+}
+
+impl PipelineStats {
+    pub(crate) fn count_verdict(&self, v: &Verdict) {
+        let counter = match v.decision {
+            Decision::Admit => &self.admit,
+            Decision::Deny => &self.deny,
+            Decision::Escalate => &self.escalate,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        for check in &v.checks {
+            if check.outcome == Outcome::Fail {
+                self.failed_checks.bump(check.kind);
+            }
+        }
+    }
+}
+
+/// One counter per check kind, indexed by the kind's wire code.
+#[derive(Debug)]
+pub(crate) struct FailedChecks([AtomicU64; 64]);
+
+impl Default for FailedChecks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl FailedChecks {
+    fn bump(&self, kind: CheckKind) {
+        if let Some(c) = self.0.get(usize::from(kind.code())) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(CheckKind, u64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(code, c)| {
+                let n = c.load(Ordering::Relaxed);
+                let kind = CheckKind::from_code(u8::try_from(code).ok()?)?;
+                (n > 0).then_some((kind, n))
+            })
+            .collect()
+    }
+}
+
+/// A point-in-time copy of the pipeline's counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StatsSnapshot {
+    /// Events accepted into the queue.
+    pub submitted: u64,
+    /// Events refused with `Busy` because the queue was full.
+    pub rejected_busy: u64,
+    /// Events answered `Busy` because they waited past their deadline.
+    pub expired: u64,
+    /// Repeated `(gate, seq)` answered from the record.
+    pub replayed: u64,
+    /// Events that failed closed on an internal error.
+    pub internal_errors: u64,
+    /// Group commits that failed (their events got an error, not a verdict).
+    pub commit_failures: u64,
+    /// Verdicts by decision.
+    pub admit: u64,
+    /// Verdicts by decision.
+    pub deny: u64,
+    /// Verdicts by decision.
+    pub escalate: u64,
+    /// Failing checks by kind.
+    pub failed_checks: Vec<(CheckKind, u64)>,
+    /// Events waiting in the queue now.
+    pub queue_depth: usize,
+    /// Queue capacity.
+    pub queue_capacity: usize,
+    /// Time from submit to a worker taking the event (µs).
+    pub queue_wait_us: HistogramSnapshot,
+    /// Matching and policy per batch (µs).
+    pub matching_us: HistogramSnapshot,
+    /// Group-commit latency (µs).
+    pub commit_us: HistogramSnapshot,
+    /// Submit to durable verdict (µs).
+    pub end_to_end_us: HistogramSnapshot,
+    /// Events per matcher batch.
+    pub batch_size: HistogramSnapshot,
+    /// Records per group commit.
+    pub commit_size: HistogramSnapshot,
+}
+
+impl PipelineStats {
+    pub(crate) fn snapshot(&self, queue_depth: usize, queue_capacity: usize) -> StatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            submitted: get(&self.submitted),
+            rejected_busy: get(&self.rejected_busy),
+            expired: get(&self.expired),
+            replayed: get(&self.replayed),
+            internal_errors: get(&self.internal_errors),
+            commit_failures: get(&self.commit_failures),
+            admit: get(&self.admit),
+            deny: get(&self.deny),
+            escalate: get(&self.escalate),
+            failed_checks: self.failed_checks.snapshot(),
+            queue_depth,
+            queue_capacity,
+            queue_wait_us: self.queue_wait.snapshot(),
+            matching_us: self.matching.snapshot(),
+            commit_us: self.commit.snapshot(),
+            end_to_end_us: self.end_to_end.snapshot(),
+            batch_size: self.batch_size.snapshot(),
+            commit_size: self.commit_size.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_bound_the_values() {
+        let h = LatencyHistogram::default();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 1000);
+        // p50 is 500 µs, reported as the upper edge of [256, 512).
+        assert_eq!(s.p50, 511);
+        // p99 is 990 µs, in [512, 1024).
+        assert_eq!(s.p99, 1023);
+        assert!((s.mean - 500.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn empty_histogram_is_zero() {
+        let s = LatencyHistogram::default().snapshot();
+        assert_eq!((s.count, s.p50, s.p99), (0, 0, 0));
+    }
+}

@@ -1,0 +1,172 @@
+//! Today's counters that the policy needs: entries per person and market, who is inside,
+//! who has signed in, and each market's occupancy.
+//!
+//! Kept in memory, updated when a verdict is decided (so two quick events of one person see
+//! each other), rebuilt from the entry records at start-up, and reset when the local day
+//! changes. Pure: the day and times are arguments.
+
+use std::collections::{HashMap, HashSet};
+
+use gatewarden_protocol::{Decision, Direction, MarketId, SubjectId, UnixMillis};
+
+use crate::clock::UtcOffset;
+use crate::policy::{MarketState, PersonState};
+use crate::store::ModeKind;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct PersonDay {
+    entries: u32,
+    inside: Option<bool>,
+}
+
+/// One admitted or refused event, as far as the counters care.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Observation {
+    pub(crate) subject: Option<SubjectId>,
+    pub(crate) market: MarketId,
+    pub(crate) mode: ModeKind,
+    pub(crate) direction: Direction,
+    pub(crate) decision: Decision,
+    pub(crate) at: UnixMillis,
+}
+
+/// The day's counters.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    day: Option<i64>,
+    people: HashMap<(SubjectId, MarketId), PersonDay>,
+    signed_in: HashSet<SubjectId>,
+    occupancy: HashMap<MarketId, u32>,
+}
+
+impl Tally {
+    /// Forgets yesterday when `now` falls on a new local day.
+    fn roll(&mut self, now: UnixMillis, offset: UtcOffset) {
+        let today = offset.day_of(now);
+        if self.day != Some(today) {
+            self.day = Some(today);
+            self.people.clear();
+            self.signed_in.clear();
+            self.occupancy.clear();
+        }
+    }
+
+    /// The person's counters at `market` for the policy.
+    pub(crate) fn person(
+        &mut self,
+        subject: SubjectId,
+        market: MarketId,
+        now: UnixMillis,
+        offset: UtcOffset,
+    ) -> PersonState {
+        self.roll(now, offset);
+        let day = self.people.get(&(subject, market)).copied().unwrap_or_default();
+        PersonState {
+            entries_today: day.entries,
+            inside: day.inside,
+            signed_in_today: self.signed_in.contains(&subject),
+        }
+    }
+
+    /// The market's counters for the policy.
+    pub(crate) fn market(
+        &mut self,
+        market: MarketId,
+        now: UnixMillis,
+        offset: UtcOffset,
+    ) -> MarketState {
+        self.roll(now, offset);
+        MarketState {
+            occupancy: self.occupancy.get(&market).copied().unwrap_or(0),
+        }
+    }
+
+    /// Counts an event. Only admitted events of a known person move the counters.
+    pub(crate) fn observe(&mut self, o: &Observation, offset: UtcOffset) {
+        let Some(subject) = o.subject else { return };
+        if o.decision != Decision::Admit {
+            return;
+        }
+        match self.day {
+            // A late retry from an earlier day does not count today.
+            Some(today) if offset.day_of(o.at) < today => return,
+            Some(today) if offset.day_of(o.at) == today => {}
+            _ => self.roll(o.at, offset),
+        }
+        if o.mode == ModeKind::SignIn {
+            self.signed_in.insert(subject);
+        }
+        let day = self.people.entry((subject, o.market)).or_default();
+        let occupancy = self.occupancy.entry(o.market).or_insert(0);
+        match o.direction {
+            Direction::Entry => {
+                day.entries += 1;
+                if day.inside != Some(true) {
+                    *occupancy += 1;
+                }
+                day.inside = Some(true);
+            }
+            Direction::Exit => {
+                if day.inside == Some(true) {
+                    *occupancy = occupancy.saturating_sub(1);
+                }
+                day.inside = Some(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{DAY_MS, HOUR_MS};
+
+    const OFFSET: UtcOffset = UtcOffset(480);
+
+    fn obs(subject: u64, direction: Direction, decision: Decision, at: u64) -> Observation {
+        Observation {
+            subject: Some(SubjectId(subject)),
+            market: MarketId(1),
+            mode: ModeKind::Verify,
+            direction,
+            decision,
+            at: UnixMillis(at),
+        }
+    }
+
+    #[test]
+    fn admitted_entries_count_and_occupy() {
+        let mut t = Tally::default();
+        let now = 100 * DAY_MS;
+        t.observe(&obs(7, Direction::Entry, Decision::Admit, now), OFFSET);
+        t.observe(&obs(8, Direction::Entry, Decision::Admit, now), OFFSET);
+        t.observe(&obs(9, Direction::Entry, Decision::Deny, now), OFFSET);
+        let p = t.person(SubjectId(7), MarketId(1), UnixMillis(now), OFFSET);
+        assert_eq!((p.entries_today, p.inside), (1, Some(true)));
+        assert_eq!(t.market(MarketId(1), UnixMillis(now), OFFSET).occupancy, 2);
+        t.observe(&obs(7, Direction::Exit, Decision::Admit, now + 1), OFFSET);
+        assert_eq!(t.market(MarketId(1), UnixMillis(now), OFFSET).occupancy, 1);
+        let denied = t.person(SubjectId(9), MarketId(1), UnixMillis(now), OFFSET);
+        assert_eq!(denied.entries_today, 0);
+    }
+
+    #[test]
+    fn a_new_day_resets_counters() {
+        let mut t = Tally::default();
+        let now = 100 * DAY_MS;
+        t.observe(&obs(7, Direction::Entry, Decision::Admit, now), OFFSET);
+        let tomorrow = UnixMillis(now + DAY_MS + HOUR_MS);
+        assert_eq!(t.person(SubjectId(7), MarketId(1), tomorrow, OFFSET).entries_today, 0);
+        assert_eq!(t.market(MarketId(1), tomorrow, OFFSET).occupancy, 0);
+    }
+
+    #[test]
+    fn sign_in_is_remembered_for_the_day() {
+        let mut t = Tally::default();
+        let now = 100 * DAY_MS;
+        let mut o = obs(7, Direction::Entry, Decision::Admit, now);
+        o.mode = ModeKind::SignIn;
+        t.observe(&o, OFFSET);
+        assert!(t.person(SubjectId(7), MarketId(2), UnixMillis(now), OFFSET).signed_in_today);
+    }
+}

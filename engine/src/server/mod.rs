@@ -1,0 +1,210 @@
+//! The QUIC front (quinn 0.11, tokio, rustls with ring): accepts gate connections, checks
+//! their certificates, and translates streams to [`Engine::submit`]. It holds no business
+//! logic, like quinn relative to quinn-proto.
+//!
+//! Backpressure: each connection may have at most `max_streams_per_gate` streams open, so a
+//! gate cannot queue without bound; beyond that the engine answers `Busy`. Shutdown stops
+//! accepting connections, lets open streams finish (up to `shutdown_grace_ms`), drains the
+//! engine, and closes the endpoint.
+
+pub mod certs;
+mod conn;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use serde::Serialize;
+
+use crate::Engine;
+use crate::config::ServerConfig;
+use certs::CertDir;
+
+/// Server counters.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    connections: AtomicUsize,
+    streams_in_flight: AtomicUsize,
+    malformed: AtomicU64,
+    gate_mismatch: AtomicU64,
+}
+
+/// A copy of the server counters.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ServerStatsSnapshot {
+    /// Open connections (gates and admins).
+    pub connections: usize,
+    /// Streams being served.
+    pub streams_in_flight: usize,
+    /// Requests that failed to decode.
+    pub malformed: u64,
+    /// Events refused because they named another gate.
+    pub gate_mismatch: u64,
+}
+
+impl ServerStats {
+    /// A point-in-time copy.
+    pub fn snapshot(&self) -> ServerStatsSnapshot {
+        ServerStatsSnapshot {
+            connections: self.connections.load(Ordering::Relaxed),
+            streams_in_flight: self.streams_in_flight.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            gate_mismatch: self.gate_mismatch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What every connection task shares.
+struct Ctx {
+    engine: Arc<Engine>,
+    stats: Arc<ServerStats>,
+    max_frame_len: usize,
+    read_timeout: Duration,
+}
+
+/// A bound QUIC endpoint in front of an engine.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    ctx: Arc<Ctx>,
+    grace: Duration,
+}
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Certificates are missing or invalid.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The TLS configuration lacks a QUIC-capable cipher suite.
+    #[error("tls configuration unusable for QUIC: {0}")]
+    Quic(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A transport setting is out of range.
+    #[error("invalid transport setting: {0}")]
+    Transport(String),
+}
+
+impl Server {
+    /// Binds the endpoint. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// Missing certificates, an unusable address, or invalid transport settings.
+    pub fn bind(
+        engine: Arc<Engine>,
+        config: &ServerConfig,
+        certs: &CertDir,
+    ) -> Result<Self, ServerError> {
+        let tls = tls::server_config(certs)?;
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| ServerError::Quic(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(Arc::new(transport(config)?));
+        let socket = udp_socket(config.listen, config.udp_buffer_bytes).map_err(|source| {
+            ServerError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Self {
+            endpoint,
+            ctx: Arc::new(Ctx {
+                engine,
+                stats: Arc::default(),
+                max_frame_len: gatewarden_protocol::MAX_FRAME_LEN,
+                read_timeout: Duration::from_millis(config.stream_read_timeout_ms),
+            }),
+            grace: Duration::from_millis(config.shutdown_grace_ms),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    ///
+    /// # Errors
+    /// The socket's address cannot be read.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.ctx.stats)
+    }
+
+    /// Serves until `shutdown` completes, then drains and closes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let accept = async {
+            while let Some(incoming) = self.endpoint.accept().await {
+                tokio::spawn(conn::serve(incoming, Arc::clone(&self.ctx)));
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = shutdown => {}
+        }
+        self.drain().await;
+    }
+
+    async fn drain(self) {
+        tracing::info!("shutting down: no new connections, finishing open requests");
+        self.endpoint.set_server_config(None);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while self.ctx.stats.streams_in_flight.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let engine = Arc::clone(&self.ctx.engine);
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("shutdown complete");
+    }
+}
+
+fn transport(config: &ServerConfig) -> Result<quinn::TransportConfig, ServerError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(config.max_streams_per_gate));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.keep_alive_interval(Some(Duration::from_millis(config.keep_alive_ms)));
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(config.idle_timeout_ms))
+        .map_err(|e| ServerError::Transport(format!("idle_timeout_ms: {e}")))?;
+    t.max_idle_timeout(Some(idle));
+    Ok(t)
+}
+
+/// A UDP socket with the configured buffer sizes (a rush of a thousand gates overflows the
+/// kernel's small default receive buffer).
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // The kernel may cap these (net.core.rmem_max); a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}

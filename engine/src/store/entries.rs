@@ -1,0 +1,301 @@
+//! Entry records: every verdict, durable before the gate hears it.
+//!
+//! The pipeline's commit thread owns one [`EntryWriter`] and hands it batches; each batch is
+//! one transaction (group commit), so its cost is one WAL fsync however many records it holds.
+//! `(gate, seq)` is unique: a retried event that raced its original is not recorded twice.
+
+use std::path::{Path, PathBuf};
+
+use gatewarden_protocol::{
+    CheckKind, Decision, Direction, GateId, MarketId, Mode, Outcome, SubjectId, UnixMillis,
+    Verdict, ZoneId,
+};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use serde::Serialize;
+
+use super::schema::{self, Role};
+use super::{Store, StoreError, codes, from_sql_u64, sql_time, to_sql_u64};
+
+/// What kind of request an event made: its [`Mode`] without the credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum ModeKind {
+    /// 1:1 verification with a credential.
+    Verify,
+    /// 1:N identification by face.
+    Identify,
+    /// Daily staff sign-in.
+    SignIn,
+}
+
+impl From<&Mode> for ModeKind {
+    fn from(mode: &Mode) -> Self {
+        match mode {
+            Mode::Verify { .. } => Self::Verify,
+            Mode::Identify => Self::Identify,
+            Mode::SignIn { .. } => Self::SignIn,
+        }
+    }
+}
+
+/// One verdict to record, with where and how the event happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryRecord {
+    /// The verdict, checks included; its `gate` and `seq` are the record's key.
+    pub verdict: Verdict,
+    /// The gate's market.
+    pub market: MarketId,
+    /// The gate's zone.
+    pub zone: ZoneId,
+    /// What the event asked for.
+    pub mode: ModeKind,
+    /// Entering or leaving.
+    pub direction: Direction,
+    /// When the gate captured the person.
+    pub captured_at: UnixMillis,
+}
+
+/// What [`EntryWriter::commit`] did with one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitOutcome {
+    /// The `(gate, seq)` was already recorded; the stored record was kept.
+    Duplicate,
+    /// The record is now durable.
+    Inserted,
+}
+
+/// A recorded entry as the queries return it: the indexed facts of one verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EntryRow {
+    /// The gate.
+    pub gate: GateId,
+    /// The event's sequence number at that gate.
+    pub seq: u64,
+    /// The gate's market.
+    pub market: MarketId,
+    /// The gate's zone.
+    pub zone: ZoneId,
+    /// Whom the verdict was about, if known.
+    pub subject: Option<SubjectId>,
+    /// Admit, deny or escalate.
+    pub decision: Decision,
+    /// What the event asked for.
+    pub mode: ModeKind,
+    /// Entering or leaving.
+    pub direction: Direction,
+    /// The face score, if a face was matched.
+    pub score: Option<f32>,
+    /// When the gate captured the person.
+    pub captured_at: UnixMillis,
+    /// When the engine decided (the time the queries order and filter by).
+    pub decided_at: UnixMillis,
+    /// The checks that failed, in policy order.
+    pub failed: Vec<CheckKind>,
+}
+
+/// The columns [`entry_from_row`] reads, in its order.
+pub(super) const ENTRY_COLUMNS: &str =
+    "gate, seq, market, zone, subject, decision, mode, direction, score, captured_at, \
+     decided_at, failed";
+
+const INSERT: &str = "INSERT INTO entries (gate, seq, market, zone, subject, decision, mode,
+                                           direction, score, captured_at, decided_at, failed,
+                                           verdict)
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                      ON CONFLICT (gate, seq) DO NOTHING";
+
+/// The group-commit writer of entry records. Owns its own connection; `Send`, not shared.
+pub struct EntryWriter {
+    conn: Connection,
+    db: PathBuf,
+    /// Reused encoding buffers: the verdict JSON and the failing-check list.
+    verdict_buf: Vec<u8>,
+    failed_buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for EntryWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryWriter").field("db", &self.db).finish_non_exhaustive()
+    }
+}
+
+impl EntryWriter {
+    fn open(db: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: schema::open_connection(db, Role::EntryWriter)?,
+            db: db.to_owned(),
+            verdict_buf: Vec::with_capacity(1024),
+            failed_buf: Vec::with_capacity(64),
+        })
+    }
+
+    /// Records a batch in one transaction with `synchronous=FULL`: when this returns `Ok`,
+    /// every record is durable. A `(gate, seq)` already recorded (earlier, or earlier in the
+    /// same batch) is not inserted and comes back as [`CommitOutcome::Duplicate`]. Outcomes
+    /// are in the order of `records`.
+    ///
+    /// # Errors
+    /// SQLite failures (disk full, I/O error, busy past the timeout) or an unencodable
+    /// verdict; then nothing of the batch is recorded.
+    pub fn commit(&mut self, records: &[EntryRecord]) -> Result<Vec<CommitOutcome>, StoreError> {
+        let db = &self.db;
+        let sql = |e| StoreError::from_sqlite(db, "committing entry records", e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let mut outcomes = Vec::with_capacity(records.len());
+        {
+            let mut stmt = tx.prepare_cached(INSERT).map_err(sql)?;
+            for r in records {
+                let v = &r.verdict;
+                let encode = |source| StoreError::Encode {
+                    gate: v.gate,
+                    seq: v.seq,
+                    source,
+                };
+                self.verdict_buf.clear();
+                serde_json::to_writer(&mut self.verdict_buf, v).map_err(encode)?;
+                self.failed_buf.clear();
+                let failed: Vec<CheckKind> = failed_checks(v).collect();
+                serde_json::to_writer(&mut self.failed_buf, &failed).map_err(encode)?;
+                // serde_json writes UTF-8, so these borrow the buffers (no copy).
+                let failed = String::from_utf8_lossy(&self.failed_buf);
+                let verdict = String::from_utf8_lossy(&self.verdict_buf);
+                let n = stmt
+                    .execute(params![
+                        v.gate.0,
+                        to_sql_u64(v.seq),
+                        r.market.0,
+                        r.zone.0,
+                        v.subject.map(|s| to_sql_u64(s.0)),
+                        codes::decision_code(v.decision),
+                        codes::mode_code(r.mode),
+                        codes::direction_code(r.direction),
+                        v.score.map(f64::from),
+                        sql_time(r.captured_at),
+                        sql_time(v.decided_at),
+                        &*failed,
+                        &*verdict,
+                    ])
+                    .map_err(sql)?;
+                outcomes.push(if n == 0 {
+                    CommitOutcome::Duplicate
+                } else {
+                    CommitOutcome::Inserted
+                });
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(outcomes)
+    }
+}
+
+fn failed_checks(v: &Verdict) -> impl Iterator<Item = CheckKind> + '_ {
+    v.checks
+        .iter()
+        .filter(|c| c.outcome == Outcome::Fail)
+        .map(|c| c.kind)
+}
+
+impl Store {
+    /// A new entry writer with its own connection, for the pipeline's commit thread.
+    ///
+    /// # Errors
+    /// SQLite failures opening the connection.
+    pub fn entry_writer(&self) -> Result<EntryWriter, StoreError> {
+        EntryWriter::open(&self.db_path)
+    }
+
+    /// The verdict recorded for `(gate, seq)`, marked `replayed`, or `None` if there is none.
+    ///
+    /// # Errors
+    /// SQLite failures, or [`StoreError::Corrupt`] if the stored verdict does not decode.
+    pub fn verdict_for(&self, gate: GateId, seq: u64) -> Result<Option<Verdict>, StoreError> {
+        let conn = self.readers.get()?;
+        let json: Option<String> = conn
+            .prepare_cached("SELECT verdict FROM entries WHERE gate = ?1 AND seq = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![gate.0, to_sql_u64(seq)], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.sql_err("reading a verdict", e))?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let mut verdict: Verdict = serde_json::from_str(&json).map_err(|e| {
+            self.corrupt(format!("the verdict of gate {gate} seq {seq} does not decode: {e}"))
+        })?;
+        verdict.replayed = true;
+        Ok(Some(verdict))
+    }
+
+    /// Calls `f` for every entry decided at or after `since`, in decision order. The pipeline
+    /// uses it at start-up to rebuild today's counters (occupancy, frequency, sign-ins).
+    ///
+    /// # Errors
+    /// SQLite failures, or [`StoreError::Corrupt`] for a row gatewarden could not have written.
+    pub fn for_each_entry_since(
+        &self,
+        since: UnixMillis,
+        mut f: impl FnMut(&EntryRow),
+    ) -> Result<(), StoreError> {
+        let conn = self.readers.get()?;
+        let sql = |e| self.sql_err("reading entries", e);
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE decided_at >= ?1 ORDER BY decided_at, id"
+            ))
+            .map_err(sql)?;
+        let mut rows = stmt.query([sql_time(since)]).map_err(sql)?;
+        while let Some(row) = rows.next().map_err(sql)? {
+            f(&self.entry_from_row(row)?);
+        }
+        Ok(())
+    }
+
+    /// Decodes a row selected with [`ENTRY_COLUMNS`].
+    pub(super) fn entry_from_row(&self, row: &Row<'_>) -> Result<EntryRow, StoreError> {
+        let sql = |e| self.sql_err("reading an entry", e);
+        let failed_json = self.text_column(row, 11)?;
+        let failed: Vec<CheckKind> = serde_json::from_str(failed_json)
+            .map_err(|e| self.corrupt(format!("failed checks {failed_json:?}: {e}")))?;
+        let time = |idx| -> Result<UnixMillis, StoreError> {
+            Ok(UnixMillis(row.get::<_, i64>(idx).map_err(sql)?.max(0) as u64))
+        };
+        Ok(EntryRow {
+            gate: GateId(row.get(0).map_err(sql)?),
+            seq: from_sql_u64(row.get(1).map_err(sql)?),
+            market: MarketId(row.get(2).map_err(sql)?),
+            zone: ZoneId(row.get(3).map_err(sql)?),
+            subject: row
+                .get::<_, Option<i64>>(4)
+                .map_err(sql)?
+                .map(|s| SubjectId(from_sql_u64(s))),
+            decision: self.code_column(row, 5, "decision", codes::parse_decision)?,
+            mode: self.code_column(row, 6, "mode", codes::parse_mode)?,
+            direction: self.code_column(row, 7, "direction", codes::parse_direction)?,
+            score: row.get::<_, Option<f64>>(8).map_err(sql)?.map(|s| s as f32),
+            captured_at: time(9)?,
+            decided_at: time(10)?,
+            failed,
+        })
+    }
+
+    fn text_column<'r>(&self, row: &'r Row<'_>, idx: usize) -> Result<&'r str, StoreError> {
+        row.get_ref(idx)
+            .and_then(|v| Ok(v.as_str()?))
+            .map_err(|e| self.sql_err("reading an entry", e))
+    }
+
+    fn code_column<T>(
+        &self,
+        row: &Row<'_>,
+        idx: usize,
+        what: &str,
+        parse: fn(&str) -> Option<T>,
+    ) -> Result<T, StoreError> {
+        let s = self.text_column(row, idx)?;
+        parse(s).ok_or_else(|| self.corrupt(format!("unknown {what} {s:?} in an entry")))
+    }
+}

@@ -1,0 +1,681 @@
+//! Import files into registry records: subjects, health records and gates from CSV or JSON
+//! Lines. Pure parsing, no store access: the CLI drives it, and the engine and tests reuse it.
+//!
+//! Both formats carry the same field names:
+//!
+//! | record  | fields (required in bold)                                                       |
+//! |---------|---------------------------------------------------------------------------------|
+//! | subject | **subject**, **category**, **home_market**, markets, zones, valid_from, valid_until, id_card, qr_tokens, status |
+//! | health  | **subject**, test_at, test_result, **vaccine_doses**, **health_code**, **travel_code**, **updated_at** |
+//! | gate    | **gate**, **market**, **zone**, name                                            |
+//!
+//! - CSV: a header row naming the columns (any order; optional ones may be left out), then one
+//!   record per line. Fields may be double-quoted (`""` is a quote inside one); lists are
+//!   separated by `;`; an empty field is absent.
+//! - JSON Lines: one object per line; lists are JSON arrays; `null` is absent.
+//! - Times are unix milliseconds. Codes are lowercase: categories `service_worker`,
+//!   `manager`, `staff`, `merchant`, `buyer`, `shopper`; status `active` (the default),
+//!   `revoked`, `blocklisted`; test results `negative`, `positive`, `pending` (empty: none);
+//!   colours `green`, `yellow`, `red`.
+//! - Blank lines are skipped; line numbers in errors count every line of the file.
+//!
+//! A bad row is a [`RowError`] with its line number and reason, and the reason never repeats
+//! an ID-card number.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::str::FromStr;
+
+use gatewarden_protocol::{
+    GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, SubjectStatus, UnixMillis, ZoneId,
+};
+
+use super::{codes, key};
+use crate::model::GateInfo;
+
+/// How many row errors [`read_all`] keeps (all are counted).
+pub const MAX_LISTED_ERRORS: usize = 20;
+
+/// Times below this (1973-03-03 in ms) are almost certainly seconds given by mistake.
+const MIN_PLAUSIBLE_MS: u64 = 100_000_000_000;
+
+/// The file formats the importers read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImportFormat {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// One JSON object per line.
+    JsonLines,
+}
+
+impl ImportFormat {
+    /// The format a file name's extension implies: `.csv`, `.jsonl` or `.ndjson`.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        ext.parse().ok()
+    }
+}
+
+impl FromStr for ImportFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "csv" => Ok(Self::Csv),
+            "jsonl" | "ndjson" | "json-lines" => Ok(Self::JsonLines),
+            other => Err(format!("unknown format {other:?}: expected csv or jsonl")),
+        }
+    }
+}
+
+/// A bad row: where, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct RowError {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A failure that stops reading the whole file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The CSV header is unusable (unknown or missing columns).
+    #[error("bad header, {0}")]
+    Header(RowError),
+    /// The input could not be read.
+    #[error("cannot read the input after line {line}: {source}")]
+    Io {
+        /// The last line read.
+        line: usize,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A record type the importers can read: [`SubjectRecord`], [`HealthRecord`], [`GateInfo`].
+pub trait ImportRecord: Sized {
+    /// The record's name in messages ("subject").
+    const NAME: &'static str;
+    /// Every field name, in canonical order.
+    const COLUMNS: &'static [&'static str];
+    /// The fields a CSV header must name.
+    const REQUIRED: &'static [&'static str];
+    /// The key that must not repeat within one file, if there is one.
+    fn unique_key(&self) -> Option<u64>;
+    /// Builds the record from a row, or says what is wrong with it.
+    ///
+    /// # Errors
+    /// A missing, malformed or inconsistent field.
+    fn from_row(row: &Row<'_>) -> Result<Self, String>;
+}
+
+/// One row's fields, in the order of [`ImportRecord::COLUMNS`].
+#[derive(Debug)]
+pub struct Row<'a> {
+    columns: &'static [&'static str],
+    cells: &'a [Cell],
+}
+
+#[derive(Clone, Debug, Default)]
+enum Cell {
+    #[default]
+    Empty,
+    Text(String),
+    List(Vec<String>),
+}
+
+static EMPTY: Cell = Cell::Empty;
+
+impl Row<'_> {
+    fn cell(&self, name: &str) -> &Cell {
+        self.columns
+            .iter()
+            .position(|c| *c == name)
+            .and_then(|i| self.cells.get(i))
+            .unwrap_or(&EMPTY)
+    }
+
+    /// A single value, trimmed; `None` if absent.
+    fn text(&self, name: &str) -> Result<Option<&str>, String> {
+        match self.cell(name) {
+            Cell::Empty => Ok(None),
+            Cell::Text(s) => Ok(Some(s.trim()).filter(|s| !s.is_empty())),
+            Cell::List(_) => Err(format!("{name} must be a single value, not a list")),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<&str, String> {
+        self.text(name)?.ok_or_else(|| format!("{name} is missing"))
+    }
+
+    /// A list: a JSON array, or text separated by `;`. Empty items are dropped.
+    fn list(&self, name: &str) -> Vec<&str> {
+        let items: Vec<&str> = match self.cell(name) {
+            Cell::Empty => Vec::new(),
+            Cell::Text(s) => s.split(';').collect(),
+            Cell::List(v) => v.iter().map(String::as_str).collect(),
+        };
+        items.into_iter().map(str::trim).filter(|s| !s.is_empty()).collect()
+    }
+}
+
+/// Long values are cut in messages so one bad cell cannot flood the report.
+fn shown(s: &str) -> String {
+    const MAX: usize = 40;
+    match s.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{:?}...", &s[..at]),
+        None => format!("{s:?}"),
+    }
+}
+
+fn int<T: FromStr>(name: &str, s: &str) -> Result<T, String> {
+    s.parse()
+        .map_err(|_| format!("{name} {} is not a valid non-negative integer", shown(s)))
+}
+
+fn millis(name: &str, s: &str) -> Result<UnixMillis, String> {
+    let t: u64 = int(name, s)?;
+    if t < MIN_PLAUSIBLE_MS {
+        return Err(format!(
+            "{name} {t} is before 1973: times are unix milliseconds (seconds given?)"
+        ));
+    }
+    Ok(UnixMillis(t))
+}
+
+fn opt_millis(row: &Row<'_>, name: &str) -> Result<Option<UnixMillis>, String> {
+    row.text(name)?.map(|s| millis(name, s)).transpose()
+}
+
+fn code<T>(
+    name: &str,
+    s: &str,
+    parse: fn(&str) -> Option<T>,
+    expected: fn() -> String,
+) -> Result<T, String> {
+    parse(&s.to_ascii_lowercase())
+        .ok_or_else(|| format!("unknown {name} {}: expected one of {}", shown(s), expected()))
+}
+
+fn id_list<T>(row: &Row<'_>, name: &str, wrap: fn(u32) -> T) -> Result<Vec<T>, String> {
+    row.list(name)
+        .into_iter()
+        .map(|s| int::<u32>(name, s).map(wrap))
+        .collect()
+}
+
+/// Checks an ID-card number's shape without ever repeating it.
+fn id_card(row: &Row<'_>) -> Result<Option<String>, String> {
+    let Some(raw) = row.text("id_card")? else {
+        return Ok(None);
+    };
+    let number = key::normalise_id_card(raw);
+    let len = number.chars().count();
+    let alnum = number.chars().all(|c| c.is_ascii_alphanumeric());
+    if !(6..=32).contains(&len) || !alnum {
+        let what = if alnum { "" } else { ", not all letters or digits" };
+        return Err(format!(
+            "id_card must be 6 to 32 letters or digits (this one has {len} characters{what})"
+        ));
+    }
+    Ok(Some(number))
+}
+
+fn qr_tokens(row: &Row<'_>) -> Result<Vec<String>, String> {
+    row.list("qr_tokens")
+        .into_iter()
+        .map(|t| {
+            if t.len() > 256 || t.chars().any(char::is_control) {
+                Err(format!("qr token {} is longer than 256 bytes or has control characters", shown(t)))
+            } else {
+                Ok(t.to_owned())
+            }
+        })
+        .collect()
+}
+
+impl ImportRecord for SubjectRecord {
+    const NAME: &'static str = "subject";
+    const COLUMNS: &'static [&'static str] = &[
+        "subject",
+        "category",
+        "home_market",
+        "markets",
+        "zones",
+        "valid_from",
+        "valid_until",
+        "id_card",
+        "qr_tokens",
+        "status",
+    ];
+    const REQUIRED: &'static [&'static str] = &["subject", "category", "home_market"];
+
+    fn unique_key(&self) -> Option<u64> {
+        Some(self.subject.0)
+    }
+
+    fn from_row(row: &Row<'_>) -> Result<Self, String> {
+        let valid_from = opt_millis(row, "valid_from")?;
+        let valid_until = opt_millis(row, "valid_until")?;
+        if let (Some(from), Some(until)) = (valid_from, valid_until)
+            && from > until
+        {
+            return Err(format!("valid_from {from} is after valid_until {until}"));
+        }
+        let status = match row.text("status")? {
+            None => SubjectStatus::Active,
+            Some(s) => code("status", s, codes::parse_status, codes::status_list)?,
+        };
+        Ok(Self {
+            subject: SubjectId(int("subject", row.required("subject")?)?),
+            category: code(
+                "category",
+                row.required("category")?,
+                codes::parse_category,
+                codes::category_list,
+            )?,
+            home_market: MarketId(int("home_market", row.required("home_market")?)?),
+            markets: id_list(row, "markets", MarketId)?,
+            zones: id_list(row, "zones", ZoneId)?,
+            valid_from,
+            valid_until,
+            id_card: id_card(row)?,
+            qr_tokens: qr_tokens(row)?,
+            status,
+        })
+    }
+}
+
+impl ImportRecord for HealthRecord {
+    const NAME: &'static str = "health record";
+    const COLUMNS: &'static [&'static str] = &[
+        "subject",
+        "test_at",
+        "test_result",
+        "vaccine_doses",
+        "health_code",
+        "travel_code",
+        "updated_at",
+    ];
+    const REQUIRED: &'static [&'static str] =
+        &["subject", "vaccine_doses", "health_code", "travel_code", "updated_at"];
+
+    fn unique_key(&self) -> Option<u64> {
+        None // a feed may carry several records per person; the newest wins
+    }
+
+    fn from_row(row: &Row<'_>) -> Result<Self, String> {
+        let test_at = opt_millis(row, "test_at")?;
+        let test_result = match row.text("test_result")? {
+            None => None,
+            Some(s) if s.eq_ignore_ascii_case("empty") || s.eq_ignore_ascii_case("none") => None,
+            Some(s) => Some(code(
+                "test_result",
+                s,
+                codes::parse_test_result,
+                codes::test_result_list,
+            )?),
+        };
+        if test_result.is_some() && test_at.is_none() {
+            return Err("test_result is given but test_at is missing".to_owned());
+        }
+        let colour = |name| {
+            code(name, row.required(name)?, codes::parse_colour, codes::colour_list)
+        };
+        Ok(Self {
+            subject: SubjectId(int("subject", row.required("subject")?)?),
+            test_at,
+            test_result,
+            vaccine_doses: int("vaccine_doses", row.required("vaccine_doses")?)
+                .map_err(|e| format!("{e} (0 to 255)"))?,
+            health_code: colour("health_code")?,
+            travel_code: colour("travel_code")?,
+            updated_at: millis("updated_at", row.required("updated_at")?)?,
+        })
+    }
+}
+
+impl ImportRecord for GateInfo {
+    const NAME: &'static str = "gate";
+    const COLUMNS: &'static [&'static str] = &["gate", "market", "zone", "name"];
+    const REQUIRED: &'static [&'static str] = &["gate", "market", "zone"];
+
+    fn unique_key(&self) -> Option<u64> {
+        Some(u64::from(self.gate.0))
+    }
+
+    fn from_row(row: &Row<'_>) -> Result<Self, String> {
+        let name = row.text("name")?.unwrap_or_default();
+        if name.len() > 200 {
+            return Err(format!("name {} is longer than 200 bytes", shown(name)));
+        }
+        Ok(Self {
+            gate: GateId(int("gate", row.required("gate")?)?),
+            market: MarketId(int("market", row.required("market")?)?),
+            zone: ZoneId(int("zone", row.required("zone")?)?),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// Splits one CSV line into fields. Unquoted fields are trimmed; a double-quoted field keeps
+/// its text verbatim, with `""` standing for one quote. Quoted newlines are not supported.
+///
+/// # Errors
+/// An unterminated quote, text after a closing quote, or a quote inside an unquoted field.
+pub fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        let n = fields.len() + 1;
+        while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+        let mut field = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    None => return Err(format!("field {n} has an unterminated quote")),
+                    Some('"') if chars.next_if_eq(&'"').is_some() => field.push('"'),
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+            fields.push(field);
+            match chars.next() {
+                None => return Ok(fields),
+                Some(',') => continue,
+                Some(c) => return Err(format!("field {n} has {c:?} after its closing quote")),
+            }
+        }
+        loop {
+            match chars.next() {
+                None => {
+                    fields.push(field.trim_end().to_owned());
+                    return Ok(fields);
+                }
+                Some(',') => break,
+                Some('"') => {
+                    return Err(format!(
+                        "field {n} has a quote inside unquoted text; quote the whole field"
+                    ));
+                }
+                Some(c) => field.push(c),
+            }
+        }
+        fields.push(field.trim_end().to_owned());
+    }
+}
+
+/// Reads records of type `T` row by row, from CSV or JSON Lines.
+#[derive(Debug)]
+pub struct RowReader<R, T> {
+    input: R,
+    format: ImportFormat,
+    line: usize,
+    bytes: u64,
+    buf: Vec<u8>,
+    /// CSV: for each header position, its index in `T::COLUMNS`.
+    header: Vec<usize>,
+    cells: Vec<Cell>,
+    record: PhantomData<fn() -> T>,
+}
+
+impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
+    /// Starts reading; for CSV, reads and checks the header row.
+    ///
+    /// # Errors
+    /// [`ImportError::Header`] for a header naming unknown or repeated columns or missing a
+    /// required one, [`ImportError::Io`] if the input cannot be read.
+    pub fn new(input: R, format: ImportFormat) -> Result<Self, ImportError> {
+        let mut reader = Self {
+            input,
+            format,
+            line: 0,
+            bytes: 0,
+            buf: Vec::new(),
+            header: Vec::new(),
+            cells: vec![Cell::Empty; T::COLUMNS.len()],
+            record: PhantomData,
+        };
+        if format == ImportFormat::Csv {
+            reader.read_header()?;
+        }
+        Ok(reader)
+    }
+
+    /// The number of the last line read.
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    /// Bytes consumed so far, for progress against the file size.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The next record, or the reason its row is bad; `None` at the end of the input.
+    ///
+    /// # Errors
+    /// [`ImportError::Io`] if the input cannot be read.
+    pub fn next_record(&mut self) -> Result<Option<Result<T, RowError>>, ImportError> {
+        let text = match self.next_line()? {
+            None => return Ok(None),
+            Some(Err(e)) => return Ok(Some(Err(e))),
+            Some(Ok(text)) => text,
+        };
+        let line = self.line;
+        let filled = match self.format {
+            ImportFormat::Csv => fill_csv(&text, &self.header, &mut self.cells),
+            ImportFormat::JsonLines => fill_json::<T>(&text, &mut self.cells),
+        };
+        let record = filled.and_then(|()| {
+            T::from_row(&Row {
+                columns: T::COLUMNS,
+                cells: &self.cells,
+            })
+        });
+        Ok(Some(record.map_err(|reason| RowError { line, reason })))
+    }
+
+    /// The next non-blank line, without its line ending.
+    fn next_line(&mut self) -> Result<Option<Result<String, RowError>>, ImportError> {
+        loop {
+            self.buf.clear();
+            let n = self
+                .input
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| ImportError::Io {
+                    line: self.line,
+                    source,
+                })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.bytes += n as u64;
+            self.line += 1;
+            let mut bytes = self.buf.as_slice();
+            if self.line == 1 {
+                // Spreadsheets often save CSV with a UTF-8 byte-order mark.
+                bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            }
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                let line = self.line;
+                return Ok(Some(Err(RowError {
+                    line,
+                    reason: "the line is not valid UTF-8".to_owned(),
+                })));
+            };
+            let text = text.trim_end_matches(['\n', '\r']);
+            if !text.trim().is_empty() {
+                return Ok(Some(Ok(text.to_owned())));
+            }
+        }
+    }
+
+    fn read_header(&mut self) -> Result<(), ImportError> {
+        let text = match self.next_line()? {
+            None => return Ok(()), // an empty file: no rows
+            Some(Err(e)) => return Err(ImportError::Header(e)),
+            Some(Ok(text)) => text,
+        };
+        let line = self.line;
+        let bad = |reason: String| ImportError::Header(RowError { line, reason });
+        let names = split_csv_line(&text).map_err(bad)?;
+        for name in names {
+            let name = name.trim().to_ascii_lowercase();
+            let Some(idx) = T::COLUMNS.iter().position(|c| *c == name) else {
+                return Err(bad(format!(
+                    "unknown column {}: {} files have the columns {}",
+                    shown(&name),
+                    T::NAME,
+                    T::COLUMNS.join(",")
+                )));
+            };
+            if self.header.contains(&idx) {
+                return Err(bad(format!("column {name} appears twice")));
+            }
+            self.header.push(idx);
+        }
+        if let Some(missing) = T::REQUIRED
+            .iter()
+            .find(|r| !self.header.iter().any(|&i| T::COLUMNS.get(i) == Some(*r)))
+        {
+            return Err(bad(format!("the required column {missing} is missing")));
+        }
+        Ok(())
+    }
+}
+
+fn fill_csv(text: &str, header: &[usize], cells: &mut [Cell]) -> Result<(), String> {
+    let fields = split_csv_line(text)?;
+    if fields.len() != header.len() {
+        return Err(format!(
+            "expected {} fields as in the header, found {}",
+            header.len(),
+            fields.len()
+        ));
+    }
+    cells.fill(Cell::Empty);
+    for (field, &idx) in fields.into_iter().zip(header) {
+        if let Some(cell) = cells.get_mut(idx)
+            && !field.is_empty()
+        {
+            *cell = Cell::Text(field);
+        }
+    }
+    Ok(())
+}
+
+fn fill_json<T: ImportRecord>(text: &str, cells: &mut [Cell]) -> Result<(), String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let serde_json::Value::Object(object) = value else {
+        return Err("expected a JSON object".to_owned());
+    };
+    cells.fill(Cell::Empty);
+    for (name, value) in object {
+        let Some(cell) = T::COLUMNS
+            .iter()
+            .position(|c| *c == name)
+            .and_then(|i| cells.get_mut(i))
+        else {
+            return Err(format!(
+                "unknown field {}: {} records have the fields {}",
+                shown(&name),
+                T::NAME,
+                T::COLUMNS.join(", ")
+            ));
+        };
+        *cell = json_cell(&name, value)?;
+    }
+    Ok(())
+}
+
+fn json_cell(name: &str, value: serde_json::Value) -> Result<Cell, String> {
+    use serde_json::Value;
+    let scalar = |v: Value| match v {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match value {
+        Value::Null => Ok(Cell::Empty),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| scalar(v).ok_or_else(|| format!("{name} items must be strings or numbers")))
+            .collect::<Result<_, _>>()
+            .map(Cell::List),
+        Value::Object(_) => Err(format!("{name} must not be an object")),
+        v => Ok(scalar(v).map_or(Cell::Empty, Cell::Text)),
+    }
+}
+
+/// A whole file read: the good records, and the bad rows.
+#[derive(Debug)]
+pub struct ParsedFile<T> {
+    /// The records of the good rows, in file order.
+    pub records: Vec<T>,
+    /// The first [`MAX_LISTED_ERRORS`] bad rows.
+    pub errors: Vec<RowError>,
+    /// How many rows were bad in all.
+    pub bad_rows: usize,
+}
+
+/// Reads every row of `input`. Records repeating the unique key of an earlier row (the same
+/// subject or gate twice) are bad rows. `progress(rows, bytes)` is called every 1,024 rows.
+///
+/// # Errors
+/// A bad CSV header or an unreadable input; row errors are collected, not returned.
+pub fn read_all<T: ImportRecord, R: BufRead>(
+    input: R,
+    format: ImportFormat,
+    mut progress: impl FnMut(usize, u64),
+) -> Result<ParsedFile<T>, ImportError> {
+    let mut reader = RowReader::<R, T>::new(input, format)?;
+    let mut parsed = ParsedFile {
+        records: Vec::new(),
+        errors: Vec::new(),
+        bad_rows: 0,
+    };
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut rows = 0usize;
+    while let Some(result) = reader.next_record()? {
+        rows += 1;
+        let line = reader.line();
+        let checked = result.and_then(|record| match record.unique_key() {
+            Some(key) => match seen.insert(key, line) {
+                Some(first) => {
+                    seen.insert(key, first);
+                    Err(RowError {
+                        line,
+                        reason: format!("{} {key} already appears on line {first}", T::NAME),
+                    })
+                }
+                None => Ok(record),
+            },
+            None => Ok(record),
+        });
+        match checked {
+            Ok(record) => parsed.records.push(record),
+            Err(e) => {
+                parsed.bad_rows += 1;
+                if parsed.errors.len() < MAX_LISTED_ERRORS {
+                    parsed.errors.push(e);
+                }
+            }
+        }
+        if rows.is_multiple_of(1024) {
+            progress(rows, reader.bytes_read());
+        }
+    }
+    progress(rows, reader.bytes_read());
+    Ok(parsed)
+}

@@ -1,0 +1,133 @@
+//! The credential key: 32 random bytes in `credential.key`, the HMAC-SHA256 key under which
+//! ID-card numbers are hashed. The number itself is never stored; a gate presents it, the
+//! engine hashes it, and the hash finds the subject.
+//!
+//! The database keeps a short check value of the key, so that a store opened with the wrong or
+//! a regenerated key is refused instead of silently failing every ID-card lookup.
+
+use std::fs;
+use std::path::Path;
+
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use rusqlite::{Connection, OptionalExtension};
+
+use super::{StoreError, fsutil};
+
+const KEY_LEN: usize = 32;
+/// The label hashed to derive the key check stored in `meta`.
+const CHECK_LABEL: &[u8] = b"gatewarden credential key check v1";
+const CHECK_META: &str = "credential_key_check";
+
+/// The HMAC key of ID-card hashes.
+pub(super) struct CredentialKey {
+    key: hmac::Key,
+}
+
+impl CredentialKey {
+    fn new(bytes: &[u8]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+        }
+    }
+
+    /// The stored form of an ID-card number: the HMAC of its normalised text.
+    pub(super) fn hash_id_card(&self, number: &str) -> [u8; 32] {
+        let normalised = normalise_id_card(number);
+        let tag = hmac::sign(&self.key, normalised.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    fn check_value(&self) -> String {
+        let tag = hmac::sign(&self.key, CHECK_LABEL);
+        tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Card readers differ in case and padding (`...123x` vs `...123X`); hash one form.
+pub(super) fn normalise_id_card(number: &str) -> String {
+    number.trim().to_ascii_uppercase()
+}
+
+/// Loads the key file, or creates it when the store holds no ID-card hashes yet, and checks it
+/// against the check value recorded in the database.
+pub(super) fn load_or_create(
+    conn: &Connection,
+    db: &Path,
+    path: &Path,
+) -> Result<CredentialKey, StoreError> {
+    let sql = |op| move |e| StoreError::from_sqlite(db, op, e);
+    let recorded: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [CHECK_META],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql("reading the credential key check"))?;
+    let key = match fs::read(path) {
+        Ok(bytes) if bytes.len() == KEY_LEN => CredentialKey::new(&bytes),
+        Ok(bytes) => {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("the key file has {} bytes, expected {KEY_LEN}", bytes.len()),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if recorded.is_some() && has_id_cards(conn, db)? {
+                return Err(StoreError::KeyMissing {
+                    path: path.to_owned(),
+                });
+            }
+            create(path)?
+        }
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let check = key.check_value();
+    match recorded {
+        Some(r) if r == check => {}
+        Some(_) if has_id_cards(conn, db)? => {
+            return Err(StoreError::KeyMismatch {
+                path: path.to_owned(),
+            });
+        }
+        _ => {
+            // No hash depends on the old key (or there was none): record this one.
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [CHECK_META, check.as_str()],
+            )
+            .map_err(sql("recording the credential key check"))?;
+        }
+    }
+    Ok(key)
+}
+
+fn has_id_cards(conn: &Connection, db: &Path) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM credentials WHERE kind = 'id_card')",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(|e| StoreError::from_sqlite(db, "looking for ID-card hashes", e))
+}
+
+fn create(path: &Path) -> Result<CredentialKey, StoreError> {
+    let mut bytes = [0u8; KEY_LEN];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| StoreError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other("the system random generator failed"),
+        })?;
+    fsutil::write_new_private(path, &bytes)?;
+    Ok(CredentialKey::new(&bytes))
+}

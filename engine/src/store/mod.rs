@@ -1,0 +1,290 @@
+//! The store: the engine's durable state in one SQLite file, plus the in-memory registry cache.
+//!
+//! ```text
+//! DATA/store/gatewarden.db (+ -wal, -shm)   SQLite, WAL mode, synchronous=FULL, owner-only
+//! DATA/store/credential.key                 32 random bytes: the key of the ID-card hashes
+//! ```
+//!
+//! What lives here: the registry (subjects, their credentials, health records, gates), face
+//! templates (the truth from which the gallery is derived), every entry record (each verdict
+//! with its checks, keyed by `(gate, seq)`), and the revocation audit trail. The schema and its
+//! versioned migrations are in `schema`; a store written by a newer gatewarden, or a file that
+//! is not a gatewarden store, is refused at [`Store::open`] with a message that says what to do.
+//!
+//! Connections:
+//! - one registry writer (a `Mutex<Connection>`) for subjects, health, gates and templates;
+//!   every write goes to SQLite first and then to the cache (write-through);
+//! - one [`EntryWriter`] per caller (the pipeline's commit thread), which commits entry records
+//!   in groups: one transaction, one fsync, per batch;
+//! - a small pool of read connections for queries; WAL lets them read while the writers write.
+//!
+//! The hot data the pipeline reads per event (subjects, credentials, health, gates) is served
+//! from `dashmap` caches loaded at open, so deciding an event never touches SQLite.
+//!
+//! Personal data: ID-card numbers are stored only as a keyed HMAC-SHA256 hash (the key is
+//! `credential.key`, never in the database), so a copy of the database alone does not reveal
+//! them. Files are created owner-only (0600, directory 0700).
+
+mod cache;
+mod codes;
+mod entries;
+mod fsutil;
+pub mod import;
+mod key;
+mod queries;
+mod registry;
+mod schema;
+mod templates;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use gatewarden_protocol::{GateId, SubjectId};
+use rusqlite::Connection;
+
+pub use entries::{CommitOutcome, EntryRecord, EntryRow, EntryWriter, ModeKind};
+pub use queries::{ContactRow, FrequencyRow, SignInRow};
+
+use cache::Cache;
+use key::CredentialKey;
+use schema::ReadPool;
+
+/// File name of the SQLite database inside the store directory.
+pub const DB_FILE: &str = "gatewarden.db";
+/// File name of the credential-hash key inside the store directory.
+pub const KEY_FILE: &str = "credential.key";
+
+/// The engine's durable state and its registry cache. `Send + Sync`; share it in an `Arc`.
+pub struct Store {
+    dir: PathBuf,
+    db_path: PathBuf,
+    key: CredentialKey,
+    writer: Mutex<Connection>,
+    readers: ReadPool,
+    cache: Cache,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("subjects", &self.cache.subjects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir` (normally `DATA/store`), creating it if it does not exist.
+    ///
+    /// Creates the directory (0700) and files (0600), switches the database to WAL with
+    /// `synchronous=FULL`, applies any pending schema migrations, loads or creates the
+    /// credential key, and loads the registry cache.
+    ///
+    /// # Errors
+    /// - [`StoreError::Incompatible`] if a newer gatewarden wrote the store;
+    /// - [`StoreError::Corrupt`] if the database is not a gatewarden SQLite store, is
+    ///   truncated, or fails while its registry is read;
+    /// - [`StoreError::KeyMissing`] / [`StoreError::KeyMismatch`] if the credential key is not
+    ///   the one the stored ID-card hashes were made with;
+    /// - [`StoreError::Io`] / [`StoreError::Sqlite`] for file-system and SQLite failures.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        fsutil::create_private_dir(dir)?;
+        let db_path = dir.join(DB_FILE);
+        schema::check_file(&db_path)?;
+        fsutil::ensure_private_file(&db_path)?;
+        let writer = schema::open_connection(&db_path, schema::Role::Writer)?;
+        schema::migrate(&writer, &db_path)?;
+        let key = key::load_or_create(&writer, &db_path, &dir.join(KEY_FILE))?;
+        let cache = Cache::load(&writer, &db_path)?;
+        // SQLite created -wal and -shm with the database's mode; make sure of it anyway, since
+        // a database file copied in from elsewhere may have been more permissive.
+        fsutil::tighten_sidecars(&db_path)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            readers: ReadPool::new(db_path.clone()),
+            db_path,
+            key,
+            writer: Mutex::new(writer),
+            cache,
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs SQLite's `quick_check` over the whole database: O(size), so not done at open.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] naming the first problem SQLite found.
+    pub fn verify(&self) -> Result<(), StoreError> {
+        let conn = self.readers.get()?;
+        let result: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| self.sql_err("checking the database", e))?;
+        if result == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt {
+                path: self.db_path.clone(),
+                detail: result,
+            })
+        }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock dropped any open transaction, which rolls it back, so
+        // the connection itself is consistent and can be used again.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sql_err(&self, op: &'static str, e: rusqlite::Error) -> StoreError {
+        StoreError::from_sqlite(&self.db_path, op, e)
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: self.db_path.clone(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file or directory could not be created, read or written.
+    #[error("cannot access {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database is damaged, truncated, or not a gatewarden store.
+    #[error(
+        "store {} is corrupt or not a gatewarden store: {detail}; restore it from a backup, or \
+         move it aside to start with an empty store",
+        path.display()
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// A newer gatewarden wrote this store.
+    #[error(
+        "store schema version {found} is newer than this gatewarden supports ({supported}); run \
+         the newer gatewarden, or point --data at a store made by this version"
+    )]
+    Incompatible {
+        /// The store's schema version.
+        found: u32,
+        /// The newest schema version this build knows.
+        supported: u32,
+    },
+    /// The store holds ID-card hashes but their key file is gone.
+    #[error(
+        "credential key {} is missing but the store holds ID-card hashes made with it; restore \
+         the key file from a backup (a new key cannot match the stored hashes)",
+        path.display()
+    )]
+    KeyMissing {
+        /// Where the key file should be.
+        path: PathBuf,
+    },
+    /// The key file is not the one the stored ID-card hashes were made with.
+    #[error(
+        "credential key {} is not the key this store's ID-card hashes were made with; restore \
+         the matching key file",
+        path.display()
+    )]
+    KeyMismatch {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A write names a subject the registry does not have.
+    #[error("unknown subject {0}: enroll the subject first")]
+    UnknownSubject(SubjectId),
+    /// A credential in a subject record already belongs to another subject.
+    #[error(
+        "the {kind} of subject {subject} already belongs to subject {holder}; fix or revoke one \
+         of the two records"
+    )]
+    CredentialTaken {
+        /// `ID card` or `staff QR token`.
+        kind: &'static str,
+        /// The subject being written.
+        subject: SubjectId,
+        /// The subject holding the credential.
+        holder: SubjectId,
+    },
+    /// A value is out of range (an empty template, a non-finite number, an unknown category).
+    #[error("invalid {what} for subject {subject}: {reason}")]
+    Invalid {
+        /// Whose record.
+        subject: SubjectId,
+        /// Which value.
+        what: &'static str,
+        /// Why (never the value itself when it is personal or biometric data).
+        reason: String,
+    },
+    /// A verdict could not be encoded for its entry record.
+    #[error("cannot encode the verdict of gate {gate} seq {seq}: {source}")]
+    Encode {
+        /// The verdict's gate.
+        gate: GateId,
+        /// The verdict's sequence number.
+        seq: u64,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// SQLite failed (busy past the timeout, disk full, I/O error).
+    #[error("sqlite failed while {op}: {source}")]
+    Sqlite {
+        /// What the store was doing.
+        op: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// Classifies a SQLite error: damage becomes [`StoreError::Corrupt`], the rest `Sqlite`.
+    fn from_sqlite(path: &Path, op: &'static str, e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                Self::Corrupt {
+                    path: path.to_owned(),
+                    detail: format!("{e} (while {op})"),
+                }
+            }
+            _ => Self::Sqlite { op, source: e },
+        }
+    }
+}
+
+/// SQLite integers are signed 64-bit; ids and sequence numbers are stored by bit pattern, so
+/// every `u64` round-trips exactly (values above `i64::MAX` read back as themselves).
+fn to_sql_u64(v: u64) -> i64 {
+    v as i64
+}
+
+/// The inverse of [`to_sql_u64`].
+fn from_sql_u64(v: i64) -> u64 {
+    v as u64
+}
+
+/// A time bound for SQL comparisons: times past `i64::MAX` ms clamp (no real time is there).
+fn sql_time(t: gatewarden_protocol::UnixMillis) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}

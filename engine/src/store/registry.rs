@@ -1,0 +1,314 @@
+//! Registry reads (from the cache) and writes (SQLite first, then the cache): subjects and
+//! their credentials, health records, gates, revocation.
+
+use std::sync::Arc;
+
+use gatewarden_protocol::{
+    Credential, GateId, HealthRecord, SubjectId, SubjectRecord, SubjectStatus, UnixMillis,
+    UpdateHealthAck,
+};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::{Store, StoreError, codes, from_sql_u64, sql_time, to_sql_u64};
+use crate::model::GateInfo;
+
+const KIND_ID_CARD: &str = "id_card";
+const KIND_QR: &str = "staff_qr";
+
+impl Store {
+    /// A subject's record, from the cache. The cached copy has `id_card = None` (the number is
+    /// kept only as a hash), so do not write it back through [`Store::upsert_subjects`]: that
+    /// replaces the whole record and would drop the card.
+    pub fn subject(&self, id: SubjectId) -> Option<Arc<SubjectRecord>> {
+        self.cache.subjects.get(&id).map(|r| Arc::clone(&r))
+    }
+
+    /// The subject a credential belongs to. An ID-card number is hashed with the store's key
+    /// and looked up by hash; a staff QR token is looked up as is.
+    pub fn resolve_credential(&self, credential: &Credential) -> Option<SubjectId> {
+        match credential {
+            Credential::IdCard(number) => {
+                let hash = self.key.hash_id_card(number);
+                self.cache.id_cards.get(&hash).map(|s| *s)
+            }
+            Credential::StaffQr(token) => self.cache.qr_tokens.get(token.as_str()).map(|s| *s),
+        }
+    }
+
+    /// A subject's latest health record, from the cache.
+    pub fn health(&self, id: SubjectId) -> Option<HealthRecord> {
+        self.cache.health.get(&id).map(|h| h.clone())
+    }
+
+    /// A gate of the registry, from the cache.
+    pub fn gate(&self, id: GateId) -> Option<GateInfo> {
+        self.cache.gates.get(&id).map(|g| g.clone())
+    }
+
+    /// Every gate, ordered by id.
+    pub fn gates(&self) -> Vec<GateInfo> {
+        let mut gates: Vec<GateInfo> = self.cache.gates.iter().map(|g| g.clone()).collect();
+        gates.sort_by_key(|g| g.gate);
+        gates
+    }
+
+    /// How many subjects the registry holds.
+    pub fn subject_count(&self) -> usize {
+        self.cache.subjects.len()
+    }
+
+    /// Inserts or replaces subject records, in one transaction. Each record replaces the
+    /// stored one entirely, credentials included: a record without `id_card` removes the
+    /// subject's card. Returns the number of records written.
+    ///
+    /// # Errors
+    /// [`StoreError::CredentialTaken`] if a card or token belongs to another subject,
+    /// [`StoreError::Invalid`] for an empty card or token or a category this store cannot
+    /// write; nothing is written then.
+    pub fn upsert_subjects(&self, records: &[SubjectRecord]) -> Result<usize, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql_err("starting a subject upsert", e))?;
+        let mut hashes = Vec::with_capacity(records.len());
+        for record in records {
+            hashes.push(self.write_subject(&tx, record)?);
+        }
+        tx.commit()
+            .map_err(|e| self.sql_err("committing subjects", e))?;
+        for (record, hash) in records.iter().zip(hashes) {
+            self.cache.replace_subject(cached_copy(record), hash);
+        }
+        Ok(records.len())
+    }
+
+    /// Writes one subject row and its credentials; returns its ID-card hash.
+    fn write_subject(
+        &self,
+        tx: &Transaction<'_>,
+        r: &SubjectRecord,
+    ) -> Result<Option<[u8; 32]>, StoreError> {
+        let sql = |e| self.sql_err("writing a subject", e);
+        let category = codes::category_code(r.category).ok_or_else(|| StoreError::Invalid {
+            subject: r.subject,
+            what: "category",
+            reason: format!("{:?} is not known to this store version", r.category),
+        })?;
+        let ids = |v: Vec<u32>| serde_json::to_string(&v).unwrap_or_else(|_| "[]".to_owned());
+        tx.prepare_cached(
+            "INSERT INTO subjects (id, category, home_market, markets, zones, valid_from,
+                                   valid_until, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (id) DO UPDATE SET
+                category = excluded.category, home_market = excluded.home_market,
+                markets = excluded.markets, zones = excluded.zones,
+                valid_from = excluded.valid_from, valid_until = excluded.valid_until,
+                status = excluded.status",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                to_sql_u64(r.subject.0),
+                category,
+                r.home_market.0,
+                ids(r.markets.iter().map(|m| m.0).collect()),
+                ids(r.zones.iter().map(|z| z.0).collect()),
+                r.valid_from.map(sql_time),
+                r.valid_until.map(sql_time),
+                codes::status_code(r.status),
+            ])
+        })
+        .map_err(sql)?;
+        tx.prepare_cached("DELETE FROM credentials WHERE subject = ?1")
+            .and_then(|mut s| s.execute([to_sql_u64(r.subject.0)]))
+            .map_err(sql)?;
+        let hash = match &r.id_card {
+            Some(number) => {
+                if number.trim().is_empty() {
+                    return Err(invalid(r.subject, "ID card", "the number is empty"));
+                }
+                let hash = self.key.hash_id_card(number);
+                self.write_credential(tx, r.subject, KIND_ID_CARD, &hash)?;
+                Some(hash)
+            }
+            None => None,
+        };
+        for token in &r.qr_tokens {
+            if token.is_empty() {
+                return Err(invalid(r.subject, "staff QR token", "the token is empty"));
+            }
+            self.write_credential(tx, r.subject, KIND_QR, token.as_bytes())?;
+        }
+        Ok(hash)
+    }
+
+    fn write_credential(
+        &self,
+        tx: &Transaction<'_>,
+        subject: SubjectId,
+        kind: &'static str,
+        key: &[u8],
+    ) -> Result<(), StoreError> {
+        let sql = |e| self.sql_err("writing a credential", e);
+        let holder: Option<i64> = tx
+            .prepare_cached("SELECT subject FROM credentials WHERE kind = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row(params![kind, key], |r| r.get(0)).optional())
+            .map_err(sql)?;
+        match holder.map(|h| SubjectId(from_sql_u64(h))) {
+            Some(h) if h == subject => Ok(()), // the same token listed twice
+            Some(holder) => Err(StoreError::CredentialTaken {
+                kind: if kind == KIND_ID_CARD { "ID card" } else { "staff QR token" },
+                subject,
+                holder,
+            }),
+            None => tx
+                .prepare_cached("INSERT INTO credentials (kind, key, subject) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![kind, key, to_sql_u64(subject.0)]))
+                .map(drop)
+                .map_err(sql),
+        }
+    }
+
+    /// Applies health records in one transaction. Idempotent: a record older than the stored
+    /// one (by `updated_at`) is ignored, so replaying a feed changes nothing. Records of
+    /// unknown subjects are counted in `unknown_subjects` and not applied; stale records are
+    /// counted in neither field.
+    ///
+    /// # Errors
+    /// SQLite failures; nothing is applied then.
+    pub fn upsert_health(&self, records: &[HealthRecord]) -> Result<UpdateHealthAck, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql_err("starting a health upsert", e))?;
+        let mut applied = Vec::new();
+        let mut unknown = 0u32;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO health (subject, test_at, test_result, vaccine_doses, health_code,
+                                         travel_code, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (subject) DO UPDATE SET
+                        test_at = excluded.test_at, test_result = excluded.test_result,
+                        vaccine_doses = excluded.vaccine_doses,
+                        health_code = excluded.health_code, travel_code = excluded.travel_code,
+                        updated_at = excluded.updated_at
+                     WHERE excluded.updated_at >= health.updated_at",
+                )
+                .map_err(|e| self.sql_err("preparing the health upsert", e))?;
+            for r in records {
+                if !self.cache.subjects.contains_key(&r.subject) {
+                    unknown += 1;
+                    continue;
+                }
+                let changed = stmt
+                    .execute(params![
+                        to_sql_u64(r.subject.0),
+                        r.test_at.map(sql_time),
+                        r.test_result.map(codes::test_result_code),
+                        r.vaccine_doses,
+                        codes::colour_code(r.health_code),
+                        codes::colour_code(r.travel_code),
+                        sql_time(r.updated_at),
+                    ])
+                    .map_err(|e| self.sql_err("writing a health record", e))?;
+                if changed > 0 {
+                    applied.push(r);
+                }
+            }
+        }
+        tx.commit()
+            .map_err(|e| self.sql_err("committing health records", e))?;
+        let ack = UpdateHealthAck {
+            applied: u32::try_from(applied.len()).unwrap_or(u32::MAX),
+            unknown_subjects: unknown,
+        };
+        // In order, so that of two records for one subject in a batch the later applied wins,
+        // as it did in SQLite.
+        for r in applied {
+            self.cache.health.insert(r.subject, r.clone());
+        }
+        Ok(ack)
+    }
+
+    /// Revokes a subject everywhere and records why in the audit trail. A blocklisted subject
+    /// stays blocklisted (the stronger bar); the revocation is still recorded. Returns false
+    /// if the subject is unknown.
+    ///
+    /// # Errors
+    /// SQLite failures; nothing is changed then.
+    pub fn revoke(&self, id: SubjectId, reason: &str, now: UnixMillis) -> Result<bool, StoreError> {
+        let mut conn = self.writer();
+        let Some(current) = self.subject(id) else {
+            return Ok(false);
+        };
+        let sql = |e| self.sql_err("revoking a subject", e);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        tx.execute(
+            "UPDATE subjects SET status = 'revoked' WHERE id = ?1 AND status = 'active'",
+            [to_sql_u64(id.0)],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO revocations (subject, reason, at) VALUES (?1, ?2, ?3)",
+            params![to_sql_u64(id.0), reason, sql_time(now)],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        if current.status == SubjectStatus::Active {
+            let mut record = (*current).clone();
+            record.status = SubjectStatus::Revoked;
+            self.cache.subjects.insert(id, Arc::new(record));
+        }
+        Ok(true)
+    }
+
+    /// Inserts or replaces gates, in one transaction. Returns the number written.
+    ///
+    /// # Errors
+    /// SQLite failures; nothing is written then.
+    pub fn upsert_gates(&self, gates: &[GateInfo]) -> Result<usize, StoreError> {
+        let mut conn = self.writer();
+        let sql = |e| self.sql_err("writing gates", e);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO gates (id, market, zone, name) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET
+                        market = excluded.market, zone = excluded.zone, name = excluded.name",
+                )
+                .map_err(sql)?;
+            for g in gates {
+                stmt.execute(params![g.gate.0, g.market.0, g.zone.0, g.name])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)?;
+        for g in gates {
+            self.cache.gates.insert(g.gate, g.clone());
+        }
+        Ok(gates.len())
+    }
+}
+
+/// The cached form of a record: no card number, tokens sorted and unique.
+fn cached_copy(r: &SubjectRecord) -> SubjectRecord {
+    let mut copy = r.clone();
+    copy.id_card = None;
+    copy.qr_tokens.sort();
+    copy.qr_tokens.dedup();
+    copy
+}
+
+fn invalid(subject: SubjectId, what: &'static str, reason: &str) -> StoreError {
+    StoreError::Invalid {
+        subject,
+        what,
+        reason: reason.to_owned(),
+    }
+}

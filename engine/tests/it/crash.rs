@@ -1,0 +1,182 @@
+//! Durability across `kill -9`: a real `gatewarden serve` process, real QUIC clients, SIGKILL
+//! mid-stream, a restart on the same data folder, and gates retrying with the same keys.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatewarden::clock::{Clock, SystemClock};
+use gatewarden::server::certs::{CertDir, ensure_dev_certs};
+use gatewarden::store::Store;
+use gatewarden_protocol::{Event, GateId, Message, UnixMillis, Verdict};
+
+use crate::quic::Client;
+use crate::support::{self, GATES, verify_event};
+
+const PER_GATE: u64 = 100;
+
+fn spawn_server(dir: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatewarden"))
+        .args(["serve", "--data"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("server said {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+fn prepare(dir: &Path, now: UnixMillis) {
+    let engine = support::open_populated(dir, now);
+    engine.shutdown();
+    drop(engine);
+    std::fs::write(
+        dir.join("gatewarden.toml"),
+        format!(
+            "[engine]\ndim = {}\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n",
+            support::DIM,
+            support::MODEL
+        ),
+    )
+    .unwrap();
+    ensure_dev_certs(&CertDir(dir.join("certs")), (1..=GATES).map(GateId)).unwrap();
+}
+
+fn events(now: UnixMillis) -> Vec<Event> {
+    (1..=GATES)
+        .flat_map(|g| (1..=PER_GATE).map(move |seq| (g, seq)))
+        .map(|(g, seq)| verify_event(g, seq, 1 + (seq + u64::from(g)) % support::PEOPLE, now))
+        .collect()
+}
+
+/// Sends every event concurrently; returns the verdicts that arrived. With `kill_after`,
+/// SIGKILLs the server once that many verdicts have arrived and stops waiting shortly after.
+async fn drive(
+    addr: SocketAddr,
+    certs: &Path,
+    events: &[Event],
+    mut kill: Option<(&mut Child, usize)>,
+) -> HashMap<(GateId, u64), Verdict> {
+    let mut clients = Vec::new();
+    for g in 1..=GATES {
+        let client = Client::gate(addr, certs, g).await;
+        assert!(matches!(client.hello(g).await, Message::HelloAck(_)));
+        clients.push(Arc::new(client));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for event in events {
+        let client = Arc::clone(&clients[event.gate.0 as usize - 1]);
+        let event = event.clone();
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            for _attempt in 0..50 {
+                match client.request(&Message::Event(event.clone())).await {
+                    Ok(Message::Verdict(v)) => {
+                        let _ = tx.send(v);
+                        return;
+                    }
+                    Ok(Message::Busy(b)) => {
+                        tokio::time::sleep(Duration::from_millis(u64::from(b.retry_after_ms))).await;
+                    }
+                    Ok(other) => panic!("unexpected reply {other:?}"),
+                    Err(_) => return, // connection lost: the server was killed
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut got = HashMap::new();
+    while let Some(v) = rx.recv().await {
+        got.insert((v.gate, v.seq), v);
+        if let Some((child, after)) = kill.as_mut() {
+            if got.len() >= *after {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                // Replies already on the wire may still land; then stop waiting.
+                let deadline = tokio::time::sleep(Duration::from_millis(300));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        v = rx.recv() => match v {
+                            Some(v) => { got.insert((v.gate, v.seq), v); }
+                            None => break,
+                        },
+                        () = &mut deadline => break,
+                    }
+                }
+                tasks.iter().for_each(|t| t.abort());
+                return got;
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn acknowledged_events_survive_kill_9_and_retries_are_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemClock.now();
+    prepare(dir.path(), now);
+    let certs = dir.path().join("certs");
+    let all = events(now);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let (mut first, addr) = spawn_server(dir.path());
+    let acknowledged =
+        runtime.block_on(drive(addr, &certs, &all, Some((&mut first, PER_GATE as usize))));
+    assert!(acknowledged.len() >= PER_GATE as usize);
+    assert!(acknowledged.len() < all.len(), "the kill came too late to test anything");
+
+    // Restart on the same folder; every gate retries everything with the same keys.
+    let (mut second, addr) = spawn_server(dir.path());
+    let retried = runtime.block_on(drive(addr, &certs, &all, None));
+    assert_eq!(retried.len(), all.len(), "some retries got no verdict");
+    for (key, before) in &acknowledged {
+        let after = &retried[key];
+        assert!(after.replayed, "{key:?} was decided twice");
+        assert_eq!(
+            (after.decision, after.subject, &after.checks),
+            (before.decision, before.subject, &before.checks)
+        );
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(second.wait().unwrap().success(), "server did not shut down cleanly");
+
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let mut records: HashMap<(GateId, u64), usize> = HashMap::new();
+    store
+        .for_each_entry_since(UnixMillis(0), |row| {
+            *records.entry((row.gate, row.seq)).or_default() += 1;
+        })
+        .unwrap();
+    assert_eq!(records.len(), all.len());
+    assert!(records.values().all(|&n| n == 1));
+    for (key, v) in &retried {
+        let stored = store.verdict_for(key.0, key.1).unwrap().unwrap();
+        assert_eq!(stored.decision, v.decision);
+    }
+}

@@ -1,0 +1,248 @@
+//! The library API over real files: SQLite store, gallery folder, pipeline threads.
+
+use std::sync::Arc;
+
+use gatewarden::clock::{Clock, SystemClock};
+use gatewarden::{Engine, Reply};
+use gatewarden_protocol::{
+    CheckKind, Credential, Decision, ErrorCode, GateId, Mode, Outcome, Revoke, SubjectId,
+    UnixMillis, Verdict,
+};
+
+use crate::support::{self, identify_event, open_populated, probe_of, stranger, verify_event};
+
+fn now() -> UnixMillis {
+    SystemClock.now()
+}
+
+fn verdict(reply: Reply) -> Verdict {
+    match reply {
+        Reply::Verdict(v) => v,
+        other => panic!("expected a verdict, got {other:?}"),
+    }
+}
+
+fn error_code(reply: Reply) -> ErrorCode {
+    match reply {
+        Reply::Error(e) => e.code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn check(v: &Verdict, kind: CheckKind) -> Outcome {
+    v.checks
+        .iter()
+        .find(|c| c.kind == kind)
+        .map(|c| c.outcome)
+        .unwrap_or_else(|| panic!("no {kind:?} check in {v:?}"))
+}
+
+#[test]
+fn verify_admits_the_card_holder_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let v = verdict(engine.submit_blocking(verify_event(1, 1, 7, now())));
+    assert_eq!(v.decision, Decision::Admit, "{v:?}");
+    assert_eq!(v.subject, Some(SubjectId(7)));
+    assert_eq!(check(&v, CheckKind::FaceMatch), Outcome::Pass);
+    let stored = engine.store().verdict_for(GateId(1), 1).unwrap().unwrap();
+    assert_eq!(stored.decision, v.decision);
+    assert_eq!(stored.checks, v.checks);
+}
+
+#[test]
+fn identify_finds_the_person_and_refuses_a_stranger() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let found = verdict(engine.submit_blocking(identify_event(2, 1, probe_of(13, 99), now())));
+    assert_eq!(found.subject, Some(SubjectId(13)), "{found:?}");
+    assert_eq!(found.decision, Decision::Admit);
+    let refused = verdict(engine.submit_blocking(identify_event(2, 2, stranger(5), now())));
+    assert_eq!(refused.decision, Decision::Deny, "{refused:?}");
+    assert_eq!(refused.subject, None);
+    assert_eq!(check(&refused, CheckKind::FaceMatch), Outcome::Fail);
+}
+
+#[test]
+fn a_card_with_someone_elses_face_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let mut event = verify_event(1, 1, 7, now());
+    event.face.as_mut().unwrap().embedding = probe_of(8, 1);
+    let v = verdict(engine.submit_blocking(event));
+    assert_eq!(v.decision, Decision::Deny, "{v:?}");
+    assert_eq!(check(&v, CheckKind::FaceMatch), Outcome::Fail);
+}
+
+#[test]
+fn an_unknown_card_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let mut event = verify_event(1, 1, 7, now());
+    event.mode = Mode::Verify {
+        credential: Credential::IdCard("000000000000000000".to_owned()),
+    };
+    let v = verdict(engine.submit_blocking(event));
+    assert_eq!(v.decision, Decision::Deny);
+    assert_eq!(check(&v, CheckKind::Credential), Outcome::Fail);
+}
+
+#[test]
+fn fever_is_denied_with_the_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let mut event = verify_event(1, 1, 7, now());
+    event.temperature_c = Some(38.6);
+    let v = verdict(engine.submit_blocking(event));
+    assert_eq!(v.decision, Decision::Deny);
+    let temp = v.checks.iter().find(|c| c.kind == CheckKind::Temperature).unwrap();
+    assert_eq!(temp.outcome, Outcome::Fail);
+    assert!((temp.value.unwrap() - 38.6).abs() < 1e-3);
+}
+
+#[test]
+fn a_replayed_key_gets_the_recorded_verdict_and_no_second_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let first = verdict(engine.submit_blocking(verify_event(1, 5, 7, now())));
+    assert!(!first.replayed);
+    // The replay carries a different face: it must not be decided again.
+    let mut again = verify_event(1, 5, 7, now());
+    again.face.as_mut().unwrap().embedding = stranger(1);
+    let second = verdict(engine.submit_blocking(again));
+    assert!(second.replayed);
+    assert_eq!(second.decision, first.decision);
+    assert_eq!(second.checks, first.checks);
+    let trail = engine
+        .trajectory(SubjectId(7), UnixMillis(0), UnixMillis(u64::MAX / 2))
+        .unwrap();
+    assert_eq!(trail.len(), 1, "{trail:?}");
+}
+
+#[test]
+fn bad_events_get_typed_errors_and_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let unknown_gate = verify_event(99, 1, 7, now());
+    assert_eq!(error_code(engine.submit_blocking(unknown_gate)), ErrorCode::UnknownGate);
+
+    let mut short = verify_event(1, 2, 7, now());
+    short.face.as_mut().unwrap().embedding.pop();
+    assert_eq!(error_code(engine.submit_blocking(short)), ErrorCode::DimensionMismatch);
+
+    let mut nan = verify_event(1, 3, 7, now());
+    nan.face.as_mut().unwrap().embedding[3] = f32::NAN;
+    assert_eq!(error_code(engine.submit_blocking(nan)), ErrorCode::InvalidValue);
+
+    let mut model = verify_event(1, 4, 7, now());
+    model.face.as_mut().unwrap().model = "other-model".to_owned();
+    assert_eq!(error_code(engine.submit_blocking(model)), ErrorCode::UnknownModel);
+
+    for seq in 1..=4 {
+        assert!(engine.store().verdict_for(GateId(1), seq).unwrap().is_none());
+    }
+}
+
+#[test]
+fn a_revoked_person_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let ack = engine
+        .revoke(&Revoke {
+            subject: SubjectId(9),
+            reason: "card reported lost".to_owned(),
+        })
+        .unwrap();
+    assert!(ack.revoked);
+    let v = verdict(engine.submit_blocking(verify_event(1, 1, 9, now())));
+    assert_eq!(v.decision, Decision::Deny);
+    assert_eq!(v.subject, Some(SubjectId(9)));
+    assert_eq!(check(&v, CheckKind::SubjectStatus), Outcome::Fail);
+}
+
+#[test]
+fn events_past_their_deadline_get_busy_not_a_late_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config();
+    config.engine.deadline_ms = 0;
+    let engine = Engine::open(dir.path(), config).unwrap();
+    support::populate(&engine, now());
+    let reply = engine.submit_blocking(verify_event(1, 1, 7, now()));
+    assert!(matches!(reply, Reply::Busy(b) if b.retry_after_ms > 0), "{reply:?}");
+    assert!(engine.store().verdict_for(GateId(1), 1).unwrap().is_none());
+    assert_eq!(engine.stats().expired, 1);
+}
+
+#[test]
+fn a_full_queue_answers_busy_at_once_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config();
+    config.engine.queue_capacity = 1;
+    config.engine.max_batch = 1;
+    config.engine.workers = 1;
+    let engine = Engine::open(dir.path(), config).unwrap();
+    support::populate(&engine, now());
+    let pending: Vec<_> = (1..=300)
+        .map(|seq| engine.submit(verify_event(1 + (seq % 4) as u32, seq, 1 + seq % 50, now())))
+        .collect();
+    let replies: Vec<Reply> = pending.into_iter().map(|p| p.wait()).collect();
+    let busy = replies.iter().filter(|r| matches!(r, Reply::Busy(_))).count();
+    assert!(busy > 0, "300 events into a queue of one never saw Busy");
+    for (i, reply) in replies.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let gate = GateId(1 + (seq % 4) as u32);
+        let recorded = engine.store().verdict_for(gate, seq).unwrap();
+        match reply {
+            Reply::Verdict(v) => assert_eq!(recorded.as_ref().map(|r| r.decision), Some(v.decision)),
+            Reply::Busy(_) => assert!(recorded.is_none(), "a Busy event was recorded"),
+            Reply::Error(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn async_submit_works_and_shutdown_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(open_populated(dir.path(), now()));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let verdicts = runtime.block_on(async {
+        let mut out = Vec::new();
+        for seq in 1..=20u64 {
+            out.push(engine.submit(verify_event(3, seq, seq, now())).await);
+        }
+        out
+    });
+    assert!(verdicts.iter().all(|r| matches!(r, Reply::Verdict(v) if v.decision == Decision::Admit)));
+    engine.shutdown();
+    let after = engine.submit_blocking(verify_event(3, 21, 1, now()));
+    assert_eq!(error_code(after), ErrorCode::ShuttingDown);
+}
+
+#[test]
+fn a_reopened_engine_keeps_records_and_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = open_populated(dir.path(), now());
+        let v = verdict(engine.submit_blocking(verify_event(1, 1, 7, now())));
+        assert_eq!(v.decision, Decision::Admit);
+        engine.shutdown();
+    }
+    let engine = Engine::open(dir.path(), support::config()).unwrap();
+    assert_eq!(engine.gallery().len(), support::PEOPLE as usize);
+    let replay = verdict(engine.submit_blocking(verify_event(1, 1, 7, now())));
+    assert!(replay.replayed);
+    let found = verdict(engine.submit_blocking(identify_event(1, 2, probe_of(21, 3), now())));
+    assert_eq!(found.subject, Some(SubjectId(21)));
+}
+
+#[test]
+fn enrolling_a_face_twice_under_another_name_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let face = support::face_of(3);
+    let rows = [(SubjectId(4), face.as_slice())];
+    let report = engine.enroll_templates(&rows, true).unwrap();
+    assert_eq!(report.added, 0);
+    assert_eq!(report.duplicates.len(), 1);
+    assert_eq!(report.duplicates[0].existing, SubjectId(3));
+}

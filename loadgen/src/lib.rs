@@ -1,0 +1,29 @@
+//! gatewarden-loadgen: a simulated fleet of gates over real QUIC, with ground truth.
+//!
+//! Two jobs, each usable as a library (the engine's `gatewarden demo` calls both) and from the
+//! `gatewarden-loadgen` binary:
+//!
+//! - [`population`]: a seeded synthetic population (subjects in the five staff categories and
+//!   the public, spread over markets; face templates; health records; credentials) written in
+//!   the formats the engine's import tools read, plus the ground truth: for every person, what
+//!   a correct engine running the demo policy must answer.
+//! - [`run`]: N gates, each its own QUIC connection and client certificate, sending events on
+//!   an open-loop schedule (constant, Poisson or a rush-hour curve). Latency is measured from
+//!   each event's *intended* send time, so a slow server cannot hide its queueing (no
+//!   coordinated omission). Every verdict is checked against the ground truth.
+//!
+//! Everything random comes from one seeded generator ([`rng`](crate::rng), SplitMix64 seeding
+//! xoshiro256**), so a population and a run's event sequence are reproducible from their seeds.
+//!
+//! Module map: `rng` (PRNG, Gaussians), `vectors` (identities, templates, probes), `npy`
+//! (NumPy writer), [`population`] (the people and their files), `truth` (the demo policy,
+//! mirrored), [`run`] (arrivals, QUIC client, bad input, report, plot).
+#![forbid(unsafe_code)]
+
+pub mod population;
+pub mod run;
+
+mod npy;
+mod rng;
+mod truth;
+mod vectors;

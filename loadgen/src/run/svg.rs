@@ -1,0 +1,145 @@
+//! A dependency-free SVG line chart of a run: p50 and p99 latency on the left axis,
+//! answered events per second on the right axis, seconds on the x axis.
+
+use std::fmt::Write as _;
+
+use super::report::Report;
+
+const W: f64 = 960.0;
+const H: f64 = 480.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 80.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 60.0;
+
+/// The chart as an SVG document.
+pub(crate) fn plot(r: &Report) -> String {
+    let pts = &r.per_second;
+    let t_max = pts.iter().map(|p| p.t).fold(1.0, f64::max);
+    let lat_max = nice_ceiling(pts.iter().map(|p| p.p99_ms.max(p.p50_ms)).fold(1.0, f64::max));
+    let eps_max = nice_ceiling(pts.iter().map(|p| p.verdicts as f64).fold(1.0, f64::max));
+    let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    let x = |t: f64| LEFT + pw * t / t_max;
+    let y_lat = |v: f64| TOP + ph * (1.0 - v / lat_max);
+    let y_eps = |v: f64| TOP + ph * (1.0 - v / eps_max);
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let title = format!(
+        "gatewarden: {} gates, {} profile, peak {} ev/s; p99 {:.1} ms, {} lost, {} false admits",
+        r.config.gates, r.config.profile, r.config.rate, r.latency_ms.p99, r.lost, r.accuracy.false_admit
+    );
+    let _ = writeln!(s, r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, escape(&title));
+    // Grid and axis labels.
+    for i in 0..=5 {
+        let f = f64::from(i) / 5.0;
+        let y = TOP + ph * (1.0 - f);
+        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, W - RIGHT);
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, LEFT - 6.0, y + 4.0, fmt_num(lat_max * f));
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, W - RIGHT + 6.0, y + 4.0, fmt_num(eps_max * f));
+        let t = t_max * f;
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, x(t), H - BOTTOM + 18.0, fmt_num(t));
+    }
+    let _ = writeln!(s, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##);
+    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">seconds</text>"#, LEFT + pw / 2.0, H - 20.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{0}" text-anchor="middle" transform="rotate(-90 18 {0})">latency (ms)</text>"#,
+        TOP + ph / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{0}" y="{1}" text-anchor="middle" transform="rotate(90 {0} {1})">verdicts per second</text>"#,
+        W - 18.0,
+        TOP + ph / 2.0
+    );
+    let series: [(&str, &str, Box<dyn Fn(&super::report::SecondStats) -> f64>); 3] = [
+        ("throughput", "#2a9d8f", Box::new(|p| y_eps(p.verdicts as f64))),
+        ("p50", "#457b9d", Box::new(|p| y_lat(p.p50_ms))),
+        ("p99", "#e63946", Box::new(|p| y_lat(p.p99_ms))),
+    ];
+    for (i, (name, colour, y)) in series.iter().enumerate() {
+        if !pts.is_empty() {
+            let points: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", x(p.t), y(p))).collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                points.join(" ")
+            );
+        }
+        let lx = LEFT + 10.0 + 120.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{0}" x2="{1}" y2="{0}" stroke="{colour}" stroke-width="3"/><text x="{2}" y="{3}">{name}</text>"#,
+            TOP + 14.0,
+            lx + 24.0,
+            lx + 30.0,
+            TOP + 18.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The next "round" number at or above `v` (1, 2, 5 × 10^k).
+fn nice_ceiling(v: f64) -> f64 {
+    if !(v.is_finite() && v > 0.0) {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|c| *c >= v).unwrap_or(10.0 * p)
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 100.0 || v == v.round() { format!("{v:.0}") } else { format!("{v:.1}") }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::SecondStats;
+    use super::*;
+
+    #[test]
+    fn svg_is_well_formed_enough() {
+        let mut r = Report::default();
+        r.config.profile = "rush <&>".into();
+        r.per_second = (1..=30)
+            .map(|t| SecondStats {
+                t: f64::from(t),
+                sent: 100,
+                verdicts: 100 + u64::from(t),
+                busy: 0,
+                p50_ms: 2.0,
+                p99_ms: 9.5,
+            })
+            .collect();
+        let svg = r.plot_svg();
+        assert!(svg.starts_with("<svg "));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains("rush &lt;&amp;&gt;"));
+        // Every opened element closes: count tags that are neither self-closing nor closing.
+        let opens = svg.matches("<text").count() + svg.matches("<svg").count();
+        let closes = svg.matches("</text>").count() + svg.matches("</svg>").count();
+        assert_eq!(opens, closes);
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        // An empty run still renders.
+        assert!(Report::default().plot_svg().ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn nice_ceiling_rounds_up() {
+        assert_eq!(nice_ceiling(7.0), 10.0);
+        assert_eq!(nice_ceiling(1.5), 2.0);
+        assert_eq!(nice_ceiling(420.0), 500.0);
+        assert_eq!(nice_ceiling(0.0), 1.0);
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of gatewarden-protocol (one binary): golden fixtures and the spec.
+
+mod golden;
+mod samples;
+mod spec;
