@@ -1,2 +1,55 @@
-//! placeholder
-fn main(){}
+//! Each kernel, per available instruction set (always including the scalar reference), at
+//! d = 128 and 512: one query against a block of 256 rows (rows in L2, so this measures
+//! compute, not memory), and 16 queries against the same block.
+#![forbid(unsafe_code)]
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
+
+use benches::BenchGallery;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use gatewarden::index::Kernels;
+use gatewarden::index::kernels::{F32Block, F32Multi, I8Block, I8Multi};
+use gatewarden::index::quantize_into;
+
+const ROWS: usize = 256;
+const QUERIES: usize = 16;
+
+fn kernels(c: &mut Criterion) {
+    for dim in [128, 512] {
+        let g = BenchGallery::new(1, ROWS, dim);
+        let probes = g.probes(2, QUERIES);
+        let packed: Vec<f32> = probes.iter().flatten().copied().collect();
+        let mut qcodes = vec![0i8; dim * QUERIES];
+        for (j, p) in probes.iter().enumerate() {
+            quantize_into(p, &mut qcodes[j * dim..(j + 1) * dim]);
+        }
+        let mut group = c.benchmark_group(format!("kernels/d{dim}"));
+        group.throughput(Throughput::Elements(ROWS as u64));
+        for k in Kernels::available() {
+            let isa = k.isa().name();
+            let f = F32Block::new(&probes[0], g.vectors(), g.stride(), ROWS).expect("block");
+            let mut out = vec![0f32; ROWS * QUERIES];
+            group.bench_function(BenchmarkId::new("score_f32", isa), |b| {
+                b.iter(|| k.score_f32(&f, &mut out))
+            });
+            let i = I8Block::new(&qcodes[..dim], g.codes(), g.code_stride(), ROWS).expect("block");
+            let mut iout = vec![0i32; ROWS * QUERIES];
+            group.bench_function(BenchmarkId::new("score_i8", isa), |b| {
+                b.iter(|| k.score_i8(&i, &mut iout))
+            });
+            let fm = F32Multi::new(dim, &packed, dim, QUERIES, g.vectors(), g.stride(), ROWS)
+                .expect("block");
+            group.bench_function(BenchmarkId::new("multi_f32_x16", isa), |b| {
+                b.iter(|| k.multi_f32(&fm, &mut out))
+            });
+            let im = I8Multi::new(dim, &qcodes, dim, QUERIES, g.codes(), g.code_stride(), ROWS)
+                .expect("block");
+            group.bench_function(BenchmarkId::new("multi_i8_x16", isa), |b| {
+                b.iter(|| k.multi_i8(&im, &mut iout))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);

@@ -94,14 +94,26 @@ impl UtcOffset {
         i64::from(self.0) * 60_000
     }
 
+    /// Local milliseconds since the epoch; saturates instead of overflowing on absurd times
+    /// (times come from gates and are not trusted).
+    fn local_ms(self, t: UnixMillis) -> i64 {
+        i64::try_from(t.0)
+            .unwrap_or(i64::MAX)
+            .saturating_add(self.offset_ms())
+    }
+
     /// The local calendar day containing `t`, as days since 1970-01-01 (local).
     pub fn day_of(self, t: UnixMillis) -> i64 {
-        (t.0 as i64 + self.offset_ms()).div_euclid(DAY_MS as i64)
+        self.local_ms(t).div_euclid(DAY_MS as i64)
     }
 
     /// The instant local day `day` starts.
     pub fn day_start(self, day: i64) -> UnixMillis {
-        UnixMillis((day * DAY_MS as i64 - self.offset_ms()).max(0) as u64)
+        UnixMillis(
+            day.saturating_mul(DAY_MS as i64)
+                .saturating_sub(self.offset_ms())
+                .max(0) as u64,
+        )
     }
 
     /// Local day start and end (exclusive) around `t`.
@@ -112,7 +124,7 @@ impl UtcOffset {
 
     /// Milliseconds since local midnight at `t`.
     pub fn time_of_day_ms(self, t: UnixMillis) -> u64 {
-        (t.0 as i64 + self.offset_ms()).rem_euclid(DAY_MS as i64) as u64
+        self.local_ms(t).rem_euclid(DAY_MS as i64) as u64
     }
 }
 
@@ -253,6 +265,15 @@ mod tests {
         assert!(start <= t && t < end);
         assert_eq!(end.0 - start.0, DAY_MS);
         assert_eq!(format_local(t, beijing), "2026-11-29 01:00:00");
+    }
+
+    #[test]
+    fn absurd_times_do_not_overflow() {
+        let far = UnixMillis(u64::MAX);
+        let offset = UtcOffset(840);
+        let day = offset.day_of(far);
+        assert!(offset.day_start(day) <= far);
+        assert!(offset.time_of_day_ms(far) < DAY_MS);
     }
 
     #[test]

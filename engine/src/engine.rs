@@ -543,7 +543,7 @@ fn lost_reply() -> Reply {
 }
 
 fn refuse(code: ErrorCode, message: String) -> Reply {
-    Reply::Error(ErrorReply { code, message })
+    Reply::Error(ErrorReply::new(code, message))
 }
 
 /// Replays templates the gallery does not have yet from the store (the truth).

@@ -32,24 +32,24 @@
 #![deny(unsafe_code)]
 
 pub mod clock;
-// LEAD-PENDING pub mod config;
-// LEAD-PENDING pub mod engine;
-// LEAD-PENDING mod error;
+pub mod config;
+pub mod engine;
+mod error;
 pub mod gallery;
 pub mod index;
 pub mod model;
 pub mod npy;
-// LEAD-PENDING pub mod pipeline;
+pub mod pipeline;
 pub mod policy;
 pub mod store;
 
-// LEAD-PENDING #[cfg(feature = "server")]
-// LEAD-PENDING pub mod server;
+#[cfg(feature = "server")]
+pub mod server;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-// LEAD-PENDING pub use config::Config;
-// LEAD-PENDING pub use engine::{Engine, Submission};
-// LEAD-PENDING pub use error::Error;
-// LEAD-PENDING pub use pipeline::Reply;
+pub use config::Config;
+pub use engine::{Engine, Submission};
+pub use error::Error;
+pub use pipeline::Reply;

@@ -156,7 +156,10 @@ impl Matrix {
 impl std::fmt::Debug for Matrix {
     // Embeddings are biometric data: never print the values.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Matrix").field("rows", &self.rows).field("dim", &self.dim).finish()
+        f.debug_struct("Matrix")
+            .field("rows", &self.rows)
+            .field("dim", &self.dim)
+            .finish()
     }
 }
 
@@ -184,7 +187,9 @@ pub fn read_f32_matrix(path: &Path) -> Result<Matrix, NpyError> {
         });
     }
     if header.fortran_order {
-        return Err(NpyError::FortranOrder { path: path.to_owned() });
+        return Err(NpyError::FortranOrder {
+            path: path.to_owned(),
+        });
     }
     let [rows, dim] = header.shape[..] else {
         return Err(NpyError::WrongShape {
@@ -194,7 +199,11 @@ pub fn read_f32_matrix(path: &Path) -> Result<Matrix, NpyError> {
         });
     };
     let data = read_data::<f32>(path, &mut file, header.data_offset, rows.checked_mul(dim))?;
-    Ok(Matrix { rows: rows as usize, dim: dim as usize, data })
+    Ok(Matrix {
+        rows: rows as usize,
+        dim: dim as usize,
+        data,
+    })
 }
 
 /// Reads ids: a 1-D integer `.npy` (int64, uint64, int32, uint32) or, for any other file, a
@@ -207,14 +216,23 @@ pub fn read_ids(path: &Path) -> Result<Vec<u64>, NpyError> {
     let mut magic = [0u8; 6];
     let is_npy = matches!(file.read(&mut magic), Ok(6)) && &magic == MAGIC;
     drop(file);
-    if is_npy { read_npy_ids(path) } else { read_text_ids(path) }
+    if is_npy {
+        read_npy_ids(path)
+    } else {
+        read_text_ids(path)
+    }
 }
 
 /// Writes a float32 `(rows, dim)` matrix as a version 1.0 `.npy` file, owner-only (0600).
 ///
 /// # Errors
 /// `data.len() != rows * dim`, or an I/O error.
-pub fn write_f32_matrix(path: &Path, rows: usize, dim: usize, data: &[f32]) -> Result<(), NpyError> {
+pub fn write_f32_matrix(
+    path: &Path,
+    rows: usize,
+    dim: usize,
+    data: &[f32],
+) -> Result<(), NpyError> {
     let expected = rows.checked_mul(dim).unwrap_or(usize::MAX);
     if expected != data.len() {
         return Err(NpyError::BadMatrix {
@@ -234,23 +252,34 @@ pub fn write_f32_matrix(path: &Path, rows: usize, dim: usize, data: &[f32]) -> R
 /// # Errors
 /// An I/O error.
 pub fn write_u64_ids(path: &Path, ids: &[u64]) -> Result<(), NpyError> {
-    let dict = format!("{{'descr': '<u8', 'fortran_order': False, 'shape': ({},), }}", ids.len());
+    let dict = format!(
+        "{{'descr': '<u8', 'fortran_order': False, 'shape': ({},), }}",
+        ids.len()
+    );
     write_npy(path, &dict, bytemuck::cast_slice(ids))
 }
 
 fn open(path: &Path) -> Result<File, NpyError> {
-    File::open(path).map_err(|source| NpyError::Io { path: path.to_owned(), source })
+    File::open(path).map_err(|source| NpyError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NpyError + '_ {
-    move |source| NpyError::Io { path: path.to_owned(), source }
+    move |source| NpyError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn read_npy_ids(path: &Path) -> Result<Vec<u64>, NpyError> {
     let mut file = open(path)?;
     let header = read_header(path, &mut file)?;
     if header.fortran_order && header.shape.len() > 1 {
-        return Err(NpyError::FortranOrder { path: path.to_owned() });
+        return Err(NpyError::FortranOrder {
+            path: path.to_owned(),
+        });
     }
     let [n] = header.shape[..] else {
         return Err(NpyError::WrongShape {
@@ -269,7 +298,10 @@ fn read_npy_ids(path: &Path) -> Result<Vec<u64>, NpyError> {
         "<i8" => signed_to_ids(path, read_data::<i64>(path, &mut file, off, Some(n))?),
         "<i4" => signed_to_ids(
             path,
-            read_data::<i32>(path, &mut file, off, Some(n))?.into_iter().map(i64::from).collect(),
+            read_data::<i32>(path, &mut file, off, Some(n))?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
         ),
         _ => Err(NpyError::WrongDtype {
             path: path.to_owned(),
@@ -281,7 +313,11 @@ fn read_npy_ids(path: &Path) -> Result<Vec<u64>, NpyError> {
 
 fn signed_to_ids(path: &Path, ids: Vec<i64>) -> Result<Vec<u64>, NpyError> {
     if let Some((index, &value)) = ids.iter().enumerate().find(|&(_, &v)| v < 0) {
-        return Err(NpyError::NegativeId { path: path.to_owned(), index, value });
+        return Err(NpyError::NegativeId {
+            path: path.to_owned(),
+            index,
+            value,
+        });
     }
     Ok(ids.into_iter().map(|v| v as u64).collect())
 }
@@ -324,15 +360,20 @@ fn read_data<T: bytemuck::Pod + Default>(
     };
     let n = (expected_bytes / size_of::<T>() as u64) as usize;
     let mut out = vec![T::default(); n];
-    file.read_exact(bytemuck::cast_slice_mut(&mut out)).map_err(io_err(path))?;
+    file.read_exact(bytemuck::cast_slice_mut(&mut out))
+        .map_err(io_err(path))?;
     Ok(out)
 }
 
 fn read_header(path: &Path, file: &mut File) -> Result<Header, NpyError> {
     let mut pre = [0u8; 8];
-    file.read_exact(&mut pre).map_err(|_| NpyError::NotNpy { path: path.to_owned() })?;
+    file.read_exact(&mut pre).map_err(|_| NpyError::NotNpy {
+        path: path.to_owned(),
+    })?;
     if &pre[..6] != MAGIC {
-        return Err(NpyError::NotNpy { path: path.to_owned() });
+        return Err(NpyError::NotNpy {
+            path: path.to_owned(),
+        });
     }
     let (major, minor) = (pre[6], pre[7]);
     let (len, prefix) = match (major, minor) {
@@ -346,10 +387,19 @@ fn read_header(path: &Path, file: &mut File) -> Result<Header, NpyError> {
             file.read_exact(&mut b).map_err(io_err(path))?;
             (u32::from_le_bytes(b) as usize, 12u64)
         }
-        _ => return Err(NpyError::UnsupportedVersion { path: path.to_owned(), major, minor }),
+        _ => {
+            return Err(NpyError::UnsupportedVersion {
+                path: path.to_owned(),
+                major,
+                minor,
+            });
+        }
     };
     if len > MAX_HEADER_BYTES {
-        return Err(bad_header(path, format!("header length {len} is implausibly large")));
+        return Err(bad_header(
+            path,
+            format!("header length {len} is implausibly large"),
+        ));
     }
     let mut dict = vec![0u8; len];
     file.read_exact(&mut dict).map_err(io_err(path))?;
@@ -360,7 +410,10 @@ fn read_header(path: &Path, file: &mut File) -> Result<Header, NpyError> {
 }
 
 fn bad_header(path: &Path, what: String) -> NpyError {
-    NpyError::BadHeader { path: path.to_owned(), what }
+    NpyError::BadHeader {
+        path: path.to_owned(),
+        what,
+    }
 }
 
 /// Parses the header dict. Only the three keys numpy writes are understood; their order is
@@ -395,9 +448,18 @@ fn parse_dict(text: &str) -> Result<Header, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse::<u64>().map_err(|_| format!("bad dimension {s:?}")))
+        .map(|s| {
+            s.trim_end_matches('L')
+                .parse::<u64>()
+                .map_err(|_| format!("bad dimension {s:?}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Header { descr, fortran_order, shape, data_offset: 0 })
+    Ok(Header {
+        descr,
+        fortran_order,
+        shape,
+        data_offset: 0,
+    })
 }
 
 /// The text following `'key':` in the dict body.
@@ -491,20 +553,71 @@ mod tests {
     fn rejects_f64_fortran_1d_future_and_short() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let f64p = raw_npy(d, "a.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1), }", &[0; 8]);
-        assert!(matches!(read_f32_matrix(&f64p), Err(NpyError::WrongDtype { .. })));
-        let fo = raw_npy(d, "b.npy", 1, "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1), }", &[0; 4]);
-        assert!(matches!(read_f32_matrix(&fo), Err(NpyError::FortranOrder { .. })));
-        let one = raw_npy(d, "c.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", &[0; 12]);
-        assert!(matches!(read_f32_matrix(&one), Err(NpyError::WrongShape { .. })));
+        let f64p = raw_npy(
+            d,
+            "a.npy",
+            1,
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1), }",
+            &[0; 8],
+        );
+        assert!(matches!(
+            read_f32_matrix(&f64p),
+            Err(NpyError::WrongDtype { .. })
+        ));
+        let fo = raw_npy(
+            d,
+            "b.npy",
+            1,
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1), }",
+            &[0; 4],
+        );
+        assert!(matches!(
+            read_f32_matrix(&fo),
+            Err(NpyError::FortranOrder { .. })
+        ));
+        let one = raw_npy(
+            d,
+            "c.npy",
+            1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
+            &[0; 12],
+        );
+        assert!(matches!(
+            read_f32_matrix(&one),
+            Err(NpyError::WrongShape { .. })
+        ));
         let fut = raw_npy(d, "d.npy", 4, "{}", &[]);
-        assert!(matches!(read_f32_matrix(&fut), Err(NpyError::UnsupportedVersion { major: 4, .. })));
-        let short = raw_npy(d, "e.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }", &[0; 12]);
-        assert!(matches!(read_f32_matrix(&short), Err(NpyError::SizeMismatch { .. })));
-        let huge = raw_npy(d, "f.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 2), }", &[]);
-        assert!(matches!(read_f32_matrix(&huge), Err(NpyError::SizeMismatch { .. })));
+        assert!(matches!(
+            read_f32_matrix(&fut),
+            Err(NpyError::UnsupportedVersion { major: 4, .. })
+        ));
+        let short = raw_npy(
+            d,
+            "e.npy",
+            1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }",
+            &[0; 12],
+        );
+        assert!(matches!(
+            read_f32_matrix(&short),
+            Err(NpyError::SizeMismatch { .. })
+        ));
+        let huge = raw_npy(
+            d,
+            "f.npy",
+            1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 2), }",
+            &[],
+        );
+        assert!(matches!(
+            read_f32_matrix(&huge),
+            Err(NpyError::SizeMismatch { .. })
+        ));
         std::fs::write(d.join("g.npy"), b"hello").unwrap();
-        assert!(matches!(read_f32_matrix(&d.join("g.npy")), Err(NpyError::NotNpy { .. })));
+        assert!(matches!(
+            read_f32_matrix(&d.join("g.npy")),
+            Err(NpyError::NotNpy { .. })
+        ));
     }
 
     #[test]
@@ -515,8 +628,21 @@ mod tests {
         write_u64_ids(&p, &[5, 7, u64::MAX]).unwrap();
         assert_eq!(read_ids(&p).unwrap(), vec![5, 7, u64::MAX]);
         let neg: Vec<u8> = [3i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let np = raw_npy(d, "neg.npy", 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", &neg);
-        assert!(matches!(read_ids(&np), Err(NpyError::NegativeId { index: 1, value: -1, .. })));
+        let np = raw_npy(
+            d,
+            "neg.npy",
+            1,
+            "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }",
+            &neg,
+        );
+        assert!(matches!(
+            read_ids(&np),
+            Err(NpyError::NegativeId {
+                index: 1,
+                value: -1,
+                ..
+            })
+        ));
         let t = d.join("ids.txt");
         std::fs::write(&t, "10\n 11 \n\n12\n").unwrap();
         assert_eq!(read_ids(&t).unwrap(), vec![10, 11, 12]);
@@ -530,12 +656,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.npy");
         write_f32_matrix(&p, 1, 1, &[1.0]).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
     fn debug_hides_values() {
-        let m = Matrix { rows: 1, dim: 2, data: vec![0.123, 0.456] };
+        let m = Matrix {
+            rows: 1,
+            dim: 2,
+            data: vec![0.123, 0.456],
+        };
         assert!(!format!("{m:?}").contains("0.123"));
     }
 }

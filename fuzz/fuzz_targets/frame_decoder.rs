@@ -19,9 +19,8 @@ fn drain(data: &[u8], mut cuts: impl FnMut(usize) -> usize) -> Vec<Result<Messag
                 Ok(Some(m)) => out.push(Ok(m)),
                 Ok(None) => break,
                 Err(e) => {
-                    let sticky = decoder.next().is_err();
                     out.push(Err(e));
-                    if sticky {
+                    if decoder.is_failed() {
                         // Header errors repeat forever; the stream is over.
                         return out;
                     }

@@ -12,7 +12,7 @@
 //!   each event's *intended* send time, so a slow server cannot hide its queueing (no
 //!   coordinated omission). Every verdict is checked against the ground truth.
 //!
-//! Everything random comes from one seeded generator ([`rng`](crate::rng), SplitMix64 seeding
+//! Everything random comes from one seeded generator (module `rng`: SplitMix64 seeding
 //! xoshiro256**), so a population and a run's event sequence are reproducible from their seeds.
 //!
 //! Module map: `rng` (PRNG, Gaussians), `vectors` (identities, templates, probes), `npy`

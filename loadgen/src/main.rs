@@ -1,2 +1,239 @@
-//! placeholder
-fn main(){}
+//! The `gatewarden-loadgen` binary: make a synthetic population with ground truth, and drive
+//! a fleet of simulated gates against a gatewarden server over QUIC.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use gatewarden_loadgen::population::{self, PopulationConfig};
+use gatewarden_loadgen::run::{self, Mix, Profile, RunConfig, Twists};
+use gatewarden_protocol::UnixMillis;
+
+/// Simulated gate fleet for gatewarden, with ground truth.
+#[derive(Debug, Parser)]
+#[command(name = "gatewarden-loadgen", version, about, long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const LONG_ABOUT: &str = "\
+Simulated gate fleet for gatewarden, with ground truth.
+
+`gatewarden demo` runs all of this in one command. By hand:
+  gatewarden-loadgen population --subjects 100000 --out pop
+  gatewarden init data && gatewarden cert --data data --gates 1000
+  gatewarden import gates pop/gates.jsonl --data data
+  gatewarden import subjects pop/subjects.jsonl --data data
+  gatewarden import health pop/health.jsonl --data data
+  gatewarden enroll --vectors pop/templates.npy --ids pop/template_subjects.txt --data data
+  gatewarden serve ...
+  gatewarden-loadgen run --certs data/certs --population pop --rate 2000 --profile rush \\
+      --duration 60s --json report.json --plot latency.svg";
+
+// Parsed once per process: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a seeded synthetic population (subjects, health records, gates, face templates)
+    /// and its ground truth into a folder.
+    Population(PopulationArgs),
+    /// Connect N gates over QUIC and send an open-loop schedule of events; report latency,
+    /// throughput and accuracy against the ground truth.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct PopulationArgs {
+    /// Enrolled people.
+    #[arg(long, default_value_t = 100_000)]
+    subjects: usize,
+    /// Markets (numbered 1..=M).
+    #[arg(long, default_value_t = 10)]
+    markets: u32,
+    /// Gates (numbered 1..=G, round-robin over markets, zones 1..=4).
+    #[arg(long, default_value_t = 1_000)]
+    gates: u32,
+    /// Embedding dimension.
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Seed of everything random.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Face model id (must equal the server gallery's).
+    #[arg(long, default_value = "demo-face-v1")]
+    model: String,
+    /// The population's "now" in unix milliseconds (default: the current time). Ground truth
+    /// holds for events within 24 h of it.
+    #[arg(long)]
+    now: Option<u64>,
+    /// Output folder (created owner-only).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    target: SocketAddr,
+    /// Name the server certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Certificate folder made by `gatewarden cert` (ca.pem, gates/<id>.pem, gates/<id>.key).
+    #[arg(long)]
+    certs: PathBuf,
+    /// Population folder made by `gatewarden-loadgen population`.
+    #[arg(long)]
+    population: PathBuf,
+    /// Gates taking part (1..=N); default: every gate of the population.
+    #[arg(long)]
+    gates: Option<u32>,
+    /// Peak rate in events per second over the whole fleet.
+    #[arg(long, default_value_t = 2_000.0)]
+    rate: f64,
+    /// Arrival profile.
+    #[arg(long, value_enum, default_value = "rush")]
+    profile: Profile,
+    /// Length of the schedule (e.g. 60s, 2m, 500ms).
+    #[arg(long, default_value = "60s", value_parser = run::parse_duration)]
+    duration: Duration,
+    /// Stop after this many events (whichever of this and --duration comes first).
+    #[arg(long)]
+    max_events: Option<u64>,
+    /// Request mix as verify,identify,signin weights.
+    #[arg(long, default_value = "70,20,10")]
+    mix: Mix,
+    /// Fraction of streams carrying bad input (malformed, oversize, NaN, wrong dimension,
+    /// replay, other gate).
+    #[arg(long, default_value_t = 0.0)]
+    bad_input: f64,
+    /// Fraction of events with a never-enrolled face.
+    #[arg(long, default_value_t = 0.02)]
+    impostors: f64,
+    /// Fraction of eligible people's events with a fever reading.
+    #[arg(long, default_value_t = 0.01)]
+    fever: f64,
+    /// Fraction of workers' events at a gate outside their zones.
+    #[arg(long, default_value_t = 0.01)]
+    wrong_zone: f64,
+    /// Extra time for unanswered events after the schedule ends (also the connect timeout).
+    #[arg(long, default_value = "10s", value_parser = run::parse_duration)]
+    reply_timeout: Duration,
+    /// Give up on an event after this many Busy replies (default: retry until the end).
+    #[arg(long)]
+    max_busy_retries: Option<u32>,
+    /// Seed of the run (people, faces, arrivals).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the latency-over-time plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write every received verdict (gate, seq, decision, subject, replayed) here as JSON Lines.
+    #[arg(long)]
+    verdicts: Option<PathBuf>,
+    /// UDP sockets shared by the gates' connections.
+    #[arg(long, default_value_t = 4)]
+    sockets: usize,
+    /// Most gate handshakes in flight at once before the load.
+    #[arg(long, default_value_t = 16)]
+    connect_window: usize,
+    /// Exit with status 2 if any event was lost, falsely admitted, or any bad input admitted.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Population(a) => {
+            let mut cfg = PopulationConfig {
+                subjects: a.subjects,
+                markets: a.markets,
+                gates: a.gates,
+                dim: a.dim,
+                seed: a.seed,
+                model: a.model,
+                ..PopulationConfig::default()
+            };
+            if let Some(now) = a.now {
+                cfg.now = UnixMillis(now);
+            }
+            let summary = population::generate(&cfg, &a.out)
+                .with_context(|| format!("population into {}", a.out.display()))?;
+            print!("{}", summary.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(a) => run_fleet(a),
+    }
+}
+
+fn run_fleet(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let gates = match a.gates {
+        Some(g) => g,
+        None => population::load_config(&a.population)?.gates,
+    };
+    let cfg = RunConfig {
+        target: a.target,
+        server_name: a.server_name,
+        certs: a.certs,
+        population: a.population,
+        gates,
+        rate: a.rate,
+        profile: a.profile,
+        duration: a.duration,
+        max_events: a.max_events,
+        mix: a.mix,
+        twists: Twists {
+            impostor: a.impostors,
+            fever: a.fever,
+            wrong_zone: a.wrong_zone,
+        },
+        bad_input: a.bad_input,
+        reply_timeout: a.reply_timeout,
+        max_busy_retries: a.max_busy_retries,
+        seed: a.seed,
+        progress: !a.quiet,
+        verdict_log: a.verdicts,
+        sockets: a.sockets,
+        connect_window: a.connect_window,
+    };
+    let report = run::run(&cfg)?;
+    print!("{}", report.summary());
+    if let Some(path) = &a.json {
+        report
+            .write_json(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.plot {
+        report
+            .write_plot_svg(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let failed =
+        report.lost > 0 || report.accuracy.false_admit > 0 || report.bad_input.violations > 0;
+    Ok(if a.strict && failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -64,7 +64,9 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, String> {
         return Err("header does not end with a newline".into());
     }
     let field = |key: &str| -> Result<&str, String> {
-        let at = dict.find(&format!("'{key}': ")).ok_or(format!("no {key}"))?;
+        let at = dict
+            .find(&format!("'{key}': "))
+            .ok_or_else(|| format!("no {key}"))?;
         Ok(&dict[at + key.len() + 4..])
     };
     let descr = field("descr")?;
@@ -79,7 +81,12 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Header { descr, fortran_order, shape, data_offset: end })
+    Ok(Header {
+        descr,
+        fortran_order,
+        shape,
+        data_offset: end,
+    })
 }
 
 #[cfg(test)]
@@ -88,9 +95,20 @@ mod tests {
 
     #[test]
     fn npy_header_is_aligned_and_parses_back() {
-        for (rows, cols) in [(0, 512), (1, 1), (100_000, 512), (7, 128), (123_456_789, 4096)] {
+        for (rows, cols) in [
+            (0, 512),
+            (1, 1),
+            (100_000, 512),
+            (7, 128),
+            (123_456_789, 4096),
+        ] {
             let h = f32_header(rows, cols);
-            assert_eq!(h.len() % 64, 0, "header of {rows}x{cols} is {} bytes", h.len());
+            assert_eq!(
+                h.len() % 64,
+                0,
+                "header of {rows}x{cols} is {} bytes",
+                h.len()
+            );
             let parsed = parse_header(&h).unwrap();
             assert_eq!(parsed.descr, "<f4");
             assert!(!parsed.fortran_order);

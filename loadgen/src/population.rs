@@ -85,7 +85,9 @@ impl Default for PopulationConfig {
 
 /// The current wall-clock time.
 pub(crate) fn wall_clock() -> UnixMillis {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     UnixMillis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -182,7 +184,10 @@ impl PopulationSummary {
     /// A compact human-readable block.
     pub fn summary(&self) -> String {
         let join = |m: &BTreeMap<String, usize>| {
-            m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         format!(
             "population: {} subjects, {} templates, {} gates over {} markets in {:.1} s -> {}\n  \
@@ -236,15 +241,17 @@ pub enum PopulationError {
         what: String,
     },
     /// A file could not be written or read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: io::Error,
+        /// The cause (in the message, so it is not also a `source`).
+        cause: io::Error,
     },
     /// `population.json` is not what this version writes.
-    #[error("{path}: not a population description: {what}; regenerate it with `gatewarden-loadgen population`")]
+    #[error(
+        "{path}: not a population description: {what}; regenerate it with `gatewarden-loadgen population`"
+    )]
     BadDescription {
         /// The file.
         path: PathBuf,
@@ -261,12 +268,20 @@ pub fn generate(cfg: &PopulationConfig, out: &Path) -> anyhow::Result<Population
     let started = Instant::now();
     let pop = Population::build(cfg)?;
     create_private_dir(out)?;
-    write_jsonl(&out.join("subjects.jsonl"), pop.subjects.iter().map(SubjectLine::from))?;
+    write_jsonl(
+        &out.join("subjects.jsonl"),
+        pop.subjects.iter().map(SubjectLine::from),
+    )?;
     write_jsonl(
         &out.join("health.jsonl"),
-        pop.subjects.iter().filter_map(|s| s.health.as_ref().map(|h| HealthLine::new(s.id, h))),
+        pop.subjects
+            .iter()
+            .filter_map(|s| s.health.as_ref().map(|h| HealthLine::new(s.id, h))),
     )?;
-    write_jsonl(&out.join("gates.jsonl"), pop.gates.iter().map(GateLine::from))?;
+    write_jsonl(
+        &out.join("gates.jsonl"),
+        pop.gates.iter().map(GateLine::from),
+    )?;
     let truths: Vec<TruthLine> = pop.subjects.iter().map(|s| pop.truth_line(s)).collect();
     write_jsonl(&out.join("truth.jsonl"), truths.iter())?;
     write_template_ids(&out.join("template_subjects.txt"), &pop.subjects)?;
@@ -299,11 +314,20 @@ pub fn generate(cfg: &PopulationConfig, out: &Path) -> anyhow::Result<Population
 /// A missing or unreadable file, or one written by another format version.
 pub fn load_config(dir: &Path) -> Result<PopulationConfig, PopulationError> {
     let path = dir.join("population.json");
-    let text = fs::read_to_string(&path).map_err(|source| PopulationError::Io { path: path.clone(), source })?;
-    let bad = |what: String| PopulationError::BadDescription { path: path.clone(), what };
+    let text = fs::read_to_string(&path).map_err(|cause| PopulationError::Io {
+        path: path.clone(),
+        cause,
+    })?;
+    let bad = |what: String| PopulationError::BadDescription {
+        path: path.clone(),
+        what,
+    };
     let desc: Description = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     if desc.format != FORMAT {
-        return Err(bad(format!("format {} (this version reads {FORMAT})", desc.format)));
+        return Err(bad(format!(
+            "format {} (this version reads {FORMAT})",
+            desc.format
+        )));
     }
     validate(&desc.config)?;
     Ok(desc.config)
@@ -320,10 +344,16 @@ fn count<'a>(it: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize> {
 fn validate(cfg: &PopulationConfig) -> Result<(), PopulationError> {
     let bad = |what: String| Err(PopulationError::InvalidConfig { what });
     if cfg.subjects == 0 || cfg.subjects > MAX_SUBJECTS {
-        return bad(format!("subjects {} not in 1..={MAX_SUBJECTS}", cfg.subjects));
+        return bad(format!(
+            "subjects {} not in 1..={MAX_SUBJECTS}",
+            cfg.subjects
+        ));
     }
     if cfg.markets == 0 || cfg.gates == 0 {
-        return bad(format!("markets {} and gates {} must be at least 1", cfg.markets, cfg.gates));
+        return bad(format!(
+            "markets {} and gates {} must be at least 1",
+            cfg.markets, cfg.gates
+        ));
     }
     if cfg.dim == 0 || cfg.dim > 65_536 {
         return bad(format!("dim {} not in 1..=65536", cfg.dim));
@@ -353,11 +383,22 @@ pub(crate) enum Category {
 }
 
 impl Category {
-    const ALL: [Self; 6] =
-        [Self::ServiceWorker, Self::Manager, Self::Staff, Self::Merchant, Self::Buyer, Self::Shopper];
+    const ALL: [Self; 6] = [
+        Self::ServiceWorker,
+        Self::Manager,
+        Self::Staff,
+        Self::Merchant,
+        Self::Buyer,
+        Self::Shopper,
+    ];
     /// Population shares, in the order of `ALL`.
     const WEIGHTS: [f64; 6] = [0.10, 0.03, 0.07, 0.25, 0.15, 0.40];
-    const WORKERS: [Self; 4] = [Self::ServiceWorker, Self::Manager, Self::Staff, Self::Merchant];
+    const WORKERS: [Self; 4] = [
+        Self::ServiceWorker,
+        Self::Manager,
+        Self::Staff,
+        Self::Merchant,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -530,7 +571,11 @@ impl Gate {
     pub(crate) fn nth(g: u32, markets: u32) -> Self {
         let i = g.saturating_sub(1);
         let markets = markets.max(1);
-        Self { gate: g, market: i % markets + 1, zone: (i / markets) % ZONES + 1 }
+        Self {
+            gate: g,
+            market: i % markets + 1,
+            zone: (i / markets) % ZONES + 1,
+        }
     }
 }
 
@@ -559,7 +604,11 @@ impl Population {
         let subjects = (0..cfg.subjects as u64)
             .map(|i| draw_subject(cfg, i, &zones_by_market))
             .collect();
-        Ok(Self { cfg: cfg.clone(), subjects, gates })
+        Ok(Self {
+            cfg: cfg.clone(),
+            subjects,
+            gates,
+        })
     }
 
     /// The answer to an ordinary event of `s` (own face, a gate of their own zone, normal
@@ -573,7 +622,11 @@ impl Population {
                     && (!s.category.is_zoned() || s.zones.is_empty() || s.zones.contains(&g.zone))
             })
             .copied()
-            .unwrap_or(Gate { gate: 0, market: s.home_market, zone: s.zones.first().copied().unwrap_or(1) });
+            .unwrap_or_else(|| Gate {
+                gate: 0,
+                market: s.home_market,
+                zone: s.zones.first().copied().unwrap_or(1),
+            });
         let facts = Facts {
             subject: Some(s),
             face: Face::Genuine,
@@ -610,21 +663,31 @@ fn draw_subject(cfg: &PopulationConfig, index: u64, zones_by_market: &[Vec<u32>]
     };
     let home_market = rng.below(u64::from(cfg.markets)) as u32 + 1;
     let (markets, zones) = if category.is_zoned() {
-        (vec![home_market], draw_zones(&mut rng, &zones_by_market[home_market as usize]))
+        (
+            vec![home_market],
+            draw_zones(&mut rng, &zones_by_market[home_market as usize]),
+        )
     } else {
         (Vec::new(), Vec::new())
     };
     let now = cfg.now.0;
     let days = |rng: &mut Rng, lo: f64, hi: f64| (rng.range_f64(lo, hi) * DAY_MS as f64) as u64;
     let (valid_from, valid_until) = if persona == Persona::Expired {
-        (Some(now.saturating_sub(400 * DAY_MS)), Some(now.saturating_sub(days(&mut rng, 1.0, 60.0))))
+        (
+            Some(now.saturating_sub(400 * DAY_MS)),
+            Some(now.saturating_sub(days(&mut rng, 1.0, 60.0))),
+        )
     } else if category == Category::Shopper {
         (None, None)
     } else {
-        (Some(now.saturating_sub(days(&mut rng, 30.0, 720.0))), Some(now + days(&mut rng, 30.0, 365.0)))
+        (
+            Some(now.saturating_sub(days(&mut rng, 30.0, 720.0))),
+            Some(now + days(&mut rng, 30.0, 365.0)),
+        )
     };
     let id = index + 1;
-    let qr_token = (category != Category::Shopper).then(|| format!("GWQR{id:010X}{:016X}", rng.next_u64()));
+    let qr_token =
+        (category != Category::Shopper).then(|| format!("GWQR{id:010X}{:016X}", rng.next_u64()));
     let status = match persona {
         Persona::Revoked => Status::Revoked,
         Persona::Blocklisted => Status::Blocklisted,
@@ -651,7 +714,11 @@ fn draw_subject(cfg: &PopulationConfig, index: u64, zones_by_market: &[Vec<u32>]
 /// One or two distinct zones among those that have gates (any zone if none has).
 fn draw_zones(rng: &mut Rng, available: &[u32]) -> Vec<u32> {
     let all: Vec<u32> = (1..=ZONES).collect();
-    let pool = if available.is_empty() { &all[..] } else { available };
+    let pool = if available.is_empty() {
+        &all[..]
+    } else {
+        available
+    };
     let first = pool[rng.index(pool.len())];
     let mut zones = vec![first];
     if pool.len() > 1 && rng.chance(0.4) {
@@ -671,7 +738,11 @@ fn draw_health(rng: &mut Rng, now: u64, category: Category, persona: Persona) ->
         Persona::StaleTest => now.saturating_sub(72 * HOUR_MS + hours(rng, 0.0, 12.0)),
         _ => now.saturating_sub(hours(rng, 1.0, 20.0)),
     };
-    let test_result = if persona == Persona::Positive { TestResult::Positive } else { TestResult::Negative };
+    let test_result = if persona == Persona::Positive {
+        TestResult::Positive
+    } else {
+        TestResult::Negative
+    };
     let vaccine_doses = if persona == Persona::UnvaccinatedWorker {
         0
     } else if category.is_zoned() {
@@ -684,7 +755,11 @@ fn draw_health(rng: &mut Rng, now: u64, category: Category, persona: Persona) ->
         Persona::RedCode => CodeColour::Red,
         _ => CodeColour::Green,
     };
-    let travel_code = if persona == Persona::YellowTravel { CodeColour::Yellow } else { CodeColour::Green };
+    let travel_code = if persona == Persona::YellowTravel {
+        CodeColour::Yellow
+    } else {
+        CodeColour::Green
+    };
     Some(Health {
         test_at: Some(test_at),
         test_result: Some(test_result),
@@ -700,12 +775,18 @@ fn draw_health(rng: &mut Rng, now: u64, category: Category, persona: Persona) ->
 /// `(index × 7919) mod 20000` is a bijection on `0..20000` (7919 is prime, coprime to 20000),
 /// and the serial is `index / 20000`.
 fn id_card(index: u64, rng: &mut Rng) -> String {
-    const DISTRICTS: [&str; 8] = ["110101", "110102", "110105", "110106", "110107", "110108", "110111", "110114"];
+    const DISTRICTS: [&str; 8] = [
+        "110101", "110102", "110105", "110106", "110107", "110108", "110111", "110114",
+    ];
     let district = DISTRICTS[rng.index(DISTRICTS.len())];
     let (y, m, d) = civil_from_days(-7305 + ((index * 7919) % 20_000) as i64);
     let body = format!("{district}{y:04}{m:02}{d:02}{:03}", (index / 20_000) % 1000);
     const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let sum: u32 = body.bytes().zip(WEIGHTS).map(|(b, w)| u32::from(b - b'0') * w).sum();
+    let sum: u32 = body
+        .bytes()
+        .zip(WEIGHTS)
+        .map(|(b, w)| u32::from(b - b'0') * w)
+        .sum();
     let check = b"10X98765432"[(sum % 11) as usize] as char;
     format!("{body}{check}")
 }
@@ -825,16 +906,28 @@ struct Description {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PopulationError + '_ {
-    move |source| PopulationError::Io { path: path.to_path_buf(), source }
+    move |cause| PopulationError::Io {
+        path: path.to_path_buf(),
+        cause,
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), PopulationError> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))
 }
 
 /// Creates (or truncates) `path` readable and writable by the owner only.
 pub(crate) fn create_private_file(path: &Path) -> io::Result<BufWriter<File>> {
-    let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     // `mode` applies only when the file is created; an older file keeps its bits otherwise.
     file.set_permissions(fs::Permissions::from_mode(0o600))?;
     Ok(BufWriter::with_capacity(1 << 20, file))
@@ -845,7 +938,10 @@ fn finish(w: BufWriter<File>) -> io::Result<()> {
     file.sync_all()
 }
 
-fn write_jsonl<T: Serialize>(path: &Path, lines: impl Iterator<Item = T>) -> Result<(), PopulationError> {
+fn write_jsonl<T: Serialize>(
+    path: &Path,
+    lines: impl Iterator<Item = T>,
+) -> Result<(), PopulationError> {
     let write = || -> io::Result<()> {
         let mut w = create_private_file(path)?;
         for line in lines {
@@ -871,7 +967,9 @@ fn write_template_ids(path: &Path, subjects: &[Subject]) -> Result<(), Populatio
 /// Writes `templates.npy`, computing rows on every core in blocks so memory stays bounded.
 fn write_templates(path: &Path, cfg: &PopulationConfig) -> Result<(), PopulationError> {
     const BLOCK: usize = 4096;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
     let write = || -> io::Result<()> {
         let mut w = create_private_file(path)?;
         w.write_all(&npy::f32_header(cfg.subjects, cfg.dim))?;
@@ -919,9 +1017,21 @@ fn measure_scores(cfg: &PopulationConfig) -> ScoreStats {
         let face = vectors::impostor(cfg.seed, u64::MAX - k, cfg.dim, &mut rng);
         impostor.extend(templates.iter().map(|t| vectors::cosine(t, &face)));
     }
-    let mean = |xs: &[f64]| if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 };
+    let mean = |xs: &[f64]| {
+        if xs.is_empty() {
+            0.0
+        } else {
+            xs.iter().sum::<f64>() / xs.len() as f64
+        }
+    };
     let im = mean(&impostor);
-    let sd = (mean(&impostor.iter().map(|x| (x - im).powi(2)).collect::<Vec<_>>())).sqrt();
+    let sd = (mean(
+        &impostor
+            .iter()
+            .map(|x| (x - im).powi(2))
+            .collect::<Vec<_>>(),
+    ))
+    .sqrt();
     ScoreStats {
         genuine_pairs: genuine.len(),
         genuine_mean: mean(&genuine),
@@ -933,7 +1043,11 @@ fn measure_scores(cfg: &PopulationConfig) -> ScoreStats {
     }
 }
 
-fn write_description(path: &Path, cfg: &PopulationConfig, s: &PopulationSummary) -> Result<(), PopulationError> {
+fn write_description(
+    path: &Path,
+    cfg: &PopulationConfig,
+    s: &PopulationSummary,
+) -> Result<(), PopulationError> {
     let desc = Description {
         format: FORMAT,
         generator: format!("gatewarden-loadgen {}", env!("CARGO_PKG_VERSION")),
@@ -985,13 +1099,18 @@ mod tests {
     fn persona_and_category_fractions_follow_the_mix() {
         let n = 40_000;
         let pop = Population::build(&cfg(n)).unwrap();
-        let frac = |p: Persona| pop.subjects.iter().filter(|s| s.persona == p).count() as f64 / n as f64;
+        let frac =
+            |p: Persona| pop.subjects.iter().filter(|s| s.persona == p).count() as f64 / n as f64;
         let mix = PersonaMix::default();
         for (p, w) in Persona::ALL.iter().zip(mix.weights()) {
             let f = frac(*p);
             assert!((f - w).abs() < 0.01 + w * 0.1, "{p:?}: {f} vs {w}");
         }
-        let shoppers = pop.subjects.iter().filter(|s| s.category == Category::Shopper).count();
+        let shoppers = pop
+            .subjects
+            .iter()
+            .filter(|s| s.category == Category::Shopper)
+            .count();
         assert!((shoppers as f64 / n as f64 - 0.40).abs() < 0.02);
         for s in &pop.subjects {
             if s.persona == Persona::UnvaccinatedWorker {
@@ -1018,7 +1137,13 @@ mod tests {
                 Persona::YellowCode | Persona::YellowTravel => "escalate",
                 _ => "deny",
             };
-            assert_eq!(pop.truth_line(s).expected, want, "{:?} {:?}", s.persona, s.category);
+            assert_eq!(
+                pop.truth_line(s).expected,
+                want,
+                "{:?} {:?}",
+                s.persona,
+                s.category
+            );
         }
     }
 
@@ -1031,7 +1156,11 @@ mod tests {
         assert_eq!(cards.len(), 30_000);
         // A published example of the check-digit scheme: 11010519491231002X.
         let w = [7u32, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-        let sum: u32 = "11010519491231002".bytes().zip(w).map(|(b, w)| u32::from(b - b'0') * w).sum();
+        let sum: u32 = "11010519491231002"
+            .bytes()
+            .zip(w)
+            .map(|(b, w)| u32::from(b - b'0') * w)
+            .sum();
         assert_eq!(b"10X98765432"[(sum % 11) as usize], b'X');
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(-7305), (1950, 1, 1));
@@ -1040,9 +1169,30 @@ mod tests {
     #[test]
     fn gates_cover_markets_and_zones() {
         let g: Vec<Gate> = (1..=40).map(|g| Gate::nth(g, 10)).collect();
-        assert_eq!(g[0], Gate { gate: 1, market: 1, zone: 1 });
-        assert_eq!(g[10], Gate { gate: 11, market: 1, zone: 2 });
-        assert_eq!(g[39], Gate { gate: 40, market: 10, zone: 4 });
+        assert_eq!(
+            g[0],
+            Gate {
+                gate: 1,
+                market: 1,
+                zone: 1
+            }
+        );
+        assert_eq!(
+            g[10],
+            Gate {
+                gate: 11,
+                market: 1,
+                zone: 2
+            }
+        );
+        assert_eq!(
+            g[39],
+            Gate {
+                gate: 40,
+                market: 10,
+                zone: 4
+            }
+        );
     }
 
     #[test]
@@ -1051,11 +1201,22 @@ mod tests {
         let out = dir.path().join("pop");
         let summary = generate(&cfg(300), &out).unwrap();
         assert_eq!(summary.subjects, 300);
-        for f in ["subjects.jsonl", "health.jsonl", "gates.jsonl", "templates.npy", "template_subjects.txt", "truth.jsonl", "population.json"] {
+        for f in [
+            "subjects.jsonl",
+            "health.jsonl",
+            "gates.jsonl",
+            "templates.npy",
+            "template_subjects.txt",
+            "truth.jsonl",
+            "population.json",
+        ] {
             let meta = fs::metadata(out.join(f)).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
         }
-        assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let npy = fs::read(out.join("templates.npy")).unwrap();
         let h = npy::parse_header(&npy).unwrap();
         assert_eq!(h.shape, vec![300, 64]);
@@ -1072,17 +1233,49 @@ mod tests {
         assert_eq!(ids.lines().nth(7), Some("8"));
 
         let subjects = fs::read_to_string(out.join("subjects.jsonl")).unwrap();
-        let first: serde_json::Value = serde_json::from_str(subjects.lines().next().unwrap()).unwrap();
-        for key in ["subject", "category", "home_market", "markets", "zones", "valid_from", "valid_until", "id_card", "qr_tokens", "status"] {
+        let first: serde_json::Value =
+            serde_json::from_str(subjects.lines().next().unwrap()).unwrap();
+        for key in [
+            "subject",
+            "category",
+            "home_market",
+            "markets",
+            "zones",
+            "valid_from",
+            "valid_until",
+            "id_card",
+            "qr_tokens",
+            "status",
+        ] {
             assert!(first.get(key).is_some(), "subjects.jsonl lacks {key}");
         }
         let health = fs::read_to_string(out.join("health.jsonl")).unwrap();
         let h0: serde_json::Value = serde_json::from_str(health.lines().next().unwrap()).unwrap();
-        for key in ["subject", "test_at", "test_result", "vaccine_doses", "health_code", "travel_code", "updated_at"] {
+        for key in [
+            "subject",
+            "test_at",
+            "test_result",
+            "vaccine_doses",
+            "health_code",
+            "travel_code",
+            "updated_at",
+        ] {
             assert!(h0.get(key).is_some(), "health.jsonl lacks {key}");
         }
-        assert_eq!(fs::read_to_string(out.join("truth.jsonl")).unwrap().lines().count(), 300);
-        assert_eq!(fs::read_to_string(out.join("gates.jsonl")).unwrap().lines().count(), 100);
+        assert_eq!(
+            fs::read_to_string(out.join("truth.jsonl"))
+                .unwrap()
+                .lines()
+                .count(),
+            300
+        );
+        assert_eq!(
+            fs::read_to_string(out.join("gates.jsonl"))
+                .unwrap()
+                .lines()
+                .count(),
+            100
+        );
         assert_eq!(load_config(&out).unwrap(), cfg(300));
     }
 
@@ -1090,8 +1283,14 @@ mod tests {
     fn invalid_config_is_refused() {
         let mut c = cfg(10);
         c.dim = 0;
-        assert!(matches!(Population::build(&c), Err(PopulationError::InvalidConfig { .. })));
+        assert!(matches!(
+            Population::build(&c),
+            Err(PopulationError::InvalidConfig { .. })
+        ));
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(load_config(dir.path()), Err(PopulationError::Io { .. })));
+        assert!(matches!(
+            load_config(dir.path()),
+            Err(PopulationError::Io { .. })
+        ));
     }
 }

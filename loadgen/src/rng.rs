@@ -186,7 +186,10 @@ mod tests {
         let mut sm = SplitMix64(0);
         assert_eq!(sm.next_u64(), 0xE220_A839_7B1D_CDAF);
         // xoshiro256** reference: state [1, 2, 3, 4] gives 11520 first (from the C reference).
-        let mut r = Rng { s: [1, 2, 3, 4], spare: None };
+        let mut r = Rng {
+            s: [1, 2, 3, 4],
+            spare: None,
+        };
         assert_eq!(r.next_u64(), 11520);
         assert_eq!(r.next_u64(), 0);
         assert_eq!(r.next_u64(), 1_509_978_240);

@@ -61,7 +61,11 @@ pub(crate) struct Expected {
 pub(crate) fn expected(facts: &Facts<'_>) -> Expected {
     let Some(s) = facts.subject else {
         // 1:N with a stranger's face: nobody reaches the identify threshold.
-        return Expected { decision: Decision::Deny, subject: None, reasons: vec!["face_match"] };
+        return Expected {
+            decision: Decision::Deny,
+            subject: None,
+            reasons: vec!["face_match"],
+        };
     };
     let mut fails = Vec::new();
     let mut escalates = Vec::new();
@@ -71,8 +75,8 @@ pub(crate) fn expected(facts: &Facts<'_>) -> Expected {
     if s.status != Status::Active {
         fails.push("subject_status");
     }
-    let in_window = s.valid_from.is_none_or(|f| facts.at >= f)
-        && s.valid_until.is_none_or(|u| facts.at <= u);
+    let in_window =
+        s.valid_from.is_none_or(|f| facts.at >= f) && s.valid_until.is_none_or(|u| facts.at <= u);
     if !in_window {
         fails.push("validity");
     }
@@ -82,7 +86,10 @@ pub(crate) fn expected(facts: &Facts<'_>) -> Expected {
     if s.category.is_zoned() && !s.zones.is_empty() && !s.zones.contains(&facts.gate.zone) {
         fails.push("zone");
     }
-    if facts.temperature_c.is_some_and(|t| t > TEMPERATURE_CEILING_C) {
+    if facts
+        .temperature_c
+        .is_some_and(|t| t > TEMPERATURE_CEILING_C)
+    {
         fails.push("temperature");
     }
     health_checks(s, facts.at, &mut fails, &mut escalates);
@@ -94,7 +101,11 @@ pub(crate) fn expected(facts: &Facts<'_>) -> Expected {
         Decision::Admit
     };
     fails.extend(escalates);
-    Expected { decision, subject: Some(s.id), reasons: fails }
+    Expected {
+        decision,
+        subject: Some(s.id),
+        reasons: fails,
+    }
 }
 
 fn health_checks(
@@ -108,7 +119,10 @@ fn health_checks(
         fails.push("health_record");
         return;
     };
-    for (name, colour) in [("health_code", h.health_code), ("travel_code", h.travel_code)] {
+    for (name, colour) in [
+        ("health_code", h.health_code),
+        ("travel_code", h.travel_code),
+    ] {
         match colour {
             CodeColour::Green => {}
             CodeColour::Yellow => escalates.push(name),
@@ -161,11 +175,21 @@ mod tests {
     }
 
     fn decide(s: &Subject, face: Face, gate: Gate, temp: f32) -> Decision {
-        let facts = Facts { subject: Some(s), face, gate: &gate, temperature_c: Some(temp), at: NOW };
+        let facts = Facts {
+            subject: Some(s),
+            face,
+            gate: &gate,
+            temperature_c: Some(temp),
+            at: NOW,
+        };
         expected(&facts).decision
     }
 
-    const HOME: Gate = Gate { gate: 1, market: 1, zone: 2 };
+    const HOME: Gate = Gate {
+        gate: 1,
+        market: 1,
+        zone: 2,
+    };
 
     #[test]
     fn truth_admits_eligible_and_denies_each_failure() {
@@ -173,11 +197,18 @@ mod tests {
         assert_eq!(decide(&ok, Face::Genuine, HOME, 36.5), Decision::Admit);
         assert_eq!(decide(&ok, Face::Impostor, HOME, 36.5), Decision::Deny);
         assert_eq!(decide(&ok, Face::Genuine, HOME, 38.4), Decision::Deny);
-        assert_eq!(decide(&ok, Face::Genuine, HOME, 37.3), Decision::Admit, "ceiling is inclusive");
+        assert_eq!(
+            decide(&ok, Face::Genuine, HOME, 37.3),
+            Decision::Admit,
+            "ceiling is inclusive"
+        );
         let other_zone = Gate { zone: 3, ..HOME };
         assert_eq!(decide(&ok, Face::Genuine, other_zone, 36.5), Decision::Deny);
         let other_market = Gate { market: 2, ..HOME };
-        assert_eq!(decide(&ok, Face::Genuine, other_market, 36.5), Decision::Deny);
+        assert_eq!(
+            decide(&ok, Face::Genuine, other_market, 36.5),
+            Decision::Deny
+        );
 
         let mut s = ok.clone();
         s.status = Status::Revoked;
@@ -185,7 +216,7 @@ mod tests {
         let mut s = ok.clone();
         s.valid_until = Some(NOW - HOUR);
         assert_eq!(decide(&s, Face::Genuine, HOME, 36.5), Decision::Deny);
-        let mut s = ok.clone();
+        let mut s = ok;
         s.health = None;
         assert_eq!(decide(&s, Face::Genuine, HOME, 36.5), Decision::Deny);
     }
@@ -199,12 +230,27 @@ mod tests {
             decide(&s, Face::Genuine, HOME, 36.5)
         };
         assert_eq!(with(&|h| h.test_at = Some(NOW - 72 * HOUR)), Decision::Deny);
-        assert_eq!(with(&|h| h.test_at = Some(NOW - 47 * HOUR)), Decision::Admit);
-        assert_eq!(with(&|h| h.test_result = Some(TestResult::Positive)), Decision::Deny);
-        assert_eq!(with(&|h| h.test_result = Some(TestResult::Pending)), Decision::Deny);
+        assert_eq!(
+            with(&|h| h.test_at = Some(NOW - 47 * HOUR)),
+            Decision::Admit
+        );
+        assert_eq!(
+            with(&|h| h.test_result = Some(TestResult::Positive)),
+            Decision::Deny
+        );
+        assert_eq!(
+            with(&|h| h.test_result = Some(TestResult::Pending)),
+            Decision::Deny
+        );
         assert_eq!(with(&|h| h.vaccine_doses = 1), Decision::Deny);
-        assert_eq!(with(&|h| h.health_code = CodeColour::Yellow), Decision::Escalate);
-        assert_eq!(with(&|h| h.travel_code = CodeColour::Yellow), Decision::Escalate);
+        assert_eq!(
+            with(&|h| h.health_code = CodeColour::Yellow),
+            Decision::Escalate
+        );
+        assert_eq!(
+            with(&|h| h.travel_code = CodeColour::Yellow),
+            Decision::Escalate
+        );
         assert_eq!(with(&|h| h.health_code = CodeColour::Red), Decision::Deny);
         // Any fail beats an escalation.
         assert_eq!(
@@ -220,7 +266,11 @@ mod tests {
     fn truth_skips_zone_and_doses_for_the_public() {
         let mut s = subject(Category::Shopper);
         s.health.as_mut().unwrap().vaccine_doses = 0;
-        let anywhere = Gate { gate: 9, market: 7, zone: 4 };
+        let anywhere = Gate {
+            gate: 9,
+            market: 7,
+            zone: 4,
+        };
         assert_eq!(decide(&s, Face::Genuine, anywhere, 36.5), Decision::Admit);
         let mut b = subject(Category::Buyer);
         b.zones = vec![1];
@@ -230,10 +280,20 @@ mod tests {
     #[test]
     fn truth_names_subjects() {
         let s = subject(Category::Manager);
-        let facts = Facts { subject: None, face: Face::Impostor, gate: &HOME, temperature_c: None, at: NOW };
+        let facts = Facts {
+            subject: None,
+            face: Face::Impostor,
+            gate: &HOME,
+            temperature_c: None,
+            at: NOW,
+        };
         assert_eq!(expected(&facts).subject, None);
         assert_eq!(expected(&facts).decision, Decision::Deny);
-        let facts = Facts { subject: Some(&s), face: Face::Impostor, ..facts };
+        let facts = Facts {
+            subject: Some(&s),
+            face: Face::Impostor,
+            ..facts
+        };
         assert_eq!(expected(&facts).subject, Some(1));
         assert_eq!(expected(&facts).reasons, vec!["face_match"]);
     }

@@ -21,7 +21,11 @@ pub(crate) const PROBE_SIGMA: f64 = 0.75;
 
 /// Scales `v` to unit length (left as is if it is all zeros).
 pub(crate) fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
     if norm > 0.0 {
         let inv = (1.0 / norm) as f32;
         v.iter_mut().for_each(|x| *x *= inv);
@@ -37,7 +41,11 @@ pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
         na += x * x;
         nb += y * y;
     }
-    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na.sqrt() * nb.sqrt()) }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
 }
 
 /// Writes `dim` Gaussian values with total expected norm `sigma` into `out` (adding them when
@@ -57,16 +65,31 @@ fn gaussian_into(rng: &mut Rng, sigma: f64, out: &mut [f32], add: bool) {
 /// The identity (true face) of subject index `index`.
 pub(crate) fn identity(seed: u64, index: u64, dim: usize) -> Vec<f32> {
     let mut v = vec![0.0f32; dim];
-    gaussian_into(&mut Rng::stream(seed, Stream::Identity, index), 1.0, &mut v, false);
+    gaussian_into(
+        &mut Rng::stream(seed, Stream::Identity, index),
+        1.0,
+        &mut v,
+        false,
+    );
     normalize(&mut v);
     v
 }
 
 /// The enrolled template of subject index `index`: one enrollment photo of their identity.
 pub(crate) fn template_into(seed: u64, index: u64, out: &mut [f32]) {
-    gaussian_into(&mut Rng::stream(seed, Stream::Identity, index), 1.0, out, false);
+    gaussian_into(
+        &mut Rng::stream(seed, Stream::Identity, index),
+        1.0,
+        out,
+        false,
+    );
     normalize(out);
-    gaussian_into(&mut Rng::stream(seed, Stream::Enroll, index), ENROLL_SIGMA, out, true);
+    gaussian_into(
+        &mut Rng::stream(seed, Stream::Enroll, index),
+        ENROLL_SIGMA,
+        out,
+        true,
+    );
     normalize(out);
 }
 
@@ -82,7 +105,12 @@ pub(crate) fn probe(identity: &[f32], rng: &mut Rng) -> Vec<f32> {
 /// stream (`Impostor`) is disjoint from every enrolled identity's stream.
 pub(crate) fn impostor(seed: u64, index: u64, dim: usize, rng: &mut Rng) -> Vec<f32> {
     let mut id = vec![0.0f32; dim];
-    gaussian_into(&mut Rng::stream(seed, Stream::Impostor, index), 1.0, &mut id, false);
+    gaussian_into(
+        &mut Rng::stream(seed, Stream::Impostor, index),
+        1.0,
+        &mut id,
+        false,
+    );
     normalize(&mut id);
     probe(&id, rng)
 }

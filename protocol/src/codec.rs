@@ -20,8 +20,8 @@ const ENCODE: Configuration<LittleEndian, Fixint, NoLimit> = config::standard()
     .with_little_endian()
     .with_fixed_int_encoding();
 
-const DECODE: Configuration<LittleEndian, Fixint, config::Limit<MAX_FRAME_LEN>> = ENCODE
-    .with_limit::<MAX_FRAME_LEN>();
+const DECODE: Configuration<LittleEndian, Fixint, config::Limit<MAX_FRAME_LEN>> =
+    ENCODE.with_limit::<MAX_FRAME_LEN>();
 
 /// Appends the body of `msg` (no frame header) to `out`.
 pub(crate) fn encode_body(msg: &Message, out: &mut Vec<u8>) {

@@ -88,7 +88,11 @@ impl Visitor<'_> for StrSeed {
     type Value = String;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} as a string of at most {} bytes", self.field, self.max)
+        write!(
+            f,
+            "{} as a string of at most {} bytes",
+            self.field, self.max
+        )
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<String, E> {

@@ -140,6 +140,12 @@ impl FrameDecoder {
         result.map(Some)
     }
 
+    /// True once a header error has stopped the decoder (every later `next` repeats it):
+    /// the byte stream has lost its framing and the connection should be closed.
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// Bytes received but not yet returned as messages.
     pub fn buffered_len(&self) -> usize {
         self.buf.len() - self.pos

@@ -65,6 +65,10 @@ pub use error::DecodeError;
 pub use frame::{FrameDecoder, decode_frame, encode_frame, frame_len_hint};
 pub use ids::{GateId, MarketId, SubjectId, UnixMillis, ZoneId};
 pub use kind::MessageKind;
+pub use limits::{
+    FRAME_HEADER_LEN, MAX_ADMIN_FRAME_LEN, MAX_EMBEDDING_DIM, MAX_FRAME_LEN, MAX_GATE_FRAME_LEN,
+    MAX_STRING_LEN,
+};
 pub use message::*;
 pub use version::{MIN_PROTOCOL_VERSION, negotiate};
 

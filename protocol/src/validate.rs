@@ -74,14 +74,14 @@ impl Event {
         if let Some(face) = &self.face {
             face.validate()?;
         }
-        if let Some(t) = self.temperature_c {
-            if !(MIN_TEMPERATURE_C..=MAX_TEMPERATURE_C).contains(&t) {
-                return Err(DecodeError::invalid(
-                    "event.temperature_c",
-                    t,
-                    "must be a reading in 25.0..=45.0 °C",
-                ));
-            }
+        if let Some(t) = self.temperature_c
+            && !(MIN_TEMPERATURE_C..=MAX_TEMPERATURE_C).contains(&t)
+        {
+            return Err(DecodeError::invalid(
+                "event.temperature_c",
+                t,
+                "must be a reading in 25.0..=45.0 °C",
+            ));
         }
         Ok(())
     }
@@ -114,10 +114,14 @@ impl FaceSample {
 impl Verdict {
     /// Checks the value rules (see [`Message::validate`]).
     pub fn validate(&self) -> Result {
-        if let Some(score) = self.score {
-            if !score.is_finite() {
-                return Err(DecodeError::invalid("verdict.score", score, "must be finite"));
-            }
+        if let Some(score) = self.score
+            && !score.is_finite()
+        {
+            return Err(DecodeError::invalid(
+                "verdict.score",
+                score,
+                "must be finite",
+            ));
         }
         max_len("verdict.checks", self.checks.len(), MAX_CHECKS)?;
         self.checks.iter().try_for_each(Check::validate)?;
@@ -169,19 +173,23 @@ impl SubjectRecord {
     pub fn validate(&self) -> Result {
         max_len("subject_record.markets", self.markets.len(), MAX_MARKETS)?;
         max_len("subject_record.zones", self.zones.len(), MAX_ZONES)?;
-        if let (Some(from), Some(until)) = (self.valid_from, self.valid_until) {
-            if from > until {
-                return Err(DecodeError::invalid(
-                    "subject_record.valid_from",
-                    format!("{from} > valid_until {until}"),
-                    "must not be after valid_until",
-                ));
-            }
+        if let (Some(from), Some(until)) = (self.valid_from, self.valid_until)
+            && from > until
+        {
+            return Err(DecodeError::invalid(
+                "subject_record.valid_from",
+                format!("{from} > valid_until {until}"),
+                "must not be after valid_until",
+            ));
         }
         if let Some(card) = &self.id_card {
             non_empty("subject_record.id_card", card)?;
         }
-        max_len("subject_record.qr_tokens", self.qr_tokens.len(), MAX_QR_TOKENS)?;
+        max_len(
+            "subject_record.qr_tokens",
+            self.qr_tokens.len(),
+            MAX_QR_TOKENS,
+        )?;
         self.qr_tokens
             .iter()
             .try_for_each(|t| non_empty("subject_record.qr_tokens[]", t))
@@ -199,7 +207,11 @@ impl FaceTemplate {
 impl UpdateHealth {
     /// Checks the value rules (see [`Message::validate`]).
     pub fn validate(&self) -> Result {
-        max_len("update_health.records", self.records.len(), MAX_HEALTH_RECORDS)
+        max_len(
+            "update_health.records",
+            self.records.len(),
+            MAX_HEALTH_RECORDS,
+        )
     }
 }
 
@@ -230,7 +242,11 @@ fn non_empty(field: &'static str, s: &str) -> Result {
 
 fn embedding(field: &'static str, values: &[f32]) -> Result {
     if values.is_empty() {
-        return Err(DecodeError::invalid(field, "0 elements", "must have 1..=4096 elements"));
+        return Err(DecodeError::invalid(
+            field,
+            "0 elements",
+            "must have 1..=4096 elements",
+        ));
     }
     max_len(field, values.len(), MAX_EMBEDDING_DIM)?;
     match values.iter().position(|v| !v.is_finite()) {

@@ -42,7 +42,10 @@ fn issue(dir: &CertDir, gates: u32) -> anyhow::Result<usize> {
     for chunk in ids.chunks(100) {
         issued += ensure_dev_certs(dir, chunk.iter().copied())?;
         if progress {
-            eprint!("\rcertificates: {} / {gates} gates", chunk.last().map_or(0, |g| g.0));
+            eprint!(
+                "\rcertificates: {} / {gates} gates",
+                chunk.last().map_or(0, |g| g.0)
+            );
         }
     }
     if progress {
@@ -84,11 +87,17 @@ certs = \"certs\"
 pub(crate) fn run_init(args: InitArgs) -> anyhow::Result<()> {
     let dir = &args.dir;
     if dir.join(gatewarden::config::CONFIG_FILE).exists() {
-        anyhow::bail!("{} already holds a gatewarden.toml; not overwriting", dir.display());
+        anyhow::bail!(
+            "{} already holds a gatewarden.toml; not overwriting",
+            dir.display()
+        );
     }
     let markets = args.markets.max(1);
     write_new(&dir.join(gatewarden::config::CONFIG_FILE), CONFIG_TEMPLATE)?;
-    write_new(&dir.join("policy.toml"), gatewarden::policy::DEMO_POLICY_TOML)?;
+    write_new(
+        &dir.join("policy.toml"),
+        gatewarden::policy::DEMO_POLICY_TOML,
+    )?;
     issue(&CertDir(dir.join("certs")), args.gates)?;
     let engine = gatewarden::Engine::open(dir, gatewarden::Config::load_from_data_dir(dir)?)?;
     let gates: Vec<GateInfo> = (1..=args.gates)

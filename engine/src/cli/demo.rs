@@ -68,7 +68,10 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         "poisson" => Profile::Poisson,
         other => bail!("unknown profile {other:?}: use rush, constant or poisson"),
     };
-    anyhow::ensure!(args.gates > 0 && args.subjects > 0, "--gates and --subjects must be positive");
+    anyhow::ensure!(
+        args.gates > 0 && args.subjects > 0,
+        "--gates and --subjects must be positive"
+    );
     let (dir, temporary) = match &args.keep {
         Some(dir) => (dir.clone(), false),
         None => (
@@ -88,7 +91,10 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     let t0 = clock.instant();
     let step = |what: &str| eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
 
-    step(&format!("population: {} people, {} gates, {} markets", args.subjects, args.gates, args.markets));
+    step(&format!(
+        "population: {} people, {} gates, {} markets",
+        args.subjects, args.gates, args.markets
+    ));
     let population = dir.join("population");
     generate(
         &PopulationConfig {
@@ -99,6 +105,7 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
             seed: args.seed,
             model: "demo-face-v1".to_owned(),
             now: clock.now(),
+            ..PopulationConfig::default()
         },
         &population,
     )?;
@@ -111,13 +118,19 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     .context("cannot write the demo configuration")?;
     import_population(dir, &population)?;
 
-    step(&format!("certificates: fleet CA, server, admin, {} gates", args.gates));
+    step(&format!(
+        "certificates: fleet CA, server, admin, {} gates",
+        args.gates
+    ));
     ensure_dev_certs(&CertDir(dir.join("certs")), (1..=args.gates).map(GateId))?;
 
     step("server: starting `gatewarden serve` on loopback");
-    let mut server = ServerProcess::start(dir)?;
+    let server = ServerProcess::start(dir)?;
     let setup_s = t0.elapsed().as_secs_f64();
-    step(&format!("server listening on {} (set-up took {setup_s:.1} s); load starts", server.addr));
+    step(&format!(
+        "server listening on {} (set-up took {setup_s:.1} s); load starts",
+        server.addr
+    ));
 
     let cpu_before = server.cpu_seconds();
     let report = gatewarden_loadgen::run::run(&RunConfig {
@@ -146,7 +159,10 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
         server_cpu.map_or("n/a".to_owned(), |s| format!("{s:.1} s")),
         report.cpu_s
     );
-    println!("server shutdown: {}", if clean { "clean" } else { "NOT clean" });
+    println!(
+        "server shutdown: {}",
+        if clean { "clean" } else { "NOT clean" }
+    );
     report.write_plot_svg(&args.plot)?;
     println!("latency plot: {}", args.plot.display());
     if let Some(path) = &args.json {
@@ -172,9 +188,21 @@ fn import_population(dir: &Path, population: &Path) -> anyhow::Result<()> {
     let config = gatewarden::Config::load_from_data_dir(dir)?;
     let engine = gatewarden::Engine::open(dir, config)?;
     let store = engine.store();
-    super::import::import_file(store, super::import::Kind::Gates, &population.join("gates.jsonl"))?;
-    super::import::import_file(store, super::import::Kind::Subjects, &population.join("subjects.jsonl"))?;
-    super::import::import_file(store, super::import::Kind::Health, &population.join("health.jsonl"))?;
+    super::import::import_file(
+        store,
+        super::import::Kind::Gates,
+        &population.join("gates.jsonl"),
+    )?;
+    super::import::import_file(
+        store,
+        super::import::Kind::Subjects,
+        &population.join("subjects.jsonl"),
+    )?;
+    super::import::import_file(
+        store,
+        super::import::Kind::Health,
+        &population.join("health.jsonl"),
+    )?;
     super::enroll::enroll_files(
         &engine,
         &population.join("templates.npy"),
@@ -198,7 +226,10 @@ impl ServerProcess {
             .arg("serve")
             .arg("--data")
             .arg(dir)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -30,9 +30,17 @@ const CHUNK: usize = 5_000;
 
 pub(crate) fn run(args: EnrollArgs) -> anyhow::Result<()> {
     super::init_logging("warn");
-    let engine = Engine::open(&args.data, gatewarden::Config::load_from_data_dir(&args.data)?)
-        .with_context(|| format!("cannot open data folder {}", args.data.display()))?;
-    let report = enroll_files(&engine, &args.vectors, &args.subjects, !args.no_duplicate_check)?;
+    let engine = Engine::open(
+        &args.data,
+        gatewarden::Config::load_from_data_dir(&args.data)?,
+    )
+    .with_context(|| format!("cannot open data folder {}", args.data.display()))?;
+    let report = enroll_files(
+        &engine,
+        &args.vectors,
+        &args.subjects,
+        !args.no_duplicate_check,
+    )?;
     engine.shutdown();
     println!(
         "enrolled {} template(s); {} refused as duplicates of other people",
@@ -75,8 +83,11 @@ pub(crate) fn enroll_files(
     let mut total = gatewarden::engine::BulkEnrollReport::default();
     let started = SystemClock.instant();
     for (chunk_ids, chunk_rows) in ids.chunks(CHUNK).zip(matrix.data.chunks(CHUNK * dim)) {
-        let rows: Vec<(SubjectId, &[f32])> =
-            chunk_ids.iter().copied().zip(chunk_rows.chunks_exact(dim)).collect();
+        let rows: Vec<(SubjectId, &[f32])> = chunk_ids
+            .iter()
+            .copied()
+            .zip(chunk_rows.chunks_exact(dim))
+            .collect();
         let report = engine.enroll_templates(&rows, check_duplicates)?;
         total.added += report.added;
         total.duplicates.extend(report.duplicates);
@@ -84,10 +95,14 @@ pub(crate) fn enroll_files(
             "\renrolling: {} / {} templates ({:.0}/s)",
             total.added + total.duplicates.len(),
             ids.len(),
-            (total.added + total.duplicates.len()) as f64 / started.elapsed().as_secs_f64().max(1e-3)
+            (total.added + total.duplicates.len()) as f64
+                / started.elapsed().as_secs_f64().max(1e-3)
         );
     }
     eprintln!();
-    engine.gallery().compact().context("cannot fold new templates into a gallery segment")?;
+    engine
+        .gallery()
+        .compact()
+        .context("cannot fold new templates into a gallery segment")?;
     Ok(total)
 }

@@ -39,7 +39,10 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    let certs = CertDir(args.certs.unwrap_or_else(|| args.data.join(&config.server.certs)));
+    let certs = CertDir(
+        args.certs
+            .unwrap_or_else(|| args.data.join(&config.server.certs)),
+    );
     let server_config = config.server.clone();
     let engine = Arc::new(
         gatewarden::Engine::open(&args.data, config)

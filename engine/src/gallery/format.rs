@@ -9,25 +9,25 @@ use std::ops::RangeInclusive;
 use super::GalleryError;
 
 /// First 8 bytes of every segment.
-pub const MAGIC: [u8; 8] = *b"GWGALSEG";
+pub(crate) const MAGIC: [u8; 8] = *b"GWGALSEG";
 /// Last 8 bytes of every segment.
-pub const FOOTER_MAGIC: [u8; 8] = *b"GWSEGEND";
+pub(crate) const FOOTER_MAGIC: [u8; 8] = *b"GWSEGEND";
 /// The format version this code writes.
 pub const FORMAT_VERSION: u32 = 1;
 /// Versions this code reads.
 pub const SUPPORTED_VERSIONS: RangeInclusive<u32> = 1..=1;
 /// Header size in bytes.
-pub const HEADER_LEN: usize = 128;
+pub(crate) const HEADER_LEN: usize = 128;
 /// Footer size in bytes.
-pub const FOOTER_LEN: usize = 16;
+pub(crate) const FOOTER_LEN: usize = 16;
 /// Every section starts at a multiple of this.
-pub const ALIGN: u64 = 64;
+pub(crate) const ALIGN: u64 = 64;
 /// Largest dimension: keeps int8 dot products exact in i32 (65536 * 127 * 127 < 2^31).
 pub const MAX_DIM: usize = 65_536;
 /// Header flag: every row was normalized to unit length when written.
-pub const FLAG_UNIT_NORM: u16 = 1;
+pub(crate) const FLAG_UNIT_NORM: u16 = 1;
 /// Metric code: inner product (cosine for unit rows).
-pub const METRIC_INNER_PRODUCT: u8 = 1;
+pub(crate) const METRIC_INNER_PRODUCT: u8 = 1;
 
 /// What a segment stores per row.
 #[repr(u8)]
@@ -36,7 +36,7 @@ pub const METRIC_INNER_PRODUCT: u8 = 1;
 pub enum ElementType {
     /// f32 rows only.
     F32 = 1,
-    /// f32 rows plus int8 codes with a per-row `[scale, l1]` pair.
+    /// f32 rows plus int8 codes with per-row `[scale, norm, err, 0]`.
     F32Int8 = 2,
 }
 
@@ -83,13 +83,17 @@ impl Layout {
     pub(crate) fn compute(dim: usize, count: usize, element: ElementType) -> Option<Self> {
         let n = count as u64;
         let vector_stride_bytes = align((dim as u64).checked_mul(4)?)?;
-        let code_stride_bytes = if element.has_codes() { align(dim as u64)? } else { 0 };
+        let code_stride_bytes = if element.has_codes() {
+            align(dim as u64)?
+        } else {
+            0
+        };
         let vectors_offset = HEADER_LEN as u64;
         let mut end = vectors_offset.checked_add(n.checked_mul(vector_stride_bytes)?)?;
         let (codes_offset, quant_offset) = if element.has_codes() {
             let codes = align(end)?;
             let quant = align(codes.checked_add(n.checked_mul(code_stride_bytes)?)?)?;
-            end = quant.checked_add(n.checked_mul(8)?)?;
+            end = quant.checked_add(n.checked_mul(16)?)?;
             (codes, quant)
         } else {
             (0, 0)
@@ -173,10 +177,19 @@ impl Header {
             return Err(GalleryError::NotAGallery { path: path.into() });
         }
         if file_len < min {
-            return Err(GalleryError::Truncated { path: path.into(), len: file_len, need: min });
+            return Err(GalleryError::Truncated {
+                path: path.into(),
+                len: file_len,
+                need: min,
+            });
         }
-        let corrupt = |offset: u64, what: String| GalleryError::Corrupt { path: path.into(), offset, what };
-        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let corrupt = |offset: u64, what: String| GalleryError::Corrupt {
+            path: path.into(),
+            offset,
+            what,
+        };
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let u64_at = |o: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&bytes[o..o + 8]);
@@ -187,15 +200,25 @@ impl Header {
             return Err(corrupt(8, "format version 0".into()));
         }
         if !SUPPORTED_VERSIONS.contains(&version) {
-            return Err(GalleryError::Incompatible { path: path.into(), found: version, supported: SUPPORTED_VERSIONS });
+            return Err(GalleryError::Incompatible {
+                path: path.into(),
+                found: version,
+                supported: SUPPORTED_VERSIONS,
+            });
         }
         let header_len = u32_at(12);
         if header_len as usize != HEADER_LEN {
-            return Err(corrupt(12, format!("header length {header_len}, expected {HEADER_LEN}")));
+            return Err(corrupt(
+                12,
+                format!("header length {header_len}, expected {HEADER_LEN}"),
+            ));
         }
         let dim = u32_at(16) as usize;
         if dim == 0 || dim > MAX_DIM {
-            return Err(corrupt(16, format!("dimension {dim} outside 1..={MAX_DIM}")));
+            return Err(corrupt(
+                16,
+                format!("dimension {dim} outside 1..={MAX_DIM}"),
+            ));
         }
         let element = ElementType::try_from_code(bytes[20])
             .ok_or_else(|| corrupt(20, format!("unknown element type code {}", bytes[20])))?;
@@ -208,44 +231,86 @@ impl Header {
         }
         let count = u64_at(24);
         if count > u64::from(u32::MAX) {
-            return Err(corrupt(24, format!("row count {count} above the 2^32-1 limit")));
+            return Err(corrupt(
+                24,
+                format!("row count {count} above the 2^32-1 limit"),
+            ));
         }
         if let Some(pos) = bytes[104..HEADER_LEN].iter().position(|&b| b != 0) {
-            return Err(corrupt(104 + pos as u64, "reserved header bytes are not zero".into()));
+            return Err(corrupt(
+                104 + pos as u64,
+                "reserved header bytes are not zero".into(),
+            ));
         }
         let layout = Layout::compute(dim, count as usize, element)
             .ok_or_else(|| corrupt(24, format!("row count {count} x dimension {dim} overflows")))?;
         let found = [
-            (32, u64::from(u32_at(32)), layout.vector_stride_bytes, "vector stride"),
-            (36, u64::from(u32_at(36)), layout.code_stride_bytes, "code stride"),
+            (
+                32,
+                u64::from(u32_at(32)),
+                layout.vector_stride_bytes,
+                "vector stride",
+            ),
+            (
+                36,
+                u64::from(u32_at(36)),
+                layout.code_stride_bytes,
+                "code stride",
+            ),
             (40, u64_at(40), layout.vectors_offset, "vectors offset"),
             (48, u64_at(48), layout.codes_offset, "codes offset"),
             (56, u64_at(56), layout.quant_offset, "quantization offset"),
-            (64, u64_at(64), layout.templates_offset, "template ids offset"),
+            (
+                64,
+                u64_at(64),
+                layout.templates_offset,
+                "template ids offset",
+            ),
             (72, u64_at(72), layout.subjects_offset, "subject ids offset"),
             (80, u64_at(80), layout.order_offset, "subject order offset"),
             (88, u64_at(88), layout.footer_offset, "footer offset"),
         ];
         for (off, got, want, what) in found {
             if got != want {
-                return Err(corrupt(off, format!("{what} is {got}, the layout needs {want}")));
+                return Err(corrupt(
+                    off,
+                    format!("{what} is {got}, the layout needs {want}"),
+                ));
             }
         }
         let need = layout.file_len();
         if file_len < need {
-            return Err(GalleryError::Truncated { path: path.into(), len: file_len, need });
+            return Err(GalleryError::Truncated {
+                path: path.into(),
+                len: file_len,
+                need,
+            });
         }
         if file_len > need {
-            return Err(corrupt(need, format!("{} unexpected bytes after the footer", file_len - need)));
+            return Err(corrupt(
+                need,
+                format!("{} unexpected bytes after the footer", file_len - need),
+            ));
         }
         let f = layout.footer_offset as usize;
         if bytes[f + 8..f + 16] != FOOTER_MAGIC {
-            return Err(corrupt(f as u64 + 8, "footer magic missing (truncated or overwritten)".into()));
+            return Err(corrupt(
+                f as u64 + 8,
+                "footer magic missing (truncated or overwritten)".into(),
+            ));
         }
         if bytes[f + 4..f + 8] != [0; 4] {
-            return Err(corrupt(f as u64 + 4, "reserved footer bytes are not zero".into()));
+            return Err(corrupt(
+                f as u64 + 4,
+                "reserved footer bytes are not zero".into(),
+            ));
         }
-        Ok(Self { version, flags, max_template_id: u64_at(96), layout })
+        Ok(Self {
+            version,
+            flags,
+            max_template_id: u64_at(96),
+            layout,
+        })
     }
 }
 
@@ -263,9 +328,19 @@ mod tests {
 
     #[test]
     fn layout_is_aligned_and_ordered() {
-        for (dim, count, el) in [(512, 1000, ElementType::F32Int8), (3, 7, ElementType::F32), (1, 0, ElementType::F32Int8)] {
+        for (dim, count, el) in [
+            (512, 1000, ElementType::F32Int8),
+            (3, 7, ElementType::F32),
+            (1, 0, ElementType::F32Int8),
+        ] {
             let l = Layout::compute(dim, count, el).unwrap();
-            let offs = [l.vectors_offset, l.templates_offset, l.subjects_offset, l.order_offset, l.footer_offset];
+            let offs = [
+                l.vectors_offset,
+                l.templates_offset,
+                l.subjects_offset,
+                l.order_offset,
+                l.footer_offset,
+            ];
             assert!(offs.iter().all(|o| o % ALIGN == 0));
             assert!(offs.windows(2).all(|w| w[0] <= w[1]));
             assert_eq!(l.vector_stride_bytes % ALIGN, 0);
@@ -276,7 +351,12 @@ mod tests {
     #[test]
     fn header_round_trips() {
         let layout = Layout::compute(16, 5, ElementType::F32Int8).unwrap();
-        let h = Header { version: 1, flags: FLAG_UNIT_NORM, max_template_id: 77, layout };
+        let h = Header {
+            version: 1,
+            flags: FLAG_UNIT_NORM,
+            max_template_id: 77,
+            layout,
+        };
         let mut file = vec![0u8; layout.file_len() as usize];
         file[..HEADER_LEN].copy_from_slice(&h.encode());
         let f = layout.footer_offset as usize;

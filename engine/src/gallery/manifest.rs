@@ -44,7 +44,13 @@ pub(crate) struct SegmentRecord {
 impl Manifest {
     /// An empty manifest for `dim`.
     pub(crate) fn empty(dim: usize) -> Self {
-        Self { version: MANIFEST_VERSION, dim, watermark: 0, next_segment: 1, segments: Vec::new() }
+        Self {
+            version: MANIFEST_VERSION,
+            dim,
+            watermark: 0,
+            next_segment: 1,
+            segments: Vec::new(),
+        }
     }
 
     /// Reads the manifest in `dir`, or `None` if there is none.
@@ -57,12 +63,17 @@ impl Manifest {
         };
         let m: Manifest = serde_json::from_str(&text).map_err(|e| GalleryError::Manifest {
             path: path.clone(),
-            what: format!("unreadable ({e}); restore it or delete the folder to rebuild from the store"),
+            what: format!(
+                "unreadable ({e}); restore it or delete the folder to rebuild from the store"
+            ),
         })?;
         if m.version != MANIFEST_VERSION {
             return Err(GalleryError::Manifest {
                 path,
-                what: format!("version {} is not supported (this build reads {MANIFEST_VERSION})", m.version),
+                what: format!(
+                    "version {} is not supported (this build reads {MANIFEST_VERSION})",
+                    m.version
+                ),
             });
         }
         Ok(Some(m))
@@ -72,13 +83,21 @@ impl Manifest {
     pub(crate) fn store(&self, dir: &Path) -> Result<(), GalleryError> {
         let path = dir.join(MANIFEST_FILE);
         let tmp = dir.join(format!(".{MANIFEST_FILE}.{}.tmp", std::process::id()));
-        let io = |source| GalleryError::Io { path: tmp.clone(), source };
+        let io = |source| GalleryError::Io {
+            path: tmp.clone(),
+            source,
+        };
         let json = serde_json::to_vec_pretty(self).map_err(|e| GalleryError::Manifest {
             path: path.clone(),
             what: format!("cannot encode: {e}"),
         })?;
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&json)?;
             f.sync_all()
         };

@@ -43,7 +43,10 @@ impl Backing {
     pub(crate) fn copy_of(bytes: &[u8]) -> Self {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        Backing::Owned { words, len: bytes.len() }
+        Backing::Owned {
+            words,
+            len: bytes.len(),
+        }
     }
 
     /// The bytes.

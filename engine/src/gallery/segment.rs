@@ -8,7 +8,7 @@ use gatewarden_protocol::SubjectId;
 use super::GalleryError;
 use super::format::{ElementType, FLAG_UNIT_NORM, HEADER_LEN, Header};
 use super::mmap::Backing;
-use crate::index::{Precision, RowsRef};
+use crate::index::{Precision, RowQuant, RowsRef};
 
 /// An immutable gallery segment: f32 rows (plus int8 codes for int8 segments), their subject
 /// and template ids, and a subject index for 1:1 lookups. See the format table in
@@ -62,22 +62,31 @@ impl Gallery {
     /// # Errors
     /// As [`Gallery::open`].
     pub fn open_with(path: &Path, populate: bool) -> Result<Self, GalleryError> {
-        let io = |source| GalleryError::Io { path: path.to_owned(), source };
+        let io = |source| GalleryError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let label = path.display().to_string();
         if len < HEADER_LEN as u64 {
             // Too short to map meaningfully; decode the bytes for the precise error.
             let bytes = std::fs::read(path).map_err(io)?;
-            return Err(Header::decode(&bytes, &label).err().unwrap_or(GalleryError::Truncated {
-                path: label,
-                len,
-                need: HEADER_LEN as u64,
-            }));
+            return Err(Header::decode(&bytes, &label)
+                .err()
+                .unwrap_or(GalleryError::Truncated {
+                    path: label,
+                    len,
+                    need: HEADER_LEN as u64,
+                }));
         }
         let backing = Backing::map(&file, populate).map_err(io)?;
         let header = Header::decode(backing.bytes(), &label)?;
-        Ok(Self { label, backing, header })
+        Ok(Self {
+            label,
+            backing,
+            header,
+        })
     }
 
     /// Parses a segment from bytes (copied into an aligned buffer). Arbitrary input gives an
@@ -88,7 +97,11 @@ impl Gallery {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, GalleryError> {
         let label = "<memory>".to_string();
         let header = Header::decode(bytes, &label)?;
-        Ok(Self { label, backing: Backing::copy_of(bytes), header })
+        Ok(Self {
+            label,
+            backing: Backing::copy_of(bytes),
+            header,
+        })
     }
 
     /// Checks everything `open` does not, in O(n): the CRC over all bytes before the footer,
@@ -122,7 +135,10 @@ impl Gallery {
             let off = self.header.layout.order_offset + 4 * k as u64;
             let r = r as usize;
             if r >= n || std::mem::replace(&mut seen[r], true) {
-                return Err(self.corrupt(off, format!("subject index entry {k} ({r}) is not a row or repeats")));
+                return Err(self.corrupt(
+                    off,
+                    format!("subject index entry {k} ({r}) is not a row or repeats"),
+                ));
             }
             let key = (subjects[r], templates[r]);
             if prev.is_some_and(|p| p >= key) {
@@ -132,7 +148,13 @@ impl Gallery {
         }
         let max = templates.iter().copied().max().unwrap_or(0);
         if max != self.header.max_template_id {
-            return Err(self.corrupt(96, format!("max template id {} but rows hold {max}", self.header.max_template_id)));
+            return Err(self.corrupt(
+                96,
+                format!(
+                    "max template id {} but rows hold {max}",
+                    self.header.max_template_id
+                ),
+            ));
         }
         Ok(())
     }
@@ -140,25 +162,41 @@ impl Gallery {
     fn verify_values(&self) -> Result<(), GalleryError> {
         let l = &self.header.layout;
         for i in 0..self.len() {
-            if self.vector(i).is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
-                return Err(self.corrupt(l.vectors_offset + i as u64 * l.vector_stride_bytes, format!("row {i} holds a non-finite value")));
+            if self
+                .vector(i)
+                .is_some_and(|v| v.iter().any(|x| !x.is_finite()))
+            {
+                return Err(self.corrupt(
+                    l.vectors_offset + i as u64 * l.vector_stride_bytes,
+                    format!("row {i} holds a non-finite value"),
+                ));
             }
         }
         if let Some(codes) = self.codes()
             && let Some(pos) = codes.iter().position(|&c| c == i8::MIN)
         {
-            return Err(self.corrupt(l.codes_offset + pos as u64, "int8 code -128 is outside [-127, 127]".into()));
+            return Err(self.corrupt(
+                l.codes_offset + pos as u64,
+                "int8 code -128 is outside [-127, 127]".into(),
+            ));
         }
         if let Some(q) = self.quant()
-            && let Some(i) = q.iter().position(|p| !(p[0] >= 0.0 && p[0].is_finite() && p[1] >= 0.0 && p[1].is_finite()))
+            && let Some(i) = q.iter().position(|&p| !RowQuant::is_valid(p))
         {
-            return Err(self.corrupt(l.quant_offset + 8 * i as u64, format!("row {i} has an invalid int8 scale")));
+            return Err(self.corrupt(
+                l.quant_offset + 16 * i as u64,
+                format!("row {i} has invalid int8 parameters"),
+            ));
         }
         Ok(())
     }
 
     fn corrupt(&self, offset: u64, what: String) -> GalleryError {
-        GalleryError::Corrupt { path: self.label.clone(), offset, what }
+        GalleryError::Corrupt {
+            path: self.label.clone(),
+            offset,
+            what,
+        }
     }
 
     /// The path this segment was opened from (or `<memory>`).
@@ -183,7 +221,11 @@ impl Gallery {
 
     /// `Int8` if the segment carries int8 codes (it always carries the f32 rows too).
     pub fn precision(&self) -> Precision {
-        if self.header.layout.element.has_codes() { Precision::Int8 } else { Precision::F32 }
+        if self.header.layout.element.has_codes() {
+            Precision::Int8
+        } else {
+            Precision::F32
+        }
     }
 
     /// True if rows were normalized to unit length when written.
@@ -199,7 +241,11 @@ impl Gallery {
     /// The summary `gallery inspect` prints.
     pub fn info(&self) -> GalleryInfo {
         let l = &self.header.layout;
-        let subjects = self.order().windows(2).filter(|w| self.subject_at(w[0]) != self.subject_at(w[1])).count()
+        let subjects = self
+            .order()
+            .windows(2)
+            .filter(|w| self.subject_at(w[0]) != self.subject_at(w[1]))
+            .count()
             + usize::from(!self.is_empty());
         GalleryInfo {
             format_version: self.header.version,
@@ -227,7 +273,11 @@ impl Gallery {
         let end = start + count * size_of::<T>();
         // Offsets are checked against the layout at open and are multiples of 64 in a buffer
         // aligned to at least 8, so the cast cannot fail; an empty view is the safe fallback.
-        self.backing.bytes().get(start..end).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[])
+        self.backing
+            .bytes()
+            .get(start..end)
+            .and_then(|b| bytemuck::try_cast_slice(b).ok())
+            .unwrap_or(&[])
     }
 
     fn f32_stride(&self) -> usize {
@@ -236,7 +286,10 @@ impl Gallery {
 
     /// All f32 rows, `stride` floats apart (see [`Gallery::rows`]).
     pub fn vectors(&self) -> &[f32] {
-        self.section(self.header.layout.vectors_offset, self.len() * self.f32_stride())
+        self.section(
+            self.header.layout.vectors_offset,
+            self.len() * self.f32_stride(),
+        )
     }
 
     /// Row `i`'s f32 vector.
@@ -253,10 +306,12 @@ impl Gallery {
             .then(|| self.section(l.codes_offset, self.len() * l.code_stride_bytes as usize))
     }
 
-    /// Per-row `[scale, l1]`, if the segment has codes.
-    pub fn quant(&self) -> Option<&[[f32; 2]]> {
+    /// Per-row `[scale, norm, err, 0]`, if the segment has codes.
+    pub fn quant(&self) -> Option<&[[f32; 4]]> {
         let l = &self.header.layout;
-        l.element.has_codes().then(|| self.section(l.quant_offset, self.len()))
+        l.element
+            .has_codes()
+            .then(|| self.section(l.quant_offset, self.len()))
     }
 
     /// Subject id of every row.
@@ -283,13 +338,22 @@ impl Gallery {
         let order = self.order();
         let key = |r: &u32| self.subject_at(*r).unwrap_or(u64::MAX);
         let start = order.partition_point(|r| key(r) < subject.0);
-        order[start..].iter().take_while(move |r| key(r) == subject.0).map(|&r| r as usize)
+        order[start..]
+            .iter()
+            .take_while(move |r| key(r) == subject.0)
+            .map(|&r| r as usize)
     }
 
     /// The rows as the search sees them (with codes if the segment has them).
     pub fn rows(&self) -> Option<RowsRef<'_>> {
         let l = &self.header.layout;
-        let rows = RowsRef::new(l.dim, self.vectors(), self.f32_stride(), self.subjects(), self.templates())?;
+        let rows = RowsRef::new(
+            l.dim,
+            self.vectors(),
+            self.f32_stride(),
+            self.subjects(),
+            self.templates(),
+        )?;
         match (self.codes(), self.quant()) {
             (Some(c), Some(q)) => rows.with_codes(c, l.code_stride_bytes as usize, q),
             _ => Some(rows),

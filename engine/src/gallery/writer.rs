@@ -10,7 +10,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::GalleryError;
-use super::format::{ElementType, FLAG_UNIT_NORM, FORMAT_VERSION, Header, Layout, MAX_DIM, encode_footer};
+use super::format::{
+    ElementType, FLAG_UNIT_NORM, FORMAT_VERSION, Header, Layout, MAX_DIM, encode_footer,
+};
 use crate::index::{Precision, quantize_into};
 
 /// How to write a segment.
@@ -35,6 +37,62 @@ pub trait RowSource: Sync {
     }
     /// Row `i < len()`: its vector, subject id and template id.
     fn row(&self, i: usize) -> (&[f32], u64, u64);
+}
+
+/// Rows from a row-major slice with a subject id per row; template ids are the row numbers
+/// unless given.
+#[derive(Clone, Copy)]
+pub struct SliceSource<'a> {
+    dim: usize,
+    data: &'a [f32],
+    subjects: &'a [u64],
+    templates: Option<&'a [u64]>,
+}
+
+impl<'a> SliceSource<'a> {
+    /// A source, or `None` unless `data` holds exactly one `dim`-row per subject (and per
+    /// template id, if given).
+    pub fn new(
+        dim: usize,
+        data: &'a [f32],
+        subjects: &'a [u64],
+        templates: Option<&'a [u64]>,
+    ) -> Option<Self> {
+        let n = subjects.len();
+        let ok = dim > 0
+            && n.checked_mul(dim) == Some(data.len())
+            && templates.is_none_or(|t| t.len() == n);
+        ok.then_some(Self {
+            dim,
+            data,
+            subjects,
+            templates,
+        })
+    }
+}
+
+impl RowSource for SliceSource<'_> {
+    fn len(&self) -> usize {
+        self.subjects.len()
+    }
+
+    fn row(&self, i: usize) -> (&[f32], u64, u64) {
+        let template = self.templates.map_or(i as u64, |t| t[i]);
+        (
+            &self.data[i * self.dim..(i + 1) * self.dim],
+            self.subjects[i],
+            template,
+        )
+    }
+}
+
+impl std::fmt::Debug for SliceSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SliceSource")
+            .field("dim", &self.dim)
+            .field("rows", &self.subjects.len())
+            .finish()
+    }
 }
 
 /// Progress of a write, reported to a callback.
@@ -73,18 +131,26 @@ pub fn write_segment(
     progress: &mut dyn FnMut(WriteProgress),
 ) -> Result<WriteStats, GalleryError> {
     if spec.dim == 0 || spec.dim > MAX_DIM {
-        return Err(GalleryError::BadDimension { dim: spec.dim, max: MAX_DIM });
+        return Err(GalleryError::BadDimension {
+            dim: spec.dim,
+            max: MAX_DIM,
+        });
     }
     let count = rows.len();
     if count > u32::MAX as usize {
-        return Err(GalleryError::TooManyRows { count, max: u32::MAX as usize });
+        return Err(GalleryError::TooManyRows {
+            count,
+            max: u32::MAX as usize,
+        });
     }
     let element = match spec.precision {
         Precision::Int8 => ElementType::F32Int8,
         _ => ElementType::F32,
     };
-    let layout = Layout::compute(spec.dim, count, element)
-        .ok_or(GalleryError::TooManyRows { count, max: u32::MAX as usize })?;
+    let layout = Layout::compute(spec.dim, count, element).ok_or(GalleryError::TooManyRows {
+        count,
+        max: u32::MAX as usize,
+    })?;
     let tmp = temp_path(path);
     let result = write_file(&tmp, &layout, spec, rows, progress).and_then(|stats| {
         rename_durably(&tmp, path)?;
@@ -101,22 +167,35 @@ fn temp_path(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 /// Renames `from` to `to` and fsyncs the folder, so that the rename itself is durable.
 pub(crate) fn rename_durably(from: &Path, to: &Path) -> Result<(), GalleryError> {
-    std::fs::rename(from, to).map_err(|source| GalleryError::Io { path: to.to_owned(), source })?;
+    std::fs::rename(from, to).map_err(|source| GalleryError::Io {
+        path: to.to_owned(),
+        source,
+    })?;
     sync_dir(to.parent().unwrap_or(Path::new(".")))
 }
 
 /// fsyncs a folder (makes renames and new names in it durable).
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), GalleryError> {
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| GalleryError::Io { path: dir.to_owned(), source })
+        .map_err(|source| GalleryError::Io {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// A writer that checksums everything and tracks its position.
@@ -151,17 +230,38 @@ fn write_file(
     rows: &dyn RowSource,
     progress: &mut dyn FnMut(WriteProgress),
 ) -> Result<WriteStats, GalleryError> {
-    let io = |source| GalleryError::Io { path: tmp.to_owned(), source };
-    let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(io)?;
-    let mut out = Out { w: BufWriter::with_capacity(1 << 20, file), crc: crc32fast::Hasher::new(), pos: 0 };
+    let io = |source| GalleryError::Io {
+        path: tmp.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(io)?;
+    let mut out = Out {
+        w: BufWriter::with_capacity(1 << 20, file),
+        crc: crc32fast::Hasher::new(),
+        pos: 0,
+    };
     let n = rows.len();
     let max_template_id = (0..n).map(|i| rows.row(i).2).max().unwrap_or(0);
     let flags = if spec.normalize { FLAG_UNIT_NORM } else { 0 };
-    let header = Header { version: FORMAT_VERSION, flags, max_template_id, layout: *layout };
+    let header = Header {
+        version: FORMAT_VERSION,
+        flags,
+        max_template_id,
+        layout: *layout,
+    };
     out.put(&header.encode()).map_err(io)?;
     let report = |progress: &mut dyn FnMut(WriteProgress), phase, done| {
         if done % 4096 == 0 || done == n {
-            progress(WriteProgress { phase, done, total: n });
+            progress(WriteProgress {
+                phase,
+                done,
+                total: n,
+            });
         }
     };
 
@@ -172,14 +272,14 @@ fn write_file(
         out.put(bytemuck::cast_slice(&row_buf)).map_err(io)?;
         report(progress, "vectors", i + 1);
     }
-    // Pass 2: int8 codes and their [scale, l1] pairs.
+    // Pass 2: int8 codes and their [scale, norm, err, 0] parameters.
     if layout.element.has_codes() {
         out.pad_to(layout.codes_offset).map_err(io)?;
         let mut codes = vec![0i8; layout.code_stride_bytes as usize];
         let mut quant = Vec::with_capacity(n);
         for i in 0..n {
             prepare_row(rows, i, spec, &mut row_buf)?;
-            quant.push(quantize_into(&row_buf[..spec.dim], &mut codes).to_pair());
+            quant.push(quantize_into(&row_buf[..spec.dim], &mut codes).to_stored());
             out.put(bytemuck::cast_slice(&codes)).map_err(io)?;
             report(progress, "codes", i + 1);
         }
@@ -191,8 +291,13 @@ fn write_file(
     let subjects: Vec<u64> = (0..n).map(|i| rows.row(i).1).collect();
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.sort_unstable_by_key(|&r| (subjects[r as usize], templates[r as usize]));
-    if let Some(w) = order.windows(2).find(|w| templates[w[0] as usize] == templates[w[1] as usize] && subjects[w[0] as usize] == subjects[w[1] as usize]) {
-        return Err(GalleryError::DuplicateTemplate { template: templates[w[0] as usize] });
+    if let Some(w) = order.windows(2).find(|w| {
+        templates[w[0] as usize] == templates[w[1] as usize]
+            && subjects[w[0] as usize] == subjects[w[1] as usize]
+    }) {
+        return Err(GalleryError::DuplicateTemplate {
+            template: templates[w[0] as usize],
+        });
     }
     report(progress, "ids", n);
     out.pad_to(layout.templates_offset).map_err(io)?;
@@ -205,16 +310,34 @@ fn write_file(
     let crc = out.crc.clone().finalize();
     out.w.write_all(&encode_footer(crc)).map_err(io)?;
     let file = out.w.into_inner().map_err(|e| io(e.into_error()))?;
-    progress(WriteProgress { phase: "sync", done: n, total: n });
+    progress(WriteProgress {
+        phase: "sync",
+        done: n,
+        total: n,
+    });
     file.sync_all().map_err(io)?;
-    Ok(WriteStats { rows: n, bytes: layout.file_len(), crc, max_template_id })
+    Ok(WriteStats {
+        rows: n,
+        bytes: layout.file_len(),
+        crc,
+        max_template_id,
+    })
 }
 
 /// Copies row `i` into `buf` (zero padding after `dim`), checked and optionally normalized.
-fn prepare_row(rows: &dyn RowSource, i: usize, spec: &SegmentSpec, buf: &mut [f32]) -> Result<(), GalleryError> {
+fn prepare_row(
+    rows: &dyn RowSource,
+    i: usize,
+    spec: &SegmentSpec,
+    buf: &mut [f32],
+) -> Result<(), GalleryError> {
     let (v, _, template) = rows.row(i);
     if v.len() != spec.dim {
-        return Err(GalleryError::WrongDimension { template, expected: spec.dim, got: v.len() });
+        return Err(GalleryError::WrongDimension {
+            template,
+            expected: spec.dim,
+            got: v.len(),
+        });
     }
     if v.iter().any(|x| !x.is_finite()) {
         return Err(GalleryError::NonFinite { template });
@@ -229,7 +352,11 @@ fn prepare_row(rows: &dyn RowSource, i: usize, spec: &SegmentSpec, buf: &mut [f3
 
 /// Scales `v` to unit length (norm computed in f64); false for a zero vector.
 pub(crate) fn normalize(v: &mut [f32]) -> bool {
-    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
     if !(norm > 0.0 && norm.is_finite()) {
         return false;
     }

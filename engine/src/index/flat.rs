@@ -25,7 +25,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use gatewarden_protocol::SubjectId;
 
 use super::kernels::{F32Block, F32Multi, I8Block, I8Multi, Kernels};
-use super::quant::{QueryQuant, RowQuant};
+use super::quant::{QueryQuant, widen};
 use super::topk::{Collector, Hit};
 
 /// Rows scored per kernel call: big enough to amortize the call, small enough that the
@@ -96,7 +96,11 @@ pub struct SearchOptions {
 
 impl Default for SearchOptions {
     fn default() -> Self {
-        Self { precision: Precision::F32, threads: 1, batch: BatchPath::Auto }
+        Self {
+            precision: Precision::F32,
+            threads: 1,
+            batch: BatchPath::Auto,
+        }
     }
 }
 
@@ -105,7 +109,7 @@ impl Default for SearchOptions {
 pub struct CodesRef<'a> {
     codes: &'a [i8],
     stride: usize,
-    quant: &'a [[f32; 2]],
+    quant: &'a [[f32; 4]],
 }
 
 /// A borrowed set of gallery rows: a segment's or a delta chunk's.
@@ -133,14 +137,32 @@ impl<'a> RowsRef<'a> {
     ) -> Option<Self> {
         let n = subjects.len();
         let ok = dim > 0 && templates.len() == n && fits(dim, vectors.len(), stride, n);
-        ok.then_some(Self { dim, vectors, stride, subjects, templates, codes: None, deleted: None })
+        ok.then_some(Self {
+            dim,
+            vectors,
+            stride,
+            subjects,
+            templates,
+            codes: None,
+            deleted: None,
+        })
     }
 
-    /// Adds int8 codes (`stride` bytes per row) and per-row `[scale, l1]` pairs.
-    pub fn with_codes(mut self, codes: &'a [i8], stride: usize, quant: &'a [[f32; 2]]) -> Option<Self> {
+    /// Adds int8 codes (`stride` bytes per row) and per-row `[scale, norm, err, 0]` (see
+    /// [`crate::index::quant`]).
+    pub fn with_codes(
+        mut self,
+        codes: &'a [i8],
+        stride: usize,
+        quant: &'a [[f32; 4]],
+    ) -> Option<Self> {
         let n = self.len();
         (quant.len() == n && fits(self.dim, codes.len(), stride, n)).then(|| {
-            self.codes = Some(CodesRef { codes, stride, quant });
+            self.codes = Some(CodesRef {
+                codes,
+                stride,
+                quant,
+            });
             self
         })
     }
@@ -195,7 +217,11 @@ impl<'a> RowsRef<'a> {
     }
 
     fn hit(&self, i: usize, score: f32) -> Hit {
-        Hit { score, subject: SubjectId(self.subjects[i]), template: self.templates[i] }
+        Hit {
+            score,
+            subject: SubjectId(self.subjects[i]),
+            template: self.templates[i],
+        }
     }
 }
 
@@ -203,7 +229,10 @@ fn fits(dim: usize, len: usize, stride: usize, n: usize) -> bool {
     stride >= dim
         && match n.checked_sub(1) {
             None => true,
-            Some(last) => last.checked_mul(stride).and_then(|x| x.checked_add(dim)).is_some_and(|e| e <= len),
+            Some(last) => last
+                .checked_mul(stride)
+                .and_then(|x| x.checked_add(dim))
+                .is_some_and(|e| e <= len),
         }
 }
 
@@ -220,6 +249,40 @@ struct Candidate {
     ub: f32,
     part: u32,
     row: u32,
+}
+
+/// One query's int8 scan state: lower bounds collected so far, their bar (mirrored as a
+/// plain float for the hot compare), and the candidates for re-ranking.
+struct Int8State<C> {
+    lbs: C,
+    bar: f32,
+    cands: Vec<Candidate>,
+    prune_at: usize,
+}
+
+impl<C: Collector> Int8State<C> {
+    fn new(empty: &C) -> Self {
+        Self { lbs: empty.clone(), bar: empty.bar(), cands: Vec::new(), prune_at: 1024 }
+    }
+
+    /// A row whose score lies in `[a - h, a + h]` and may reach the bar.
+    #[inline]
+    fn consider(&mut self, part: &RowsRef<'_>, part_index: usize, row: usize, a: f32, h: f32) {
+        let ub = a + h;
+        if ub < self.bar || part.is_deleted(row) {
+            return;
+        }
+        if a - h >= self.bar {
+            self.lbs.offer(part.hit(row, a - h));
+            self.bar = self.lbs.bar();
+        }
+        self.cands.push(Candidate { ub, part: part_index as u32, row: row as u32 });
+        if self.cands.len() >= self.prune_at {
+            let bar = self.bar;
+            self.cands.retain(|c| c.ub >= bar);
+            self.prune_at = (2 * self.cands.len()).max(1024);
+        }
+    }
 }
 
 /// Searches `parts` for every query, collecting into clones of `empty`.
@@ -244,10 +307,20 @@ pub fn search<C: Collector>(
     if valid.is_empty() {
         return out;
     }
-    let packed: Vec<f32> = valid.iter().flat_map(|&j| queries[j].iter().copied()).collect();
+    let packed: Vec<f32> = valid
+        .iter()
+        .flat_map(|&j| queries[j].iter().copied())
+        .collect();
     let parts: Vec<RowsRef<'_>> = parts.iter().copied().filter(|p| p.dim == dim).collect();
     let plans = split(&parts, opts.threads.max(1));
-    let scan = Scan { kernels, parts: &parts, dim, packed: &packed, nq: valid.len(), opts };
+    let scan = Scan {
+        kernels,
+        parts: &parts,
+        dim,
+        packed: &packed,
+        nq: valid.len(),
+        opts,
+    };
     let found = match opts.precision {
         Precision::F32 => scan.f32_parallel(&plans, empty),
         Precision::Int8 => scan.int8(&plans, empty),
@@ -274,7 +347,10 @@ fn split(parts: &[RowsRef<'_>], threads: usize) -> Vec<Vec<Task>> {
             let end = part.len().min(start + room);
             room -= end - start;
             if let Some(plan) = plans.last_mut() {
-                plan.push(Task { part: p, rows: start..end });
+                plan.push(Task {
+                    part: p,
+                    rows: start..end,
+                });
             }
             start = end;
         }
@@ -316,7 +392,9 @@ impl Scan<'_, '_> {
 
     fn f32_parallel<C: Collector>(&self, plans: &[Vec<Task>], empty: &C) -> Vec<C> {
         let mut per_thread = fan_out(plans, |tasks| self.f32_scan(tasks, empty)).into_iter();
-        let mut merged = per_thread.next().unwrap_or_else(|| vec![empty.clone(); self.nq]);
+        let mut merged = per_thread
+            .next()
+            .unwrap_or_else(|| vec![empty.clone(); self.nq]);
         for other in per_thread {
             for (m, o) in merged.iter_mut().zip(other) {
                 m.absorb(o);
@@ -341,14 +419,33 @@ impl Scan<'_, '_> {
                 self.kernels.score_f32(&b, &mut buf[..n]);
             }
         } else if self.use_gemm() {
-            gemm_block(rows, part.stride, n, self.dim, self.packed, self.nq, &mut buf[..n * self.nq]);
-        } else if let Some(b) = F32Multi::new(self.dim, self.packed, self.dim, self.nq, rows, part.stride, n) {
+            gemm_block(
+                rows,
+                part.stride,
+                n,
+                self.dim,
+                self.packed,
+                self.nq,
+                &mut buf[..n * self.nq],
+            );
+        } else if let Some(b) = F32Multi::new(
+            self.dim,
+            self.packed,
+            self.dim,
+            self.nq,
+            rows,
+            part.stride,
+            n,
+        ) {
             self.kernels.multi_f32(&b, &mut buf[..n * self.nq]);
         }
     }
 
     fn f32_scan<C: Collector>(&self, tasks: &[Task], empty: &C) -> Vec<C> {
         let mut cols = vec![empty.clone(); self.nq];
+        // Mirror of every collector's bar, so the common case (a row that cannot enter) is
+        // one compare against a plain array.
+        let mut bars = vec![empty.bar(); self.nq];
         let mut buf = vec![0f32; BLOCK_ROWS * self.nq];
         for task in tasks {
             let part = &self.parts[task.part];
@@ -356,9 +453,10 @@ impl Scan<'_, '_> {
                 let n = BLOCK_ROWS.min(task.rows.end - start);
                 self.f32_block(part, start, n, &mut buf);
                 for (i, scores) in buf[..n * self.nq].chunks_exact(self.nq).enumerate() {
-                    for (c, &s) in cols.iter_mut().zip(scores) {
-                        if s >= c.bar() && !part.is_deleted(start + i) {
-                            c.offer(part.hit(start + i, s));
+                    for (j, &s) in scores.iter().enumerate() {
+                        if s >= bars[j] && !part.is_deleted(start + i) {
+                            cols[j].offer(part.hit(start + i, s));
+                            bars[j] = cols[j].bar();
                         }
                     }
                 }
@@ -368,9 +466,15 @@ impl Scan<'_, '_> {
     }
 
     fn int8<C: Collector>(&self, plans: &[Vec<Task>], empty: &C) -> Vec<C> {
-        let quants: Vec<QueryQuant> = (0..self.nq).map(|j| QueryQuant::new(self.query(j))).collect();
-        let codes: Vec<i8> = quants.iter().flat_map(|q| q.codes().iter().copied()).collect();
-        let mut per_thread = fan_out(plans, |tasks| self.int8_scan(tasks, &quants, &codes, empty)).into_iter();
+        let quants: Vec<QueryQuant> = (0..self.nq)
+            .map(|j| QueryQuant::new(self.query(j)))
+            .collect();
+        let codes: Vec<i8> = quants
+            .iter()
+            .flat_map(|q| q.codes().iter().copied())
+            .collect();
+        let mut per_thread =
+            fan_out(plans, |tasks| self.int8_scan(tasks, &quants, &codes, empty)).into_iter();
         let (mut bars, mut cands) = per_thread.next().unwrap_or_default();
         for (b, c) in per_thread {
             for (m, o) in bars.iter_mut().zip(b) {
@@ -410,66 +514,91 @@ impl Scan<'_, '_> {
         empty: &C,
     ) -> (Vec<C>, Vec<Vec<Candidate>>) {
         let nq = self.nq;
-        let mut lbs = vec![empty.clone(); nq];
-        let mut cands: Vec<Vec<Candidate>> = vec![Vec::new(); nq];
-        let mut prune_at = vec![1024usize; nq];
+        let mut states: Vec<Int8State<C>> = (0..nq).map(|_| Int8State::new(empty)).collect();
+        // Query coefficients as plain arrays so the per-row interval loop vectorizes.
+        let qscale: Vec<f32> = quants.iter().map(QueryQuant::scale).collect();
+        let qnorm: Vec<f32> = quants.iter().map(|q| q.coefs().0).collect();
+        let qerr: Vec<f32> = quants.iter().map(|q| q.coefs().1).collect();
+        let (mut approx, mut half) = (vec![0f32; nq], vec![0f32; nq]);
         let mut ibuf = vec![0i32; BLOCK_ROWS * nq];
         let mut fbuf = vec![0f32; BLOCK_ROWS * nq];
         for task in tasks {
             let part = &self.parts[task.part];
             for start in task.rows.clone().step_by(BLOCK_ROWS) {
                 let n = BLOCK_ROWS.min(task.rows.end - start);
-                let quant = match part.codes {
-                    Some(c) => {
-                        self.i8_block(c, codes, quants, start, n, &mut ibuf);
-                        Some(c.quant)
+                let Some(c) = part.codes else {
+                    // A row set without codes: exact scores, zero-width intervals.
+                    self.f32_block(part, start, n, &mut fbuf);
+                    for (i, scores) in fbuf[..n * nq].chunks_exact(nq).enumerate() {
+                        for (st, &s) in states.iter_mut().zip(scores) {
+                            st.consider(part, task.part, start + i, s, 0.0);
+                        }
                     }
-                    None => {
-                        self.f32_block(part, start, n, &mut fbuf);
-                        None
-                    }
+                    continue;
                 };
-                for i in 0..n {
-                    let row = start + i;
+                self.i8_block(c, codes, quants, start, n, &mut ibuf);
+                let quant = &c.quant[start..start + n];
+                if let [st] = &mut states[..] {
+                    // One query: scalars only, the common case of the pipeline.
+                    let (qs, qn, qe) = (qscale[0], qnorm[0], qerr[0]);
+                    for (i, (&[rs, rn, re, _], &dot)) in quant.iter().zip(&ibuf[..n]).enumerate() {
+                        let a = qs * rs * dot as f32;
+                        let h = widen(a, qn * rn + qe * re);
+                        if a + h >= st.bar {
+                            st.consider(part, task.part, start + i, a, h);
+                        }
+                    }
+                    continue;
+                }
+                for (i, &[rs, rn, re, _]) in quant.iter().enumerate() {
+                    let dots = &ibuf[i * nq..(i + 1) * nq];
                     for j in 0..nq {
-                        let (lb, ub) = match quant {
-                            Some(qs) => quants[j].interval(ibuf[i * nq + j], RowQuant::from_pair(qs[row])),
-                            None => (fbuf[i * nq + j], fbuf[i * nq + j]),
-                        };
-                        let bar = lbs[j].bar();
-                        if ub < bar || part.is_deleted(row) {
-                            continue;
-                        }
-                        if lb >= bar {
-                            lbs[j].offer(part.hit(row, lb));
-                        }
-                        cands[j].push(Candidate { ub, part: task.part as u32, row: row as u32 });
-                        if cands[j].len() >= prune_at[j] {
-                            let bar = lbs[j].bar();
-                            cands[j].retain(|c| c.ub >= bar);
-                            prune_at[j] = (2 * cands[j].len()).max(1024);
+                        let a = qscale[j] * rs * dots[j] as f32;
+                        approx[j] = a;
+                        half[j] = widen(a, qnorm[j] * rn + qerr[j] * re);
+                    }
+                    for (j, st) in states.iter_mut().enumerate() {
+                        if approx[j] + half[j] >= st.bar {
+                            st.consider(part, task.part, start + i, approx[j], half[j]);
                         }
                     }
                 }
             }
         }
-        (lbs, cands)
+        states.into_iter().map(|s| (s.lbs, s.cands)).unzip()
     }
 
-    fn i8_block(&self, c: CodesRef<'_>, codes: &[i8], quants: &[QueryQuant], start: usize, n: usize, buf: &mut [i32]) {
+    fn i8_block(
+        &self,
+        c: CodesRef<'_>,
+        codes: &[i8],
+        quants: &[QueryQuant],
+        start: usize,
+        n: usize,
+        buf: &mut [i32],
+    ) {
         let rows = &c.codes[start * c.stride..];
         if self.nq == 1 {
             if let Some(b) = I8Block::new(quants[0].codes(), rows, c.stride, n) {
                 self.kernels.score_i8(&b, &mut buf[..n]);
             }
-        } else if let Some(b) = I8Multi::new(self.dim, codes, self.dim, self.nq, rows, c.stride, n) {
+        } else if let Some(b) = I8Multi::new(self.dim, codes, self.dim, self.nq, rows, c.stride, n)
+        {
             self.kernels.multi_i8(&b, &mut buf[..n * self.nq]);
         }
     }
 }
 
 /// `out[i * nq + j] = row_i . query_j` through faer's GEMM.
-fn gemm_block(rows: &[f32], stride: usize, n: usize, dim: usize, queries: &[f32], nq: usize, out: &mut [f32]) {
+fn gemm_block(
+    rows: &[f32],
+    stride: usize,
+    n: usize,
+    dim: usize,
+    queries: &[f32],
+    nq: usize,
+    out: &mut [f32],
+) {
     if n == 0 || nq == 0 {
         return;
     }

@@ -54,7 +54,10 @@ pub struct TopK {
 impl TopK {
     /// An empty collector for `k` rows.
     pub fn new(k: usize) -> Self {
-        Self { k, hits: Vec::with_capacity(k.min(4096) + 1) }
+        Self {
+            k,
+            hits: Vec::with_capacity(k.min(4096) + 1),
+        }
     }
 
     /// The hits so far, best first.
@@ -161,7 +164,11 @@ mod tests {
     use super::*;
 
     fn hit(score: f32, subject: u64, template: u64) -> Hit {
-        Hit { score, subject: SubjectId(subject), template }
+        Hit {
+            score,
+            subject: SubjectId(subject),
+            template,
+        }
     }
 
     fn sorted(mut v: Vec<Hit>) -> Vec<Hit> {
@@ -172,7 +179,10 @@ mod tests {
     fn hits_strategy() -> impl Strategy<Value = Vec<Hit>> {
         // Few distinct scores and subjects, so ties and repeated subjects are common.
         prop::collection::vec((0u8..6, 0u64..5), 0..40).prop_map(|v| {
-            v.into_iter().enumerate().map(|(t, (s, subj))| hit(f32::from(s) * 0.25, subj, t as u64)).collect()
+            v.into_iter()
+                .enumerate()
+                .map(|(t, (s, subj))| hit(f32::from(s) * 0.25, subj, t as u64))
+                .collect()
         })
     }
 
@@ -226,7 +236,11 @@ mod tests {
         let mut b = BestTwo::new();
         b.offer(hit(0.9, 1, 1));
         b.offer(hit(0.8, 1, 2));
-        assert_eq!(b.bar(), f32::NEG_INFINITY, "same subject is not a runner-up");
+        assert_eq!(
+            b.bar(),
+            f32::NEG_INFINITY,
+            "same subject is not a runner-up"
+        );
         b.offer(hit(0.1, 2, 3));
         assert_eq!(b.bar(), 0.1);
     }

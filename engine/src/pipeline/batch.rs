@@ -46,6 +46,7 @@ impl Default for BatchPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
     fn t0() -> Instant {
         crate::clock::ManualClock::new(crate::clock::UnixMillis(0)).instant()

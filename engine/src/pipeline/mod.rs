@@ -87,15 +87,14 @@ impl Shared {
         let base = self.busy_retry_ms.max(1);
         let load = u32::try_from(depth.saturating_mul(4) / capacity.max(1)).unwrap_or(4);
         Busy {
-            retry_after_ms: base.saturating_mul(1 + load),
+            retry_after_ms: base
+                .saturating_mul(1 + load)
+                .min(gatewarden_protocol::limits::MAX_RETRY_AFTER_MS),
         }
     }
 
     pub(crate) fn internal_error(message: String) -> Reply {
-        Reply::Error(ErrorReply {
-            code: ErrorCode::Internal,
-            message,
-        })
+        Reply::Error(ErrorReply::new(ErrorCode::Internal, message))
     }
 }
 
@@ -171,10 +170,10 @@ impl Pipeline {
     }
 
     fn refuse_shutting_down(shared: &Shared, job: Job) {
-        let reply = Reply::Error(ErrorReply {
-            code: ErrorCode::ShuttingDown,
-            message: "the engine is shutting down; retry with the same seq".to_owned(),
-        });
+        let reply = Reply::Error(ErrorReply::new(
+            ErrorCode::ShuttingDown,
+            "the engine is shutting down; retry with the same seq",
+        ));
         shared.finish_unrecorded(job, reply);
     }
 

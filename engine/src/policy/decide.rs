@@ -252,7 +252,10 @@ impl Sheet {
     ) -> Verdict {
         let text = |i: usize| self.checks.get(i).map_or("", |c| c.detail.as_str());
         let (decision, display) = if let Some(i) = self.first_fail {
-            (Decision::Deny, screen(DisplayColour::Red, text(i).to_owned()))
+            (
+                Decision::Deny,
+                screen(DisplayColour::Red, text(i).to_owned()),
+            )
         } else if let Some(i) = self.first_escalate {
             let t = format!("{}: please wait for staff", text(i));
             (Decision::Escalate, screen(DisplayColour::Yellow, t))
@@ -428,7 +431,13 @@ fn margin_check(
                 (Outcome::Escalate, "Ambiguous match")
             };
             let value = Some(f64::from(lead));
-            sheet.push(CheckKind::MatchMargin, outcome, value, Some(margin.report), detail);
+            sheet.push(
+                CheckKind::MatchMargin,
+                outcome,
+                value,
+                Some(margin.report),
+                detail,
+            );
         }
         _ => sheet.pass(CheckKind::MatchMargin, None, Some(margin.report)),
     }
@@ -448,7 +457,13 @@ fn liveness_check(event: &Event, s: &MarketSettings, sheet: &mut Sheet) -> bool 
         true
     } else {
         let detail = "Liveness check failed";
-        sheet.push(CheckKind::Liveness, Outcome::Fail, value, Some(min.report), detail);
+        sheet.push(
+            CheckKind::Liveness,
+            Outcome::Fail,
+            value,
+            Some(min.report),
+            detail,
+        );
         false
     }
 }
@@ -535,7 +550,12 @@ fn place_checks(
 }
 
 /// Temperature: entries only; runs even for an unidentified person (a fever is a fever).
-fn temperature_check(input: &DecisionInput<'_>, s: &MarketSettings, entry: bool, sheet: &mut Sheet) {
+fn temperature_check(
+    input: &DecisionInput<'_>,
+    s: &MarketSettings,
+    entry: bool,
+    sheet: &mut Sheet,
+) {
     let kind = CheckKind::Temperature;
     let Some(ceiling) = s.temperature_ceiling_c.on() else {
         return sheet.not_checked(kind, "Not required");
@@ -550,7 +570,13 @@ fn temperature_check(input: &DecisionInput<'_>, s: &MarketSettings, entry: bool,
             if t <= ceiling.cmp {
                 sheet.pass(kind, value, threshold);
             } else {
-                sheet.push(kind, Outcome::Fail, value, threshold, "Temperature too high");
+                sheet.push(
+                    kind,
+                    Outcome::Fail,
+                    value,
+                    threshold,
+                    "Temperature too high",
+                );
             }
         }
     }
@@ -583,9 +609,19 @@ fn health_checks(
     // A record filed under someone else is no record for this person.
     let health = input.health.filter(|h| h.subject == p.subject);
     let health_colour = health.map(|h| h.health_code);
-    code_check(CheckKind::HealthCode, s.health_code.on(), health_colour, sheet);
+    code_check(
+        CheckKind::HealthCode,
+        s.health_code.on(),
+        health_colour,
+        sheet,
+    );
     let travel_colour = health.map(|h| h.travel_code);
-    code_check(CheckKind::TravelCode, s.travel_code.on(), travel_colour, sheet);
+    code_check(
+        CheckKind::TravelCode,
+        s.travel_code.on(),
+        travel_colour,
+        sheet,
+    );
     test_check(rules, health, sheet, now);
     vaccination_check(rules, health, sheet);
 }

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::values::{
-    Band, Cap, Celsius, CodeRule, Doses, Hours, MarketKey, Margin, OffOr, OverCap, Schedule,
-    Score, Unit,
+    Band, Cap, Celsius, CodeRule, Doses, Hours, Margin, MarketKey, OffOr, OverCap, Schedule, Score,
+    Unit,
 };
 use super::{MarketPolicy, PolicyBook, PolicyError};
 
@@ -258,7 +258,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     (line, column)
 }
 

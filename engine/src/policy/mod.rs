@@ -1,7 +1,7 @@
-//! The admission policy: configuration (TOML) in, one pure [`decide`] function per event.
+//! The admission policy: configuration (TOML) in, one pure [`decide()`] function per event.
 //!
 //! A [`PolicyBook`] holds one [`MarketPolicy`] per market: a default plus per-market
-//! overrides, each with per-category rules. [`decide`] runs every check on one event and
+//! overrides, each with per-category rules. [`decide()`] runs every check on one event and
 //! returns the [`Verdict`]: the decision, every check with its value and threshold, and what
 //! the gate screen shows. It reads no clock (time is an argument), does no I/O and never
 //! panics; only [`PolicyBook::load`] reads a file.
@@ -113,8 +113,7 @@ use std::path::{Path, PathBuf};
 use gatewarden_protocol::{Category, MarketId};
 
 pub use decide::{
-    CredentialLookup, DecisionInput, FaceResult, MarketState, PersonState, decide,
-    internal_error,
+    CredentialLookup, DecisionInput, FaceResult, MarketState, PersonState, decide, internal_error,
 };
 
 use file::{CATEGORIES, CategoryRules, MarketSettings, category_index};
@@ -124,6 +123,9 @@ use gatewarden_protocol::{CheckKind, Verdict};
 
 /// The largest policy file [`PolicyBook::load`] reads; policies are a few kilobytes.
 const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The text of the embedded demo policy (`engine/policies/demo.toml`), for `gatewarden init`.
+pub const DEMO_POLICY_TOML: &str = include_str!("../../policies/demo.toml");
 
 /// Every market's policy: a default and per-market overrides, resolved at load time.
 #[derive(Clone, Debug, PartialEq)]
@@ -176,7 +178,10 @@ impl PolicyBook {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        let origin = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy();
+        let origin = path
+            .file_name()
+            .unwrap_or(path.as_os_str())
+            .to_string_lossy();
         Self::from_toml(&text, &origin)
     }
 
@@ -186,8 +191,7 @@ impl PolicyBook {
         #[allow(clippy::expect_used)]
         // The text is a compile-time constant and the unit test `demo_policy_parses` proves
         // it parses, so this cannot fail at run time.
-        Self::from_toml(include_str!("../../policies/demo.toml"), "demo.toml")
-            .expect("the embedded demo policy parses")
+        Self::from_toml(DEMO_POLICY_TOML, "demo.toml").expect("the embedded demo policy parses")
     }
 
     /// The policy for `market`: its override if the file has one, else the default.

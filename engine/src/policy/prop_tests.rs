@@ -1,1 +1,512 @@
-//! Property tests (filled in below).
+//! Property tests: monotonicity (a higher score never makes a decision worse; an added
+//! failure never makes it better), every Deny names a Fail, and `decide` is total: no input,
+//! NaN and extreme values included, makes it panic or admit on a broken reading.
+
+use gatewarden_protocol::{
+    Category, CheckKind, CodeColour, Decision, Direction, FaceSample, HealthRecord, MarketId, Mode,
+    Outcome, SubjectId, SubjectRecord, SubjectStatus, TestResult, UnixMillis, Verdict, ZoneId,
+};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+use super::testkit::{ALICE, BOB, Fixture, MARKET, STRICT, ZONE};
+use super::{CredentialLookup, FaceResult, MarketPolicy, PolicyBook};
+use crate::clock::{DAY_MS, HOUR_MS, UtcOffset};
+
+/// Deny < Escalate < Admit.
+fn rank(d: Decision) -> u8 {
+    match d {
+        Decision::Deny => 0,
+        Decision::Escalate => 1,
+        Decision::Admit => 2,
+    }
+}
+
+fn book_policy(text: &str) -> MarketPolicy {
+    PolicyBook::from_toml(text, "prop.toml")
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+        .for_market(MARKET)
+        .clone()
+}
+
+// ---- policies ----
+
+fn code_rule() -> impl Strategy<Value = &'static str> {
+    // Red is never allowed: a red code is always a failure, so making a code red always adds one.
+    prop_oneof![
+        Just("\"off\""),
+        Just("{ pass = [\"green\"] }"),
+        Just("{ pass = [\"green\"], escalate = [\"yellow\"] }"),
+        Just("{ pass = [\"green\", \"yellow\"] }"),
+    ]
+}
+
+fn off_or<T: std::fmt::Debug>(s: impl Strategy<Value = T>) -> impl Strategy<Value = String> {
+    prop::option::of(s).prop_map(|v| v.map_or_else(|| "\"off\"".to_owned(), |v| format!("{v:?}")))
+}
+
+fn schedule() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("\"always\"".to_owned()),
+        (0u32..1440, 1u32..1440).prop_map(|(start, len)| {
+            let end = (start + len) % 1440;
+            let hm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+            format!("[\"{}-{}\"]", hm(start), hm(end))
+        }),
+    ]
+}
+
+/// The seven rule keys, as TOML lines.
+fn rules() -> impl Strategy<Value = String> {
+    (
+        any::<bool>(),
+        0u8..=4,
+        off_or(1u32..=100),
+        schedule(),
+        any::<bool>(),
+        any::<bool>(),
+        off_or(1u32..=60),
+    )
+        .prop_map(
+            |(zones, doses, test, schedule, sign_in, passback, entries)| {
+                format!(
+                    "zones_enforced = {zones}\nmin_vaccine_doses = {doses}\n\
+                 max_test_age_hours = {test}\nschedule = {schedule}\n\
+                 sign_in_required = {sign_in}\nanti_passback = {passback}\n\
+                 max_entries_per_day = {entries}\n"
+                )
+            },
+        )
+}
+
+/// A random valid policy: every key of `[default]`, plus rules for merchants and buyers.
+fn policy() -> impl Strategy<Value = MarketPolicy> {
+    let market = (
+        (
+            -1.0f64..=1.0,
+            -1.0f64..=1.0,
+            0.0f64..=0.2,
+            0.0f64..=0.3,
+            0.0f64..=1.0,
+        ),
+        any::<bool>(),
+        off_or(30.0f64..=45.0),
+        code_rule(),
+        code_rule(),
+        off_or(1u32..=300),
+        prop_oneof![Just("deny"), Just("escalate")],
+    );
+    (market, rules(), rules(), rules()).prop_map(|(m, base, merchant, buyer)| {
+        let ((identify, verify, band, margin, liveness), card, temp, health, travel, cap, over) = m;
+        let text = format!(
+            "[default]\nidentify_threshold = {identify:?}\nverify_threshold = {verify:?}\n\
+             borderline_band = {band:?}\nmargin = {margin:?}\nliveness_min = {liveness:?}\n\
+             require_credential = {card}\ntemperature_ceiling_c = {temp}\n\
+             health_code = {health}\ntravel_code = {travel}\noccupancy_cap = {cap}\n\
+             over_occupancy = \"{over}\"\n{base}\n\
+             [default.categories.merchant]\n{merchant}\n\
+             [default.categories.buyer]\n{buyer}\n"
+        );
+        book_policy(&text)
+    })
+}
+
+/// The shipped policies and random ones.
+fn any_policy() -> impl Strategy<Value = MarketPolicy> {
+    prop_oneof![
+        1 => Just(book_policy(STRICT)),
+        1 => Just(PolicyBook::demo().for_market(MARKET).clone()),
+        1 => Just(book_policy(include_str!("../../policies/xinfadi.toml"))),
+        1 => Just(book_policy(include_str!("../../policies/haidian.toml"))),
+        4 => policy(),
+    ]
+}
+
+// ---- inputs ----
+
+/// Plausible scores, with NaN and infinities now and then.
+fn score() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        8 => -1.0f32..=1.0,
+        1 => Just(f32::NAN),
+        1 => any::<f32>(),
+    ]
+}
+
+fn who() -> impl Strategy<Value = SubjectId> {
+    prop_oneof![4 => Just(ALICE), 1 => Just(BOB)]
+}
+
+fn credential() -> impl Strategy<Value = CredentialLookup> {
+    prop_oneof![
+        Just(CredentialLookup::NotPresented),
+        Just(CredentialLookup::Unknown),
+        who().prop_map(CredentialLookup::Resolved),
+    ]
+}
+
+fn face_result() -> impl Strategy<Value = FaceResult> {
+    prop_oneof![
+        1 => Just(FaceResult::NoFace),
+        3 => (prop::option::of((who(), score())), prop::option::of((who(), score())))
+            .prop_map(|(best, runner_up)| FaceResult::Identified { best, runner_up }),
+        3 => (who(), prop::option::of(score()))
+            .prop_map(|(subject, score)| FaceResult::Verified { subject, score }),
+    ]
+}
+
+fn category() -> impl Strategy<Value = Category> {
+    prop_oneof![
+        Just(Category::ServiceWorker),
+        Just(Category::Manager),
+        Just(Category::Staff),
+        Just(Category::Merchant),
+        Just(Category::Buyer),
+        Just(Category::Shopper),
+    ]
+}
+
+fn colour() -> impl Strategy<Value = CodeColour> {
+    prop_oneof![
+        4 => Just(CodeColour::Green),
+        1 => Just(CodeColour::Yellow),
+        1 => Just(CodeColour::Red),
+    ]
+}
+
+/// Instants around `now`, or anywhere at all.
+fn instant(now: u64) -> impl Strategy<Value = UnixMillis> {
+    prop_oneof![
+        4 => (0..200 * HOUR_MS).prop_map(move |d| UnixMillis(now.saturating_sub(d))),
+        1 => (0..50 * HOUR_MS).prop_map(move |d| UnixMillis(now.saturating_add(d))),
+        1 => any::<u64>().prop_map(UnixMillis),
+    ]
+}
+
+fn subject(now: u64) -> impl Strategy<Value = SubjectRecord> {
+    let status = prop_oneof![
+        6 => Just(SubjectStatus::Active),
+        1 => Just(SubjectStatus::Revoked),
+        1 => Just(SubjectStatus::Blocklisted),
+    ];
+    let markets = prop_oneof![Just(vec![]), Just(vec![MARKET]), Just(vec![MarketId(1)])];
+    let zones = prop_oneof![Just(vec![]), Just(vec![ZONE]), Just(vec![ZoneId(99)])];
+    (
+        who(),
+        category(),
+        status,
+        markets,
+        zones,
+        prop::option::of(instant(now)),
+        prop::option::of(instant(now)),
+    )
+        .prop_map(
+            |(subject, category, status, markets, zones, valid_from, valid_until)| SubjectRecord {
+                subject,
+                category,
+                home_market: MARKET,
+                markets,
+                zones,
+                valid_from,
+                valid_until,
+                id_card: None,
+                qr_tokens: Vec::new(),
+                status,
+            },
+        )
+}
+
+fn health(now: u64) -> impl Strategy<Value = HealthRecord> {
+    let result = prop::option::of(prop_oneof![
+        4 => Just(TestResult::Negative),
+        1 => Just(TestResult::Positive),
+        1 => Just(TestResult::Pending),
+    ]);
+    (
+        who(),
+        prop::option::of(instant(now)),
+        result,
+        0u8..=4,
+        colour(),
+        colour(),
+    )
+        .prop_map(
+            move |(subject, test_at, test_result, vaccine_doses, health_code, travel_code)| {
+                HealthRecord {
+                    subject,
+                    test_at,
+                    test_result,
+                    vaccine_doses,
+                    health_code,
+                    travel_code,
+                    updated_at: UnixMillis(now),
+                }
+            },
+        )
+}
+
+/// Any event and context. With `wild`, time, offset and readings range over every value.
+fn fixture(wild: bool) -> impl Strategy<Value = Fixture> {
+    let base_now = Fixture::new().now.0;
+    let now = if wild {
+        any::<u64>().boxed()
+    } else {
+        (0..7 * DAY_MS).prop_map(move |d| base_now + d).boxed()
+    };
+    let offset = if wild {
+        any::<i32>().boxed()
+    } else {
+        (-720i32..=840).boxed()
+    };
+    (now, offset).prop_flat_map(move |(now, offset)| {
+        let event = (
+            0u8..3,
+            any::<bool>(),
+            prop::option::of(score()),
+            prop::option::of(prop_oneof![
+                8 => 35.0f32..40.0,
+                1 => Just(f32::NAN),
+                1 => any::<f32>(),
+            ]),
+        );
+        let context = (
+            credential(),
+            face_result(),
+            prop::option::of(subject(now)),
+            prop::option::of(health(now)),
+            (0u32..60, prop::option::of(any::<bool>()), any::<bool>()),
+            0u32..400,
+        );
+        (event, context).prop_map(move |(event, context)| {
+            let (mode, exit, liveness, temperature) = event;
+            let (credential, face, subject, health, person, occupancy) = context;
+            let mut f = Fixture::new();
+            f.now = UnixMillis(now);
+            f.utc_offset = UtcOffset(offset);
+            f.event.mode = match mode {
+                0 => f.event.mode.clone(),
+                1 => Mode::Identify,
+                _ => Mode::SignIn { credential: None },
+            };
+            f.event.direction = if exit {
+                Direction::Exit
+            } else {
+                Direction::Entry
+            };
+            f.event.face = liveness.map(|liveness| FaceSample {
+                model: "test".to_owned(),
+                embedding: Vec::new(),
+                quality: 0.9,
+                liveness,
+            });
+            f.event.temperature_c = temperature;
+            f.credential = credential;
+            f.face = face;
+            f.subject = subject;
+            f.health = health;
+            (
+                f.person.entries_today,
+                f.person.inside,
+                f.person.signed_in_today,
+            ) = person;
+            f.market.occupancy = occupancy;
+            f
+        })
+    })
+}
+
+// ---- invariants of a single verdict ----
+
+/// What every verdict must satisfy, whatever the input.
+fn assert_well_formed(v: &Verdict, f: &Fixture) -> Result<(), TestCaseError> {
+    prop_assert_eq!(v.checks.len(), 19);
+    prop_assert!(v.checks.windows(2).all(|w| w[0].kind < w[1].kind), "order");
+    prop_assert_eq!(
+        (v.gate, v.seq, v.decided_at),
+        (f.event.gate, f.event.seq, f.now)
+    );
+    prop_assert!(!v.replayed);
+    let any = |o: Outcome| v.checks.iter().any(|c| c.outcome == o);
+    let expected = if any(Outcome::Fail) {
+        Decision::Deny
+    } else if any(Outcome::Escalate) {
+        Decision::Escalate
+    } else {
+        Decision::Admit
+    };
+    prop_assert_eq!(v.decision, expected);
+    prop_assert!(!v.display.text.is_empty());
+    if v.subject.is_none() {
+        // No person: every person-specific check stands aside, and the event is refused.
+        prop_assert_eq!(v.decision, Decision::Deny);
+        for c in &v.checks {
+            if (CheckKind::SubjectStatus..=CheckKind::Frequency).contains(&c.kind)
+                && !matches!(c.kind, CheckKind::Temperature)
+            {
+                prop_assert_eq!(c.outcome, Outcome::NotChecked, "{:?}", c.kind);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Puts a non-finite value into one reading the policy looks at.
+fn poison(f: &mut Fixture, which: u8) {
+    match which {
+        0 => {
+            f.face = match f.face {
+                FaceResult::Verified { subject, .. } => FaceResult::Verified {
+                    subject,
+                    score: Some(f32::NAN),
+                },
+                FaceResult::Identified { runner_up, .. } => FaceResult::Identified {
+                    best: Some((ALICE, f32::NAN)),
+                    runner_up,
+                },
+                FaceResult::NoFace => FaceResult::Verified {
+                    subject: ALICE,
+                    score: Some(f32::NAN),
+                },
+            }
+        }
+        1 => {
+            if let Some(face) = &mut f.event.face {
+                face.liveness = f32::NAN;
+            } else {
+                f.face = FaceResult::Identified {
+                    best: Some((ALICE, f32::INFINITY)),
+                    runner_up: None,
+                };
+                f.event.face = Some(FaceSample {
+                    model: "test".to_owned(),
+                    embedding: Vec::new(),
+                    quality: 0.9,
+                    liveness: f32::NAN,
+                });
+            }
+        }
+        _ => f.event.temperature_c = Some(f32::NAN),
+    }
+}
+
+/// Makes one check fail outright (the worst outcome for that check).
+fn add_failure(f: &mut Fixture, which: u8) {
+    match which {
+        0 => f.event.temperature_c = Some(46.0), // above any allowed ceiling (≤ 45)
+        1 => f
+            .health
+            .iter_mut()
+            .for_each(|h| h.health_code = CodeColour::Red),
+        2 => f
+            .health
+            .iter_mut()
+            .for_each(|h| h.travel_code = CodeColour::Red),
+        3 => f
+            .health
+            .iter_mut()
+            .for_each(|h| h.test_result = Some(TestResult::Positive)),
+        4 => f.health.iter_mut().for_each(|h| h.vaccine_doses = 0),
+        5 => f
+            .subject
+            .iter_mut()
+            .for_each(|s| s.status = SubjectStatus::Revoked),
+        6 => f
+            .subject
+            .iter_mut()
+            .for_each(|s| s.markets = vec![MarketId(1)]),
+        7 => f
+            .subject
+            .iter_mut()
+            .for_each(|s| s.valid_until = Some(UnixMillis(0))),
+        8 => f.person.entries_today = u32::MAX,
+        9 => f.market.occupancy = u32::MAX,
+        10 => f.credential = CredentialLookup::Unknown,
+        11 => f.face = FaceResult::NoFace,
+        _ => f.health = None,
+    }
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 512, ..Config::default() })]
+
+    #[test]
+    fn prop_decide_is_total_and_consistent(f in fixture(true), policy in any_policy()) {
+        let v = f.decide(&policy);
+        assert_well_formed(&v, &f)?;
+    }
+
+    #[test]
+    fn prop_every_deny_names_a_fail(f in fixture(false), policy in any_policy()) {
+        let v = f.decide(&policy);
+        if v.decision == Decision::Deny {
+            let fail = v.checks.iter().find(|c| c.outcome == Outcome::Fail);
+            prop_assert!(fail.is_some());
+            // The screen names the first failing check's reason.
+            prop_assert_eq!(&v.display.text, &fail.map(|c| c.detail.clone()).unwrap_or_default());
+        }
+    }
+
+    #[test]
+    fn prop_higher_score_never_worsens_decision(
+        f in fixture(false),
+        policy in any_policy(),
+        base in -1.0f32..=1.0,
+        raise in 0.0f32..=2.0,
+    ) {
+        let with_score = |score: f32| {
+            let mut f = f.clone();
+            f.face = match f.face {
+                FaceResult::Verified { subject, .. } => {
+                    FaceResult::Verified { subject, score: Some(score) }
+                }
+                FaceResult::Identified { best, runner_up } => FaceResult::Identified {
+                    best: Some((best.map_or(ALICE, |b| b.0), score)),
+                    runner_up,
+                },
+                FaceResult::NoFace => FaceResult::Identified {
+                    best: Some((ALICE, score)),
+                    runner_up: None,
+                },
+            };
+            f.decide(&policy)
+        };
+        let low = with_score(base);
+        let high = with_score(base + raise);
+        prop_assert!(
+            rank(high.decision) >= rank(low.decision),
+            "{:?} at {} became {:?} at {}", low.decision, base, high.decision, base + raise
+        );
+    }
+
+    #[test]
+    fn prop_added_failure_never_improves_decision(
+        f in fixture(false),
+        policy in any_policy(),
+        which in 0u8..13,
+    ) {
+        let before = f.decide(&policy);
+        let mut worse = f;
+        add_failure(&mut worse, which);
+        let after = worse.decide(&policy);
+        prop_assert!(
+            rank(after.decision) <= rank(before.decision),
+            "failure {} turned {:?} into {:?}", which, before.decision, after.decision
+        );
+    }
+
+    #[test]
+    fn prop_non_finite_readings_never_admit(
+        f in fixture(false),
+        policy in any_policy(),
+        which in 0u8..3,
+    ) {
+        let mut f = f;
+        poison(&mut f, which);
+        let v = f.decide(&policy);
+        let ceiling_on = policy.settings.temperature_ceiling_c.on().is_some();
+        let temperature_counts = f.event.direction == Direction::Entry && ceiling_on;
+        if which < 2 || temperature_counts {
+            prop_assert_ne!(v.decision, Decision::Admit);
+        }
+    }
+}

@@ -107,7 +107,10 @@ fn decide_fail_outranks_escalate() {
 fn internal_error_fails_closed() {
     let v = internal_error(GateId(5), 77, UnixMillis(1000), "store unavailable");
     assert_eq!(v.decision, Decision::Deny);
-    assert_eq!((v.gate, v.seq, v.decided_at), (GateId(5), 77, UnixMillis(1000)));
+    assert_eq!(
+        (v.gate, v.seq, v.decided_at),
+        (GateId(5), 77, UnixMillis(1000))
+    );
     assert_eq!(v.checks.len(), 1);
     assert_eq!(v.checks[0].kind, CheckKind::Internal);
     assert_eq!(v.checks[0].outcome, Outcome::Fail);
@@ -149,10 +152,16 @@ fn credential_unknown_denies_and_skips_person_checks() {
 
 #[test]
 fn credential_resolved_passes_and_absent_is_not_checked() {
-    assert_eq!(outcome(&Fixture::new(), CheckKind::Credential), Outcome::Pass);
+    assert_eq!(
+        outcome(&Fixture::new(), CheckKind::Credential),
+        Outcome::Pass
+    );
     let f = Fixture::identify();
     let v = f.decide(&strict());
-    assert_eq!(check(&v, CheckKind::Credential).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&v, CheckKind::Credential).outcome,
+        Outcome::NotChecked
+    );
     assert_eq!(v.decision, Decision::Admit);
 }
 
@@ -192,7 +201,10 @@ fn face_identify_below_threshold_is_no_match() {
     assert_eq!(c.outcome, Outcome::Fail);
     assert_eq!(c.detail, "No match");
     assert_eq!(c.threshold, Some(0.5));
-    assert_eq!(check(&v, CheckKind::MatchMargin).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&v, CheckKind::MatchMargin).outcome,
+        Outcome::NotChecked
+    );
     assert_eq!(v.subject, None);
     f.face = FaceResult::Identified {
         best: None,
@@ -225,7 +237,10 @@ fn face_verify_threshold_passes_and_fails() {
     let v = f.decide(&strict());
     assert_eq!(check(&v, CheckKind::FaceMatch).outcome, Outcome::Pass);
     assert_eq!(check(&v, CheckKind::FaceMatch).threshold, Some(0.45));
-    assert_eq!(check(&v, CheckKind::MatchMargin).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&v, CheckKind::MatchMargin).outcome,
+        Outcome::NotChecked
+    );
     f.face = FaceResult::Verified {
         subject: ALICE,
         score: Some(0.2),
@@ -277,7 +292,10 @@ fn margin_escalates_close_runner_up() {
     assert_eq!(c.outcome, Outcome::Escalate);
     assert_eq!(c.threshold, Some(0.05));
     assert_eq!(v.decision, Decision::Escalate);
-    assert_eq!(outcome(&Fixture::identify(), CheckKind::MatchMargin), Outcome::Pass);
+    assert_eq!(
+        outcome(&Fixture::identify(), CheckKind::MatchMargin),
+        Outcome::Pass
+    );
     f.face = FaceResult::Identified {
         best: Some((ALICE, 0.80)),
         runner_up: None,
@@ -294,7 +312,10 @@ fn liveness_failure_denies_and_identifies_no_one() {
     assert_eq!(c.outcome, Outcome::Fail);
     assert_eq!((c.threshold, c.value), (Some(0.5), Some(f64::from(0.2f32))));
     assert_eq!(v.subject, None);
-    assert_eq!(check(&v, CheckKind::SubjectStatus).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&v, CheckKind::SubjectStatus).outcome,
+        Outcome::NotChecked
+    );
     assert_eq!(outcome(&Fixture::new(), CheckKind::Liveness), Outcome::Pass);
 }
 
@@ -351,7 +372,10 @@ fn identified_but_unregistered_fails_closed() {
     let v = f.decide(&strict());
     assert_eq!(v.decision, Decision::Deny);
     assert_eq!(check(&v, CheckKind::SubjectStatus).detail, "Not registered");
-    assert_eq!(check(&v, CheckKind::HealthCode).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&v, CheckKind::HealthCode).outcome,
+        Outcome::NotChecked
+    );
     // A record of someone else is no record.
     let mut f = Fixture::new();
     f.subject_mut().subject = BOB;
@@ -423,9 +447,15 @@ fn schedule_window_wraps_midnight() {
     let policy = strict_with("schedule = [\"22:00-06:00\"]");
     let mut f = Fixture::new();
     f.utc_offset = UtcOffset(0); // 02:00
-    assert_eq!(check(&f.decide(&policy), CheckKind::Schedule).outcome, Outcome::Pass);
+    assert_eq!(
+        check(&f.decide(&policy), CheckKind::Schedule).outcome,
+        Outcome::Pass
+    );
     f.utc_offset = UtcOffset(480); // 10:00
-    assert_eq!(check(&f.decide(&policy), CheckKind::Schedule).outcome, Outcome::Fail);
+    assert_eq!(
+        check(&f.decide(&policy), CheckKind::Schedule).outcome,
+        Outcome::Fail
+    );
 }
 
 // ---- the event: Temperature ----
@@ -450,7 +480,10 @@ fn temperature_against_ceiling() {
     assert_eq!(outcome(&f, CheckKind::Temperature), Outcome::Fail);
     f.event.temperature_c = Some(39.0);
     let off = strict_with("temperature_ceiling_c = \"off\"");
-    assert_eq!(check(&f.decide(&off), CheckKind::Temperature).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&f.decide(&off), CheckKind::Temperature).outcome,
+        Outcome::NotChecked
+    );
 }
 
 #[test]
@@ -474,7 +507,10 @@ fn health_code_colours() {
     assert_eq!(check(&v, CheckKind::HealthCode).outcome, Outcome::Fail);
     assert_eq!(v.display.text, "Health code red");
     let off = strict_with("health_code = \"off\"");
-    assert_eq!(check(&f.decide(&off), CheckKind::HealthCode).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&f.decide(&off), CheckKind::HealthCode).outcome,
+        Outcome::NotChecked
+    );
     // Yellow can be made a plain failure.
     let strict_yellow = strict_with("health_code = { pass = [\"green\"] }");
     f.health_mut().health_code = CodeColour::Yellow;
@@ -491,7 +527,10 @@ fn travel_code_colours() {
     f.health_mut().travel_code = CodeColour::Red;
     assert_eq!(outcome(&f, CheckKind::TravelCode), Outcome::Fail);
     let off = strict_with("travel_code = \"off\"");
-    assert_eq!(check(&f.decide(&off), CheckKind::TravelCode).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&f.decide(&off), CheckKind::TravelCode).outcome,
+        Outcome::NotChecked
+    );
 }
 
 #[test]
@@ -519,7 +558,10 @@ fn test_age_limit() {
     let mut f = Fixture::new();
     let v = f.decide(&strict());
     let c = check(&v, CheckKind::TestAge);
-    assert_eq!((c.outcome, c.value, c.threshold), (Outcome::Pass, Some(10.0), Some(48.0)));
+    assert_eq!(
+        (c.outcome, c.value, c.threshold),
+        (Outcome::Pass, Some(10.0), Some(48.0))
+    );
     f.health_mut().test_at = Some(UnixMillis(f.now.0 - 48 * HOUR_MS));
     assert_eq!(outcome(&f, CheckKind::TestAge), Outcome::Pass);
     f.health_mut().test_at = Some(UnixMillis(f.now.0 - 48 * HOUR_MS - 1));
@@ -532,7 +574,10 @@ fn test_age_limit() {
     assert_eq!(check(&v, CheckKind::TestAge).value, Some(0.0));
     let off = strict_with("max_test_age_hours = \"off\"");
     f.health_mut().test_at = None;
-    assert_eq!(check(&f.decide(&off), CheckKind::TestAge).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&f.decide(&off), CheckKind::TestAge).outcome,
+        Outcome::NotChecked
+    );
 }
 
 #[test]
@@ -559,7 +604,10 @@ fn vaccination_minimum_per_category() {
     let mut f = Fixture::new();
     let v = f.decide(&strict());
     let c = check(&v, CheckKind::Vaccination);
-    assert_eq!((c.outcome, c.value, c.threshold), (Outcome::Pass, Some(3.0), Some(2.0)));
+    assert_eq!(
+        (c.outcome, c.value, c.threshold),
+        (Outcome::Pass, Some(3.0), Some(2.0))
+    );
     f.health_mut().vaccine_doses = 1;
     let v = f.decide(&strict());
     assert_eq!(check(&v, CheckKind::Vaccination).outcome, Outcome::Fail);
@@ -618,7 +666,10 @@ fn anti_passback_alternates() {
     let off = strict_with("anti_passback = false");
     f.person.inside = Some(true);
     let v = f.decide(&off);
-    assert_eq!(check(&v, CheckKind::AntiPassback).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&v, CheckKind::AntiPassback).outcome,
+        Outcome::NotChecked
+    );
 }
 
 #[test]
@@ -627,7 +678,10 @@ fn frequency_cap() {
     f.person.entries_today = 4;
     let v = f.decide(&strict());
     let c = check(&v, CheckKind::Frequency);
-    assert_eq!((c.outcome, c.value, c.threshold), (Outcome::Pass, Some(4.0), Some(5.0)));
+    assert_eq!(
+        (c.outcome, c.value, c.threshold),
+        (Outcome::Pass, Some(4.0), Some(5.0))
+    );
     f.person.entries_today = 5;
     let v = f.decide(&strict());
     assert_eq!(check(&v, CheckKind::Frequency).outcome, Outcome::Fail);
@@ -685,7 +739,11 @@ fn exit_skips_health_and_standing() {
         CheckKind::Occupancy,
     ] {
         let c = check(&v, kind);
-        assert_eq!((c.outcome, c.detail.as_str()), (Outcome::NotChecked, "Exit"), "{kind:?}");
+        assert_eq!(
+            (c.outcome, c.detail.as_str()),
+            (Outcome::NotChecked, "Exit"),
+            "{kind:?}"
+        );
     }
     assert_eq!(check(&v, CheckKind::AntiPassback).outcome, Outcome::Pass);
 }
@@ -766,7 +824,10 @@ fn xinfadi_requires_card_test_codes_and_three_doses() {
     let mut f = Fixture::new();
     f.subject_mut().category = Category::Buyer;
     assert_eq!(f.decide(&policy).decision, Decision::Admit);
-    assert_eq!(Fixture::identify().decide(&policy).display.text, "ID card required");
+    assert_eq!(
+        Fixture::identify().decide(&policy).display.text,
+        "ID card required"
+    );
     f.health_mut().test_at = Some(UnixMillis(f.now.0 - 25 * HOUR_MS));
     assert_eq!(f.decide(&policy).display.text, "Test older than 24 h");
     let mut f = Fixture::new();
@@ -786,7 +847,12 @@ fn haidian_no_test_no_entry_no_vaccine_no_work() {
     f.subject_mut().category = Category::Buyer;
     f.health_mut().vaccine_doses = 0;
     f.person = Default::default();
-    assert_eq!(f.decide(&policy).decision, Decision::Admit, "{:#?}", f.decide(&policy));
+    assert_eq!(
+        f.decide(&policy).decision,
+        Decision::Admit,
+        "{:#?}",
+        f.decide(&policy)
+    );
     f.health_mut().test_result = Some(TestResult::Positive);
     assert_eq!(f.decide(&policy).decision, Decision::Deny);
     // A merchant without vaccination may not work.
@@ -829,7 +895,10 @@ max_entries_per_day = 1
     f.subject_mut().category = Category::Buyer;
     f.person.entries_today = 1;
     let v = f.decide(&policy);
-    assert_eq!(check(&v, CheckKind::Vaccination).outcome, Outcome::NotChecked);
+    assert_eq!(
+        check(&v, CheckKind::Vaccination).outcome,
+        Outcome::NotChecked
+    );
     assert_eq!(check(&v, CheckKind::Frequency).threshold, Some(1.0));
     assert_eq!(v.display.text, "Daily entry limit reached");
 }
@@ -852,7 +921,10 @@ fn unknown_key_is_refused() {
     let text = format!("{STRICT}\n[markets.7]\nidentfy_threshold = 0.6\n");
     let (line, column, reason) = invalid(&text);
     assert_eq!((line, column), (STRICT.lines().count() + 3, 1));
-    assert!(reason.starts_with("unknown field `identfy_threshold`"), "{reason}");
+    assert!(
+        reason.starts_with("unknown field `identfy_threshold`"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -950,7 +1022,10 @@ fn load_reads_file_and_names_it() {
     let bad = dir.path().join("market.toml");
     std::fs::write(&bad, STRICT.replace("margin = 0.05", "margin = -1")).unwrap();
     let err = PolicyBook::load(&bad).unwrap_err().to_string();
-    assert!(err.starts_with("market.toml:6:10: match margin -1"), "{err}");
+    assert!(
+        err.starts_with("market.toml:6:10: match margin -1"),
+        "{err}"
+    );
 
     let missing = dir.path().join("missing.toml");
     assert!(matches!(

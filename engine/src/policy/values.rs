@@ -1,14 +1,14 @@
 //! The typed values a policy file holds. Each type checks its own range while it is being
 //! deserialized (parse, don't validate), so a bad value is refused with the span of the very
-//! key that holds it, and [`decide`](super::decide) never sees an out-of-range threshold.
+//! key that holds it, and [`decide`](super::decide()) never sees an out-of-range threshold.
 
 use std::fmt;
 use std::marker::PhantomData;
 
 use gatewarden_protocol::CodeColour;
+use serde::Deserialize;
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{self, Deserializer, IntoDeserializer, Visitor};
-use serde::Deserialize;
 
 use crate::clock::UnixMillis;
 

@@ -174,7 +174,7 @@ fn on_hello(hello: &Hello, state: &ConnState, ctx: &Ctx) -> Message {
         version,
         embedding_dim: u32::try_from(config.dim).unwrap_or(u32::MAX),
         model: config.model.clone(),
-        max_frame_len: u32::try_from(ctx.max_frame_len).unwrap_or(u32::MAX),
+        max_frame_len: u32::try_from(gatewarden_protocol::MAX_GATE_FRAME_LEN).unwrap_or(u32::MAX),
     })
 }
 
@@ -221,5 +221,6 @@ where
 }
 
 fn error(code: ErrorCode, message: String) -> Message {
-    Message::Error(ErrorReply { code, message })
+    // ErrorReply::new bounds the text to what the wire allows.
+    Message::Error(ErrorReply::new(code, message))
 }

@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use gatewarden_protocol::{
-    CodeColour, GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, UnixMillis, ZoneId,
+    CodeColour, GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, TestResult, UnixMillis,
+    ZoneId,
 };
 use rusqlite::{Connection, Row};
 
-use super::{StoreError, codes, from_sql_u64};
+use super::codes::Named;
+use super::{StoreError, from_sql_u64};
 use crate::model::GateInfo;
 
 /// The hot registry.
@@ -48,7 +50,8 @@ impl Cache {
             }
         }
         if let Some((_, old_hash)) = self.id_card_of.remove(&id) {
-            self.id_cards.remove_if(&old_hash, |_, holder| *holder == id);
+            self.id_cards
+                .remove_if(&old_hash, |_, holder| *holder == id);
         }
         for token in &record.qr_tokens {
             self.qr_tokens.insert(token.clone(), id);
@@ -78,7 +81,9 @@ impl Cache {
             let subject = SubjectId(from_sql_u64(row.get(2).map_err(sql)?));
             match kind.as_str() {
                 "id_card" => {
-                    let hash: [u8; 32] = key.try_into().map_err(|_| corrupt(db, "an ID-card hash is not 32 bytes"))?;
+                    let hash: [u8; 32] = key
+                        .try_into()
+                        .map_err(|_| corrupt(db, "an ID-card hash is not 32 bytes"))?;
                     self.id_cards.insert(hash, subject);
                     self.id_card_of.insert(subject, hash);
                 }
@@ -179,13 +184,19 @@ impl From<rusqlite::Error> for Decode {
     }
 }
 
-fn text_code<T>(row: &Row<'_>, idx: usize, what: &str, parse: fn(&str) -> Option<T>) -> Result<T, Decode> {
-    let s = row.get_ref(idx)?.as_str().map_err(|e| Decode::Bad(format!("{what}: {e}")))?;
-    parse(s).ok_or_else(|| Decode::Bad(format!("unknown {what} {s:?}")))
+fn text_code<T: Named>(row: &Row<'_>, idx: usize, what: &str) -> Result<T, Decode> {
+    let s = row
+        .get_ref(idx)?
+        .as_str()
+        .map_err(|e| Decode::Bad(format!("{what}: {e}")))?;
+    T::from_label(s).ok_or_else(|| Decode::Bad(format!("unknown {what} {s:?}")))
 }
 
 fn id_list<T>(row: &Row<'_>, idx: usize, what: &str, wrap: fn(u32) -> T) -> Result<Vec<T>, Decode> {
-    let s = row.get_ref(idx)?.as_str().map_err(|e| Decode::Bad(format!("{what}: {e}")))?;
+    let s = row
+        .get_ref(idx)?
+        .as_str()
+        .map_err(|e| Decode::Bad(format!("{what}: {e}")))?;
     let ids: Vec<u32> =
         serde_json::from_str(s).map_err(|e| Decode::Bad(format!("{what} {s:?}: {e}")))?;
     Ok(ids.into_iter().map(wrap).collect())
@@ -199,7 +210,7 @@ fn opt_time(row: &Row<'_>, idx: usize) -> Result<Option<UnixMillis>, Decode> {
 fn subject_from_row(row: &Row<'_>) -> Result<SubjectRecord, Decode> {
     Ok(SubjectRecord {
         subject: SubjectId(from_sql_u64(row.get(0)?)),
-        category: text_code(row, 1, "category", codes::parse_category)?,
+        category: text_code(row, 1, "category")?,
         home_market: MarketId(row.get(2)?),
         markets: id_list(row, 3, "markets", MarketId)?,
         zones: id_list(row, 4, "zones", ZoneId)?,
@@ -207,18 +218,23 @@ fn subject_from_row(row: &Row<'_>) -> Result<SubjectRecord, Decode> {
         valid_until: opt_time(row, 6)?,
         id_card: None,
         qr_tokens: Vec::new(),
-        status: text_code(row, 7, "status", codes::parse_status)?,
+        status: text_code(row, 7, "status")?,
     })
 }
 
 fn health_from_row(row: &Row<'_>) -> Result<HealthRecord, Decode> {
-    let test_result = match row.get_ref(2)?.as_str_or_null().map_err(|e| Decode::Bad(format!("test_result: {e}")))? {
+    let test_result = match row
+        .get_ref(2)?
+        .as_str_or_null()
+        .map_err(|e| Decode::Bad(format!("test_result: {e}")))?
+    {
         None => None,
         Some(s) => Some(
-            codes::parse_test_result(s).ok_or_else(|| Decode::Bad(format!("unknown test result {s:?}")))?,
+            TestResult::from_label(s)
+                .ok_or_else(|| Decode::Bad(format!("unknown test result {s:?}")))?,
         ),
     };
-    let colour = |idx, what| -> Result<CodeColour, Decode> { text_code(row, idx, what, codes::parse_colour) };
+    let colour = |idx, what| -> Result<CodeColour, Decode> { text_code(row, idx, what) };
     Ok(HealthRecord {
         subject: SubjectId(from_sql_u64(row.get(0)?)),
         test_at: opt_time(row, 1)?,

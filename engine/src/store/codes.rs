@@ -1,196 +1,120 @@
-//! Text codes of the protocol's enumerations, as stored in the database and written in import
-//! files: lowercase snake_case, fixed forever (renaming a Rust variant must not change them).
+//! Text codes of enumerations as stored in the database, written in import files and printed
+//! by the query tools: the protocol's permanent snake-case names (`admit`, `service_worker`,
+//! `test_age`), plus [`ModeKind`]'s. Serde would write the protocol's numeric wire codes, so
+//! the rows the store returns serialise these names instead.
 
 use gatewarden_protocol::{
-    Category, CodeColour, Decision, Direction, SubjectStatus, TestResult,
+    Category, CheckKind, CodeColour, Decision, Direction, SubjectStatus, TestResult,
 };
+use serde::Serializer;
+use serde::ser::SerializeSeq;
 
 use super::ModeKind;
 
-/// Every category with its code, in the order the import tools list them.
-pub(super) const CATEGORIES: &[(Category, &str)] = &[
-    (Category::ServiceWorker, "service_worker"),
-    (Category::Manager, "manager"),
-    (Category::Staff, "staff"),
-    (Category::Merchant, "merchant"),
-    (Category::Buyer, "buyer"),
-    (Category::Shopper, "shopper"),
-];
+/// An enumeration with a permanent snake-case name per variant.
+pub(super) trait Named: Copy + 'static {
+    /// Every variant.
+    const ALL: &'static [Self];
+    /// The variant's name.
+    fn label(self) -> &'static str;
 
-const STATUSES: &[(SubjectStatus, &str)] = &[
-    (SubjectStatus::Active, "active"),
-    (SubjectStatus::Revoked, "revoked"),
-    (SubjectStatus::Blocklisted, "blocklisted"),
-];
+    /// The variant with this name (exact, lowercase).
+    fn from_label(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|v| v.label() == s)
+    }
 
-const TEST_RESULTS: &[(TestResult, &str)] = &[
-    (TestResult::Negative, "negative"),
-    (TestResult::Positive, "positive"),
-    (TestResult::Pending, "pending"),
-];
-
-const COLOURS: &[(CodeColour, &str)] = &[
-    (CodeColour::Green, "green"),
-    (CodeColour::Yellow, "yellow"),
-    (CodeColour::Red, "red"),
-];
-
-const DECISIONS: &[(Decision, &str)] = &[
-    (Decision::Admit, "admit"),
-    (Decision::Deny, "deny"),
-    (Decision::Escalate, "escalate"),
-];
-
-const MODES: &[(ModeKind, &str)] = &[
-    (ModeKind::Verify, "verify"),
-    (ModeKind::Identify, "identify"),
-    (ModeKind::SignIn, "sign_in"),
-];
-
-const DIRECTIONS: &[(Direction, &str)] = &[(Direction::Entry, "entry"), (Direction::Exit, "exit")];
-
-fn code<T: PartialEq + Copy>(table: &[(T, &'static str)], v: T) -> Option<&'static str> {
-    table.iter().find(|(t, _)| *t == v).map(|(_, c)| *c)
-}
-
-fn parse<T: Copy>(table: &[(T, &'static str)], s: &str) -> Option<T> {
-    table.iter().find(|(_, c)| *c == s).map(|(t, _)| *t)
-}
-
-/// All codes of a table, for error messages ("expected one of ...").
-fn list<T>(table: &[(T, &'static str)]) -> String {
-    table.iter().map(|(_, c)| *c).collect::<Vec<_>>().join(", ")
-}
-
-/// The code of a category; `None` only for a category newer than this store.
-pub(super) fn category_code(c: Category) -> Option<&'static str> {
-    code(CATEGORIES, c)
-}
-
-pub(super) fn parse_category(s: &str) -> Option<Category> {
-    parse(CATEGORIES, s)
-}
-
-pub(super) fn category_list() -> String {
-    list(CATEGORIES)
-}
-
-pub(super) fn status_code(s: SubjectStatus) -> &'static str {
-    match s {
-        SubjectStatus::Active => "active",
-        SubjectStatus::Revoked => "revoked",
-        SubjectStatus::Blocklisted => "blocklisted",
+    /// Every name, for "expected one of ..." messages.
+    fn labels() -> String {
+        Self::ALL
+            .iter()
+            .map(|v| v.label())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
-pub(super) fn parse_status(s: &str) -> Option<SubjectStatus> {
-    parse(STATUSES, s)
+macro_rules! named_by_protocol {
+    ($($t:ty),+) => {
+        $(
+            impl Named for $t {
+                const ALL: &'static [Self] = <$t>::ALL;
+                fn label(self) -> &'static str {
+                    self.name()
+                }
+            }
+        )+
+    };
 }
 
-pub(super) fn status_list() -> String {
-    list(STATUSES)
-}
+named_by_protocol!(
+    Category,
+    CheckKind,
+    CodeColour,
+    Decision,
+    Direction,
+    SubjectStatus,
+    TestResult
+);
 
-pub(super) fn test_result_code(t: TestResult) -> &'static str {
-    match t {
-        TestResult::Negative => "negative",
-        TestResult::Positive => "positive",
-        TestResult::Pending => "pending",
+impl Named for ModeKind {
+    const ALL: &'static [Self] = &[Self::Verify, Self::Identify, Self::SignIn];
+    fn label(self) -> &'static str {
+        self.name()
     }
 }
 
-pub(super) fn parse_test_result(s: &str) -> Option<TestResult> {
-    parse(TEST_RESULTS, s)
+/// Serialises a value as its name.
+pub(super) fn ser<T: Named, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.label())
 }
 
-pub(super) fn test_result_list() -> String {
-    list(TEST_RESULTS)
-}
-
-pub(super) fn colour_code(c: CodeColour) -> &'static str {
-    match c {
-        CodeColour::Green => "green",
-        CodeColour::Yellow => "yellow",
-        CodeColour::Red => "red",
+/// Serialises an optional value as its name or null.
+pub(super) fn ser_opt<T: Named, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(v.label()),
+        None => s.serialize_none(),
     }
 }
 
-pub(super) fn parse_colour(s: &str) -> Option<CodeColour> {
-    parse(COLOURS, s)
-}
-
-pub(super) fn colour_list() -> String {
-    list(COLOURS)
-}
-
-pub(super) fn decision_code(d: Decision) -> &'static str {
-    match d {
-        Decision::Admit => "admit",
-        Decision::Deny => "deny",
-        Decision::Escalate => "escalate",
+/// Serialises a list as names.
+pub(super) fn ser_list<T: Named, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for item in v {
+        seq.serialize_element(item.label())?;
     }
-}
-
-pub(super) fn parse_decision(s: &str) -> Option<Decision> {
-    parse(DECISIONS, s)
-}
-
-pub(super) fn mode_code(m: ModeKind) -> &'static str {
-    match m {
-        ModeKind::Verify => "verify",
-        ModeKind::Identify => "identify",
-        ModeKind::SignIn => "sign_in",
-    }
-}
-
-pub(super) fn parse_mode(s: &str) -> Option<ModeKind> {
-    parse(MODES, s)
-}
-
-pub(super) fn direction_code(d: Direction) -> &'static str {
-    match d {
-        Direction::Entry => "entry",
-        Direction::Exit => "exit",
-    }
-}
-
-pub(super) fn parse_direction(s: &str) -> Option<Direction> {
-    parse(DIRECTIONS, s)
+    seq.end()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The exhaustive `*_code` matches and the parse tables must agree, or a stored value
-    /// would not read back.
+    fn round_trips<T: Named + PartialEq + std::fmt::Debug>() {
+        for v in T::ALL {
+            assert_eq!(T::from_label(v.label()), Some(*v));
+        }
+    }
+
+    /// Every stored name must read back, or a stored row would be unreadable.
     #[test]
-    fn codes_round_trip() {
-        for (s, c) in STATUSES {
-            assert_eq!(status_code(*s), *c);
-        }
-        for (t, c) in TEST_RESULTS {
-            assert_eq!(test_result_code(*t), *c);
-        }
-        for (t, c) in COLOURS {
-            assert_eq!(colour_code(*t), *c);
-        }
-        for (t, c) in DECISIONS {
-            assert_eq!(decision_code(*t), *c);
-        }
-        for (t, c) in MODES {
-            assert_eq!(mode_code(*t), *c);
-        }
-        for (t, c) in DIRECTIONS {
-            assert_eq!(direction_code(*t), *c);
-        }
-        for (t, c) in CATEGORIES {
-            assert_eq!(category_code(*t), Some(*c));
-            assert_eq!(parse_category(c), Some(*t));
-        }
-        assert_eq!(parse_decision("admit"), Some(Decision::Admit));
-        assert_eq!(parse_mode("sign_in"), Some(ModeKind::SignIn));
-        assert_eq!(parse_direction("exit"), Some(Direction::Exit));
-        assert_eq!(parse_colour("Green"), None, "codes are exact, lowercase");
+    fn names_round_trip() {
+        round_trips::<Category>();
+        round_trips::<CheckKind>();
+        round_trips::<CodeColour>();
+        round_trips::<Decision>();
+        round_trips::<Direction>();
+        round_trips::<SubjectStatus>();
+        round_trips::<TestResult>();
+        round_trips::<ModeKind>();
+        assert_eq!(ModeKind::SignIn.label(), "sign_in");
+        assert_eq!(
+            Category::from_label("service_worker"),
+            Some(Category::ServiceWorker)
+        );
+        assert_eq!(
+            Decision::from_label("Admit"),
+            None,
+            "names are exact, lowercase"
+        );
     }
 }

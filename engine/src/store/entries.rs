@@ -13,11 +13,13 @@ use gatewarden_protocol::{
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 
+use super::codes::{self, Named};
 use super::schema::{self, Role};
-use super::{Store, StoreError, codes, from_sql_u64, sql_time, to_sql_u64};
+use super::{Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
 
 /// What kind of request an event made: its [`Mode`] without the credential.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ModeKind {
     /// 1:1 verification with a credential.
     Verify,
@@ -25,6 +27,22 @@ pub enum ModeKind {
     Identify,
     /// Daily staff sign-in.
     SignIn,
+}
+
+impl ModeKind {
+    /// Stable snake-case name (`sign_in`), as stored and printed.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+            Self::Identify => "identify",
+            Self::SignIn => "sign_in",
+        }
+    }
+
+    /// The mode with this [`name`](Self::name), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        <Self as Named>::from_label(name)
+    }
 }
 
 impl From<&Mode> for ModeKind {
@@ -78,10 +96,12 @@ pub struct EntryRow {
     /// Whom the verdict was about, if known.
     pub subject: Option<SubjectId>,
     /// Admit, deny or escalate.
+    #[serde(serialize_with = "codes::ser")]
     pub decision: Decision,
     /// What the event asked for.
     pub mode: ModeKind,
     /// Entering or leaving.
+    #[serde(serialize_with = "codes::ser")]
     pub direction: Direction,
     /// The face score, if a face was matched.
     pub score: Option<f32>,
@@ -90,12 +110,12 @@ pub struct EntryRow {
     /// When the engine decided (the time the queries order and filter by).
     pub decided_at: UnixMillis,
     /// The checks that failed, in policy order.
+    #[serde(serialize_with = "codes::ser_list")]
     pub failed: Vec<CheckKind>,
 }
 
-/// The columns [`entry_from_row`] reads, in its order.
-pub(super) const ENTRY_COLUMNS: &str =
-    "gate, seq, market, zone, subject, decision, mode, direction, score, captured_at, \
+/// The columns [`Store::entry_from_row`] reads, in its order.
+pub(super) const ENTRY_COLUMNS: &str = "gate, seq, market, zone, subject, decision, mode, direction, score, captured_at, \
      decided_at, failed";
 
 const INSERT: &str = "INSERT INTO entries (gate, seq, market, zone, subject, decision, mode,
@@ -115,7 +135,9 @@ pub struct EntryWriter {
 
 impl std::fmt::Debug for EntryWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntryWriter").field("db", &self.db).finish_non_exhaustive()
+        f.debug_struct("EntryWriter")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,7 +179,7 @@ impl EntryWriter {
                 self.verdict_buf.clear();
                 serde_json::to_writer(&mut self.verdict_buf, v).map_err(encode)?;
                 self.failed_buf.clear();
-                let failed: Vec<CheckKind> = failed_checks(v).collect();
+                let failed: Vec<&str> = failed_checks(v).map(CheckKind::name).collect();
                 serde_json::to_writer(&mut self.failed_buf, &failed).map_err(encode)?;
                 // serde_json writes UTF-8, so these borrow the buffers (no copy).
                 let failed = String::from_utf8_lossy(&self.failed_buf);
@@ -169,9 +191,9 @@ impl EntryWriter {
                         r.market.0,
                         r.zone.0,
                         v.subject.map(|s| to_sql_u64(s.0)),
-                        codes::decision_code(v.decision),
-                        codes::mode_code(r.mode),
-                        codes::direction_code(r.direction),
+                        v.decision.name(),
+                        r.mode.name(),
+                        r.direction.name(),
                         v.score.map(f64::from),
                         sql_time(r.captured_at),
                         sql_time(v.decided_at),
@@ -224,7 +246,9 @@ impl Store {
             return Ok(None);
         };
         let mut verdict: Verdict = serde_json::from_str(&json).map_err(|e| {
-            self.corrupt(format!("the verdict of gate {gate} seq {seq} does not decode: {e}"))
+            self.corrupt(format!(
+                "the verdict of gate {gate} seq {seq} does not decode: {e}"
+            ))
         })?;
         verdict.replayed = true;
         Ok(Some(verdict))
@@ -258,10 +282,16 @@ impl Store {
     pub(super) fn entry_from_row(&self, row: &Row<'_>) -> Result<EntryRow, StoreError> {
         let sql = |e| self.sql_err("reading an entry", e);
         let failed_json = self.text_column(row, 11)?;
-        let failed: Vec<CheckKind> = serde_json::from_str(failed_json)
-            .map_err(|e| self.corrupt(format!("failed checks {failed_json:?}: {e}")))?;
+        let bad = |detail: String| self.corrupt(format!("failed checks {failed_json:?}: {detail}"));
+        let names: Vec<&str> = serde_json::from_str(failed_json).map_err(|e| bad(e.to_string()))?;
+        let failed = names
+            .into_iter()
+            .map(|n| CheckKind::from_label(n).ok_or_else(|| bad(format!("unknown check {n:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let time = |idx| -> Result<UnixMillis, StoreError> {
-            Ok(UnixMillis(row.get::<_, i64>(idx).map_err(sql)?.max(0) as u64))
+            Ok(UnixMillis(
+                row.get::<_, i64>(idx).map_err(sql)?.max(0) as u64
+            ))
         };
         Ok(EntryRow {
             gate: GateId(row.get(0).map_err(sql)?),
@@ -272,9 +302,9 @@ impl Store {
                 .get::<_, Option<i64>>(4)
                 .map_err(sql)?
                 .map(|s| SubjectId(from_sql_u64(s))),
-            decision: self.code_column(row, 5, "decision", codes::parse_decision)?,
-            mode: self.code_column(row, 6, "mode", codes::parse_mode)?,
-            direction: self.code_column(row, 7, "direction", codes::parse_direction)?,
+            decision: self.code_column(row, 5, "decision")?,
+            mode: self.code_column(row, 6, "mode")?,
+            direction: self.code_column(row, 7, "direction")?,
             score: row.get::<_, Option<f64>>(8).map_err(sql)?.map(|s| s as f32),
             captured_at: time(9)?,
             decided_at: time(10)?,
@@ -288,14 +318,13 @@ impl Store {
             .map_err(|e| self.sql_err("reading an entry", e))
     }
 
-    fn code_column<T>(
+    fn code_column<T: Named>(
         &self,
         row: &Row<'_>,
         idx: usize,
         what: &str,
-        parse: fn(&str) -> Option<T>,
     ) -> Result<T, StoreError> {
         let s = self.text_column(row, idx)?;
-        parse(s).ok_or_else(|| self.corrupt(format!("unknown {what} {s:?} in an entry")))
+        T::from_label(s).ok_or_else(|| self.corrupt(format!("unknown {what} {s:?} in an entry")))
     }
 }

@@ -29,10 +29,12 @@ use std::path::Path;
 use std::str::FromStr;
 
 use gatewarden_protocol::{
-    GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, SubjectStatus, UnixMillis, ZoneId,
+    CodeColour, GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, SubjectStatus,
+    UnixMillis, ZoneId,
 };
 
-use super::{codes, key};
+use super::codes::Named;
+use super::key;
 use crate::model::GateInfo;
 
 /// How many row errors [`read_all`] keeps (all are counted).
@@ -162,7 +164,11 @@ impl Row<'_> {
             Cell::Text(s) => s.split(';').collect(),
             Cell::List(v) => v.iter().map(String::as_str).collect(),
         };
-        items.into_iter().map(str::trim).filter(|s| !s.is_empty()).collect()
+        items
+            .into_iter()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 }
 
@@ -194,14 +200,14 @@ fn opt_millis(row: &Row<'_>, name: &str) -> Result<Option<UnixMillis>, String> {
     row.text(name)?.map(|s| millis(name, s)).transpose()
 }
 
-fn code<T>(
-    name: &str,
-    s: &str,
-    parse: fn(&str) -> Option<T>,
-    expected: fn() -> String,
-) -> Result<T, String> {
-    parse(&s.to_ascii_lowercase())
-        .ok_or_else(|| format!("unknown {name} {}: expected one of {}", shown(s), expected()))
+fn code<T: Named>(name: &str, s: &str) -> Result<T, String> {
+    T::from_label(&s.to_ascii_lowercase()).ok_or_else(|| {
+        format!(
+            "unknown {name} {}: expected one of {}",
+            shown(s),
+            T::labels()
+        )
+    })
 }
 
 fn id_list<T>(row: &Row<'_>, name: &str, wrap: fn(u32) -> T) -> Result<Vec<T>, String> {
@@ -220,7 +226,11 @@ fn id_card(row: &Row<'_>) -> Result<Option<String>, String> {
     let len = number.chars().count();
     let alnum = number.chars().all(|c| c.is_ascii_alphanumeric());
     if !(6..=32).contains(&len) || !alnum {
-        let what = if alnum { "" } else { ", not all letters or digits" };
+        let what = if alnum {
+            ""
+        } else {
+            ", not all letters or digits"
+        };
         return Err(format!(
             "id_card must be 6 to 32 letters or digits (this one has {len} characters{what})"
         ));
@@ -233,7 +243,10 @@ fn qr_tokens(row: &Row<'_>) -> Result<Vec<String>, String> {
         .into_iter()
         .map(|t| {
             if t.len() > 256 || t.chars().any(char::is_control) {
-                Err(format!("qr token {} is longer than 256 bytes or has control characters", shown(t)))
+                Err(format!(
+                    "qr token {} is longer than 256 bytes or has control characters",
+                    shown(t)
+                ))
             } else {
                 Ok(t.to_owned())
             }
@@ -271,16 +284,11 @@ impl ImportRecord for SubjectRecord {
         }
         let status = match row.text("status")? {
             None => SubjectStatus::Active,
-            Some(s) => code("status", s, codes::parse_status, codes::status_list)?,
+            Some(s) => code("status", s)?,
         };
         Ok(Self {
             subject: SubjectId(int("subject", row.required("subject")?)?),
-            category: code(
-                "category",
-                row.required("category")?,
-                codes::parse_category,
-                codes::category_list,
-            )?,
+            category: code("category", row.required("category")?)?,
             home_market: MarketId(int("home_market", row.required("home_market")?)?),
             markets: id_list(row, "markets", MarketId)?,
             zones: id_list(row, "zones", ZoneId)?,
@@ -304,8 +312,13 @@ impl ImportRecord for HealthRecord {
         "travel_code",
         "updated_at",
     ];
-    const REQUIRED: &'static [&'static str] =
-        &["subject", "vaccine_doses", "health_code", "travel_code", "updated_at"];
+    const REQUIRED: &'static [&'static str] = &[
+        "subject",
+        "vaccine_doses",
+        "health_code",
+        "travel_code",
+        "updated_at",
+    ];
 
     fn unique_key(&self) -> Option<u64> {
         None // a feed may carry several records per person; the newest wins
@@ -316,19 +329,12 @@ impl ImportRecord for HealthRecord {
         let test_result = match row.text("test_result")? {
             None => None,
             Some(s) if s.eq_ignore_ascii_case("empty") || s.eq_ignore_ascii_case("none") => None,
-            Some(s) => Some(code(
-                "test_result",
-                s,
-                codes::parse_test_result,
-                codes::test_result_list,
-            )?),
+            Some(s) => Some(code("test_result", s)?),
         };
         if test_result.is_some() && test_at.is_none() {
             return Err("test_result is given but test_at is missing".to_owned());
         }
-        let colour = |name| {
-            code(name, row.required(name)?, codes::parse_colour, codes::colour_list)
-        };
+        let colour = |name| code::<CodeColour>(name, row.required(name)?);
         Ok(Self {
             subject: SubjectId(int("subject", row.required("subject")?)?),
             test_at,
@@ -678,4 +684,347 @@ pub fn read_all<T: ImportRecord, R: BufRead>(
     }
     progress(rows, reader.bytes_read());
     Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use gatewarden_protocol::{Category, CodeColour, TestResult};
+
+    use super::*;
+
+    fn subjects_csv(text: &str) -> ParsedFile<SubjectRecord> {
+        read_all(text.as_bytes(), ImportFormat::Csv, |_, _| {}).unwrap()
+    }
+
+    fn subjects_jsonl(text: &str) -> ParsedFile<SubjectRecord> {
+        read_all(text.as_bytes(), ImportFormat::JsonLines, |_, _| {}).unwrap()
+    }
+
+    fn health_csv(text: &str) -> ParsedFile<HealthRecord> {
+        read_all(text.as_bytes(), ImportFormat::Csv, |_, _| {}).unwrap()
+    }
+
+    /// The single error of a one-bad-row file: (line, reason).
+    fn only_error<T>(parsed: &ParsedFile<T>) -> (usize, &str) {
+        assert_eq!(parsed.bad_rows, 1, "{:?}", parsed.errors);
+        (parsed.errors[0].line, parsed.errors[0].reason.as_str())
+    }
+
+    const HEADER: &str = "subject,category,home_market,markets,zones,valid_from,valid_until,id_card,qr_tokens,status";
+
+    #[test]
+    fn csv_subjects_parse_every_field() {
+        let text = format!(
+            "\u{feff}{HEADER}\r\n\
+             1,merchant,1,1;2,3,1780000000000,,11010519491231002x,qr-a;qr-b,active\r\n\
+             \r\n\
+             2,Service_Worker,2,,,,,,,\n"
+        );
+        let parsed = subjects_csv(&text);
+        assert_eq!(parsed.bad_rows, 0, "{:?}", parsed.errors);
+        let [a, b] = parsed.records.as_slice() else {
+            panic!("{:?}", parsed.records)
+        };
+        assert_eq!(a.subject, SubjectId(1));
+        assert_eq!(a.category, Category::Merchant);
+        assert_eq!(a.markets, vec![MarketId(1), MarketId(2)]);
+        assert_eq!(a.zones, vec![ZoneId(3)]);
+        assert_eq!(a.valid_from, Some(UnixMillis(1_780_000_000_000)));
+        assert_eq!(a.valid_until, None);
+        assert_eq!(
+            a.id_card.as_deref(),
+            Some("11010519491231002X"),
+            "normalised"
+        );
+        assert_eq!(a.qr_tokens, vec!["qr-a".to_owned(), "qr-b".to_owned()]);
+        assert_eq!(b.category, Category::ServiceWorker);
+        assert!(b.markets.is_empty() && b.id_card.is_none() && b.qr_tokens.is_empty());
+        assert_eq!(b.status, SubjectStatus::Active);
+    }
+
+    #[test]
+    fn csv_columns_may_be_reordered_or_left_out() {
+        let parsed = subjects_csv("home_market,subject,category\n4,9,buyer\n");
+        assert_eq!(parsed.records[0].subject, SubjectId(9));
+        assert_eq!(parsed.records[0].home_market, MarketId(4));
+    }
+
+    #[test]
+    fn jsonl_subjects_parse_lists_and_numbers() {
+        let parsed = subjects_jsonl(
+            r#"{"subject": 5, "category": "staff", "home_market": "2", "markets": [1, 2], "zones": [], "qr_tokens": ["t1"], "status": "blocklisted", "valid_until": null}
+{"subject": 6, "category": "shopper", "home_market": 1}"#,
+        );
+        assert_eq!(parsed.bad_rows, 0, "{:?}", parsed.errors);
+        assert_eq!(parsed.records[0].markets, vec![MarketId(1), MarketId(2)]);
+        assert_eq!(parsed.records[0].status, SubjectStatus::Blocklisted);
+        assert_eq!(parsed.records[0].home_market, MarketId(2));
+        assert_eq!(parsed.records[1].category, Category::Shopper);
+    }
+
+    #[test]
+    fn bad_subject_rows_give_line_and_reason() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "x,merchant,1,,,,,,,",
+                "subject \"x\" is not a valid non-negative integer",
+            ),
+            ("-1,merchant,1,,,,,,,", "subject \"-1\""),
+            (",merchant,1,,,,,,,", "subject is missing"),
+            (
+                "1,farmer,1,,,,,,,",
+                "unknown category \"farmer\": expected one of service_worker",
+            ),
+            ("1,merchant,,,,,,,,", "home_market is missing"),
+            ("1,merchant,1,1;x,,,,,,", "markets \"x\""),
+            ("1,merchant,1,,99999999999,,,,,", "zones \"99999999999\""),
+            ("1,merchant,1,,,1780000000,,,,", "seconds given?"),
+            (
+                "1,merchant,1,,,1780000000002,1780000000001,,,",
+                "is after valid_until",
+            ),
+            (
+                "1,merchant,1,,,,,1234,,",
+                "id_card must be 6 to 32 letters or digits (this one has 4",
+            ),
+            ("1,merchant,1,,,,,1101-0519,,", "not all letters or digits"),
+            ("1,merchant,1,,,,,,,gone", "unknown status \"gone\""),
+            (
+                "1,merchant,1,,,,,,",
+                "expected 10 fields as in the header, found 9",
+            ),
+            ("1,merchant,1,,,,,,,,", "found 11"),
+            ("1,\"merchant,1,,,,,,,", "unterminated quote"),
+            ("1,\"merchant\"x,1,,,,,,,", "after its closing quote"),
+            ("1,merch\"ant,1,,,,,,,", "quote inside unquoted text"),
+        ];
+        for (row, expected) in cases {
+            let parsed = subjects_csv(&format!("{HEADER}\n2,buyer,1,,,,,,,\n\n{row}\n"));
+            let (line, reason) = only_error(&parsed);
+            assert_eq!(line, 4, "{row}");
+            assert!(reason.contains(expected), "{row}: {reason}");
+            assert_eq!(parsed.records.len(), 1, "the good row is kept");
+        }
+    }
+
+    #[test]
+    fn id_card_errors_never_repeat_the_number() {
+        let parsed = subjects_csv(&format!(
+            "{HEADER}\n1,merchant,1,,,,,1101051949123100299999999999999999,,\n"
+        ));
+        let (_, reason) = only_error(&parsed);
+        assert!(!reason.contains("110105"), "{reason}");
+    }
+
+    #[test]
+    fn bad_jsonl_rows_give_line_and_reason() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "{\"subject\": 1, \"category\": \"merchant\"",
+                "invalid JSON",
+            ),
+            ("[1, 2]", "expected a JSON object"),
+            (
+                "{\"subject\": 1, \"category\": \"merchant\", \"home_market\": 1, \"colour\": 1}",
+                "unknown field \"colour\"",
+            ),
+            (
+                "{\"subject\": 1.5, \"category\": \"merchant\", \"home_market\": 1}",
+                "subject \"1.5\"",
+            ),
+            (
+                "{\"subject\": [1], \"category\": \"merchant\", \"home_market\": 1}",
+                "must be a single value",
+            ),
+            (
+                "{\"subject\": 1, \"category\": \"merchant\", \"home_market\": 1, \"markets\": [{}]}",
+                "markets items must be strings or numbers",
+            ),
+            (
+                "{\"subject\": 1, \"category\": {}, \"home_market\": 1}",
+                "category must not be an object",
+            ),
+        ];
+        for (row, expected) in cases {
+            let text =
+                format!("{{\"subject\": 2, \"category\": \"buyer\", \"home_market\": 1}}\n{row}\n");
+            let parsed = subjects_jsonl(&text);
+            let (line, reason) = only_error(&parsed);
+            assert_eq!(line, 2, "{row}");
+            assert!(reason.contains(expected), "{row}: {reason}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_bad_row() {
+        let mut bytes = format!("{HEADER}\n").into_bytes();
+        bytes.extend_from_slice(b"1,merchant,1,,,,,,,\xff\n");
+        let parsed: ParsedFile<SubjectRecord> =
+            read_all(bytes.as_slice(), ImportFormat::Csv, |_, _| {}).unwrap();
+        assert_eq!(only_error(&parsed), (2, "the line is not valid UTF-8"));
+    }
+
+    #[test]
+    fn repeated_subject_is_a_bad_row() {
+        let parsed =
+            subjects_csv("subject,category,home_market\n7,buyer,1\n8,buyer,1\n7,staff,1\n");
+        assert_eq!(
+            only_error(&parsed),
+            (4, "subject 7 already appears on line 2")
+        );
+        assert_eq!(parsed.records.len(), 2);
+    }
+
+    #[test]
+    fn bad_headers_are_refused() {
+        let header_err = |text: &str| match read_all::<SubjectRecord, _>(
+            text.as_bytes(),
+            ImportFormat::Csv,
+            |_, _| {},
+        ) {
+            Err(ImportError::Header(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        let e = header_err("subject,category,home_market,colour\n");
+        assert_eq!(e.line, 1);
+        assert!(
+            e.reason.contains("unknown column \"colour\""),
+            "{}",
+            e.reason
+        );
+        assert!(
+            header_err("subject,category\n")
+                .reason
+                .contains("home_market is missing")
+        );
+        assert!(
+            header_err("subject,subject,category,home_market\n")
+                .reason
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn many_bad_rows_are_counted_and_the_list_capped() {
+        let mut text = String::from("subject,category,home_market\n");
+        for i in 0..50 {
+            text.push_str(&format!("{i},nobody,1\n"));
+        }
+        let parsed = subjects_csv(&text);
+        assert_eq!(parsed.bad_rows, 50);
+        assert_eq!(parsed.errors.len(), MAX_LISTED_ERRORS);
+        assert_eq!(parsed.errors[0].line, 2);
+    }
+
+    #[test]
+    fn health_rows_parse_and_check_consistency() {
+        let header = "subject,test_at,test_result,vaccine_doses,health_code,travel_code,updated_at";
+        let parsed = health_csv(&format!(
+            "{header}\n1,1780000000000,negative,3,green,Yellow,1780000001000\n2,,,0,red,green,1780000001000\n3,,empty,2,green,green,1780000001000\n"
+        ));
+        assert_eq!(parsed.bad_rows, 0, "{:?}", parsed.errors);
+        let r = &parsed.records[0];
+        assert_eq!(r.test_result, Some(TestResult::Negative));
+        assert_eq!((r.vaccine_doses, r.travel_code), (3, CodeColour::Yellow));
+        assert_eq!(parsed.records[1].test_at, None);
+        assert_eq!(parsed.records[2].test_result, None);
+        let cases: &[(&str, &str)] = &[
+            (
+                "1,,negative,3,green,green,1780000001000",
+                "test_result is given but test_at is missing",
+            ),
+            (
+                "1,1780000000000,maybe,3,green,green,1780000001000",
+                "unknown test_result \"maybe\"",
+            ),
+            (
+                "1,1780000000000,negative,300,green,green,1780000001000",
+                "vaccine_doses \"300\"",
+            ),
+            (
+                "1,1780000000000,negative,3,blue,green,1780000001000",
+                "unknown health_code \"blue\"",
+            ),
+            (
+                "1,1780000000000,negative,3,green,,1780000001000",
+                "travel_code is missing",
+            ),
+            (
+                "1,1780000000000,negative,3,green,green,",
+                "updated_at is missing",
+            ),
+        ];
+        for (row, expected) in cases {
+            let parsed = health_csv(&format!("{header}\n{row}\n"));
+            let (line, reason) = only_error(&parsed);
+            assert_eq!(line, 2);
+            assert!(reason.contains(expected), "{row}: {reason}");
+        }
+    }
+
+    #[test]
+    fn gate_rows_parse() {
+        let parsed: ParsedFile<GateInfo> = read_all(
+            "gate,market,zone,name\n1,1,2,\"North gate, hall 2\"\n2,1,3,\n".as_bytes(),
+            ImportFormat::Csv,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(parsed.bad_rows, 0, "{:?}", parsed.errors);
+        assert_eq!(parsed.records[0].name, "North gate, hall 2");
+        assert_eq!(parsed.records[1].name, "");
+        let dup: ParsedFile<GateInfo> = read_all(
+            "{\"gate\":1,\"market\":1,\"zone\":1}\n{\"gate\":1,\"market\":2,\"zone\":1}\n"
+                .as_bytes(),
+            ImportFormat::JsonLines,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(only_error(&dup), (2, "gate 1 already appears on line 1"));
+    }
+
+    #[test]
+    fn csv_splitter_handles_quotes() {
+        assert_eq!(split_csv_line("a, b ,c").unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(
+            split_csv_line("\"a,\"\"b\"\"\",c").unwrap(),
+            vec!["a,\"b\"", "c"]
+        );
+        assert_eq!(split_csv_line("a,,").unwrap(), vec!["a", "", ""]);
+        assert_eq!(split_csv_line(" \" x \" ,y").unwrap(), vec![" x ", "y"]);
+    }
+
+    #[test]
+    fn format_from_extension() {
+        assert_eq!(
+            ImportFormat::from_path(Path::new("a/b.CSV")),
+            Some(ImportFormat::Csv)
+        );
+        assert_eq!(
+            ImportFormat::from_path(Path::new("b.ndjson")),
+            Some(ImportFormat::JsonLines)
+        );
+        assert_eq!(
+            ImportFormat::from_path(Path::new("b.jsonl")),
+            Some(ImportFormat::JsonLines)
+        );
+        assert_eq!(ImportFormat::from_path(Path::new("b.txt")), None);
+    }
+
+    #[test]
+    fn progress_is_reported() {
+        let mut text = String::from("gate,market,zone\n");
+        for i in 0..3000 {
+            text.push_str(&format!("{i},1,1\n"));
+        }
+        let mut calls = Vec::new();
+        let parsed: ParsedFile<GateInfo> =
+            read_all(text.as_bytes(), ImportFormat::Csv, |rows, bytes| {
+                calls.push((rows, bytes))
+            })
+            .unwrap();
+        assert_eq!(parsed.records.len(), 3000);
+        assert_eq!(calls.first().map(|c| c.0), Some(1024));
+        assert_eq!(calls.last(), Some(&(3000, text.len() as u64)));
+    }
 }

@@ -42,7 +42,10 @@ impl CredentialKey {
 
     fn check_value(&self) -> String {
         let tag = hmac::sign(&self.key, CHECK_LABEL);
-        tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+        tag.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -60,11 +63,9 @@ pub(super) fn load_or_create(
 ) -> Result<CredentialKey, StoreError> {
     let sql = |op| move |e| StoreError::from_sqlite(db, op, e);
     let recorded: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = ?1",
-            [CHECK_META],
-            |r| r.get(0),
-        )
+        .query_row("SELECT value FROM meta WHERE key = ?1", [CHECK_META], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(sql("reading the credential key check"))?;
     let key = match fs::read(path) {

@@ -226,7 +226,7 @@ pub enum StoreError {
         /// The subject holding the credential.
         holder: SubjectId,
     },
-    /// A value is out of range (an empty template, a non-finite number, an unknown category).
+    /// A value is out of range (an empty template or credential, a non-finite number).
     #[error("invalid {what} for subject {subject}: {reason}")]
     Invalid {
         /// Whose record.

@@ -8,6 +8,7 @@ use gatewarden_protocol::{Category, GateId, MarketId, SubjectId, UnixMillis, Zon
 use rusqlite::params;
 use serde::Serialize;
 
+use super::codes;
 use super::entries::ENTRY_COLUMNS;
 use super::{EntryRow, Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
 
@@ -17,6 +18,7 @@ pub struct FrequencyRow {
     /// Who.
     pub subject: SubjectId,
     /// Their category, if they are in the registry.
+    #[serde(serialize_with = "codes::ser_opt")]
     pub category: Option<Category>,
     /// Admitted entries (direction `Entry`, sign-ins not counted).
     pub entries: u32,
@@ -32,6 +34,7 @@ pub struct SignInRow {
     /// Who signed in.
     pub subject: SubjectId,
     /// Their category, if they are in the registry.
+    #[serde(serialize_with = "codes::ser_opt")]
     pub category: Option<Category>,
     /// When they first signed in.
     pub first_at: UnixMillis,
@@ -48,6 +51,7 @@ pub struct ContactRow {
     /// The other person.
     pub subject: SubjectId,
     /// Their category, if they are in the registry.
+    #[serde(serialize_with = "codes::ser_opt")]
     pub category: Option<Category>,
     /// Where they met.
     pub market: MarketId,
@@ -83,7 +87,11 @@ impl Store {
             ))
             .map_err(sql)?;
         let mut rows = stmt
-            .query(params![to_sql_u64(subject.0), sql_time(since), sql_time(until)])
+            .query(params![
+                to_sql_u64(subject.0),
+                sql_time(since),
+                sql_time(until)
+            ])
             .map_err(sql)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(sql)? {
@@ -120,7 +128,14 @@ impl Store {
         let rows = stmt
             .query_map(
                 params![market.0, sql_time(since), sql_time(until), min],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
             )
             .map_err(sql)?;
         let mut out = Vec::new();
@@ -161,7 +176,12 @@ impl Store {
             .map_err(sql)?;
         let rows = stmt
             .query_map(params![market.0, sql_time(since), sql_time(until)], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, u32>(2)?, r.get::<_, u32>(3)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                ))
             })
             .map_err(sql)?;
         let mut out = Vec::new();
@@ -213,7 +233,12 @@ impl Store {
         let window = i64::try_from(window_ms).unwrap_or(i64::MAX / 4);
         let rows = stmt
             .query_map(
-                params![to_sql_u64(subject.0), window, sql_time(since), sql_time(until)],
+                params![
+                    to_sql_u64(subject.0),
+                    window,
+                    sql_time(since),
+                    sql_time(until)
+                ],
                 |r| {
                     Ok((
                         r.get::<_, i64>(0)?,

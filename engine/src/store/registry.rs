@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use gatewarden_protocol::{
-    Credential, GateId, HealthRecord, SubjectId, SubjectRecord, SubjectStatus, UnixMillis,
-    UpdateHealthAck,
+    Credential, GateId, HealthRecord, SubjectId, SubjectRecord, SubjectStatus, TestResult,
+    UnixMillis, UpdateHealthAck,
 };
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::{Store, StoreError, codes, from_sql_u64, sql_time, to_sql_u64};
+use super::{Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
 use crate::model::GateInfo;
 
 const KIND_ID_CARD: &str = "id_card";
@@ -63,8 +63,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::CredentialTaken`] if a card or token belongs to another subject,
-    /// [`StoreError::Invalid`] for an empty card or token or a category this store cannot
-    /// write; nothing is written then.
+    /// [`StoreError::Invalid`] for an empty card or token; nothing is written then.
     pub fn upsert_subjects(&self, records: &[SubjectRecord]) -> Result<usize, StoreError> {
         let mut conn = self.writer();
         let tx = conn
@@ -89,11 +88,6 @@ impl Store {
         r: &SubjectRecord,
     ) -> Result<Option<[u8; 32]>, StoreError> {
         let sql = |e| self.sql_err("writing a subject", e);
-        let category = codes::category_code(r.category).ok_or_else(|| StoreError::Invalid {
-            subject: r.subject,
-            what: "category",
-            reason: format!("{:?} is not known to this store version", r.category),
-        })?;
         let ids = |v: Vec<u32>| serde_json::to_string(&v).unwrap_or_else(|_| "[]".to_owned());
         tx.prepare_cached(
             "INSERT INTO subjects (id, category, home_market, markets, zones, valid_from,
@@ -108,13 +102,13 @@ impl Store {
         .and_then(|mut s| {
             s.execute(params![
                 to_sql_u64(r.subject.0),
-                category,
+                r.category.name(),
                 r.home_market.0,
                 ids(r.markets.iter().map(|m| m.0).collect()),
                 ids(r.zones.iter().map(|z| z.0).collect()),
                 r.valid_from.map(sql_time),
                 r.valid_until.map(sql_time),
-                codes::status_code(r.status),
+                r.status.name(),
             ])
         })
         .map_err(sql)?;
@@ -156,7 +150,11 @@ impl Store {
         match holder.map(|h| SubjectId(from_sql_u64(h))) {
             Some(h) if h == subject => Ok(()), // the same token listed twice
             Some(holder) => Err(StoreError::CredentialTaken {
-                kind: if kind == KIND_ID_CARD { "ID card" } else { "staff QR token" },
+                kind: if kind == KIND_ID_CARD {
+                    "ID card"
+                } else {
+                    "staff QR token"
+                },
                 subject,
                 holder,
             }),
@@ -205,10 +203,10 @@ impl Store {
                     .execute(params![
                         to_sql_u64(r.subject.0),
                         r.test_at.map(sql_time),
-                        r.test_result.map(codes::test_result_code),
+                        r.test_result.map(TestResult::name),
                         r.vaccine_doses,
-                        codes::colour_code(r.health_code),
-                        codes::colour_code(r.travel_code),
+                        r.health_code.name(),
+                        r.travel_code.name(),
                         sql_time(r.updated_at),
                     ])
                     .map_err(|e| self.sql_err("writing a health record", e))?;

@@ -173,7 +173,9 @@ pub(super) fn check_file(db: &Path) -> Result<(), StoreError> {
     if &header[..16] != b"SQLite format 3\0" {
         return Err(corrupt("not a SQLite database (wrong header)".to_owned()));
     }
-    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let page_size = match u16::from_be_bytes([header[16], header[17]]) {
         1 => 65_536,
         n => u64::from(n),
@@ -338,14 +340,20 @@ impl Deref for PooledReader<'_> {
 
     fn deref(&self) -> &Connection {
         // `conn` is Some from construction until `drop` takes it.
-        self.conn.as_ref().unwrap_or_else(|| unreachable!("reader used after drop"))
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("reader used after drop"))
     }
 }
 
 impl Drop for PooledReader<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let mut idle = self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if idle.len() < MAX_IDLE_READERS {
                 idle.push(conn);
             }

@@ -16,7 +16,10 @@ impl Store {
     /// [`StoreError::UnknownSubject`] for a subject not in the registry, and
     /// [`StoreError::Invalid`] for an empty model or embedding or a non-finite value; nothing
     /// is added then.
-    pub fn add_templates(&self, rows: &[(SubjectId, &str, &[f32])]) -> Result<Vec<u64>, StoreError> {
+    pub fn add_templates(
+        &self,
+        rows: &[(SubjectId, &str, &[f32])],
+    ) -> Result<Vec<u64>, StoreError> {
         for (i, (subject, model, embedding)) in rows.iter().enumerate() {
             self.check_template(i, *subject, model, embedding)?;
         }
@@ -36,8 +39,13 @@ impl Store {
             for (subject, model, embedding) in rows {
                 bytes.clear();
                 bytes.extend(embedding.iter().flat_map(|v| v.to_le_bytes()));
-                stmt.execute(params![to_sql_u64(subject.0), model, embedding.len(), bytes])
-                    .map_err(sql)?;
+                stmt.execute(params![
+                    to_sql_u64(subject.0),
+                    model,
+                    embedding.len(),
+                    bytes
+                ])
+                .map_err(sql)?;
                 ids.push(from_sql_u64(tx.last_insert_rowid()));
             }
         }
@@ -68,7 +76,9 @@ impl Store {
         }
         // The position only: the value is biometric data.
         if let Some(at) = embedding.iter().position(|v| !v.is_finite()) {
-            return Err(invalid(format!("template {index} has a non-finite value at index {at}")));
+            return Err(invalid(format!(
+                "template {index} has a non-finite value at index {at}"
+            )));
         }
         Ok(())
     }

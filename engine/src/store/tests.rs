@@ -58,14 +58,22 @@ fn verdict(gate: u32, seq: u64, subject: Option<u64>, decision: Decision, at: u6
             },
             Check {
                 kind: CheckKind::HealthCode,
-                outcome: if failing { Outcome::Fail } else { Outcome::Pass },
+                outcome: if failing {
+                    Outcome::Fail
+                } else {
+                    Outcome::Pass
+                },
                 value: None,
                 threshold: None,
                 detail: "yellow".to_owned(),
             },
         ],
         display: Display {
-            colour: if failing { DisplayColour::Red } else { DisplayColour::Green },
+            colour: if failing {
+                DisplayColour::Red
+            } else {
+                DisplayColour::Green
+            },
             text: "ok".to_owned(),
         },
         decided_at: UnixMillis(at),
@@ -124,7 +132,9 @@ fn open_reopen_keeps_data() {
     {
         let store = open(dir.path());
         store.upsert_subjects(&[subject(1), subject(2)]).unwrap();
-        store.upsert_health(&[health(1, T0, CodeColour::Green)]).unwrap();
+        store
+            .upsert_health(&[health(1, T0, CodeColour::Green)])
+            .unwrap();
         store
             .upsert_gates(&[GateInfo {
                 gate: GateId(7),
@@ -136,13 +146,24 @@ fn open_reopen_keeps_data() {
         let v = vector(1, 8);
         store.add_templates(&[(SubjectId(1), "m1", &v)]).unwrap();
         let mut w = store.entry_writer().unwrap();
-        w.commit(&[entry(7, 1, 1, Some(1), Decision::Admit, ModeKind::Verify, 0)])
-            .unwrap();
+        w.commit(&[entry(
+            7,
+            1,
+            1,
+            Some(1),
+            Decision::Admit,
+            ModeKind::Verify,
+            0,
+        )])
+        .unwrap();
     }
     let store = open(dir.path());
     assert_eq!(store.subject_count(), 2);
     assert_eq!(*store.subject(SubjectId(2)).unwrap(), subject(2));
-    assert_eq!(store.health(SubjectId(1)), Some(health(1, T0, CodeColour::Green)));
+    assert_eq!(
+        store.health(SubjectId(1)),
+        Some(health(1, T0, CodeColour::Green))
+    );
     assert_eq!(store.gate(GateId(7)).unwrap().name, "north");
     assert_eq!(store.gates().len(), 1);
     assert_eq!(store.template_count().unwrap(), 1);
@@ -178,13 +199,19 @@ fn open_rejects_newer_schema() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     let db = dir.path().join("store").join(DB_FILE);
-    rusqlite::Connection::open(&db)
+    Connection::open(&db)
         .unwrap()
         .pragma_update(None, "user_version", 99)
         .unwrap();
     let err = Store::open(&dir.path().join("store")).unwrap_err();
     assert!(
-        matches!(err, StoreError::Incompatible { found: 99, supported: schema::SCHEMA_VERSION }),
+        matches!(
+            err,
+            StoreError::Incompatible {
+                found: 99,
+                supported: schema::SCHEMA_VERSION
+            }
+        ),
         "{err:?}"
     );
     let msg = err.to_string();
@@ -243,7 +270,7 @@ fn open_rejects_foreign_sqlite_database() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let conn = rusqlite::Connection::open(store_dir.join(DB_FILE)).unwrap();
+    let conn = Connection::open(store_dir.join(DB_FILE)).unwrap();
     conn.execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY, data BLOB)")
         .unwrap();
     drop(conn);
@@ -293,7 +320,10 @@ fn upsert_subjects_is_idempotent_and_replaces_credentials() {
     let qr = |t: &str| store.resolve_credential(&Credential::StaffQr(t.to_owned()));
     assert_eq!(qr("qr-1"), None, "the old token no longer resolves");
     assert_eq!(qr("qr-new"), Some(SubjectId(1)));
-    assert_eq!(store.subject(SubjectId(1)).unwrap().category, Category::Manager);
+    assert_eq!(
+        store.subject(SubjectId(1)).unwrap().category,
+        Category::Manager
+    );
     // The same after a reopen: the database agrees with the cache.
     drop(store);
     let store = open(dir.path());
@@ -301,7 +331,10 @@ fn upsert_subjects_is_idempotent_and_replaces_credentials() {
         store.resolve_credential(&Credential::StaffQr("qr-1".to_owned())),
         None
     );
-    assert_eq!(store.subject(SubjectId(1)).unwrap().qr_tokens, vec!["qr-new".to_owned()]);
+    assert_eq!(
+        store.subject(SubjectId(1)).unwrap().qr_tokens,
+        vec!["qr-new".to_owned()]
+    );
 }
 
 #[test]
@@ -316,14 +349,24 @@ fn id_card_is_stored_only_as_a_keyed_hash() {
         assert_eq!(store.subject(SubjectId(1)).unwrap().id_card, None);
         let card = |n: &str| store.resolve_credential(&Credential::IdCard(n.to_owned()));
         assert_eq!(card(number), Some(SubjectId(1)));
-        assert_eq!(card(" 11010519491231002x "), Some(SubjectId(1)), "normalised");
+        assert_eq!(
+            card(" 11010519491231002x "),
+            Some(SubjectId(1)),
+            "normalised"
+        );
         assert_eq!(card("110105194912310021"), None);
         // While open: the WAL holds the newest pages.
         let store_dir = dir.path().join("store");
         for name in [DB_FILE, "gatewarden.db-wal"] {
             let bytes = file_bytes(&store_dir.join(name));
-            assert!(!contains(&bytes, number.as_bytes()), "{name} holds the number");
-            assert!(!contains(&bytes, b"110105194912"), "{name} holds part of the number");
+            assert!(
+                !contains(&bytes, number.as_bytes()),
+                "{name} holds the number"
+            );
+            assert!(
+                !contains(&bytes, b"110105194912"),
+                "{name} holds part of the number"
+            );
         }
     }
     let bytes = file_bytes(&dir.path().join("store").join(DB_FILE));
@@ -342,11 +385,18 @@ fn credential_conflict_writes_nothing() {
     assert!(
         matches!(
             err,
-            StoreError::CredentialTaken { subject: SubjectId(2), holder: SubjectId(1), .. }
+            StoreError::CredentialTaken {
+                subject: SubjectId(2),
+                holder: SubjectId(1),
+                ..
+            }
         ),
         "{err:?}"
     );
-    assert!(store.subject(SubjectId(3)).is_none(), "the batch is one transaction");
+    assert!(
+        store.subject(SubjectId(3)).is_none(),
+        "the batch is one transaction"
+    );
     drop(store);
     assert!(open(dir.path()).subject(SubjectId(3)).is_none());
 }
@@ -358,12 +408,22 @@ fn upsert_health_is_idempotent_and_keeps_the_newest() {
     store.upsert_subjects(&[subject(1)]).unwrap();
     let new = health(1, T0 + 10, CodeColour::Yellow);
     let old = health(1, T0, CodeColour::Green);
-    let ack = store.upsert_health(&[new.clone(), health(9, T0, CodeColour::Green)]).unwrap();
+    let ack = store
+        .upsert_health(&[new.clone(), health(9, T0, CodeColour::Green)])
+        .unwrap();
     assert_eq!((ack.applied, ack.unknown_subjects), (1, 1));
     let ack = store.upsert_health(std::slice::from_ref(&new)).unwrap();
-    assert_eq!((ack.applied, ack.unknown_subjects), (1, 0), "replay applies the same record");
+    assert_eq!(
+        (ack.applied, ack.unknown_subjects),
+        (1, 0),
+        "replay applies the same record"
+    );
     let ack = store.upsert_health(&[old]).unwrap();
-    assert_eq!((ack.applied, ack.unknown_subjects), (0, 0), "a stale record is ignored");
+    assert_eq!(
+        (ack.applied, ack.unknown_subjects),
+        (0, 0),
+        "a stale record is ignored"
+    );
     assert_eq!(store.health(SubjectId(1)), Some(new.clone()));
     assert_eq!(store.health(SubjectId(9)), None);
     drop(store);
@@ -377,14 +437,27 @@ fn revoke_changes_status_and_audits() {
     let mut banned = subject(2);
     banned.status = SubjectStatus::Blocklisted;
     store.upsert_subjects(&[subject(1), banned]).unwrap();
-    assert!(store.revoke(SubjectId(1), "lost card", UnixMillis(T0)).unwrap());
+    assert!(
+        store
+            .revoke(SubjectId(1), "lost card", UnixMillis(T0))
+            .unwrap()
+    );
     assert!(store.revoke(SubjectId(2), "left", UnixMillis(T0)).unwrap());
     assert!(!store.revoke(SubjectId(3), "who", UnixMillis(T0)).unwrap());
-    assert_eq!(store.subject(SubjectId(1)).unwrap().status, SubjectStatus::Revoked);
-    assert_eq!(store.subject(SubjectId(2)).unwrap().status, SubjectStatus::Blocklisted);
+    assert_eq!(
+        store.subject(SubjectId(1)).unwrap().status,
+        SubjectStatus::Revoked
+    );
+    assert_eq!(
+        store.subject(SubjectId(2)).unwrap().status,
+        SubjectStatus::Blocklisted
+    );
     drop(store);
     let store = open(dir.path());
-    assert_eq!(store.subject(SubjectId(1)).unwrap().status, SubjectStatus::Revoked);
+    assert_eq!(
+        store.subject(SubjectId(1)).unwrap().status,
+        SubjectStatus::Revoked
+    );
     let audits: i64 = store
         .readers
         .get()
@@ -409,7 +482,9 @@ fn templates_round_trip_and_stream_from_a_watermark() {
         .unwrap();
     assert_eq!(ids.len(), 3);
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
-    let more = store.add_templates(&[(SubjectId(2), "m1", &vs[3])]).unwrap();
+    let more = store
+        .add_templates(&[(SubjectId(2), "m1", &vs[3])])
+        .unwrap();
     assert!(more[0] > ids[2]);
     let mut seen = Vec::new();
     let n = store
@@ -427,13 +502,22 @@ fn templates_round_trip_and_stream_from_a_watermark() {
     assert_eq!(store.template_count().unwrap(), 4);
 
     let err = store.add_templates(&[(SubjectId(1), "m1", &vs[4]), (SubjectId(9), "m1", &vs[4])]);
-    assert!(matches!(err, Err(StoreError::UnknownSubject(SubjectId(9)))), "{err:?}");
+    assert!(
+        matches!(err, Err(StoreError::UnknownSubject(SubjectId(9)))),
+        "{err:?}"
+    );
     let mut bad = vs[4].clone();
     bad[3] = f32::NAN;
-    let err = store.add_templates(&[(SubjectId(1), "m1", &bad)]).unwrap_err();
+    let err = store
+        .add_templates(&[(SubjectId(1), "m1", &bad)])
+        .unwrap_err();
     assert!(err.to_string().contains("index 3"), "{err}");
     assert!(store.add_templates(&[(SubjectId(1), "m1", &[])]).is_err());
-    assert_eq!(store.template_count().unwrap(), 4, "failed batches add nothing");
+    assert_eq!(
+        store.template_count().unwrap(),
+        4,
+        "failed batches add nothing"
+    );
 }
 
 #[test]
@@ -445,18 +529,30 @@ fn commit_reports_duplicates_and_keeps_one_row() {
     let mut retry = first.clone();
     retry.verdict.decision = Decision::Deny; // a racing retry decided differently
     let out = w
-        .commit(&[first.clone(), entry(1, 6, 1, None, Decision::Deny, ModeKind::Identify, 1), retry.clone()])
+        .commit(&[
+            first,
+            entry(1, 6, 1, None, Decision::Deny, ModeKind::Identify, 1),
+            retry.clone(),
+        ])
         .unwrap();
     assert_eq!(
         out,
-        vec![CommitOutcome::Inserted, CommitOutcome::Inserted, CommitOutcome::Duplicate]
+        vec![
+            CommitOutcome::Inserted,
+            CommitOutcome::Inserted,
+            CommitOutcome::Duplicate
+        ]
     );
     assert_eq!(w.commit(&[retry]).unwrap(), vec![CommitOutcome::Duplicate]);
     let rows: i64 = store
         .readers
         .get()
         .unwrap()
-        .query_row("SELECT count(*) FROM entries WHERE gate = 1 AND seq = 5", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM entries WHERE gate = 1 AND seq = 5",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(rows, 1);
     let stored = store.verdict_for(GateId(1), 5).unwrap().unwrap();
@@ -468,13 +564,26 @@ fn verdict_for_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let mut w = store.entry_writer().unwrap();
-    let record = entry(3, u64::MAX, 1, Some(u64::MAX), Decision::Escalate, ModeKind::SignIn, 9);
+    let record = entry(
+        3,
+        u64::MAX,
+        1,
+        Some(u64::MAX),
+        Decision::Escalate,
+        ModeKind::SignIn,
+        9,
+    );
     w.commit(std::slice::from_ref(&record)).unwrap();
     let mut expected = record.verdict.clone();
     expected.replayed = true;
-    assert_eq!(store.verdict_for(GateId(3), u64::MAX).unwrap(), Some(expected));
+    assert_eq!(
+        store.verdict_for(GateId(3), u64::MAX).unwrap(),
+        Some(expected)
+    );
     assert_eq!(store.verdict_for(GateId(3), 1).unwrap(), None);
-    let rows = store.trajectory(SubjectId(u64::MAX), UnixMillis(0), UnixMillis(u64::MAX)).unwrap();
+    let rows = store
+        .trajectory(SubjectId(u64::MAX), UnixMillis(0), UnixMillis(u64::MAX))
+        .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].seq, u64::MAX);
     assert_eq!(rows[0].failed, vec![CheckKind::HealthCode]);
@@ -520,12 +629,22 @@ fn trajectory_lists_a_subject_across_markets_in_time_order() {
     let got: Vec<(u32, u64)> = rows.iter().map(|r| (r.market.0, r.decided_at.0)).collect();
     assert_eq!(
         got,
-        vec![(1, at(0).0), (1, at(100).0), (1, at(5000).0), (1, at(6000).0), (2, at(9000).0)]
+        vec![
+            (1, at(0).0),
+            (1, at(100).0),
+            (1, at(5000).0),
+            (1, at(6000).0),
+            (2, at(9000).0)
+        ]
     );
     let window = store.trajectory(SubjectId(1), at(100), at(5000)).unwrap();
     assert_eq!(window.len(), 1, "half-open range");
     let denied = store.trajectory(SubjectId(2), at(0), at(100)).unwrap();
-    assert_eq!(denied[0].decision, Decision::Deny, "denied attempts are part of it");
+    assert_eq!(
+        denied[0].decision,
+        Decision::Deny,
+        "denied attempts are part of it"
+    );
 }
 
 #[test]
@@ -543,7 +662,12 @@ fn frequency_counts_admitted_entries_most_first() {
     assert_eq!((rows[0].first_at, rows[0].last_at), (at(0), at(5000)));
     let busy = store.frequency(MarketId(1), at(0), at(100_000), 2).unwrap();
     assert_eq!(busy.len(), 1);
-    assert!(store.frequency(MarketId(3), at(0), at(100_000), 1).unwrap().is_empty());
+    assert!(
+        store
+            .frequency(MarketId(3), at(0), at(100_000), 1)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -557,7 +681,12 @@ fn signins_list_first_admitted_signin_per_subject() {
     assert_eq!(rows[0].gate, GateId(2), "the gate of the first sign-in");
     let later = store.signins(MarketId(1), at(20), at(100_000)).unwrap();
     assert_eq!((later[0].first_at, later[0].gate), (at(50), GateId(3)));
-    assert!(store.signins(MarketId(2), at(0), at(100_000)).unwrap().is_empty());
+    assert!(
+        store
+            .signins(MarketId(2), at(0), at(100_000))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -565,18 +694,27 @@ fn contacts_find_others_in_the_same_market_within_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     query_fixture(&store);
-    let rows = store.contacts(SubjectId(1), 60_000, at(0), at(100_000)).unwrap();
+    let rows = store
+        .contacts(SubjectId(1), 60_000, at(0), at(100_000))
+        .unwrap();
     let got: Vec<(u64, u32, u32, u64)> = rows
         .iter()
         .map(|r| (r.subject.0, r.market.0, r.passages, r.closest_ms))
         .collect();
     // Within 60 s of 0 s / 100 s: subject 4 (10 s, 50 s), subject 2 (30 s; the denial at 20 s
     // does not count). Nobody near 5000 s or 6000 s. Subject 5 in market 2 near 9000 s.
-    assert_eq!(got, vec![(4, 1, 2, 10_000), (2, 1, 1, 30_000), (5, 2, 1, 10_000)]);
+    assert_eq!(
+        got,
+        vec![(4, 1, 2, 10_000), (2, 1, 1, 30_000), (5, 2, 1, 10_000)]
+    );
     assert_eq!(rows[0].first_at, at(10));
-    let narrow = store.contacts(SubjectId(1), 5_000, at(0), at(100_000)).unwrap();
+    let narrow = store
+        .contacts(SubjectId(1), 5_000, at(0), at(100_000))
+        .unwrap();
     assert!(narrow.is_empty(), "{narrow:?}");
-    let only_market_2 = store.contacts(SubjectId(1), 60_000, at(8000), at(100_000)).unwrap();
+    let only_market_2 = store
+        .contacts(SubjectId(1), 60_000, at(8000), at(100_000))
+        .unwrap();
     assert_eq!(only_market_2.len(), 1);
 }
 
@@ -589,7 +727,10 @@ fn for_each_entry_since_streams_in_time_order() {
     store
         .for_each_entry_since(at(5000), |r| times.push(r.decided_at))
         .unwrap();
-    assert_eq!(times, vec![at(5000), at(5001), at(6000), at(9000), at(9010)]);
+    assert_eq!(
+        times,
+        vec![at(5000), at(5001), at(6000), at(9000), at(9010)]
+    );
 }
 
 #[test]
@@ -601,19 +742,58 @@ fn readers_see_commits_while_the_writer_is_open() {
         let store = std::sync::Arc::clone(&store);
         std::thread::spawn(move || {
             for _ in 0..50 {
-                store.trajectory(SubjectId(1), UnixMillis(0), UnixMillis(u64::MAX)).unwrap();
+                store
+                    .trajectory(SubjectId(1), UnixMillis(0), UnixMillis(u64::MAX))
+                    .unwrap();
             }
         })
     };
     for seq in 0..50 {
-        w.commit(&[entry(1, seq, 1, Some(1), Decision::Admit, ModeKind::Verify, seq)])
-            .unwrap();
+        w.commit(&[entry(
+            1,
+            seq,
+            1,
+            Some(1),
+            Decision::Admit,
+            ModeKind::Verify,
+            seq,
+        )])
+        .unwrap();
     }
     reader.join().unwrap();
     assert_eq!(
-        store.trajectory(SubjectId(1), UnixMillis(0), UnixMillis(u64::MAX)).unwrap().len(),
+        store
+            .trajectory(SubjectId(1), UnixMillis(0), UnixMillis(u64::MAX))
+            .unwrap()
+            .len(),
         50
     );
+}
+
+#[test]
+fn store_is_shareable_and_the_writer_movable() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<EntryWriter>();
+}
+
+#[test]
+fn rows_serialise_names_not_wire_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.upsert_subjects(&[subject(1)]).unwrap();
+    query_fixture(&store);
+    let rows = store.trajectory(SubjectId(2), at(0), at(100)).unwrap();
+    let json = serde_json::to_value(&rows[0]).unwrap();
+    assert_eq!(json["decision"], "deny");
+    assert_eq!(json["mode"], "identify");
+    assert_eq!(json["direction"], "entry");
+    assert_eq!(json["failed"], serde_json::json!(["health_code"]));
+    let freq = store.frequency(MarketId(1), at(0), at(100_000), 1).unwrap();
+    let json = serde_json::to_value(&freq).unwrap();
+    assert_eq!(json[0]["category"], "merchant");
+    assert_eq!(json[1]["category"], serde_json::Value::Null);
 }
 
 /// Commit latency of 40-record batches on the real disk: median and p99 over 200 commits.
@@ -633,12 +813,23 @@ fn stress_commit_latency() {
         let batch: Vec<EntryRecord> = (0..40)
             .map(|i| {
                 seq += 1;
-                entry(1 + i % 8, seq, 1, Some(u64::from(i)), Decision::Admit, ModeKind::Verify, seq)
+                entry(
+                    1 + i % 8,
+                    seq,
+                    1,
+                    Some(u64::from(i)),
+                    Decision::Admit,
+                    ModeKind::Verify,
+                    seq,
+                )
             })
             .collect();
         let start = SystemClock.instant();
         w.commit(&batch).unwrap();
-        let us = start.elapsed().as_micros() as u64;
+        let us = SystemClock
+            .instant()
+            .saturating_duration_since(start)
+            .as_micros() as u64;
         if round >= 20 {
             lat.push(us); // the first rounds warm the page cache and statement cache
         }
@@ -667,7 +858,10 @@ fn stress_template_load() {
     let subjects: Vec<SubjectRecord> = (0..100_000).map(subject).collect();
     let start = SystemClock.instant();
     store.upsert_subjects(&subjects).unwrap();
-    let subjects_s = start.elapsed().as_secs_f64();
+    let subjects_s = SystemClock
+        .instant()
+        .saturating_duration_since(start)
+        .as_secs_f64();
     let vectors: Vec<Vec<f32>> = (0..5_000).map(|i| vector(i, 512)).collect();
     let start = SystemClock.instant();
     for batch in 0..20u64 {
@@ -678,18 +872,27 @@ fn stress_template_load() {
             .collect();
         store.add_templates(&rows).unwrap();
     }
-    let add_s = start.elapsed().as_secs_f64();
+    let add_s = SystemClock
+        .instant()
+        .saturating_duration_since(start)
+        .as_secs_f64();
     let start = SystemClock.instant();
     let mut sum = 0.0f64;
     let n = store
         .for_each_template_since(0, |_, _, v| sum += f64::from(v[0]))
         .unwrap();
-    let scan_s = start.elapsed().as_secs_f64();
+    let scan_s = SystemClock
+        .instant()
+        .saturating_duration_since(start)
+        .as_secs_f64();
     assert_eq!(n, 100_000);
     let start = SystemClock.instant();
     drop(store);
     let reopen = open(dir.path());
-    let open_s = start.elapsed().as_secs_f64();
+    let open_s = SystemClock
+        .instant()
+        .saturating_duration_since(start)
+        .as_secs_f64();
     assert_eq!(reopen.subject_count(), 100_000);
     println!(
         "100k subjects upsert {subjects_s:.2} s; 100k x 512 templates add {add_s:.2} s; \

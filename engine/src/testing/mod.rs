@@ -75,7 +75,11 @@ impl Rng {
 
 /// Scales `v` to unit length in place (leaves a zero vector unchanged). Returns the old norm.
 pub fn normalize(v: &mut [f32]) -> f64 {
-    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
     if norm > 0.0 {
         for x in v.iter_mut() {
             *x = (f64::from(*x) / norm) as f32;
@@ -98,7 +102,9 @@ pub fn unit_vectors(seed: u64, n: usize, dim: usize) -> Vec<f32> {
 /// kernel tests, where magnitudes should vary.
 pub fn uniform_vectors(seed: u64, n: usize, dim: usize) -> Vec<f32> {
     let mut rng = Rng::new(seed);
-    (0..n * dim).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
+    (0..n * dim)
+        .map(|_| rng.uniform(-1.0, 1.0) as f32)
+        .collect()
 }
 
 /// Mixes `identity` with fresh noise so that the result (unit length) has cosine `cos` to it.
@@ -107,7 +113,11 @@ pub fn uniform_vectors(seed: u64, n: usize, dim: usize) -> Vec<f32> {
 /// identity, so the cosine is exact up to rounding.
 pub fn around(rng: &mut Rng, identity: &[f32], cos: f64) -> Vec<f32> {
     let mut noise = rng.gaussian_vector(identity.len());
-    let along: f64 = noise.iter().zip(identity).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+    let along: f64 = noise
+        .iter()
+        .zip(identity)
+        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+        .sum();
     for (n, &i) in noise.iter_mut().zip(identity) {
         *n = (f64::from(*n) - along * f64::from(i)) as f32;
     }
@@ -143,7 +153,10 @@ pub struct Probe {
 impl FacePopulation {
     /// `n` identities in `dim` dimensions, seeded.
     pub fn new(seed: u64, n: usize, dim: usize) -> Self {
-        Self { dim, identities: unit_vectors(seed, n, dim) }
+        Self {
+            dim,
+            identities: unit_vectors(seed, n, dim),
+        }
     }
 
     /// Number of identities.
@@ -186,12 +199,20 @@ impl FacePopulation {
     /// A genuine probe of person `i`: cosine 0.6-0.75 to the identity.
     pub fn genuine(&self, rng: &mut Rng, i: usize) -> Probe {
         let cos = rng.uniform(0.6, 0.75);
-        Probe { embedding: around(rng, self.identity(i), cos), truth: Some(i), cos: Some(cos) }
+        Probe {
+            embedding: around(rng, self.identity(i), cos),
+            truth: Some(i),
+            cos: Some(cos),
+        }
     }
 
     /// An impostor probe: a random unit vector unrelated to every identity.
     pub fn impostor(&self, rng: &mut Rng) -> Probe {
-        Probe { embedding: rng.unit_vector(self.dim), truth: None, cos: None }
+        Probe {
+            embedding: rng.unit_vector(self.dim),
+            truth: None,
+            cos: None,
+        }
     }
 
     /// `n` probes: genuine with probability `genuine_share` (of a uniformly chosen person),
@@ -213,7 +234,10 @@ impl FacePopulation {
 
 /// Exact inner product in f64: the oracle the kernels are checked against.
 pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum()
 }
 
 /// Naive top-k by inner product over row-major `rows` (`dim` floats each), with the
@@ -232,7 +256,9 @@ pub fn naive_top_k(
         .map(|(i, row)| (i, dot_f64(row, query)))
         .collect();
     all.sort_by(|a, b| {
-        b.1.total_cmp(&a.1).then(subjects[a.0].cmp(&subjects[b.0])).then(a.0.cmp(&b.0))
+        b.1.total_cmp(&a.1)
+            .then(subjects[a.0].cmp(&subjects[b.0]))
+            .then(a.0.cmp(&b.0))
     });
     all.truncate(k);
     all.into_iter().map(|(i, s)| (i, s as f32)).collect()

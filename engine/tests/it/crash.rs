@@ -19,7 +19,17 @@ use crate::support::{self, GATES, verify_event};
 
 const PER_GATE: u64 = 100;
 
-fn spawn_server(dir: &Path) -> (Child, SocketAddr) {
+/// A server child that is killed if the test fails before stopping it.
+struct ServerGuard(Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(dir: &Path) -> (ServerGuard, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatewarden"))
         .args(["serve", "--data"])
         .arg(dir)
@@ -29,7 +39,10 @@ fn spawn_server(dir: &Path) -> (Child, SocketAddr) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    // Guard first: a server that prints garbage must not outlive the test.
+    let stdout = child.stdout.take().unwrap();
+    let guard = ServerGuard(child);
+    BufReader::new(stdout)
         .read_line(&mut line)
         .unwrap();
     let addr = line
@@ -38,7 +51,7 @@ fn spawn_server(dir: &Path) -> (Child, SocketAddr) {
         .unwrap_or_else(|| panic!("server said {line:?}"))
         .parse()
         .unwrap();
-    (child, addr)
+    (guard, addr)
 }
 
 fn prepare(dir: &Path, now: UnixMillis) {
@@ -92,7 +105,8 @@ async fn drive(
                         return;
                     }
                     Ok(Message::Busy(b)) => {
-                        tokio::time::sleep(Duration::from_millis(u64::from(b.retry_after_ms))).await;
+                        tokio::time::sleep(Duration::from_millis(u64::from(b.retry_after_ms)))
+                            .await;
                     }
                     Ok(other) => panic!("unexpected reply {other:?}"),
                     Err(_) => return, // connection lost: the server was killed
@@ -142,10 +156,17 @@ fn acknowledged_events_survive_kill_9_and_retries_are_recorded_once() {
         .unwrap();
 
     let (mut first, addr) = spawn_server(dir.path());
-    let acknowledged =
-        runtime.block_on(drive(addr, &certs, &all, Some((&mut first, PER_GATE as usize))));
+    let acknowledged = runtime.block_on(drive(
+        addr,
+        &certs,
+        &all,
+        Some((&mut first.0, PER_GATE as usize)),
+    ));
     assert!(acknowledged.len() >= PER_GATE as usize);
-    assert!(acknowledged.len() < all.len(), "the kill came too late to test anything");
+    assert!(
+        acknowledged.len() < all.len(),
+        "the kill came too late to test anything"
+    );
 
     // Restart on the same folder; every gate retries everything with the same keys.
     let (mut second, addr) = spawn_server(dir.path());
@@ -160,11 +181,14 @@ fn acknowledged_events_survive_kill_9_and_retries_are_recorded_once() {
         );
     }
     let status = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
+        .args(["-TERM", &second.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(second.wait().unwrap().success(), "server did not shut down cleanly");
+    assert!(
+        second.0.wait().unwrap().success(),
+        "server did not shut down cleanly"
+    );
 
     let store = Store::open(&dir.path().join("store")).unwrap();
     let mut records: HashMap<(GateId, u64), usize> = HashMap::new();

@@ -95,7 +95,11 @@ fn fever_is_denied_with_the_reading() {
     event.temperature_c = Some(38.6);
     let v = verdict(engine.submit_blocking(event));
     assert_eq!(v.decision, Decision::Deny);
-    let temp = v.checks.iter().find(|c| c.kind == CheckKind::Temperature).unwrap();
+    let temp = v
+        .checks
+        .iter()
+        .find(|c| c.kind == CheckKind::Temperature)
+        .unwrap();
     assert_eq!(temp.outcome, Outcome::Fail);
     assert!((temp.value.unwrap() - 38.6).abs() < 1e-3);
 }
@@ -124,22 +128,40 @@ fn bad_events_get_typed_errors_and_no_record() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open_populated(dir.path(), now());
     let unknown_gate = verify_event(99, 1, 7, now());
-    assert_eq!(error_code(engine.submit_blocking(unknown_gate)), ErrorCode::UnknownGate);
+    assert_eq!(
+        error_code(engine.submit_blocking(unknown_gate)),
+        ErrorCode::UnknownGate
+    );
 
     let mut short = verify_event(1, 2, 7, now());
     short.face.as_mut().unwrap().embedding.pop();
-    assert_eq!(error_code(engine.submit_blocking(short)), ErrorCode::DimensionMismatch);
+    assert_eq!(
+        error_code(engine.submit_blocking(short)),
+        ErrorCode::DimensionMismatch
+    );
 
     let mut nan = verify_event(1, 3, 7, now());
     nan.face.as_mut().unwrap().embedding[3] = f32::NAN;
-    assert_eq!(error_code(engine.submit_blocking(nan)), ErrorCode::InvalidValue);
+    assert_eq!(
+        error_code(engine.submit_blocking(nan)),
+        ErrorCode::InvalidValue
+    );
 
     let mut model = verify_event(1, 4, 7, now());
     model.face.as_mut().unwrap().model = "other-model".to_owned();
-    assert_eq!(error_code(engine.submit_blocking(model)), ErrorCode::UnknownModel);
+    assert_eq!(
+        error_code(engine.submit_blocking(model)),
+        ErrorCode::UnknownModel
+    );
 
     for seq in 1..=4 {
-        assert!(engine.store().verdict_for(GateId(1), seq).unwrap().is_none());
+        assert!(
+            engine
+                .store()
+                .verdict_for(GateId(1), seq)
+                .unwrap()
+                .is_none()
+        );
     }
 }
 
@@ -168,7 +190,10 @@ fn events_past_their_deadline_get_busy_not_a_late_verdict() {
     let engine = Engine::open(dir.path(), config).unwrap();
     support::populate(&engine, now());
     let reply = engine.submit_blocking(verify_event(1, 1, 7, now()));
-    assert!(matches!(reply, Reply::Busy(b) if b.retry_after_ms > 0), "{reply:?}");
+    assert!(
+        matches!(reply, Reply::Busy(b) if b.retry_after_ms > 0),
+        "{reply:?}"
+    );
     assert!(engine.store().verdict_for(GateId(1), 1).unwrap().is_none());
     assert_eq!(engine.stats().expired, 1);
 }
@@ -186,14 +211,19 @@ fn a_full_queue_answers_busy_at_once_and_loses_nothing() {
         .map(|seq| engine.submit(verify_event(1 + (seq % 4) as u32, seq, 1 + seq % 50, now())))
         .collect();
     let replies: Vec<Reply> = pending.into_iter().map(|p| p.wait()).collect();
-    let busy = replies.iter().filter(|r| matches!(r, Reply::Busy(_))).count();
+    let busy = replies
+        .iter()
+        .filter(|r| matches!(r, Reply::Busy(_)))
+        .count();
     assert!(busy > 0, "300 events into a queue of one never saw Busy");
     for (i, reply) in replies.iter().enumerate() {
         let seq = i as u64 + 1;
         let gate = GateId(1 + (seq % 4) as u32);
         let recorded = engine.store().verdict_for(gate, seq).unwrap();
         match reply {
-            Reply::Verdict(v) => assert_eq!(recorded.as_ref().map(|r| r.decision), Some(v.decision)),
+            Reply::Verdict(v) => {
+                assert_eq!(recorded.as_ref().map(|r| r.decision), Some(v.decision))
+            }
             Reply::Busy(_) => assert!(recorded.is_none(), "a Busy event was recorded"),
             Reply::Error(e) => panic!("unexpected error {e:?}"),
         }
@@ -204,7 +234,9 @@ fn a_full_queue_answers_busy_at_once_and_loses_nothing() {
 fn async_submit_works_and_shutdown_drains() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(open_populated(dir.path(), now()));
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let verdicts = runtime.block_on(async {
         let mut out = Vec::new();
         for seq in 1..=20u64 {
@@ -212,7 +244,11 @@ fn async_submit_works_and_shutdown_drains() {
         }
         out
     });
-    assert!(verdicts.iter().all(|r| matches!(r, Reply::Verdict(v) if v.decision == Decision::Admit)));
+    assert!(
+        verdicts
+            .iter()
+            .all(|r| matches!(r, Reply::Verdict(v) if v.decision == Decision::Admit))
+    );
     engine.shutdown();
     let after = engine.submit_blocking(verify_event(3, 21, 1, now()));
     assert_eq!(error_code(after), ErrorCode::ShuttingDown);

@@ -55,9 +55,14 @@ impl Client {
     /// Connects as gate `gate` with its own certificate.
     pub(crate) async fn gate(addr: SocketAddr, certs: &Path, gate: u32) -> Self {
         let dir = CertDir(certs.to_owned());
-        Self::connect(addr, certs, &dir.gate_cert(GateId(gate)), &dir.gate_key(GateId(gate)))
-            .await
-            .unwrap()
+        Self::connect(
+            addr,
+            certs,
+            &dir.gate_cert(GateId(gate)),
+            &dir.gate_key(GateId(gate)),
+        )
+        .await
+        .unwrap()
     }
 
     /// Connects with the admin certificate.

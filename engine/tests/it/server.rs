@@ -100,11 +100,17 @@ fn a_gate_can_act_only_as_itself() {
         // Hello as another gate: the certificate does not name it.
         assert_eq!(error_code(&gate.hello(2).await), ErrorCode::GateMismatch);
         // Events before a successful Hello are refused.
-        let early = gate.request(&Message::Event(verify_event(1, 1, 7, now()))).await.unwrap();
+        let early = gate
+            .request(&Message::Event(verify_event(1, 1, 7, now())))
+            .await
+            .unwrap();
         assert_eq!(error_code(&early), ErrorCode::HelloRequired);
         assert!(matches!(gate.hello(1).await, Message::HelloAck(_)));
         // An event claiming another gate on this connection.
-        let forged = gate.request(&Message::Event(verify_event(2, 1, 7, now()))).await.unwrap();
+        let forged = gate
+            .request(&Message::Event(verify_event(2, 1, 7, now())))
+            .await
+            .unwrap();
         assert_eq!(error_code(&forged), ErrorCode::GateMismatch);
         gate.close().await;
         // A certified but unregistered gate.
@@ -124,12 +130,18 @@ fn admin_writes_need_an_admin_certificate() {
             reason: "test".to_owned(),
         });
         let gate = Client::gate(server.addr, &server.certs, 1).await;
-        assert_eq!(error_code(&gate.request(&revoke).await.unwrap()), ErrorCode::Forbidden);
+        assert_eq!(
+            error_code(&gate.request(&revoke).await.unwrap()),
+            ErrorCode::Forbidden
+        );
         let admin = Client::admin(server.addr, &server.certs).await;
         let ack = admin.request(&revoke).await.unwrap();
         assert!(matches!(ack, Message::RevokeAck(a) if a.revoked), "{ack:?}");
         assert!(matches!(gate.hello(1).await, Message::HelloAck(_)));
-        let reply = gate.request(&Message::Event(verify_event(1, 1, 7, now()))).await.unwrap();
+        let reply = gate
+            .request(&Message::Event(verify_event(1, 1, 7, now())))
+            .await
+            .unwrap();
         assert!(matches!(reply, Message::Verdict(v) if v.decision == Decision::Deny));
         admin.close().await;
         gate.close().await;
@@ -143,7 +155,8 @@ fn bad_frames_get_typed_errors_and_the_connection_survives() {
         let server = start().await;
         let gate = Client::gate(server.addr, &server.certs, 1).await;
         assert!(matches!(gate.hello(1).await, Message::HelloAck(_)));
-        let garbage = gate.request_raw(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x01]).await.unwrap();
+        // A well-framed Event whose body is two bytes of garbage.
+        let garbage = gate.request_raw(&[3, 0, 0, 0, 3, 0xff, 0xee]).await.unwrap();
         assert_eq!(error_code(&garbage), ErrorCode::Malformed);
         // A frame header announcing more than the limit, followed by that many bytes.
         let mut oversize = Vec::new();
@@ -162,7 +175,10 @@ fn bad_frames_get_typed_errors_and_the_connection_survives() {
         let reply = gate.request_raw(&frame).await.unwrap();
         assert_eq!(error_code(&reply), ErrorCode::InvalidValue);
         // The same connection still serves good events.
-        let good = gate.request(&Message::Event(verify_event(1, 10, 7, now()))).await.unwrap();
+        let good = gate
+            .request(&Message::Event(verify_event(1, 10, 7, now())))
+            .await
+            .unwrap();
         assert!(matches!(good, Message::Verdict(v) if v.decision == Decision::Admit));
         gate.close().await;
         server.stop().await;

@@ -6,11 +6,11 @@ use std::path::Path;
 use gatewarden::model::GateInfo;
 use gatewarden::{Config, Engine};
 use gatewarden_protocol::{
-    Category, CodeColour, Credential, Direction, Event, FaceSample, GateId, HealthRecord,
-    MarketId, Mode, SubjectId, SubjectRecord, SubjectStatus, TestResult, UnixMillis, ZoneId,
+    Category, CodeColour, Credential, Direction, Event, FaceSample, GateId, HealthRecord, MarketId,
+    Mode, SubjectId, SubjectRecord, SubjectStatus, TestResult, UnixMillis, ZoneId,
 };
 
-pub(crate) const DIM: usize = 32;
+pub(crate) const DIM: usize = 128;
 pub(crate) const MODEL: &str = "test-face";
 pub(crate) const PEOPLE: u64 = 50;
 pub(crate) const GATES: u32 = 4;
@@ -117,7 +117,8 @@ pub(crate) fn populate(engine: &Engine, now: UnixMillis) {
         })
         .collect();
     store.upsert_health(&health).unwrap();
-    let faces: Vec<(SubjectId, Vec<f32>)> = (1..=PEOPLE).map(|s| (SubjectId(s), face_of(s))).collect();
+    let faces: Vec<(SubjectId, Vec<f32>)> =
+        (1..=PEOPLE).map(|s| (SubjectId(s), face_of(s))).collect();
     let rows: Vec<(SubjectId, &[f32])> = faces.iter().map(|(s, v)| (*s, v.as_slice())).collect();
     let report = engine.enroll_templates(&rows, true).unwrap();
     assert_eq!(report.added, PEOPLE as usize);

@@ -117,7 +117,10 @@ mod tests {
     /// Events per tenth of the run.
     fn deciles(profile: Profile, rate: f64, duration: f64) -> (Vec<f64>, usize) {
         let times: Vec<f64> = Arrivals::new(profile, rate, duration, 7).collect();
-        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{profile:?} is not sorted");
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{profile:?} is not sorted"
+        );
         assert!(times.iter().all(|t| (0.0..duration).contains(t)));
         let mut bins = vec![0.0; 10];
         for t in &times {
@@ -136,7 +139,10 @@ mod tests {
     #[test]
     fn poisson_schedule_has_the_rate_and_is_flat() {
         let (bins, n) = deciles(Profile::Poisson, 1000.0, 20.0);
-        assert!((n as f64 - 20_000.0).abs() < 5.0 * 20_000f64.sqrt(), "count {n}");
+        assert!(
+            (n as f64 - 20_000.0).abs() < 5.0 * 20_000f64.sqrt(),
+            "count {n}"
+        );
         for b in bins {
             assert!((b - 2000.0).abs() < 5.0 * 2000f64.sqrt(), "decile {b}");
         }
@@ -146,12 +152,18 @@ mod tests {
     fn rush_schedule_ramps_to_the_peak_and_back() {
         let (bins, n) = deciles(Profile::Rush, 1000.0, 60.0);
         let expected_total = 0.6 * 1000.0 * 60.0;
-        assert!((n as f64 - expected_total).abs() < 5.0 * expected_total.sqrt(), "count {n}");
+        assert!(
+            (n as f64 - expected_total).abs() < 5.0 * expected_total.sqrt(),
+            "count {n}"
+        );
         // Expected events per decile: integral of λ over the tenth.
         let a = Arrivals::new(Profile::Rush, 1000.0, 60.0, 7);
         for (i, b) in bins.iter().enumerate() {
             let want = a.rush_integral((i + 1) as f64 * 6.0) - a.rush_integral(i as f64 * 6.0);
-            assert!((b - want).abs() < 5.0 * want.sqrt() + 1.0, "decile {i}: {b} vs {want}");
+            assert!(
+                (b - want).abs() < 5.0 * want.sqrt() + 1.0,
+                "decile {i}: {b} vs {want}"
+            );
         }
         // Shape: edges near 20% of the peak, middle near the peak, symmetric.
         assert!(bins[4] > 2.5 * bins[0] && bins[5] > 2.5 * bins[9]);

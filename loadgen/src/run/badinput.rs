@@ -12,7 +12,9 @@
 //! Nothing here may be admitted (a replay may repeat a stored Admit, which is correct), and the
 //! connection must stay usable for the good events that share it.
 
-use gatewarden_protocol::{Decision, Direction, ErrorCode, Event, GateId, HelloAck, Message, encode_frame};
+use gatewarden_protocol::{
+    Decision, Direction, ErrorCode, Event, GateId, HelloAck, Message, encode_frame,
+};
 
 use super::client::ExchangeError;
 use crate::population::decision_str;
@@ -32,8 +34,14 @@ pub(crate) enum BadKind {
 }
 
 impl BadKind {
-    pub(crate) const ALL: [Self; 6] =
-        [Self::Malformed, Self::Oversize, Self::NanEmbedding, Self::WrongDimension, Self::Replay, Self::OtherGate];
+    pub(crate) const ALL: [Self; 6] = [
+        Self::Malformed,
+        Self::Oversize,
+        Self::NanEmbedding,
+        Self::WrongDimension,
+        Self::Replay,
+        Self::OtherGate,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -101,7 +109,11 @@ pub(crate) fn build(
             frame.truncate(5 + keep);
             let len = u32::try_from(1 + keep).unwrap_or(u32::MAX);
             frame[..4].copy_from_slice(&len.to_le_bytes());
-            (BadKind::Malformed, frame, Promise::Error(ErrorCode::Malformed))
+            (
+                BadKind::Malformed,
+                frame,
+                Promise::Error(ErrorCode::Malformed),
+            )
         }
         (BadKind::Oversize, _) => {
             encode_frame(&Message::Event(event), &mut frame);
@@ -147,12 +159,16 @@ pub(crate) fn build(
 pub(crate) fn judge(promise: Promise, reply: &Result<Message, ExchangeError>) -> BadOutcome {
     let msg = match reply {
         Err(ExchangeError::Transport(_)) => return BadOutcome::NoReply,
-        Err(ExchangeError::Decode(e)) => return BadOutcome::Wrong(format!("undecodable reply: {e}")),
+        Err(ExchangeError::Decode(e)) => {
+            return BadOutcome::Wrong(format!("undecodable reply: {e}"));
+        }
         Ok(m) => m,
     };
     match (promise, msg) {
         (Promise::Error(want), Message::Error(e)) if e.code == want => BadOutcome::Ok,
-        (Promise::Replay(want), Message::Verdict(v)) if v.replayed && v.decision == want => BadOutcome::Ok,
+        (Promise::Replay(want), Message::Verdict(v)) if v.replayed && v.decision == want => {
+            BadOutcome::Ok
+        }
         (Promise::Replay(want), Message::Verdict(v)) => BadOutcome::Violation(format!(
             "replay answered {} (replayed {}), stored verdict was {}",
             decision_str(v.decision),
@@ -179,8 +195,8 @@ fn describe(m: &Message) -> String {
 mod tests {
     use super::*;
     use gatewarden_protocol::{
-        Credential, DecodeError, Display, DisplayColour, ErrorReply, FaceSample, Mode, UnixMillis, Verdict,
-        decode_frame,
+        Credential, DecodeError, Display, DisplayColour, ErrorReply, FaceSample, Mode, UnixMillis,
+        Verdict, decode_frame,
     };
 
     fn event() -> Event {
@@ -188,7 +204,9 @@ mod tests {
             gate: GateId(3),
             seq: 77,
             captured_at: UnixMillis(1_750_000_000_000),
-            mode: Mode::Verify { credential: Credential::IdCard("110108195001010011".into()) },
+            mode: Mode::Verify {
+                credential: Credential::IdCard("110108195001010011".into()),
+            },
             direction: Direction::Entry,
             face: Some(FaceSample {
                 model: "demo-face-v1".into(),
@@ -201,7 +219,12 @@ mod tests {
     }
 
     fn ack() -> HelloAck {
-        HelloAck { version: 1, embedding_dim: 8, model: "demo-face-v1".into(), max_frame_len: 65_536 }
+        HelloAck {
+            version: 1,
+            embedding_dim: 8,
+            model: "demo-face-v1".into(),
+            max_frame_len: 65_536,
+        }
     }
 
     fn verdict(decision: Decision, replayed: bool) -> Message {
@@ -212,7 +235,10 @@ mod tests {
             subject: None,
             score: None,
             checks: vec![],
-            display: Display { colour: DisplayColour::Red, text: String::new() },
+            display: Display {
+                colour: DisplayColour::Red,
+                text: String::new(),
+            },
             decided_at: UnixMillis(0),
             replayed,
         })
@@ -224,7 +250,10 @@ mod tests {
         // code; the value-level kinds decode (the server checks them against its gallery).
         let (_, bytes, p) = build(BadKind::Malformed, event(), &ack(), None, 4);
         assert_eq!(p, Promise::Error(ErrorCode::Malformed));
-        assert_eq!(decode_frame(&bytes).unwrap_err().error_code(), ErrorCode::Malformed);
+        assert_eq!(
+            decode_frame(&bytes).unwrap_err().error_code(),
+            ErrorCode::Malformed
+        );
 
         let (_, bytes, p) = build(BadKind::Oversize, event(), &ack(), None, 4);
         assert_eq!(p, Promise::Error(ErrorCode::FrameTooLarge));
@@ -233,14 +262,21 @@ mod tests {
         assert!(matches!(e, Err(DecodeError::FrameTooLarge { .. })), "{e:?}");
 
         let (_, bytes, _) = build(BadKind::NanEmbedding, event(), &ack(), None, 4);
-        assert_eq!(decode_frame(&bytes).unwrap_err().error_code(), ErrorCode::InvalidValue);
+        assert_eq!(
+            decode_frame(&bytes).unwrap_err().error_code(),
+            ErrorCode::InvalidValue
+        );
 
         let (_, bytes, _) = build(BadKind::WrongDimension, event(), &ack(), None, 4);
-        let Ok(Message::Event(e)) = decode_frame(&bytes) else { panic!("wrong-dimension event must decode") };
+        let Ok(Message::Event(e)) = decode_frame(&bytes) else {
+            panic!("wrong-dimension event must decode")
+        };
         assert_eq!(e.face.unwrap().embedding.len(), 7);
 
         let (_, bytes, _) = build(BadKind::OtherGate, event(), &ack(), None, 4);
-        let Ok(Message::Event(e)) = decode_frame(&bytes) else { panic!("other-gate event must decode") };
+        let Ok(Message::Event(e)) = decode_frame(&bytes) else {
+            panic!("other-gate event must decode")
+        };
         assert_eq!(e.gate, GateId(4));
     }
 
@@ -248,27 +284,58 @@ mod tests {
     fn replay_reuses_the_key_and_falls_back_without_history() {
         let (kind, _, _) = build(BadKind::Replay, event(), &ack(), None, 4);
         assert_eq!(kind, BadKind::Malformed);
-        let answered = Answered { event: event(), decision: Decision::Admit };
+        let answered = Answered {
+            event: event(),
+            decision: Decision::Admit,
+        };
         let (kind, bytes, p) = build(BadKind::Replay, event(), &ack(), Some(answered), 4);
         assert_eq!(kind, BadKind::Replay);
         assert_eq!(p, Promise::Replay(Decision::Admit));
-        let Ok(Message::Event(e)) = decode_frame(&bytes) else { panic!("replay must decode") };
+        let Ok(Message::Event(e)) = decode_frame(&bytes) else {
+            panic!("replay must decode")
+        };
         assert_eq!((e.gate, e.seq), (GateId(3), 77));
         assert_ne!(e, event());
     }
 
     #[test]
     fn judge_separates_ok_wrong_and_violations() {
-        let code = |c| Ok(Message::Error(ErrorReply { code: c, message: "x".into() }));
+        let code = |c| {
+            Ok(Message::Error(ErrorReply {
+                code: c,
+                message: "x".into(),
+            }))
+        };
         let p = Promise::Error(ErrorCode::Malformed);
         assert_eq!(judge(p, &code(ErrorCode::Malformed)), BadOutcome::Ok);
-        assert!(matches!(judge(p, &code(ErrorCode::InvalidValue)), BadOutcome::Wrong(_)));
-        assert!(matches!(judge(p, &Ok(verdict(Decision::Admit, false))), BadOutcome::Violation(_)));
-        assert!(matches!(judge(p, &Ok(verdict(Decision::Deny, false))), BadOutcome::Wrong(_)));
-        assert_eq!(judge(p, &Err(ExchangeError::Transport("reset".into()))), BadOutcome::NoReply);
+        assert!(matches!(
+            judge(p, &code(ErrorCode::InvalidValue)),
+            BadOutcome::Wrong(_)
+        ));
+        assert!(matches!(
+            judge(p, &Ok(verdict(Decision::Admit, false))),
+            BadOutcome::Violation(_)
+        ));
+        assert!(matches!(
+            judge(p, &Ok(verdict(Decision::Deny, false))),
+            BadOutcome::Wrong(_)
+        ));
+        assert_eq!(
+            judge(p, &Err(ExchangeError::Transport("reset".into()))),
+            BadOutcome::NoReply
+        );
         let r = Promise::Replay(Decision::Admit);
-        assert_eq!(judge(r, &Ok(verdict(Decision::Admit, true))), BadOutcome::Ok);
-        assert!(matches!(judge(r, &Ok(verdict(Decision::Admit, false))), BadOutcome::Violation(_)));
-        assert!(matches!(judge(r, &Ok(verdict(Decision::Deny, true))), BadOutcome::Violation(_)));
+        assert_eq!(
+            judge(r, &Ok(verdict(Decision::Admit, true))),
+            BadOutcome::Ok
+        );
+        assert!(matches!(
+            judge(r, &Ok(verdict(Decision::Admit, false))),
+            BadOutcome::Violation(_)
+        ));
+        assert!(matches!(
+            judge(r, &Ok(verdict(Decision::Deny, true))),
+            BadOutcome::Violation(_)
+        ));
     }
 }

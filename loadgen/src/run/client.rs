@@ -18,8 +18,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use gatewarden_protocol::{
-    ALPN, DecodeError, ErrorCode, Hello, HelloAck, Message, PROTOCOL_VERSION, capability, decode_frame,
-    encode_frame,
+    ALPN, DecodeError, ErrorCode, Hello, HelloAck, Message, PROTOCOL_VERSION, capability,
+    decode_frame, encode_frame,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::RootCertStore;
@@ -32,6 +32,10 @@ use crate::population::Gate;
 pub(crate) const READ_LIMIT: usize = 64 * 1024;
 /// Minimum pause between two connection attempts of one gate.
 pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
+/// Keep-alive interval of an idle gate connection.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Idle timeout: how long a silent server takes to be declared gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Firmware string the simulated gates announce.
 const FIRMWARE: &str = concat!("gatewarden-loadgen/", env!("CARGO_PKG_VERSION"));
 
@@ -40,12 +44,14 @@ const FIRMWARE: &str = concat!("gatewarden-loadgen/", env!("CARGO_PKG_VERSION"))
 #[non_exhaustive]
 pub enum CertError {
     /// A file is missing or unreadable.
-    #[error("{path}: {source}; make the fleet's certificates with `gatewarden cert --gates N --out DIR`")]
+    #[error(
+        "{path}: {cause}; make the fleet's certificates with `gatewarden cert --dir DIR --gates N`"
+    )]
     Read {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so it is not also a `source`).
+        cause: std::io::Error,
     },
     /// A file holds no usable certificate or key.
     #[error("{path}: {what}")]
@@ -70,13 +76,23 @@ pub enum CertError {
 #[non_exhaustive]
 pub(crate) enum ConnectError {
     #[error("gate {gate}: cannot start a connection: {source}")]
-    Start { gate: u32, source: quinn::ConnectError },
+    Start {
+        gate: u32,
+        source: quinn::ConnectError,
+    },
     #[error("gate {gate}: connection failed: {source}")]
-    Connection { gate: u32, source: quinn::ConnectionError },
+    Connection {
+        gate: u32,
+        source: quinn::ConnectionError,
+    },
     #[error("gate {gate}: hello stream failed: {what}")]
     Stream { gate: u32, what: String },
     #[error("gate {gate}: hello refused: {code:?}: {message}")]
-    Refused { gate: u32, code: ErrorCode, message: String },
+    Refused {
+        gate: u32,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("gate {gate}: undecodable hello reply: {source}")]
     Decode { gate: u32, source: DecodeError },
     #[error("gate {gate}: unexpected hello reply {kind}")]
@@ -104,24 +120,52 @@ impl From<quinn::ConnectionError> for ExchangeError {
     }
 }
 
+/// A client endpoint (one UDP socket) bound to `bind`, with socket buffers of `buffer_bytes`
+/// where the kernel allows (it silently caps them at its maximum).
+pub(crate) fn endpoint(bind: SocketAddr, buffer_bytes: usize) -> std::io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: a smaller buffer only costs retransmissions under bursts.
+    let _ = state.set_recv_buffer_size((&socket).into(), buffer_bytes);
+    let _ = state.set_send_buffer_size((&socket).into(), buffer_bytes);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// The fleet CA, which also signs the server certificate.
 pub(crate) fn load_roots(certs: &Path) -> Result<Arc<RootCertStore>, CertError> {
     let path = certs.join("ca.pem");
     let mut roots = RootCertStore::empty();
     let found = read_certs(&path)?;
     for cert in found {
-        roots.add(cert).map_err(|e| CertError::Content { path: path.clone(), what: e.to_string() })?;
+        roots.add(cert).map_err(|e| CertError::Content {
+            path: path.clone(),
+            what: e.to_string(),
+        })?;
     }
     Ok(Arc::new(roots))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, CertError> {
-    let bytes = fs::read(path).map_err(|source| CertError::Read { path: path.to_path_buf(), source })?;
+    let bytes = fs::read(path).map_err(|cause| CertError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(&bytes[..]))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::Content { path: path.to_path_buf(), what: e.to_string() })?;
+        .map_err(|e| CertError::Content {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(CertError::Content { path: path.to_path_buf(), what: "no PEM certificate".into() });
+        return Err(CertError::Content {
+            path: path.to_path_buf(),
+            what: "no PEM certificate".into(),
+        });
     }
     Ok(certs)
 }
@@ -138,11 +182,23 @@ pub(crate) fn gate_client_config(
     let cert_path = certs.join("gates").join(format!("{gate}.pem"));
     let key_path = certs.join("gates").join(format!("{gate}.key"));
     let chain = read_certs(&cert_path)?;
-    let key_bytes = fs::read(&key_path).map_err(|source| CertError::Read { path: key_path.clone(), source })?;
+    let key_bytes = fs::read(&key_path).map_err(|cause| CertError::Read {
+        path: key_path.clone(),
+        cause,
+    })?;
     let key = rustls_pemfile::private_key(&mut BufReader::new(&key_bytes[..]))
-        .map_err(|e| CertError::Content { path: key_path.clone(), what: e.to_string() })?
-        .ok_or_else(|| CertError::Content { path: key_path.clone(), what: "no PEM private key".into() })?;
-    let tls_err = |e: rustls::Error| CertError::Tls { gate, what: e.to_string() };
+        .map_err(|e| CertError::Content {
+            path: key_path.clone(),
+            what: e.to_string(),
+        })?
+        .ok_or_else(|| CertError::Content {
+            path: key_path.clone(),
+            what: "no PEM private key".into(),
+        })?;
+    let tls_err = |e: rustls::Error| CertError::Tls {
+        gate,
+        what: e.to_string(),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -151,19 +207,24 @@ pub(crate) fn gate_client_config(
         .with_client_auth_cert(chain, key)
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| CertError::Tls { gate, what: e.to_string() })?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| CertError::Tls {
+        gate,
+        what: e.to_string(),
+    })?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::clone(transport));
     Ok(config)
 }
 
 /// Client transport settings: keep-alives well inside the idle timeout, so a quiet gate keeps
-/// its connection and a dead server is noticed within seconds.
+/// its connection, and a short idle timeout, because a dead or restarted server is noticed
+/// only through it (a restarted server cannot send a valid stateless reset: its reset key is
+/// new). The peer's own idle timeout still applies if it is shorter.
 pub(crate) fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    // 10 s always fits a VarInt; the fallback keeps quinn's default.
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(10)).ok());
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    // 5 s always fits a VarInt; the fallback keeps quinn's default.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     Arc::new(t)
 }
 
@@ -198,7 +259,13 @@ pub(crate) enum Connected {
 
 impl GateConn {
     pub(crate) fn new(gate: Gate, config: quinn::ClientConfig, endpoint: quinn::Endpoint) -> Self {
-        Self { gate, config, endpoint, slot: Mutex::new(Slot::default()), ack: OnceLock::new() }
+        Self {
+            gate,
+            config,
+            endpoint,
+            slot: Mutex::new(Slot::default()),
+            ack: OnceLock::new(),
+        }
     }
 
     /// The gate's live connection, connecting (and saying Hello) first if it has none.
@@ -217,13 +284,19 @@ impl GateConn {
         if let Some(at) = slot.last_failure {
             let since = at.elapsed();
             if since < RECONNECT_BACKOFF {
-                return Err(ConnectError::Backoff { gate: self.gate.gate, wait: RECONNECT_BACKOFF - since });
+                return Err(ConnectError::Backoff {
+                    gate: self.gate.gate,
+                    wait: RECONNECT_BACKOFF - since,
+                });
             }
         }
         let attempt = self.connect(target, server_name);
         let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout { gate: self.gate.gate, after: timeout }),
+            Err(_) => Err(ConnectError::Timeout {
+                gate: self.gate.gate,
+                after: timeout,
+            }),
         };
         match result {
             Ok((conn, ack)) => {
@@ -233,7 +306,14 @@ impl GateConn {
                 slot.conn = Some(conn.clone());
                 slot.last_failure = None;
                 slot.connects += 1;
-                Ok((conn, if slot.connects == 1 { Connected::First } else { Connected::Again }))
+                Ok((
+                    conn,
+                    if slot.connects == 1 {
+                        Connected::First
+                    } else {
+                        Connected::Again
+                    },
+                ))
             }
             Err(e) => {
                 slot.conn = None;
@@ -243,7 +323,11 @@ impl GateConn {
         }
     }
 
-    async fn connect(&self, target: SocketAddr, server_name: &str) -> Result<(quinn::Connection, HelloAck), ConnectError> {
+    async fn connect(
+        &self,
+        target: SocketAddr,
+        server_name: &str,
+    ) -> Result<(quinn::Connection, HelloAck), ConnectError> {
         let gate = self.gate.gate;
         let conn = self
             .endpoint
@@ -257,7 +341,10 @@ impl GateConn {
             gate: gatewarden_protocol::GateId(gate),
             market: gatewarden_protocol::MarketId(self.gate.market),
             firmware: FIRMWARE.into(),
-            capabilities: capability::FACE | capability::ID_CARD | capability::QR | capability::THERMOMETER,
+            capabilities: capability::FACE
+                | capability::ID_CARD
+                | capability::QR
+                | capability::THERMOMETER,
         });
         let mut frame = Vec::new();
         encode_frame(&hello, &mut frame);
@@ -269,9 +356,16 @@ impl GateConn {
             Message::HelloAck(ack) => Ok((conn, ack)),
             Message::Error(e) => {
                 conn.close(0u32.into(), b"hello refused");
-                Err(ConnectError::Refused { gate, code: e.code, message: e.message })
+                Err(ConnectError::Refused {
+                    gate,
+                    code: e.code,
+                    message: e.message,
+                })
             }
-            other => Err(ConnectError::Unexpected { gate, kind: format!("{:?}", other.kind()) }),
+            other => Err(ConnectError::Unexpected {
+                gate,
+                kind: format!("{:?}", other.kind()),
+            }),
         }
     }
 
@@ -284,18 +378,30 @@ impl GateConn {
 }
 
 /// One request on a new bidirectional stream: write the frame, finish, read the whole reply.
-pub(crate) async fn exchange(conn: &quinn::Connection, frame: &[u8]) -> Result<Message, ExchangeError> {
+pub(crate) async fn exchange(
+    conn: &quinn::Connection,
+    frame: &[u8],
+) -> Result<Message, ExchangeError> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(frame).await.map_err(|e| ExchangeError::Transport(e.to_string()))?;
-    send.finish().map_err(|e| ExchangeError::Transport(e.to_string()))?;
-    let bytes = recv.read_to_end(READ_LIMIT).await.map_err(|e| ExchangeError::Transport(e.to_string()))?;
+    send.write_all(frame)
+        .await
+        .map_err(|e| ExchangeError::Transport(e.to_string()))?;
+    send.finish()
+        .map_err(|e| ExchangeError::Transport(e.to_string()))?;
+    let bytes = recv
+        .read_to_end(READ_LIMIT)
+        .await
+        .map_err(|e| ExchangeError::Transport(e.to_string()))?;
     Ok(decode_frame(&bytes)?)
 }
 
 /// Like [`exchange`] for bytes the server is expected to refuse: it may stop reading early
 /// (an oversize frame) and answer before the write completes, so the write's failure is
 /// ignored and the reply is read concurrently.
-pub(crate) async fn exchange_raw(conn: &quinn::Connection, bytes: &[u8]) -> Result<Message, ExchangeError> {
+pub(crate) async fn exchange_raw(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+) -> Result<Message, ExchangeError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     let write = async {
         if send.write_all(bytes).await.is_ok() {

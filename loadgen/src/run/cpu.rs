@@ -27,7 +27,8 @@ mod tests {
 
     #[test]
     fn parses_utime_and_stime_after_the_command_name() {
-        let line = "4242 (gate wardn) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 50 0 0 20 0 9 0 100 0 0";
+        let line =
+            "4242 (gate wardn) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 50 0 0 20 0 9 0 100 0 0";
         assert_eq!(parse_stat(line), Some(3.0));
         assert_eq!(parse_stat("garbage"), None);
         assert!(process_seconds().is_none_or(|s| s >= 0.0));

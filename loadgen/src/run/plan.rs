@@ -100,17 +100,36 @@ pub(crate) struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     /// A planner over `pop`, sending through `gates` (the run's active gates).
-    pub(crate) fn new(pop: &'a Population, gates: &'a [Gate], run_seed: u64, mix: Mix, twists: Twists) -> Self {
-        let workers = pop.subjects.iter().enumerate().filter(|(_, s)| s.category.is_zoned()).map(|(i, _)| i).collect();
+    pub(crate) fn new(
+        pop: &'a Population,
+        gates: &'a [Gate],
+        run_seed: u64,
+        mix: Mix,
+        twists: Twists,
+    ) -> Self {
+        let workers = pop
+            .subjects
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.category.is_zoned())
+            .map(|(i, _)| i)
+            .collect();
         let mut by_market_zone: HashMap<(u32, u32), Vec<usize>> = HashMap::new();
         for (i, g) in gates.iter().enumerate() {
-            by_market_zone.entry((g.market, g.zone)).or_default().push(i);
+            by_market_zone
+                .entry((g.market, g.zone))
+                .or_default()
+                .push(i);
         }
         Self {
             pop,
             gates,
             run_seed,
-            mix: [f64::from(mix.verify), f64::from(mix.identify), f64::from(mix.signin)],
+            mix: [
+                f64::from(mix.verify),
+                f64::from(mix.identify),
+                f64::from(mix.signin),
+            ],
             twists,
             workers,
             by_market_zone,
@@ -121,7 +140,8 @@ impl<'a> Planner<'a> {
     /// The plan of event `index`, captured at `at_ms` (unix ms).
     pub(crate) fn plan(&mut self, index: u64, at_ms: u64) -> Plan {
         let mut rng = Rng::stream(self.run_seed, Stream::Plan, index);
-        let mut mode = [ModeKind::Verify, ModeKind::Identify, ModeKind::SignIn][rng.weighted(&self.mix)];
+        let mut mode =
+            [ModeKind::Verify, ModeKind::Identify, ModeKind::SignIn][rng.weighted(&self.mix)];
         if mode == ModeKind::SignIn && self.workers.is_empty() {
             mode = ModeKind::Verify;
         }
@@ -131,12 +151,25 @@ impl<'a> Planner<'a> {
         let (subject, gate, twist) = self.pick_person(&mut rng, mode);
         let s = &self.pop.subjects[subject];
         let fever = s.persona == Persona::Eligible && rng.chance(self.twists.fever);
-        let temperature = if fever { FEVER_C } else { normal_temperature(&mut rng) };
+        let temperature = if fever {
+            FEVER_C
+        } else {
+            normal_temperature(&mut rng)
+        };
         let credential = credential_for(&mut rng, s, mode);
         let identity = vectors::identity(self.pop.cfg.seed, s.index, self.pop.cfg.dim);
-        let embedding = vectors::probe(&identity, &mut Rng::stream(self.run_seed, Stream::Probe, index));
+        let embedding = vectors::probe(
+            &identity,
+            &mut Rng::stream(self.run_seed, Stream::Probe, index),
+        );
         let g = self.gates[gate];
-        let facts = Facts { subject: Some(s), face: Face::Genuine, gate: &g, temperature_c: Some(temperature), at: at_ms };
+        let facts = Facts {
+            subject: Some(s),
+            face: Face::Genuine,
+            gate: &g,
+            temperature_c: Some(temperature),
+            at: at_ms,
+        };
         let expected = truth::expected(&facts);
         if expected.decision == Decision::Admit {
             self.admits[subject] = self.admits[subject].saturating_add(1);
@@ -153,10 +186,11 @@ impl<'a> Planner<'a> {
     }
 
     /// A stranger's face: with a real person's card (verify), or alone (identify, sign-in).
-    fn impostor_plan(&mut self, rng: &mut Rng, index: u64, mode: ModeKind, at_ms: u64) -> Plan {
+    fn impostor_plan(&self, rng: &mut Rng, index: u64, mode: ModeKind, at_ms: u64) -> Plan {
         let gate = rng.index(self.gates.len());
         let g = self.gates[gate];
-        let holder = (mode == ModeKind::Verify).then(|| &self.pop.subjects[rng.index(self.pop.subjects.len())]);
+        let holder = (mode == ModeKind::Verify)
+            .then(|| &self.pop.subjects[rng.index(self.pop.subjects.len())]);
         let credential = holder.and_then(|s| credential_for(rng, s, ModeKind::Verify));
         let impostor_seed = mix64(self.run_seed ^ self.pop.cfg.seed);
         let embedding = vectors::impostor(
@@ -166,7 +200,13 @@ impl<'a> Planner<'a> {
             &mut Rng::stream(self.run_seed, Stream::Probe, index),
         );
         let temperature = normal_temperature(rng);
-        let facts = Facts { subject: holder, face: Face::Impostor, gate: &g, temperature_c: Some(temperature), at: at_ms };
+        let facts = Facts {
+            subject: holder,
+            face: Face::Impostor,
+            gate: &g,
+            temperature_c: Some(temperature),
+            at: at_ms,
+        };
         Plan {
             gate,
             event: self.event(rng, g, mode, credential, embedding, temperature, at_ms),
@@ -194,13 +234,25 @@ impl<'a> Planner<'a> {
             if let Some(gate) = gate
                 && self.admits[subject] < ADMIT_BUDGET
             {
-                return (subject, gate, if wrong_zone { Twist::WrongZone } else { Twist::None });
+                return (
+                    subject,
+                    gate,
+                    if wrong_zone {
+                        Twist::WrongZone
+                    } else {
+                        Twist::None
+                    },
+                );
             }
         }
         // Nobody fits (tiny population or a fleet with few gates): take the first draw at any
         // gate; the truth is computed from the facts either way.
         let (subject, gate) = fallback.unwrap_or((0, None));
-        (subject, gate.unwrap_or_else(|| rng.index(self.gates.len())), Twist::None)
+        (
+            subject,
+            gate.unwrap_or_else(|| rng.index(self.gates.len())),
+            Twist::None,
+        )
     }
 
     /// A gate `s` may use (or, with `wrong_zone`, a gate of their market outside their zones).
@@ -302,7 +354,9 @@ mod tests {
         let mut planner = Planner::new(&pop, &pop.gates, 11, Mix::default(), Twists::default());
         let now = pop.cfg.now.0 + 60_000;
         let plans: Vec<Plan> = (0..20_000).map(|i| planner.plan(i, now)).collect();
-        let share = |f: &dyn Fn(&Plan) -> bool| plans.iter().filter(|p| f(p)).count() as f64 / plans.len() as f64;
+        let share = |f: &dyn Fn(&Plan) -> bool| {
+            plans.iter().filter(|p| f(p)).count() as f64 / plans.len() as f64
+        };
         assert!((share(&|p| p.mode == ModeKind::Verify) - 0.70).abs() < 0.02);
         assert!((share(&|p| p.mode == ModeKind::SignIn) - 0.10).abs() < 0.02);
         assert!((share(&|p| p.twist == Twist::Impostor) - 0.02).abs() < 0.006);

@@ -244,14 +244,24 @@ impl Report {
         let _ = writeln!(
             s,
             "  events     sent {}  verdicts {}  busy {}  errors {}  lost {}  ({:.0} ev/s answered, {:.0} offered)",
-            self.sent, self.verdicts, self.busy, self.errors, self.lost, self.throughput_eps, self.offered_eps
+            self.sent,
+            self.verdicts,
+            self.busy,
+            self.errors,
+            self.lost,
+            self.throughput_eps,
+            self.offered_eps
         );
         let _ = writeln!(
             s,
             "  latency    p50 {:.2} ms  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (from intended send time)",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
-        let _ = writeln!(s, "  decisions  admit {}  deny {}  escalate {}", d.admit, d.deny, d.escalate);
+        let _ = writeln!(
+            s,
+            "  decisions  admit {}  deny {}  escalate {}",
+            d.admit, d.deny, d.escalate
+        );
         let _ = writeln!(
             s,
             "  accuracy   checked {}  correct {}  false admits {}  false denies {}  wrong subject {}",
@@ -272,7 +282,11 @@ impl Report {
             );
         }
         if let Some(e) = &self.connect_error {
-            let _ = writeln!(s, "  connect    {} gates failed, first: {e}", self.connect_failures);
+            let _ = writeln!(
+                s,
+                "  connect    {} gates failed, first: {e}",
+                self.connect_failures
+            );
         }
         let _ = writeln!(s, "  cpu        loadgen {:.1} s", self.cpu_s);
         for w in &self.warnings {
@@ -312,7 +326,10 @@ mod tests {
 
     #[test]
     fn report_json_has_the_promised_fields() {
-        let r = Report { per_second: vec![SecondStats::default()], ..Report::default() };
+        let r = Report {
+            per_second: vec![SecondStats::default()],
+            ..Report::default()
+        };
         let v = serde_json::to_value(&r).unwrap();
         for key in [
             "sent",
@@ -342,7 +359,10 @@ mod tests {
             assert!(v["bad_input"].get(key).is_some(), "bad_input lacks {key}");
         }
         for key in ["t", "sent", "verdicts", "p50_ms", "p99_ms"] {
-            assert!(v["per_second"][0].get(key).is_some(), "per_second lacks {key}");
+            assert!(
+                v["per_second"][0].get(key).is_some(),
+                "per_second lacks {key}"
+            );
         }
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
@@ -350,10 +370,18 @@ mod tests {
 
     #[test]
     fn summary_mentions_the_key_figures() {
-        let mut r = Report::default();
-        r.sent = 1234;
-        r.accuracy.false_admit = 3;
-        r.latency_ms.p99 = 42.5;
+        let r = Report {
+            sent: 1234,
+            accuracy: Accuracy {
+                false_admit: 3,
+                ..Accuracy::default()
+            },
+            latency_ms: LatencyMs {
+                p99: 42.5,
+                ..LatencyMs::default()
+            },
+            ..Report::default()
+        };
         let s = r.summary();
         assert!(s.contains("sent 1234"));
         assert!(s.contains("false admits 3"));

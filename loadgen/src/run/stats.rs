@@ -82,7 +82,9 @@ impl Stats {
     }
 
     pub(crate) fn on_verdict(&mut self, v: &Verdict, latency: Duration, meta: &EventMeta) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_LATENCY_US);
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_LATENCY_US);
         self.all.saturating_record(us);
         self.interval.saturating_record(us);
         self.interval_verdicts += 1;
@@ -139,7 +141,11 @@ impl Stats {
     /// wrong with the reply).
     pub(crate) fn on_error(&mut self, code: &str) {
         self.report.errors += 1;
-        *self.report.errors_by_code.entry(code.to_string()).or_insert(0) += 1;
+        *self
+            .report
+            .errors_by_code
+            .entry(code.to_string())
+            .or_insert(0) += 1;
     }
 
     pub(crate) fn on_bad(&mut self, kind: BadKind, outcome: &BadOutcome, closed: bool) {
@@ -196,7 +202,7 @@ impl Stats {
     /// The progress line for the interval just closed.
     pub(crate) fn progress_line(&self, s: &SecondStats) -> String {
         format!(
-            "[{:>5.0}s] sent {:>8}  verdicts {:>8}  busy {:>6}  errors {:>5}  rate {:>6}/s  p99 {:>7.2} ms  (run p99 {:.2} ms)",
+            "[{:>6.1}s] sent {:>8}  verdicts {:>8}  busy {:>6}  errors {:>5}  rate {:>6}/s  p99 {:>7.2} ms  (run p99 {:.2} ms)",
             s.t,
             self.report.sent,
             self.report.verdicts,
@@ -215,14 +221,26 @@ impl Stats {
             p90: ms(&self.all, 0.90),
             p99: ms(&self.all, 0.99),
             p999: ms(&self.all, 0.999),
-            max: if self.all.is_empty() { 0.0 } else { self.all.max() as f64 / 1000.0 },
-            mean: if self.all.is_empty() { 0.0 } else { self.all.mean() / 1000.0 },
+            max: if self.all.is_empty() {
+                0.0
+            } else {
+                self.all.max() as f64 / 1000.0
+            },
+            mean: if self.all.is_empty() {
+                0.0
+            } else {
+                self.all.mean() / 1000.0
+            },
         }
     }
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 }
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
 }
 
 fn reasons(checks: &[Check]) -> Vec<String> {
@@ -242,7 +260,12 @@ fn mismatch(v: &Verdict, meta: &EventMeta) -> Mismatch {
         persona: meta.persona.map(|p| p.as_str().to_string()),
         expected: decision_str(meta.expected.decision).into(),
         expected_subject: meta.expected.subject,
-        expected_reasons: meta.expected.reasons.iter().map(|r| (*r).to_string()).collect(),
+        expected_reasons: meta
+            .expected
+            .reasons
+            .iter()
+            .map(|r| (*r).to_string())
+            .collect(),
         got: decision_str(v.decision).into(),
         got_subject: v.subject.map(|s| s.0),
         got_score: v.score,
@@ -263,7 +286,10 @@ mod tests {
             subject: subject.map(SubjectId),
             score: Some(0.7),
             checks: vec![],
-            display: Display { colour: DisplayColour::Green, text: "ok".into() },
+            display: Display {
+                colour: DisplayColour::Green,
+                text: "ok".into(),
+            },
             decided_at: UnixMillis(0),
             replayed: false,
         }
@@ -273,7 +299,11 @@ mod tests {
         EventMeta {
             gate: 1,
             seq: 9,
-            expected: Expected { decision, subject, reasons: vec![] },
+            expected: Expected {
+                decision,
+                subject,
+                reasons: vec![],
+            },
             mode: ModeKind::Verify,
             twist: Twist::None,
             persona: Some(Persona::Eligible),
@@ -284,12 +314,36 @@ mod tests {
     fn accuracy_counts_each_kind_of_error() {
         let mut s = Stats::new(true).unwrap();
         let ms10 = Duration::from_millis(10);
-        s.on_verdict(&verdict(Decision::Admit, Some(5)), ms10, &meta(Decision::Admit, Some(5)));
-        s.on_verdict(&verdict(Decision::Admit, Some(5)), ms10, &meta(Decision::Deny, Some(5)));
-        s.on_verdict(&verdict(Decision::Deny, Some(5)), ms10, &meta(Decision::Admit, Some(5)));
-        s.on_verdict(&verdict(Decision::Admit, Some(6)), ms10, &meta(Decision::Admit, Some(5)));
-        s.on_verdict(&verdict(Decision::Deny, Some(6)), ms10, &meta(Decision::Deny, None));
-        s.on_verdict(&verdict(Decision::Escalate, None), ms10, &meta(Decision::Deny, Some(5)));
+        s.on_verdict(
+            &verdict(Decision::Admit, Some(5)),
+            ms10,
+            &meta(Decision::Admit, Some(5)),
+        );
+        s.on_verdict(
+            &verdict(Decision::Admit, Some(5)),
+            ms10,
+            &meta(Decision::Deny, Some(5)),
+        );
+        s.on_verdict(
+            &verdict(Decision::Deny, Some(5)),
+            ms10,
+            &meta(Decision::Admit, Some(5)),
+        );
+        s.on_verdict(
+            &verdict(Decision::Admit, Some(6)),
+            ms10,
+            &meta(Decision::Admit, Some(5)),
+        );
+        s.on_verdict(
+            &verdict(Decision::Deny, Some(6)),
+            ms10,
+            &meta(Decision::Deny, None),
+        );
+        s.on_verdict(
+            &verdict(Decision::Escalate, None),
+            ms10,
+            &meta(Decision::Deny, Some(5)),
+        );
         let a = &s.report.accuracy;
         assert_eq!(a.checked, 6);
         assert_eq!(a.correct, 1);
@@ -308,7 +362,11 @@ mod tests {
     fn tick_closes_intervals() {
         let mut s = Stats::new(false).unwrap();
         s.on_sent();
-        s.on_verdict(&verdict(Decision::Admit, None), Duration::from_millis(4), &meta(Decision::Admit, None));
+        s.on_verdict(
+            &verdict(Decision::Admit, None),
+            Duration::from_millis(4),
+            &meta(Decision::Admit, None),
+        );
         assert!(s.interval_has_data());
         let t = s.tick(1.0);
         assert_eq!((t.sent, t.verdicts), (1, 1));

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::report::Report;
+use super::report::{Report, SecondStats};
 
 const W: f64 = 960.0;
 const H: f64 = 480.0;
@@ -16,7 +16,11 @@ const BOTTOM: f64 = 60.0;
 pub(crate) fn plot(r: &Report) -> String {
     let pts = &r.per_second;
     let t_max = pts.iter().map(|p| p.t).fold(1.0, f64::max);
-    let lat_max = nice_ceiling(pts.iter().map(|p| p.p99_ms.max(p.p50_ms)).fold(1.0, f64::max));
+    let lat_max = nice_ceiling(
+        pts.iter()
+            .map(|p| p.p99_ms.max(p.p50_ms))
+            .fold(1.0, f64::max),
+    );
     let eps_max = nice_ceiling(pts.iter().map(|p| p.verdicts as f64).fold(1.0, f64::max));
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let x = |t: f64| LEFT + pw * t / t_max;
@@ -31,21 +35,61 @@ pub(crate) fn plot(r: &Report) -> String {
     let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
     let title = format!(
         "gatewarden: {} gates, {} profile, peak {} ev/s; p99 {:.1} ms, {} lost, {} false admits",
-        r.config.gates, r.config.profile, r.config.rate, r.latency_ms.p99, r.lost, r.accuracy.false_admit
+        r.config.gates,
+        r.config.profile,
+        r.config.rate,
+        r.latency_ms.p99,
+        r.lost,
+        r.accuracy.false_admit
     );
-    let _ = writeln!(s, r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, escape(&title));
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
+        W / 2.0,
+        escape(&title)
+    );
     // Grid and axis labels.
     for i in 0..=5 {
         let f = f64::from(i) / 5.0;
         let y = TOP + ph * (1.0 - f);
-        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, W - RIGHT);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, LEFT - 6.0, y + 4.0, fmt_num(lat_max * f));
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, W - RIGHT + 6.0, y + 4.0, fmt_num(eps_max * f));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+            W - RIGHT
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            y + 4.0,
+            fmt_num(lat_max * f)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            W - RIGHT + 6.0,
+            y + 4.0,
+            fmt_num(eps_max * f)
+        );
         let t = t_max * f;
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, x(t), H - BOTTOM + 18.0, fmt_num(t));
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            x(t),
+            H - BOTTOM + 18.0,
+            fmt_num(t)
+        );
     }
-    let _ = writeln!(s, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##);
-    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">seconds</text>"#, LEFT + pw / 2.0, H - 20.0);
+    let _ = writeln!(
+        s,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">seconds</text>"#,
+        LEFT + pw / 2.0,
+        H - 20.0
+    );
     let _ = writeln!(
         s,
         r#"<text x="18" y="{0}" text-anchor="middle" transform="rotate(-90 18 {0})">latency (ms)</text>"#,
@@ -57,14 +101,22 @@ pub(crate) fn plot(r: &Report) -> String {
         W - 18.0,
         TOP + ph / 2.0
     );
-    let series: [(&str, &str, Box<dyn Fn(&super::report::SecondStats) -> f64>); 3] = [
-        ("throughput", "#2a9d8f", Box::new(|p| y_eps(p.verdicts as f64))),
-        ("p50", "#457b9d", Box::new(|p| y_lat(p.p50_ms))),
-        ("p99", "#e63946", Box::new(|p| y_lat(p.p99_ms))),
+    let series = [
+        ("throughput", "#2a9d8f"),
+        ("p50", "#457b9d"),
+        ("p99", "#e63946"),
     ];
-    for (i, (name, colour, y)) in series.iter().enumerate() {
+    for (i, (name, colour)) in series.iter().enumerate() {
+        let y = |p: &SecondStats| match i {
+            0 => y_eps(p.verdicts as f64),
+            1 => y_lat(p.p50_ms),
+            _ => y_lat(p.p99_ms),
+        };
         if !pts.is_empty() {
-            let points: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", x(p.t), y(p))).collect();
+            let points: Vec<String> = pts
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", x(p.t), y(p)))
+                .collect();
             let _ = writeln!(
                 s,
                 r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
@@ -91,27 +143,37 @@ fn nice_ceiling(v: f64) -> f64 {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|c| *c >= v).unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|c| *c >= v)
+        .unwrap_or(10.0 * p)
 }
 
 fn fmt_num(v: f64) -> String {
-    if v >= 100.0 || v == v.round() { format!("{v:.0}") } else { format!("{v:.1}") }
+    if v >= 100.0 || v == v.round() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::report::SecondStats;
     use super::*;
 
     #[test]
     fn svg_is_well_formed_enough() {
         let mut r = Report::default();
         r.config.profile = "rush <&>".into();
-        r.per_second = (1..=30)
+        r.per_second = (1..=30u32)
             .map(|t| SecondStats {
                 t: f64::from(t),
                 sent: 100,

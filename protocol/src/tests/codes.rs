@@ -48,7 +48,11 @@ fn wire_codes_are_frozen() {
             Internal = 20,
         ]
     );
-    check_table!(Outcome, u8, [Pass = 1, Fail = 2, Escalate = 3, NotChecked = 4]);
+    check_table!(
+        Outcome,
+        u8,
+        [Pass = 1, Fail = 2, Escalate = 3, NotChecked = 4]
+    );
     check_table!(DisplayColour, u8, [Green = 1, Yellow = 2, Red = 3]);
     check_table!(
         ErrorCode,
@@ -72,9 +76,20 @@ fn wire_codes_are_frozen() {
     check_table!(
         Category,
         u8,
-        [ServiceWorker = 1, Manager = 2, Staff = 3, Merchant = 4, Buyer = 5, Shopper = 6]
+        [
+            ServiceWorker = 1,
+            Manager = 2,
+            Staff = 3,
+            Merchant = 4,
+            Buyer = 5,
+            Shopper = 6
+        ]
     );
-    check_table!(SubjectStatus, u8, [Active = 1, Revoked = 2, Blocklisted = 3]);
+    check_table!(
+        SubjectStatus,
+        u8,
+        [Active = 1, Revoked = 2, Blocklisted = 3]
+    );
     check_table!(TestResult, u8, [Negative = 1, Positive = 2, Pending = 3]);
     check_table!(CodeColour, u8, [Green = 1, Yellow = 2, Red = 3]);
 }
@@ -84,7 +99,11 @@ fn code_offset(a: &Message, b: &Message) -> usize {
     let (a, b) = (frame(a), frame(b));
     assert_eq!(a.len(), b.len());
     let diffs: Vec<usize> = (0..a.len()).filter(|i| a[*i] != b[*i]).collect();
-    assert_eq!(diffs.len(), 1, "messages must differ in exactly one code byte");
+    assert_eq!(
+        diffs.len(),
+        1,
+        "messages must differ in exactly one code byte"
+    );
     diffs[0]
 }
 
@@ -125,7 +144,7 @@ fn decode_rejects_unknown_enum_codes() {
         ..event.clone()
     };
     let at = code_offset(&event.clone().into(), &exit.into());
-    assert_unknown_code(&event.clone().into(), at, "Direction");
+    assert_unknown_code(&event.into(), at, "Direction");
 
     let verdict = sample_verdict();
     let mut other = verdict.clone();
@@ -186,7 +205,7 @@ fn decode_rejects_unknown_enum_codes() {
 fn decode_rejects_unknown_mode_and_credential_tags() {
     let event = sample_event();
     // Event body: gate 4, seq 8, captured_at 8, then the mode tag and the credential tag.
-    let mode_at = limits::FRAME_HEADER_LEN + 20;
+    let mode_at = FRAME_HEADER_LEN + 20;
     let bytes = frame(&event.clone().into());
     assert_eq!(bytes[mode_at..mode_at + 2], [1, 1], "Verify, IdCard");
     assert_unknown_code(&event.clone().into(), mode_at, "Mode");
@@ -197,7 +216,7 @@ fn decode_rejects_unknown_mode_and_credential_tags() {
 fn decode_rejects_unknown_error_code() {
     let reply = ErrorReply::new(ErrorCode::Internal, "x");
     let mut bytes = frame(&reply.into());
-    let at = limits::FRAME_HEADER_LEN;
+    let at = FRAME_HEADER_LEN;
     assert_eq!(bytes[at..at + 2], 300u16.to_le_bytes());
     bytes[at..at + 2].copy_from_slice(&999u16.to_le_bytes());
     assert_eq!(
@@ -213,7 +232,10 @@ fn decode_rejects_unknown_error_code() {
 fn error_codes_map_decode_errors() {
     let too_large = DecodeError::FrameTooLarge { len: 9, max: 8 };
     assert_eq!(too_large.error_code(), ErrorCode::FrameTooLarge);
-    assert_eq!(DecodeError::UnknownKind(9).error_code(), ErrorCode::Malformed);
+    assert_eq!(
+        DecodeError::UnknownKind(9).error_code(),
+        ErrorCode::Malformed
+    );
     let reply = DecodeError::TooLong {
         field: "hello.firmware",
         len: 300,
@@ -221,7 +243,11 @@ fn error_codes_map_decode_errors() {
     }
     .to_error_reply();
     assert_eq!(reply.code, ErrorCode::InvalidValue);
-    assert!(reply.message.contains("hello.firmware"), "{}", reply.message);
+    assert!(
+        reply.message.contains("hello.firmware"),
+        "{}",
+        reply.message
+    );
     assert!(ErrorCode::Internal.is_transient());
     assert!(ErrorCode::ShuttingDown.is_transient());
     assert!(!ErrorCode::GateMismatch.is_transient());
@@ -230,7 +256,7 @@ fn error_codes_map_decode_errors() {
 #[test]
 fn error_reply_new_cuts_at_a_char_boundary() {
     let reply = ErrorReply::new(ErrorCode::Internal, "é".repeat(200)); // 400 bytes
-    assert!(reply.message.len() <= limits::MAX_STRING_LEN);
+    assert!(reply.message.len() <= MAX_STRING_LEN);
     assert_eq!(reply.message.len(), 256);
     assert_eq!(reply.validate(), Ok(()));
 }
@@ -258,7 +284,11 @@ fn negotiate_refuses_disjoint_ranges() {
     for (min, max) in [(2, 5), (0, 0), (3, 2)] {
         let reply = negotiate(&hello(min, max)).unwrap_err();
         assert_eq!(reply.code, ErrorCode::VersionUnsupported);
-        assert!(reply.message.contains(&format!("{min}..={max}")), "{}", reply.message);
+        assert!(
+            reply.message.contains(&format!("{min}..={max}")),
+            "{}",
+            reply.message
+        );
         assert!(reply.message.contains("1..=1"), "{}", reply.message);
     }
 }
@@ -270,5 +300,8 @@ fn debug_output_hides_personal_data() {
     assert!(!text.contains("110101199003074512"), "{text}");
     assert!(!text.contains("0.25"), "{text}"); // an embedding value
     let text = format!("{:?}", sample_subject());
-    assert!(!text.contains("110101199003074512") && !text.contains("qr-1"), "{text}");
+    assert!(
+        !text.contains("110101199003074512") && !text.contains("qr-1"),
+        "{text}"
+    );
 }

@@ -22,7 +22,10 @@ fn decode_rejects_oversized_frame() {
     assert_eq!(err.error_code(), ErrorCode::FrameTooLarge);
     let mut decoder = FrameDecoder::new();
     decoder.push(&header[..4]);
-    assert!(matches!(decoder.next(), Err(DecodeError::FrameTooLarge { .. })));
+    assert!(matches!(
+        decoder.next(),
+        Err(DecodeError::FrameTooLarge { .. })
+    ));
 }
 
 #[test]
@@ -47,7 +50,10 @@ fn decoder_with_max_len_enforces_its_own_limit() {
     let bytes = frame(&Message::Event(sample_event()));
     let mut decoder = FrameDecoder::with_max_len(bytes.len() - 1);
     decoder.push(&bytes);
-    assert!(matches!(decoder.next(), Err(DecodeError::FrameTooLarge { .. })));
+    assert!(matches!(
+        decoder.next(),
+        Err(DecodeError::FrameTooLarge { .. })
+    ));
     let mut decoder = FrameDecoder::with_max_len(bytes.len());
     decoder.push(&bytes);
     assert!(matches!(decoder.next(), Ok(Some(Message::Event(_)))));
@@ -62,7 +68,10 @@ fn decode_rejects_zero_length_frame() {
 #[test]
 fn decode_rejects_unknown_kind() {
     for code in [0u8, 7, 15, 22, 255] {
-        assert_eq!(decode_frame(&raw_frame(code, &[])), Err(DecodeError::UnknownKind(code)));
+        assert_eq!(
+            decode_frame(&raw_frame(code, &[])),
+            Err(DecodeError::UnknownKind(code))
+        );
     }
 }
 
@@ -70,7 +79,10 @@ fn decode_rejects_unknown_kind() {
 fn decode_rejects_trailing_bytes_after_frame() {
     let mut bytes = frame(&Message::Busy(Busy { retry_after_ms: 5 }));
     bytes.extend_from_slice(&[0, 0]);
-    assert_eq!(decode_frame(&bytes), Err(DecodeError::TrailingBytes { count: 2 }));
+    assert_eq!(
+        decode_frame(&bytes),
+        Err(DecodeError::TrailingBytes { count: 2 })
+    );
 }
 
 #[test]
@@ -99,6 +111,7 @@ fn decoder_header_error_is_sticky() {
     let mut decoder = FrameDecoder::new();
     decoder.push(&raw_frame(99, &[1, 2, 3]));
     assert_eq!(decoder.next(), Err(DecodeError::UnknownKind(99)));
+    assert!(decoder.is_failed());
     decoder.push(&frame(&Message::Busy(Busy { retry_after_ms: 1 })));
     assert_eq!(decoder.next(), Err(DecodeError::UnknownKind(99)));
     assert_eq!(decoder.buffered_len(), 0);
@@ -113,6 +126,7 @@ fn decoder_skips_a_refused_body_and_goes_on() {
     decoder.push(&frame(&Message::Event(bad)));
     decoder.push(&frame(&good));
     assert!(matches!(decoder.next(), Err(DecodeError::Invalid { .. })));
+    assert!(!decoder.is_failed());
     assert_eq!(decoder.next(), Ok(Some(good)));
     assert_eq!(decoder.next(), Ok(None));
 }
@@ -128,7 +142,11 @@ fn frame_len_hint_needs_the_whole_header() {
 
 fn body_len(msg: Message) -> usize {
     let bytes = frame(&msg);
-    assert_eq!(decode_frame(&bytes), Ok(msg), "the largest valid message must decode");
+    assert_eq!(
+        decode_frame(&bytes),
+        Ok(msg),
+        "the largest valid message must decode"
+    );
     bytes.len() - FRAME_HEADER_LEN
 }
 
@@ -193,7 +211,10 @@ fn worst_case_sizes_match_the_limits_table() {
     let health = UpdateHealth {
         records: vec![record; MAX_HEALTH_RECORDS],
     };
-    assert_eq!(body_len(Message::UpdateHealth(health)), UPDATE_HEALTH_WIRE_MAX);
+    assert_eq!(
+        body_len(Message::UpdateHealth(health)),
+        UPDATE_HEALTH_WIRE_MAX
+    );
 
     let hello = Hello {
         min_version: 1,

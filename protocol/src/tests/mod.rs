@@ -21,7 +21,10 @@ pub(super) fn frame(msg: &Message) -> Vec<u8> {
 
 /// Frame bytes for a message of `kind` with a hand-made body.
 pub(super) fn raw_frame(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(body.len() + 1).unwrap().to_le_bytes().to_vec();
+    let mut out = u32::try_from(body.len() + 1)
+        .unwrap()
+        .to_le_bytes()
+        .to_vec();
     out.push(kind);
     out.extend_from_slice(body);
     out
@@ -71,16 +74,22 @@ fn face() -> impl Strategy<Value = FaceSample> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>(), text(0, 20), any::<u32>()).prop_map(
-        |(a, b, gate, market, firmware, capabilities)| Hello {
+    (
+        any::<u16>(),
+        any::<u16>(),
+        any::<u32>(),
+        any::<u32>(),
+        text(0, 20),
+        any::<u32>(),
+    )
+        .prop_map(|(a, b, gate, market, firmware, capabilities)| Hello {
             min_version: a.min(b),
             max_version: a.max(b),
             gate: GateId(gate),
             market: MarketId(market),
             firmware,
             capabilities,
-        },
-    )
+        })
 }
 
 fn hello_ack() -> impl Strategy<Value = HelloAck> {
@@ -118,7 +127,13 @@ pub(super) fn event() -> impl Strategy<Value = Event> {
 }
 
 fn finite_f64() -> impl Strategy<Value = f64> {
-    prop_oneof![-1e6f64..1e6, Just(0.0), Just(-0.0), Just(f64::MAX), Just(f64::MIN_POSITIVE)]
+    prop_oneof![
+        -1e6f64..1e6,
+        Just(0.0),
+        Just(-0.0),
+        Just(f64::MAX),
+        Just(f64::MIN_POSITIVE)
+    ]
 }
 
 fn check() -> impl Strategy<Value = Check> {
@@ -149,7 +164,15 @@ fn verdict() -> impl Strategy<Value = Verdict> {
         any::<bool>(),
     )
         .prop_map(
-            |((gate, seq, decision), subject, score, checks, (colour, text), decided_at, replayed)| {
+            |(
+                (gate, seq, decision),
+                subject,
+                score,
+                checks,
+                (colour, text),
+                decided_at,
+                replayed,
+            )| {
                 Verdict {
                     gate: GateId(gate),
                     seq,
@@ -226,7 +249,15 @@ fn health_record() -> impl Strategy<Value = HealthRecord> {
         millis(),
     )
         .prop_map(
-            |(subject, test_at, test_result, vaccine_doses, health_code, travel_code, updated_at)| {
+            |(
+                subject,
+                test_at,
+                test_result,
+                vaccine_doses,
+                health_code,
+                travel_code,
+                updated_at,
+            )| {
                 HealthRecord {
                     subject: SubjectId(subject),
                     test_at,
@@ -257,9 +288,8 @@ pub(super) fn message() -> impl Strategy<Value = Message> {
                 duplicate_of: d.map(SubjectId),
             })
         }),
-        vec(health_record(), 0..=8).prop_map(|records| Message::UpdateHealth(UpdateHealth {
-            records
-        })),
+        vec(health_record(), 0..=8)
+            .prop_map(|records| Message::UpdateHealth(UpdateHealth { records })),
         (any::<u32>(), any::<u32>()).prop_map(|(applied, unknown_subjects)| {
             Message::UpdateHealthAck(UpdateHealthAck {
                 applied,

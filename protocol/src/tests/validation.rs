@@ -8,7 +8,11 @@ use crate::*;
 fn decode_err(msg: impl Into<Message>) -> DecodeError {
     let msg = msg.into();
     let err = decode_frame(&frame(&msg)).unwrap_err();
-    assert_eq!(msg.validate(), Err(err.clone()), "validate() and decode must agree");
+    assert_eq!(
+        msg.validate(),
+        Err(err.clone()),
+        "validate() and decode must agree"
+    );
     err
 }
 
@@ -47,7 +51,10 @@ fn decode_rejects_infinite_embedding() {
 
 #[test]
 fn decode_rejects_empty_embedding() {
-    assert_invalid(with_face(|face| face.embedding.clear()), "face_sample.embedding");
+    assert_invalid(
+        with_face(|face| face.embedding.clear()),
+        "face_sample.embedding",
+    );
 }
 
 #[test]
@@ -71,7 +78,10 @@ fn decode_rejects_quality_out_of_range() {
 
 #[test]
 fn decode_rejects_nan_liveness() {
-    assert_invalid(with_face(|face| face.liveness = f32::NAN), "face_sample.liveness");
+    assert_invalid(
+        with_face(|face| face.liveness = f32::NAN),
+        "face_sample.liveness",
+    );
 }
 
 #[test]
@@ -326,7 +336,10 @@ fn decode_rejects_lying_string_length_before_allocating() {
         let mut bytes = hello_frame("ab");
         patch_u64(&mut bytes, 12, 2, lie);
         let err = decode_frame(&bytes).unwrap_err();
-        assert!(matches!(err, DecodeError::Malformed { .. }), "{lie}: {err:?}");
+        assert!(
+            matches!(err, DecodeError::Malformed { .. }),
+            "{lie}: {err:?}"
+        );
     }
 }
 

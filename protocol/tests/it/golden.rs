@@ -39,7 +39,11 @@ pub(crate) fn fixture(name: &str, msg: &Message) -> Vec<u8> {
 fn golden_fixtures_match_encoding() {
     for (name, msg) in samples::all() {
         let bytes = fixture(name, &msg);
-        assert_eq!(encode(&msg), bytes, "{name}: encoding differs from the fixture");
+        assert_eq!(
+            encode(&msg),
+            bytes,
+            "{name}: encoding differs from the fixture"
+        );
     }
 }
 
@@ -59,7 +63,11 @@ fn every_kind_has_a_fixture() {
         assert!(names.contains(&kind.name()), "no fixture for {kind:?}");
     }
     for (name, msg) in samples::all() {
-        assert!(name.starts_with(msg.kind().name()), "{name} holds a {:?}", msg.kind());
+        assert!(
+            name.starts_with(msg.kind().name()),
+            "{name} holds a {:?}",
+            msg.kind()
+        );
     }
 }
 

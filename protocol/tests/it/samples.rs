@@ -13,7 +13,12 @@ pub(crate) fn all() -> Vec<(&'static str, Message)> {
         ("event_identify", event_identify()),
         ("event_sign_in", event_sign_in()),
         ("verdict", verdict()),
-        ("busy", Message::Busy(Busy { retry_after_ms: 250 })),
+        (
+            "busy",
+            Message::Busy(Busy {
+                retry_after_ms: 250,
+            }),
+        ),
         ("error", error()),
         ("enroll", enroll()),
         ("enroll_ack", enroll_ack()),

@@ -19,9 +19,20 @@ fn xxd(bytes: &[u8]) -> String {
         let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
         let ascii: String = row
             .iter()
-            .map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '.' })
+            .map(|&b| {
+                if (0x20..0x7f).contains(&b) {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
-        out.push_str(&format!("{:08x}: {:<47}  {}\n", i * 16, hex.join(" "), ascii));
+        out.push_str(&format!(
+            "{:08x}: {:<47}  {}\n",
+            i * 16,
+            hex.join(" "),
+            ascii
+        ));
     }
     out
 }
@@ -64,18 +75,29 @@ fn spec_annotated_layouts_match_fixtures() {
     let mut found = 0;
     for (name, msg) in samples::all() {
         if let Some(bytes) = annotated_bytes(&spec, name) {
-            assert_eq!(bytes, fixture(name, &msg), "annotated {name} differs from its fixture");
+            assert_eq!(
+                bytes,
+                fixture(name, &msg),
+                "annotated {name} differs from its fixture"
+            );
             found += 1;
         }
     }
-    assert!(found >= 3, "PROTOCOL.md should annotate at least 3 fixtures, found {found}");
+    assert!(
+        found >= 3,
+        "PROTOCOL.md should annotate at least 3 fixtures, found {found}"
+    );
 }
 
 macro_rules! assert_table {
     ($spec:expr, $ty:ty) => {
         for v in <$ty>::ALL {
             let row = format!("| {} | `{}` |", v.code(), v.name());
-            assert!($spec.contains(&row), "PROTOCOL.md lacks {} row {row}", stringify!($ty));
+            assert!(
+                $spec.contains(&row),
+                "PROTOCOL.md lacks {} row {row}",
+                stringify!($ty)
+            );
         }
     };
 }

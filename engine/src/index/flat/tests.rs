@@ -15,7 +15,7 @@ struct Owned {
     subjects: Vec<u64>,
     templates: Vec<u64>,
     codes: Vec<i8>,
-    quant: Vec<[f32; 2]>,
+    quant: Vec<[f32; 4]>,
     deleted: Vec<u64>,
 }
 
@@ -30,10 +30,19 @@ impl Owned {
         for i in 0..n {
             let row = &rows[i * dim..(i + 1) * dim];
             vectors[i * stride..i * stride + dim].copy_from_slice(row);
-            quant.push(quantize_into(row, &mut codes[i * cstride..(i + 1) * cstride]).to_pair());
+            quant.push(quantize_into(row, &mut codes[i * cstride..(i + 1) * cstride]).to_stored());
         }
         let templates = (first_template..first_template + n as u64).collect();
-        Self { dim, stride, vectors, subjects, templates, codes, quant, deleted: vec![0; n.div_ceil(64)] }
+        Self {
+            dim,
+            stride,
+            vectors,
+            subjects,
+            templates,
+            codes,
+            quant,
+            deleted: vec![0; n.div_ceil(64)],
+        }
     }
 
     fn delete(&mut self, i: usize) {
@@ -41,11 +50,22 @@ impl Owned {
     }
 
     fn rows(&self, codes: bool) -> RowsRef<'_> {
-        let r = RowsRef::new(self.dim, &self.vectors, self.stride, &self.subjects, &self.templates)
-            .unwrap()
-            .with_deleted(&self.deleted)
-            .unwrap();
-        if codes { r.with_codes(&self.codes, self.dim.next_multiple_of(64), &self.quant).unwrap() } else { r }
+        let r = RowsRef::new(
+            self.dim,
+            &self.vectors,
+            self.stride,
+            &self.subjects,
+            &self.templates,
+        )
+        .unwrap()
+        .with_deleted(&self.deleted)
+        .unwrap();
+        if codes {
+            r.with_codes(&self.codes, self.dim.next_multiple_of(64), &self.quant)
+                .unwrap()
+        } else {
+            r
+        }
     }
 
     /// Live rows as (row-major vectors, subjects, templates) for the oracle.
@@ -64,7 +84,11 @@ impl Owned {
 }
 
 fn opts(precision: Precision, threads: usize, batch: BatchPath) -> SearchOptions {
-    SearchOptions { precision, threads, batch }
+    SearchOptions {
+        precision,
+        threads,
+        batch,
+    }
 }
 
 /// Every combination of precision, thread count and batch path.
@@ -86,7 +110,11 @@ fn oracle(parts: &[Owned], q: &[f32], k: usize) -> Vec<Hit> {
     for p in parts {
         let (v, s, t) = p.live();
         for (row, score) in naive_top_k(&v, p.dim, &s, q, usize::MAX) {
-            all.push(Hit { score, subject: SubjectId(s[row]), template: t[row] });
+            all.push(Hit {
+                score,
+                subject: SubjectId(s[row]),
+                template: t[row],
+            });
         }
     }
     all.sort_by(Hit::rank_cmp);
@@ -203,12 +231,28 @@ fn face_like_int8_top1_is_exact() {
     let qrefs: Vec<&[f32]> = probes.iter().map(|p| p.embedding.as_slice()).collect();
     let rows = [owned.rows(true)];
     let k = Kernels::detect();
-    let int8 = search(k, &rows, &qrefs, &TopK::new(5), &opts(Precision::Int8, 2, BatchPath::Auto));
+    let int8 = search(
+        k,
+        &rows,
+        &qrefs,
+        &TopK::new(5),
+        &opts(Precision::Int8, 2, BatchPath::Auto),
+    );
     for (j, p) in probes.iter().enumerate() {
-        let exact = search(k, &rows, &[qrefs[j]], &TopK::new(5), &SearchOptions::default());
+        let exact = search(
+            k,
+            &rows,
+            &[qrefs[j]],
+            &TopK::new(5),
+            &SearchOptions::default(),
+        );
         assert_eq!(int8[j].hits(), exact[0].hits());
         if let Some(t) = p.truth {
-            assert_eq!(int8[j].hits()[0].subject, pop.subject(t), "genuine probe finds its identity");
+            assert_eq!(
+                int8[j].hits()[0].subject,
+                pop.subject(t),
+                "genuine probe finds its identity"
+            );
         }
     }
 }
@@ -220,10 +264,26 @@ fn bad_queries_get_empty_results() {
     let good = vec![0.5f32; 8];
     let nan = vec![f32::NAN; 8];
     let short = vec![1.0f32; 7];
-    let got = search(Kernels::detect(), &rows, &[&good, &nan, &short], &TopK::new(3), &SearchOptions::default());
+    let got = search(
+        Kernels::detect(),
+        &rows,
+        &[&good, &nan, &short],
+        &TopK::new(3),
+        &SearchOptions::default(),
+    );
     assert_eq!(got[0].hits().len(), 3);
     assert!(got[1].hits().is_empty() && got[2].hits().is_empty());
-    assert!(search(Kernels::detect(), &[], &[&good], &TopK::new(3), &SearchOptions::default())[0].hits().is_empty());
+    assert!(
+        search(
+            Kernels::detect(),
+            &[],
+            &[&good],
+            &TopK::new(3),
+            &SearchOptions::default()
+        )[0]
+        .hits()
+        .is_empty()
+    );
 }
 
 #[test]

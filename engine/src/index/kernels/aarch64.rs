@@ -94,7 +94,11 @@ fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
         acc[0] = vpadalq_s16(acc[0], vmull_s8(vget_low_s8(xv), vget_low_s8(yv)));
         acc[1] = vpadalq_s16(acc[1], vmull_high_s8(xv, yv));
     }
-    let tail: i32 = at.iter().zip(bt).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum();
+    let tail: i32 = at
+        .iter()
+        .zip(bt)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum();
     vaddvq_s32(vaddq_s32(acc[0], acc[1])) + tail
 }
 

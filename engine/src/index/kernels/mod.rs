@@ -38,7 +38,9 @@ mod aarch64;
 mod x86_64;
 
 #[cfg(target_endian = "big")]
-compile_error!("gatewarden reads little-endian gallery files by mapping them; big-endian hosts are not supported");
+compile_error!(
+    "gatewarden reads little-endian gallery files by mapping them; big-endian hosts are not supported"
+);
 
 /// Environment variable that forces a kernel table.
 pub const ISA_ENV: &str = "GATEWARDEN_ISA";
@@ -85,7 +87,9 @@ impl FromStr for Isa {
         Isa::ALL
             .into_iter()
             .find(|isa| isa.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| IsaError::Unknown { value: s.chars().take(32).collect() })
+            .ok_or_else(|| IsaError::Unknown {
+                value: s.chars().take(32).collect(),
+            })
     }
 }
 
@@ -119,7 +123,12 @@ pub struct F32Block<'a> {
 impl<'a> F32Block<'a> {
     /// A block, or `None` unless `stride >= query.len()` and `rows` holds `n` rows.
     pub fn new(query: &'a [f32], rows: &'a [f32], stride: usize, n: usize) -> Option<Self> {
-        rows_fit(query.len(), rows.len(), stride, n).then_some(Self { query, rows, stride, n })
+        rows_fit(query.len(), rows.len(), stride, n).then_some(Self {
+            query,
+            rows,
+            stride,
+            n,
+        })
     }
 
     /// Number of rows.
@@ -143,7 +152,10 @@ impl<'a> F32Block<'a> {
     }
 
     fn truncated(self, n: usize) -> Self {
-        Self { n: self.n.min(n), ..self }
+        Self {
+            n: self.n.min(n),
+            ..self
+        }
     }
 }
 
@@ -159,7 +171,12 @@ pub struct I8Block<'a> {
 impl<'a> I8Block<'a> {
     /// A block, or `None` unless `stride >= query.len()` and `rows` holds `n` rows.
     pub fn new(query: &'a [i8], rows: &'a [i8], stride: usize, n: usize) -> Option<Self> {
-        rows_fit(query.len(), rows.len(), stride, n).then_some(Self { query, rows, stride, n })
+        rows_fit(query.len(), rows.len(), stride, n).then_some(Self {
+            query,
+            rows,
+            stride,
+            n,
+        })
     }
 
     /// Number of rows.
@@ -183,7 +200,10 @@ impl<'a> I8Block<'a> {
     }
 
     fn truncated(self, n: usize) -> Self {
-        Self { n: self.n.min(n), ..self }
+        Self {
+            n: self.n.min(n),
+            ..self
+        }
     }
 }
 
@@ -211,7 +231,15 @@ impl<'a> F32Multi<'a> {
         n: usize,
     ) -> Option<Self> {
         (rows_fit(dim, queries.len(), qstride, nq) && rows_fit(dim, rows.len(), stride, n))
-            .then_some(Self { queries, qstride, nq, rows, stride, n, dim })
+            .then_some(Self {
+                queries,
+                qstride,
+                nq,
+                rows,
+                stride,
+                n,
+                dim,
+            })
     }
 
     /// Number of rows.
@@ -240,7 +268,10 @@ impl<'a> F32Multi<'a> {
     }
 
     fn truncated(self, n: usize) -> Self {
-        Self { n: self.n.min(n), ..self }
+        Self {
+            n: self.n.min(n),
+            ..self
+        }
     }
 }
 
@@ -268,7 +299,15 @@ impl<'a> I8Multi<'a> {
         n: usize,
     ) -> Option<Self> {
         (rows_fit(dim, queries.len(), qstride, nq) && rows_fit(dim, rows.len(), stride, n))
-            .then_some(Self { queries, qstride, nq, rows, stride, n, dim })
+            .then_some(Self {
+                queries,
+                qstride,
+                nq,
+                rows,
+                stride,
+                n,
+                dim,
+            })
     }
 
     /// Number of rows.
@@ -297,7 +336,10 @@ impl<'a> I8Multi<'a> {
     }
 
     fn truncated(self, n: usize) -> Self {
-        Self { n: self.n.min(n), ..self }
+        Self {
+            n: self.n.min(n),
+            ..self
+        }
     }
 }
 
@@ -448,7 +490,9 @@ impl Kernels {
 
 impl fmt::Debug for Kernels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Kernels").field("isa", &self.isa).finish_non_exhaustive()
+        f.debug_struct("Kernels")
+            .field("isa", &self.isa)
+            .finish_non_exhaustive()
     }
 }
 

@@ -7,7 +7,10 @@ pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum()
 }
 
 pub(super) fn score_f32(b: &F32Block<'_>, out: &mut [f32]) {

@@ -18,7 +18,10 @@ fn f32_data(rng: &mut Rng, n: usize) -> Vec<f32> {
 }
 
 fn i8_data(rng: &mut Rng, n: usize) -> Vec<i8> {
-    (0..n).map(|_| rng.below(255) as i32 - 127).map(|x| x as i8).collect()
+    (0..n)
+        .map(|_| rng.below(255) as i32 - 127)
+        .map(|x| x as i8)
+        .collect()
 }
 
 /// Allowed difference between two f32 dot products of the same vectors.
@@ -38,8 +41,22 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (0..=MAX_LEN, 0usize..9, 0usize..10, 0usize..5, 0usize..4, any::<u64>())
-        .prop_map(|(dim, n, nq, pad, offset, seed)| Case { dim, n, nq, pad, offset, seed })
+    (
+        0..=MAX_LEN,
+        0usize..9,
+        0usize..10,
+        0usize..5,
+        0usize..4,
+        any::<u64>(),
+    )
+        .prop_map(|(dim, n, nq, pad, offset, seed)| Case {
+            dim,
+            n,
+            nq,
+            pad,
+            offset,
+            seed,
+        })
 }
 
 fn check_f32(k: Kernels, c: &Case) -> Result<(), TestCaseError> {
@@ -126,7 +143,10 @@ macro_rules! isa_tests {
             fn kernels() -> Option<Kernels> {
                 let k = Kernels::for_isa($isa);
                 if k.is_none() {
-                    eprintln!("{} kernels not available on this CPU; nothing to compare", $isa);
+                    eprintln!(
+                        "{} kernels not available on this CPU; nothing to compare",
+                        $isa
+                    );
                 }
                 k
             }
@@ -175,18 +195,30 @@ proptest! {
 fn scalar_is_always_available_and_last() {
     let all: Vec<Isa> = Kernels::available().map(|k| k.isa()).collect();
     assert_eq!(all.last(), Some(&Isa::Scalar));
-    assert_eq!(Kernels::for_isa(Isa::Scalar).map(|k| k.isa()), Some(Isa::Scalar));
+    assert_eq!(
+        Kernels::for_isa(Isa::Scalar).map(|k| k.isa()),
+        Some(Isa::Scalar)
+    );
 }
 
 #[test]
 fn setting_parses_and_refuses() {
     assert_eq!(Kernels::from_setting("scalar").unwrap().isa(), Isa::Scalar);
-    assert_eq!(Kernels::from_setting("auto").unwrap().isa(), Kernels::detect().isa());
-    assert!(matches!(Kernels::from_setting("sse9"), Err(IsaError::Unknown { .. })));
+    assert_eq!(
+        Kernels::from_setting("auto").unwrap().isa(),
+        Kernels::detect().isa()
+    );
+    assert!(matches!(
+        Kernels::from_setting("sse9"),
+        Err(IsaError::Unknown { .. })
+    ));
     for isa in Isa::ALL {
         match Kernels::for_isa(isa) {
             Some(_) => assert_eq!(Kernels::from_setting(isa.name()).unwrap().isa(), isa),
-            None => assert_eq!(Kernels::from_setting(isa.name()).unwrap_err(), IsaError::Unsupported { isa }),
+            None => assert_eq!(
+                Kernels::from_setting(isa.name()).unwrap_err(),
+                IsaError::Unsupported { isa }
+            ),
         }
     }
 }
@@ -196,11 +228,20 @@ fn blocks_reject_short_buffers() {
     let q = [0f32; 4];
     assert!(F32Block::new(&q, &[0.0; 7], 4, 2).is_none());
     assert!(F32Block::new(&q, &[0.0; 8], 4, 2).is_some());
-    assert!(F32Block::new(&q, &[0.0; 8], 3, 1).is_none(), "stride below dim");
+    assert!(
+        F32Block::new(&q, &[0.0; 8], 3, 1).is_none(),
+        "stride below dim"
+    );
     assert!(F32Block::new(&q, &[], 4, 0).is_some());
-    assert!(F32Block::new(&q, &[0.0; 8], usize::MAX, 2).is_none(), "overflow");
+    assert!(
+        F32Block::new(&q, &[0.0; 8], usize::MAX, 2).is_none(),
+        "overflow"
+    );
     let qi = [0i8; 4];
-    assert!(I8Multi::new(4, &qi, 4, 2, &[0; 8], 4, 2).is_none(), "queries too short");
+    assert!(
+        I8Multi::new(4, &qi, 4, 2, &[0; 8], 4, 2).is_none(),
+        "queries too short"
+    );
 }
 
 #[test]
