@@ -130,7 +130,7 @@ fn enroll(engine: &Engine, population: &FacePopulation, n: usize) {
             .iter()
             .map(|&i| (SubjectId(i as u64), population.identity(i)))
             .collect();
-        engine.enroll_templates(&rows, false).expect("templates");
+        engine.enroll_templates(&rows, None).expect("templates");
         eprint!("\renrolled {} / {n}", chunk.last().map_or(0, |i| i + 1));
     }
     eprintln!();

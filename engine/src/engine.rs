@@ -17,7 +17,7 @@ use gatewarden_protocol::{
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, EngineConfig};
 use crate::error::Error;
-use crate::gallery::{GalleryOptions, LiveGallery};
+use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
 use crate::pipeline::tally::{Observation, Tally};
 use crate::pipeline::{BatchPolicy, Job, Pipeline, PipelineSizes, Reply, Shared, StatsSnapshot};
 use crate::policy::PolicyBook;
@@ -133,7 +133,10 @@ impl Engine {
     fn admit_to_queue(&self, event: Event) -> Result<oneshot::Receiver<Reply>, Reply> {
         let shared = &self.shared;
         let gate = shared.store.gate(event.gate).ok_or_else(|| {
-            refuse(ErrorCode::UnknownGate, format!("gate {} is not registered", event.gate))
+            refuse(
+                ErrorCode::UnknownGate,
+                format!("gate {} is not registered", event.gate),
+            )
         })?;
         self.check_face(&event)?;
         let key = (event.gate, event.seq);
@@ -235,7 +238,10 @@ impl Engine {
     /// # Errors
     /// Wrong model or dimension, non-finite values, or a store failure.
     pub fn enroll(&self, request: &Enroll) -> Result<EnrollAck, Error> {
-        let _guard = self.enroll_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .enroll_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for t in &request.templates {
             self.validate_template(&t.model, &t.embedding)?;
         }
@@ -248,7 +254,8 @@ impl Engine {
             .iter()
             .map(|t| (subject, t.embedding.as_slice()))
             .collect();
-        let report = self.add_templates_checked(&rows, true)?;
+        let snapshot = self.shared.gallery.snapshot();
+        let report = self.add_templates_checked(&rows, Some(&snapshot))?;
         Ok(EnrollAck {
             subject,
             templates_added: u32::try_from(report.added).unwrap_or(u32::MAX),
@@ -256,18 +263,23 @@ impl Engine {
         })
     }
 
-    /// Adds many templates at once (the bulk importer). With `check_duplicates`, each template
-    /// is searched against the gallery as it was before this call; one that matches another
-    /// person above the identify threshold is skipped and reported.
+    /// Adds many templates at once (the bulk importer). With `duplicates_in`, each template is
+    /// searched in that gallery snapshot (typically taken before an import began); one that
+    /// matches another person above the identify threshold is skipped and reported. Checking
+    /// against the faces enrolled before the import keeps a bulk load linear in its size;
+    /// checking every row against every other row of the same file would be quadratic.
     ///
     /// # Errors
     /// Wrong dimension, non-finite values, unknown subjects, or a store failure.
     pub fn enroll_templates(
         &self,
         rows: &[(SubjectId, &[f32])],
-        check_duplicates: bool,
+        duplicates_in: Option<&GallerySnapshot>,
     ) -> Result<BulkEnrollReport, Error> {
-        let _guard = self.enroll_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .enroll_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for (subject, v) in rows {
             self.validate_template(&self.config.model, v)?;
             if self.shared.store.subject(*subject).is_none() {
@@ -276,19 +288,18 @@ impl Engine {
                 )));
             }
         }
-        self.add_templates_checked(rows, check_duplicates)
+        self.add_templates_checked(rows, duplicates_in)
     }
 
     fn add_templates_checked(
         &self,
         rows: &[(SubjectId, &[f32])],
-        check_duplicates: bool,
+        duplicates_in: Option<&GallerySnapshot>,
     ) -> Result<BulkEnrollReport, Error> {
         let mut report = BulkEnrollReport::default();
-        let keep: Vec<(SubjectId, &[f32])> = if check_duplicates {
-            self.drop_duplicates(rows, &mut report)
-        } else {
-            rows.to_vec()
+        let keep: Vec<(SubjectId, &[f32])> = match duplicates_in {
+            Some(snapshot) => self.drop_duplicates(snapshot, rows, &mut report),
+            None => rows.to_vec(),
         };
         let model = self.config.model.as_str();
         let store_rows: Vec<(SubjectId, &str, &[f32])> =
@@ -307,14 +318,19 @@ impl Engine {
     /// Splits off templates that already match another person in the gallery.
     fn drop_duplicates<'a>(
         &self,
+        snapshot: &GallerySnapshot,
         rows: &[(SubjectId, &'a [f32])],
         report: &mut BulkEnrollReport,
     ) -> Vec<(SubjectId, &'a [f32])> {
-        let snapshot = self.shared.gallery.snapshot();
-        if snapshot.len() == 0 {
+        if snapshot.is_empty() {
             return rows.to_vec();
         }
-        let threshold = self.shared.policies.load().for_market(MarketId(0)).identify_threshold();
+        let threshold = self
+            .shared
+            .policies
+            .load()
+            .for_market(MarketId(0))
+            .identify_threshold();
         let mut keep = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(256) {
             let queries: Vec<&[f32]> = chunk.iter().map(|(_, v)| *v).collect();
@@ -434,7 +450,10 @@ impl Engine {
         since: UnixMillis,
         until: UnixMillis,
     ) -> Result<Vec<ContactRow>, Error> {
-        Ok(self.shared.store.contacts(subject, window_ms, since, until)?)
+        Ok(self
+            .shared
+            .store
+            .contacts(subject, window_ms, since, until)?)
     }
 
     /// The registry and entry log, for imports and ad-hoc queries.

@@ -80,6 +80,9 @@ pub(crate) fn enroll_files(
         ids.len()
     );
     let dim = matrix.dim;
+    // Duplicates are looked for among the faces enrolled before this file (see
+    // Engine::enroll_templates for why not within the file).
+    let before = check_duplicates.then(|| engine.gallery().snapshot());
     let mut total = gatewarden::engine::BulkEnrollReport::default();
     let started = SystemClock.instant();
     for (chunk_ids, chunk_rows) in ids.chunks(CHUNK).zip(matrix.data.chunks(CHUNK * dim)) {
@@ -88,7 +91,7 @@ pub(crate) fn enroll_files(
             .copied()
             .zip(chunk_rows.chunks_exact(dim))
             .collect();
-        let report = engine.enroll_templates(&rows, check_duplicates)?;
+        let report = engine.enroll_templates(&rows, before.as_deref())?;
         total.added += report.added;
         total.duplicates.extend(report.duplicates);
         eprint!(

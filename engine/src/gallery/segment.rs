@@ -10,6 +10,14 @@ use super::format::{ElementType, FLAG_UNIT_NORM, HEADER_LEN, Header};
 use super::mmap::Backing;
 use crate::index::{Precision, RowQuant, RowsRef};
 
+/// How a segment's bytes are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Residency {
+    Mapped,
+    MappedPopulated,
+    Resident,
+}
+
 /// An immutable gallery segment: f32 rows (plus int8 codes for int8 segments), their subject
 /// and template ids, and a subject index for 1:1 lookups. See the format table in
 /// [`crate::gallery`].
@@ -62,31 +70,45 @@ impl Gallery {
     /// # Errors
     /// As [`Gallery::open`].
     pub fn open_with(path: &Path, populate: bool) -> Result<Self, GalleryError> {
-        let io = |source| GalleryError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = File::open(path).map_err(io)?;
+        Self::open_impl(path, if populate { Residency::MappedPopulated } else { Residency::Mapped })
+    }
+
+    /// Reads the whole file into memory backed by transparent huge pages (see `mmap.rs` for
+    /// why this scans faster than a map of the page cache), then checks the header as
+    /// [`Gallery::open`] does. Searches never page-fault and an outside truncation of the
+    /// file cannot crash the process.
+    ///
+    /// # Errors
+    /// As [`Gallery::open`].
+    pub fn load(path: &Path) -> Result<Self, GalleryError> {
+        Self::open_impl(path, Residency::Resident)
+    }
+
+    fn open_impl(path: &Path, residency: Residency) -> Result<Self, GalleryError> {
+        let io = |source| GalleryError::Io { path: path.to_owned(), source };
+        let mut file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let label = path.display().to_string();
         if len < HEADER_LEN as u64 {
             // Too short to map meaningfully; decode the bytes for the precise error.
             let bytes = std::fs::read(path).map_err(io)?;
-            return Err(Header::decode(&bytes, &label)
-                .err()
-                .unwrap_or(GalleryError::Truncated {
-                    path: label,
-                    len,
-                    need: HEADER_LEN as u64,
-                }));
+            return Err(Header::decode(&bytes, &label).err().unwrap_or(GalleryError::Truncated {
+                path: label,
+                len,
+                need: HEADER_LEN as u64,
+            }));
         }
-        let backing = Backing::map(&file, populate).map_err(io)?;
+        let backing = match residency {
+            Residency::Mapped => Backing::map(&file, false),
+            Residency::MappedPopulated => Backing::map(&file, true),
+            Residency::Resident => {
+                let len = usize::try_from(len).map_err(|_| GalleryError::TooManyRows { count: usize::MAX, max: u32::MAX as usize })?;
+                Backing::load(&mut file, len)
+            }
+        }
+        .map_err(io)?;
         let header = Header::decode(backing.bytes(), &label)?;
-        Ok(Self {
-            label,
-            backing,
-            header,
-        })
+        Ok(Self { label, backing, header })
     }
 
     /// Parses a segment from bytes (copied into an aligned buffer). Arbitrary input gives an
@@ -362,7 +384,7 @@ impl Gallery {
 
     /// The path of the file (None for `from_bytes`).
     pub fn path(&self) -> Option<PathBuf> {
-        matches!(self.backing, Backing::Mapped(_)).then(|| PathBuf::from(&self.label))
+        (!matches!(self.backing, Backing::Owned { .. })).then(|| PathBuf::from(&self.label))
     }
 
     /// Element type on disk.

@@ -262,7 +262,12 @@ struct Int8State<C> {
 
 impl<C: Collector> Int8State<C> {
     fn new(empty: &C) -> Self {
-        Self { lbs: empty.clone(), bar: empty.bar(), cands: Vec::new(), prune_at: 1024 }
+        Self {
+            lbs: empty.clone(),
+            bar: empty.bar(),
+            cands: Vec::new(),
+            prune_at: 1024,
+        }
     }
 
     /// A row whose score lies in `[a - h, a + h]` and may reach the bar.
@@ -276,7 +281,11 @@ impl<C: Collector> Int8State<C> {
             self.lbs.offer(part.hit(row, a - h));
             self.bar = self.lbs.bar();
         }
-        self.cands.push(Candidate { ub, part: part_index as u32, row: row as u32 });
+        self.cands.push(Candidate {
+            ub,
+            part: part_index as u32,
+            row: row as u32,
+        });
         if self.cands.len() >= self.prune_at {
             let bar = self.bar;
             self.cands.retain(|c| c.ub >= bar);

@@ -40,7 +40,11 @@ impl RowQuant {
     /// From the stored `[scale, norm, err, reserved]` quadruple.
     #[inline]
     pub fn from_stored(p: [f32; 4]) -> Self {
-        Self { scale: p[0], norm: p[1], err: p[2] }
+        Self {
+            scale: p[0],
+            norm: p[1],
+            err: p[2],
+        }
     }
 
     /// The stored `[scale, norm, err, 0]` quadruple.
@@ -71,7 +75,11 @@ pub fn quantize_into(x: &[f32], codes: &mut [i8]) -> RowQuant {
         err2 += e * e;
     }
     // The f64 sums are exact to ~1e-16 relative; the 1e-12 margin covers them.
-    RowQuant { scale, norm: up(norm2.sqrt() * (1.0 + 1e-12)), err: up(err2.sqrt() * (1.0 + 1e-12)) }
+    RowQuant {
+        scale,
+        norm: up(norm2.sqrt() * (1.0 + 1e-12)),
+        err: up(err2.sqrt() * (1.0 + 1e-12)),
+    }
 }
 
 /// A quantized query and the coefficients of its error bound.
@@ -91,7 +99,11 @@ impl QueryQuant {
         let mut codes = vec![0i8; q.len()];
         let rq = quantize_into(q, &mut codes);
         let s = f64::from(rq.scale);
-        let qhat = codes.iter().map(|&c| (s * f64::from(c)).powi(2)).sum::<f64>().sqrt();
+        let qhat = codes
+            .iter()
+            .map(|&c| (s * f64::from(c)).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let u = f64::from(f32::EPSILON) / 2.0;
         let d = q.len() as f64;
         let gamma = d * u / (1.0 - d * u).max(0.5);
@@ -138,7 +150,9 @@ pub fn widen(approx: f32, bound: f32) -> f32 {
 
 impl std::fmt::Debug for QueryQuant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryQuant").field("dim", &self.codes.len()).finish_non_exhaustive()
+        f.debug_struct("QueryQuant")
+            .field("dim", &self.codes.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,9 +180,14 @@ mod tests {
         let mut c = [1i8; 3];
         assert_eq!(quantize_into(&[0.0; 3], &mut c), RowQuant::default());
         assert_eq!(c, [0; 3]);
-        assert_eq!(quantize_into(&[f32::NAN, 1.0, 0.0], &mut c), RowQuant::default());
+        assert_eq!(
+            quantize_into(&[f32::NAN, 1.0, 0.0], &mut c),
+            RowQuant::default()
+        );
         assert!(!RowQuant::is_valid([f32::NAN, 0.0, 0.0, 0.0]));
-        assert!(RowQuant::is_valid(quantize_into(&[1.0, 2.0], &mut c).to_stored()));
+        assert!(RowQuant::is_valid(
+            quantize_into(&[1.0, 2.0], &mut c).to_stored()
+        ));
     }
 
     #[test]

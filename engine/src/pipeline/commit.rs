@@ -57,13 +57,21 @@ fn commit_group(
     let started = shared.clock.instant();
     let result = writer.commit(records);
     let done = shared.clock.instant();
-    shared.stats.commit.record(done.saturating_duration_since(started));
+    shared
+        .stats
+        .commit
+        .record(done.saturating_duration_since(started));
     shared.stats.commit_size.record_value(records.len() as u64);
     match result {
         Ok(outcomes) => {
-            for ((record, waiter), outcome) in records.drain(..).zip(waiters.drain(..)).zip(outcomes) {
+            for ((record, waiter), outcome) in
+                records.drain(..).zip(waiters.drain(..)).zip(outcomes)
+            {
                 let reply = settle(shared, record.verdict, outcome);
-                shared.stats.end_to_end.record(done.saturating_duration_since(waiter.enqueued));
+                shared
+                    .stats
+                    .end_to_end
+                    .record(done.saturating_duration_since(waiter.enqueued));
                 let _ = waiter.reply.send(reply);
             }
         }

@@ -161,7 +161,10 @@ impl Pipeline {
                 self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
             }
             Err(TrySendError::Full(job)) => {
-                self.shared.stats.rejected_busy.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .rejected_busy
+                    .fetch_add(1, Ordering::Relaxed);
                 let busy = self.shared.busy(queue.len(), self.capacity);
                 self.shared.finish_unrecorded(job, Reply::Busy(busy));
             }

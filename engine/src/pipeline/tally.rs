@@ -60,7 +60,11 @@ impl Tally {
         offset: UtcOffset,
     ) -> PersonState {
         self.roll(now, offset);
-        let day = self.people.get(&(subject, market)).copied().unwrap_or_default();
+        let day = self
+            .people
+            .get(&(subject, market))
+            .copied()
+            .unwrap_or_default();
         PersonState {
             entries_today: day.entries,
             inside: day.inside,
@@ -156,7 +160,11 @@ mod tests {
         let now = 100 * DAY_MS;
         t.observe(&obs(7, Direction::Entry, Decision::Admit, now), OFFSET);
         let tomorrow = UnixMillis(now + DAY_MS + HOUR_MS);
-        assert_eq!(t.person(SubjectId(7), MarketId(1), tomorrow, OFFSET).entries_today, 0);
+        assert_eq!(
+            t.person(SubjectId(7), MarketId(1), tomorrow, OFFSET)
+                .entries_today,
+            0
+        );
         assert_eq!(t.market(MarketId(1), tomorrow, OFFSET).occupancy, 0);
     }
 
@@ -167,6 +175,9 @@ mod tests {
         let mut o = obs(7, Direction::Entry, Decision::Admit, now);
         o.mode = ModeKind::SignIn;
         t.observe(&o, OFFSET);
-        assert!(t.person(SubjectId(7), MarketId(2), UnixMillis(now), OFFSET).signed_in_today);
+        assert!(
+            t.person(SubjectId(7), MarketId(2), UnixMillis(now), OFFSET)
+                .signed_in_today
+        );
     }
 }

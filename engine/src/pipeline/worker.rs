@@ -17,7 +17,12 @@ use crate::policy::{self, CredentialLookup, DecisionInput, FaceResult, PolicyBoo
 use crate::store::{EntryRecord, ModeKind};
 
 /// The worker loop; returns when the queue is closed and drained.
-pub(super) fn run(shared: &Shared, queue: &Receiver<Job>, commit: &Sender<Decided>, batch: BatchPolicy) {
+pub(super) fn run(
+    shared: &Shared,
+    queue: &Receiver<Job>,
+    commit: &Sender<Decided>,
+    batch: BatchPolicy,
+) {
     let mut jobs = Vec::with_capacity(batch.max_events);
     while let Ok(first) = queue.recv() {
         jobs.push(first);
@@ -47,7 +52,8 @@ fn fill_batch(shared: &Shared, queue: &Receiver<Job>, jobs: &mut Vec<Job>, batch
 
 fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
     let started = shared.clock.instant();
-    let (live, expired): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > started);
+    let (live, expired): (Vec<Job>, Vec<Job>) =
+        jobs.into_iter().partition(|j| j.deadline > started);
     for job in expired {
         // Waited past its deadline: a late verdict is worse than a quick retry.
         shared.stats.expired.fetch_add(1, Ordering::Relaxed);
@@ -59,11 +65,45 @@ fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
     }
     shared.stats.batch_size.record_value(live.len() as u64);
     for job in &live {
-        shared.stats.queue_wait.record(started.saturating_duration_since(job.enqueued));
+        shared
+            .stats
+            .queue_wait
+            .record(started.saturating_duration_since(job.enqueued));
     }
-    let verdicts = decide_all(shared, &live);
-    shared.stats.matching.record(shared.clock.instant().saturating_duration_since(started));
-    for (job, verdict) in live.into_iter().zip(verdicts) {
+    // Events that need no 1:N search (card + face, no face) are decided and sent to the
+    // committer first, so they do not wait for the batch's gallery scan.
+    let (search, quick): (Vec<Job>, Vec<Job>) = live.into_iter().partition(needs_search);
+    for group in [quick, search] {
+        if group.is_empty() {
+            continue;
+        }
+        let t = shared.clock.instant();
+        let verdicts = decide_all(shared, &group);
+        shared
+            .stats
+            .matching
+            .record(shared.clock.instant().saturating_duration_since(t));
+        send_to_commit(shared, group, verdicts, commit);
+    }
+}
+
+/// Whether an event needs the 1:N gallery search (a face and no credential).
+fn needs_search(job: &Job) -> bool {
+    let by_face_alone = match &job.event.mode {
+        Mode::Identify => true,
+        Mode::SignIn { credential } => credential.is_none(),
+        Mode::Verify { .. } => false,
+    };
+    by_face_alone && job.event.face.is_some()
+}
+
+fn send_to_commit(
+    shared: &Shared,
+    jobs: Vec<Job>,
+    verdicts: Vec<Verdict>,
+    commit: &Sender<Decided>,
+) {
+    for (job, verdict) in jobs.into_iter().zip(verdicts) {
         let record = EntryRecord {
             market: job.gate.market,
             zone: job.gate.zone,
@@ -81,7 +121,9 @@ fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
             // The committer is gone (only at shutdown after a crash of its thread): the event
             // is answered with an error, never silently dropped.
             let d = lost.into_inner();
-            shared.inflight.remove(&(d.record.verdict.gate, d.record.verdict.seq));
+            shared
+                .inflight
+                .remove(&(d.record.verdict.gate, d.record.verdict.seq));
             let _ = d.reply.send(Shared::internal_error(
                 "the entry log is unavailable; retry with the same seq".to_owned(),
             ));
@@ -103,10 +145,15 @@ fn decide_all(shared: &Shared, jobs: &[Job]) -> Vec<Verdict> {
     let attempt = catch_unwind(AssertUnwindSafe(|| {
         let snapshot = shared.gallery.snapshot();
         let policies = shared.policies.load();
-        let lookups: Vec<CredentialLookup> =
-            jobs.iter().map(|j| lookup_credential(shared, &j.event)).collect();
-        let needs: Vec<FaceNeed> =
-            jobs.iter().zip(&lookups).map(|(j, l)| face_need(&j.event, *l)).collect();
+        let lookups: Vec<CredentialLookup> = jobs
+            .iter()
+            .map(|j| lookup_credential(shared, &j.event))
+            .collect();
+        let needs: Vec<FaceNeed> = jobs
+            .iter()
+            .zip(&lookups)
+            .map(|(j, l)| face_need(&j.event, *l))
+            .collect();
         let identified = identify_batch(&snapshot, jobs, &needs);
         jobs.iter()
             .zip(lookups)
@@ -118,7 +165,10 @@ fn decide_all(shared: &Shared, jobs: &[Job]) -> Vec<Verdict> {
             .collect::<Vec<_>>()
     }));
     attempt.unwrap_or_else(|_| {
-        shared.stats.internal_errors.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .internal_errors
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
         jobs.iter()
             .map(|j| policy::internal_error(j.event.gate, j.event.seq, now, "matching failed"))
             .collect()

@@ -120,9 +120,10 @@ impl FleetCa {
         key_path: &Path,
     ) -> Result<(), CertError> {
         let mut params = CertificateParams::new(names.clone())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;

@@ -123,7 +123,10 @@ async fn respond(bytes: &[u8], state: &ConnState, ctx: &Ctx) -> Message {
             admin(state, ctx, move |e| e.enroll(&req).map(Message::EnrollAck)).await
         }
         Message::UpdateHealth(req) => {
-            admin(state, ctx, move |e| e.update_health(&req).map(Message::UpdateHealthAck)).await
+            admin(state, ctx, move |e| {
+                e.update_health(&req).map(Message::UpdateHealthAck)
+            })
+            .await
         }
         Message::Revoke(req) => {
             admin(state, ctx, move |e| e.revoke(&req).map(Message::RevokeAck)).await
@@ -190,7 +193,10 @@ async fn on_event(event: Event, state: &ConnState, ctx: &Ctx) -> Message {
         warn!(connection_gate = %gate, event_gate = %event.gate, "event for another gate refused");
         return error(
             ErrorCode::GateMismatch,
-            format!("this connection is gate {gate}; it cannot send events for gate {}", event.gate),
+            format!(
+                "this connection is gate {gate}; it cannot send events for gate {}",
+                event.gate
+            ),
         );
     }
     match ctx.engine.submit(event).await {

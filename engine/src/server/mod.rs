@@ -107,7 +107,8 @@ impl Server {
         certs: &CertDir,
     ) -> Result<Self, ServerError> {
         let tls = tls::server_config(certs)?;
-        let crypto = QuicServerConfig::try_from(tls).map_err(|e| ServerError::Quic(e.to_string()))?;
+        let crypto =
+            QuicServerConfig::try_from(tls).map_err(|e| ServerError::Quic(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(transport(config)?));
         let socket = udp_socket(config.listen, config.udp_buffer_bytes).map_err(|source| {

@@ -78,11 +78,15 @@ pub fn server_config(dir: &CertDir) -> Result<rustls::ServerConfig, TlsError> {
     for ca in load_certs(&dir.ca_cert())? {
         roots.add(ca)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&dir.server_cert())?, load_key(&dir.server_key())?)?;
+        .with_single_cert(
+            load_certs(&dir.server_cert())?,
+            load_key(&dir.server_key())?,
+        )?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }

@@ -42,9 +42,7 @@ fn spawn_server(dir: &Path) -> (ServerGuard, SocketAddr) {
     // Guard first: a server that prints garbage must not outlive the test.
     let stdout = child.stdout.take().unwrap();
     let guard = ServerGuard(child);
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
     let addr = line
         .trim()
         .strip_prefix("listening on ")

@@ -277,7 +277,9 @@ fn enrolling_a_face_twice_under_another_name_is_reported() {
     let engine = open_populated(dir.path(), now());
     let face = support::face_of(3);
     let rows = [(SubjectId(4), face.as_slice())];
-    let report = engine.enroll_templates(&rows, true).unwrap();
+    let report = engine
+        .enroll_templates(&rows, Some(&engine.gallery().snapshot()))
+        .unwrap();
     assert_eq!(report.added, 0);
     assert_eq!(report.duplicates.len(), 1);
     assert_eq!(report.duplicates[0].existing, SubjectId(3));

@@ -156,7 +156,10 @@ fn bad_frames_get_typed_errors_and_the_connection_survives() {
         let gate = Client::gate(server.addr, &server.certs, 1).await;
         assert!(matches!(gate.hello(1).await, Message::HelloAck(_)));
         // A well-framed Event whose body is two bytes of garbage.
-        let garbage = gate.request_raw(&[3, 0, 0, 0, 3, 0xff, 0xee]).await.unwrap();
+        let garbage = gate
+            .request_raw(&[3, 0, 0, 0, 3, 0xff, 0xee])
+            .await
+            .unwrap();
         assert_eq!(error_code(&garbage), ErrorCode::Malformed);
         // A frame header announcing more than the limit, followed by that many bytes.
         let mut oversize = Vec::new();

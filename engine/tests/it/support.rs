@@ -120,7 +120,9 @@ pub(crate) fn populate(engine: &Engine, now: UnixMillis) {
     let faces: Vec<(SubjectId, Vec<f32>)> =
         (1..=PEOPLE).map(|s| (SubjectId(s), face_of(s))).collect();
     let rows: Vec<(SubjectId, &[f32])> = faces.iter().map(|(s, v)| (*s, v.as_slice())).collect();
-    let report = engine.enroll_templates(&rows, true).unwrap();
+    let report = engine
+        .enroll_templates(&rows, Some(&engine.gallery().snapshot()))
+        .unwrap();
     assert_eq!(report.added, PEOPLE as usize);
 }
 

@@ -481,7 +481,10 @@ mod avx512 {
     #[inline]
     fn quad_ps(ab: __m512, cd: __m512) -> __m512 {
         let (x, y) = (_mm512_castps_pd(ab), _mm512_castps_pd(cd));
-        _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)))
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+        )
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
