@@ -51,6 +51,9 @@ pub(crate) struct SearchArgs {
     /// Verify the gallery's checksum before searching.
     #[arg(long)]
     verify: bool,
+    /// Map the file (pre-faulted) instead of reading it into huge-page-backed memory.
+    #[arg(long)]
+    mapped: bool,
     /// f32 batch strategy: auto, blocked (SIMD tiles) or gemm (faer).
     #[arg(long, default_value = "auto", value_parser = parse_batch_path)]
     batch_path: BatchPath,
@@ -102,7 +105,11 @@ pub(crate) fn run(args: SearchArgs) -> anyhow::Result<()> {
         bail!("--batch and --threads must be at least 1");
     }
     let kernels = Kernels::select()?;
-    let g = Gallery::open_with(&args.gallery, true)?;
+    let g = if args.mapped {
+        Gallery::open_with(&args.gallery, true)?
+    } else {
+        Gallery::load(&args.gallery)?
+    };
     if args.verify {
         g.verify()?;
     }

@@ -45,8 +45,11 @@ pub struct GalleryOptions {
     pub precision: Precision,
     /// Above this many segments, compaction merges all of them into one.
     pub max_segments: usize,
-    /// Pre-fault segment pages at open (slower open, no page faults on the first searches).
-    pub populate: bool,
+    /// Hold segments in huge-page-backed memory (read at open) instead of mapping the files:
+    /// about 15% faster scans on the measured machine, no page faults, and immune to outside
+    /// truncation; opening reads each file once, which the checksum check does anyway.
+    /// `false` maps the files (pre-faulted) instead.
+    pub resident: bool,
 }
 
 impl GalleryOptions {
@@ -56,7 +59,7 @@ impl GalleryOptions {
             dim,
             precision,
             max_segments: 8,
-            populate: false,
+            resident: true,
         }
     }
 }
@@ -486,7 +489,7 @@ impl LiveGallery {
                 normalize: false,
             };
             let w = write_segment(&path, &spec, &source, &mut |_| {})?;
-            let gallery = Gallery::open_with(&path, self.opts.populate)?;
+            let gallery = open_file(&path, &self.opts)?;
             gallery.verify()?;
             stats.rows_written = w.rows;
             stats.bytes_written = w.bytes;
@@ -973,6 +976,14 @@ fn lock_dir(dir: &Path) -> Result<File, GalleryError> {
     }
 }
 
+fn open_file(path: &Path, opts: &GalleryOptions) -> Result<Gallery, GalleryError> {
+    if opts.resident {
+        Gallery::load(path)
+    } else {
+        Gallery::open_with(path, true)
+    }
+}
+
 fn open_segment(
     dir: &Path,
     rec: &SegmentRecord,
@@ -988,7 +999,7 @@ fn open_segment(
             rec.file
         )));
     }
-    let gallery = Gallery::open_with(&dir.join(&rec.file), opts.populate)?;
+    let gallery = open_file(&dir.join(&rec.file), opts)?;
     gallery.verify()?;
     if gallery.dim() != opts.dim {
         return Err(GalleryError::DimMismatch {

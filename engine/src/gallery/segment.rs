@@ -70,7 +70,14 @@ impl Gallery {
     /// # Errors
     /// As [`Gallery::open`].
     pub fn open_with(path: &Path, populate: bool) -> Result<Self, GalleryError> {
-        Self::open_impl(path, if populate { Residency::MappedPopulated } else { Residency::Mapped })
+        Self::open_impl(
+            path,
+            if populate {
+                Residency::MappedPopulated
+            } else {
+                Residency::Mapped
+            },
+        )
     }
 
     /// Reads the whole file into memory backed by transparent huge pages (see `mmap.rs` for
@@ -85,30 +92,42 @@ impl Gallery {
     }
 
     fn open_impl(path: &Path, residency: Residency) -> Result<Self, GalleryError> {
-        let io = |source| GalleryError::Io { path: path.to_owned(), source };
+        let io = |source| GalleryError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let mut file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let label = path.display().to_string();
         if len < HEADER_LEN as u64 {
             // Too short to map meaningfully; decode the bytes for the precise error.
             let bytes = std::fs::read(path).map_err(io)?;
-            return Err(Header::decode(&bytes, &label).err().unwrap_or(GalleryError::Truncated {
-                path: label,
-                len,
-                need: HEADER_LEN as u64,
-            }));
+            return Err(Header::decode(&bytes, &label)
+                .err()
+                .unwrap_or(GalleryError::Truncated {
+                    path: label,
+                    len,
+                    need: HEADER_LEN as u64,
+                }));
         }
         let backing = match residency {
             Residency::Mapped => Backing::map(&file, false),
             Residency::MappedPopulated => Backing::map(&file, true),
             Residency::Resident => {
-                let len = usize::try_from(len).map_err(|_| GalleryError::TooManyRows { count: usize::MAX, max: u32::MAX as usize })?;
+                let len = usize::try_from(len).map_err(|_| GalleryError::TooManyRows {
+                    count: usize::MAX,
+                    max: u32::MAX as usize,
+                })?;
                 Backing::load(&mut file, len)
             }
         }
         .map_err(io)?;
         let header = Header::decode(backing.bytes(), &label)?;
-        Ok(Self { label, backing, header })
+        Ok(Self {
+            label,
+            backing,
+            header,
+        })
     }
 
     /// Parses a segment from bytes (copied into an aligned buffer). Arbitrary input gives an

@@ -82,6 +82,13 @@ fn segment_round_trips() {
         let fb = Gallery::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
         fb.verify().unwrap();
         assert_eq!(fb.vectors(), g.vectors());
+        let resident = Gallery::load(&path).unwrap();
+        resident.verify().unwrap();
+        assert_eq!(
+            (resident.vectors(), resident.codes()),
+            (g.vectors(), g.codes())
+        );
+        assert_eq!(resident.path(), Some(path.clone()));
     }
 }
 
@@ -366,7 +373,9 @@ fn live_remove_subject_survives_compaction_and_reopen() {
         assert_eq!(g.len(), 96);
         assert_eq!(g.watermark(), 139);
     }
-    let g = LiveGallery::open(&path, opts(32, Precision::Int8)).unwrap();
+    let mut mapped = opts(32, Precision::Int8);
+    mapped.resident = false;
+    let g = LiveGallery::open(&path, mapped).unwrap();
     assert_eq!(g.len(), 96);
     assert_eq!(g.watermark(), 139);
     assert_eq!(g.snapshot().templates_of(pop.subject(7)), 0);

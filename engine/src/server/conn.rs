@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use gatewarden_protocol::{
     ErrorCode, ErrorReply, Event, GateId, Hello, HelloAck, Message, decode_frame, encode_frame,
@@ -50,9 +51,10 @@ pub(super) async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
             Ok((send, recv)) => {
                 let ctx = Arc::clone(&ctx);
                 let state = Arc::clone(&state);
+                let conn = conn.clone();
                 ctx.stats.streams_in_flight.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    serve_stream(send, recv, &state, &ctx).await;
+                    serve_stream(send, recv, &conn, &state, &ctx).await;
                     ctx.stats.streams_in_flight.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -74,6 +76,7 @@ fn peer_cert(conn: &quinn::Connection) -> Option<PeerCert> {
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    conn: &quinn::Connection,
     state: &ConnState,
     ctx: &Ctx,
 ) {
@@ -106,6 +109,19 @@ async fn serve_stream(
     if send.write_all(&out).await.is_ok() {
         let _ = send.finish();
     }
+    if state.gate.get().is_none() && is_hello_refusal(&reply) && !state.is_admin {
+        // PROTOCOL.md: a refused Hello ends the connection. Let the refusal arrive first.
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        conn.close(quinn::VarInt::from_u32(2), b"hello refused");
+    }
+}
+
+/// A refusal that leaves the connection without an identity (version, gate, registry).
+fn is_hello_refusal(reply: &Message) -> bool {
+    matches!(reply, Message::Error(e) if matches!(
+        e.code,
+        ErrorCode::VersionUnsupported | ErrorCode::GateMismatch | ErrorCode::UnknownGate
+    ))
 }
 
 async fn respond(bytes: &[u8], state: &ConnState, ctx: &Ctx) -> Message {

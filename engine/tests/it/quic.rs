@@ -94,6 +94,11 @@ impl Client {
         decode_frame(&reply).map_err(|e| e.to_string())
     }
 
+    /// Waits until the server closes the connection.
+    pub(crate) async fn closed(&self) {
+        self.conn.closed().await;
+    }
+
     pub(crate) async fn close(self) {
         self.conn.close(quinn::VarInt::from_u32(0), b"done");
         self.endpoint.wait_idle().await;

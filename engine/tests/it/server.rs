@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gatewarden::clock::{Clock, SystemClock};
 use gatewarden::server::Server;
@@ -97,8 +98,12 @@ fn a_gate_can_act_only_as_itself() {
     runtime().block_on(async {
         let server = start().await;
         let gate = Client::gate(server.addr, &server.certs, 1).await;
-        // Hello as another gate: the certificate does not name it.
+        // Hello as another gate: the certificate does not name it, and the connection ends.
         assert_eq!(error_code(&gate.hello(2).await), ErrorCode::GateMismatch);
+        tokio::time::timeout(Duration::from_secs(5), gate.closed())
+            .await
+            .expect("a refused Hello must close the connection");
+        let gate = Client::gate(server.addr, &server.certs, 1).await;
         // Events before a successful Hello are refused.
         let early = gate
             .request(&Message::Event(verify_event(1, 1, 7, now())))
