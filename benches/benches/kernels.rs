@@ -24,25 +24,28 @@ fn kernels(c: &mut Criterion) {
         }
         let mut group = c.benchmark_group(format!("kernels/d{dim}"));
         group.throughput(Throughput::Elements(ROWS as u64));
+        let blocks = (
+            F32Block::new(&probes[0], g.vectors(), g.stride(), ROWS),
+            I8Block::new(&qcodes[..dim], g.codes(), g.code_stride(), ROWS),
+            F32Multi::new(dim, &packed, dim, QUERIES, g.vectors(), g.stride(), ROWS),
+            I8Multi::new(dim, &qcodes, dim, QUERIES, g.codes(), g.code_stride(), ROWS),
+        );
+        let (Some(f), Some(i), Some(fm), Some(im)) = blocks else {
+            unreachable!("the bench gallery holds {ROWS} rows of dimension {dim}");
+        };
         for k in Kernels::available() {
             let isa = k.isa().name();
-            let f = F32Block::new(&probes[0], g.vectors(), g.stride(), ROWS).expect("block");
             let mut out = vec![0f32; ROWS * QUERIES];
             group.bench_function(BenchmarkId::new("score_f32", isa), |b| {
                 b.iter(|| k.score_f32(&f, &mut out))
             });
-            let i = I8Block::new(&qcodes[..dim], g.codes(), g.code_stride(), ROWS).expect("block");
             let mut iout = vec![0i32; ROWS * QUERIES];
             group.bench_function(BenchmarkId::new("score_i8", isa), |b| {
                 b.iter(|| k.score_i8(&i, &mut iout))
             });
-            let fm = F32Multi::new(dim, &packed, dim, QUERIES, g.vectors(), g.stride(), ROWS)
-                .expect("block");
             group.bench_function(BenchmarkId::new("multi_f32_x16", isa), |b| {
                 b.iter(|| k.multi_f32(&fm, &mut out))
             });
-            let im = I8Multi::new(dim, &qcodes, dim, QUERIES, g.codes(), g.code_stride(), ROWS)
-                .expect("block");
             group.bench_function(BenchmarkId::new("multi_i8_x16", isa), |b| {
                 b.iter(|| k.multi_i8(&im, &mut iout))
             });

@@ -233,7 +233,7 @@ pub fn write_f32_matrix(
     dim: usize,
     data: &[f32],
 ) -> Result<(), NpyError> {
-    let expected = rows.checked_mul(dim).unwrap_or(usize::MAX);
+    let expected = rows.saturating_mul(dim);
     if expected != data.len() {
         return Err(NpyError::BadMatrix {
             path: path.to_owned(),

@@ -181,12 +181,8 @@ impl Progress {
     }
 
     fn show(&mut self, p: WriteProgress) {
-        let pct = if p.total == 0 {
-            100
-        } else {
-            p.done * 100 / p.total
-        };
-        if self.last_pct == Some((p.phase, pct)) || (!self.tty && pct % 25 != 0) {
+        let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
+        if self.last_pct == Some((p.phase, pct)) || (!self.tty && !pct.is_multiple_of(25)) {
             return;
         }
         self.last_pct = Some((p.phase, pct));

@@ -113,7 +113,7 @@ pub(crate) fn run(args: SearchArgs) -> anyhow::Result<()> {
     if args.verify {
         g.verify()?;
     }
-    let precision = args.precision.unwrap_or(g.precision());
+    let precision = args.precision.unwrap_or_else(|| g.precision());
     if precision == Precision::Int8 && g.precision() != Precision::Int8 {
         bail!(
             "{} has no int8 codes; rebuild it with `gatewarden gallery build --precision int8` or search with --precision f32",

@@ -49,15 +49,15 @@ impl ElementType {
     /// The element type for an on-disk code.
     pub fn try_from_code(code: u8) -> Option<Self> {
         match code {
-            1 => Some(ElementType::F32),
-            2 => Some(ElementType::F32Int8),
+            1 => Some(Self::F32),
+            2 => Some(Self::F32Int8),
             _ => None,
         }
     }
 
     /// True if rows carry int8 codes.
     pub fn has_codes(self) -> bool {
-        self == ElementType::F32Int8
+        self == Self::F32Int8
     }
 }
 

@@ -79,6 +79,22 @@ pub struct Identification {
     pub runner_up: Option<(SubjectId, f32)>,
 }
 
+impl Identification {
+    /// Best score minus the runner-up's; infinite when no other subject exists, `None` when
+    /// nothing matched at all.
+    pub fn margin(&self) -> Option<f32> {
+        let (_, best) = self.best?;
+        Some(self.runner_up.map_or(f32::INFINITY, |(_, r)| best - r))
+    }
+
+    /// The best subject if its score reaches `threshold` and its margin over every other
+    /// subject reaches `margin`; `None` otherwise (no match, or ambiguous).
+    pub fn accept(&self, threshold: f32, margin: f32) -> Option<SubjectId> {
+        let (subject, score) = self.best?;
+        (score >= threshold && self.margin()? >= margin).then_some(subject)
+    }
+}
+
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompactStats {
@@ -784,6 +800,20 @@ impl GallerySnapshot {
     /// subject id, then the lower template id.
     pub fn identify_batch(&self, queries: &[&[f32]]) -> Vec<Identification> {
         self.identify_batch_with(queries, 1)
+    }
+
+    /// 1:N for one query with the decision rule applied: the best subject, its score and its
+    /// margin over the best other subject, if the score reaches `threshold` and the margin
+    /// reaches `margin`.
+    pub fn identify(
+        &self,
+        query: &[f32],
+        threshold: f32,
+        margin: f32,
+    ) -> Option<(SubjectId, f32, f32)> {
+        let id = self.identify_batch(&[query]).pop()?;
+        let subject = id.accept(threshold, margin)?;
+        Some((subject, id.best?.1, id.margin()?))
     }
 
     /// As [`GallerySnapshot::identify_batch`], splitting the scan over `threads` threads.

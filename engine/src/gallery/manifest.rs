@@ -61,7 +61,7 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(GalleryError::Io { path, source }),
         };
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| GalleryError::Manifest {
+        let m: Self = serde_json::from_str(&text).map_err(|e| GalleryError::Manifest {
             path: path.clone(),
             what: format!(
                 "unreadable ({e}); restore it or delete the folder to rebuild from the store"

@@ -50,7 +50,7 @@ impl Backing {
         } else {
             Advice::WillNeed
         });
-        Ok(Backing::Mapped(map))
+        Ok(Self::Mapped(map))
     }
 
     /// Reads all `len` bytes of `file` into huge-page-advised anonymous memory.
@@ -59,14 +59,14 @@ impl Backing {
         let mut map = MmapOptions::new().len(len.max(1)).map_anon()?;
         let _ = map.advise(Advice::HugePage);
         file.read_exact(&mut map[..len])?;
-        Ok(Backing::Resident { map, len })
+        Ok(Self::Resident { map, len })
     }
 
     /// An aligned copy of `bytes`.
     pub(crate) fn copy_of(bytes: &[u8]) -> Self {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        Backing::Owned {
+        Self::Owned {
             words,
             len: bytes.len(),
         }
@@ -75,9 +75,9 @@ impl Backing {
     /// The bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Mapped(m) => m,
-            Backing::Resident { map, len } => &map[..*len],
-            Backing::Owned { words, len } => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
+            Self::Mapped(m) => m,
+            Self::Resident { map, len } => &map[..*len],
+            Self::Owned { words, len } => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
         }
     }
 }

@@ -80,6 +80,20 @@ pub use writer::{RowSource, SegmentSpec, SliceSource, WriteProgress, WriteStats,
 
 pub use crate::index::Precision;
 
+/// Entry point of the `gallery_open` fuzz target: parses `data` as a segment, verifies it
+/// and reads every view. Returns `Ok` or `Err` for any input; it must never panic.
+///
+/// # Errors
+/// Whatever [`Gallery::from_bytes`] or [`Gallery::verify`] reports.
+pub fn fuzz_open(data: &[u8]) -> Result<GalleryInfo, GalleryError> {
+    let g = Gallery::from_bytes(data)?;
+    let info = g.info();
+    let _ = g.rows();
+    let _ = g.rows_of(gatewarden_protocol::SubjectId(0)).count();
+    g.verify()?;
+    Ok(info)
+}
+
 /// An error opening, verifying, writing or updating a gallery.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -177,9 +177,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
     #[test]
     fn prop_from_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        if let Ok(g) = Gallery::from_bytes(&bytes) {
-            let _ = g.verify();
-        }
+        prop_assert!(fuzz_open(&bytes).is_err());
     }
 
     #[test]
@@ -330,7 +328,7 @@ fn live_identifies_verifies_and_searches_across_segments_and_delta() {
                 "verify scores the subject's best template"
             );
         }
-        assert_eq!(snap.verify(SubjectId(1), &qs[0]), None, "unknown subject");
+        assert_eq!(snap.verify(SubjectId(1), qs[0]), None, "unknown subject");
         let top = snap.search(qs[0], 3);
         assert_eq!(top.len(), 3);
         assert_eq!(top[0].0, pop.subject(probes[0].truth.unwrap()));
@@ -500,6 +498,42 @@ fn live_refuses_a_corrupt_segment_at_open() {
     std::fs::write(&seg, b).unwrap();
     let err = LiveGallery::open(dir.path(), opts(8, Precision::Int8)).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
+}
+
+#[test]
+fn identify_applies_threshold_and_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = LiveGallery::open(dir.path(), opts(2, Precision::Int8)).unwrap();
+    g.insert_batch(&[
+        (1, SubjectId(1), &[1.0, 0.0]),
+        (2, SubjectId(2), &[0.8, 0.6]),
+    ])
+    .unwrap();
+    let snap = g.snapshot();
+    let (s, score, margin) = snap.identify(&[1.0, 0.0], 0.9, 0.1).unwrap();
+    assert_eq!(s, SubjectId(1));
+    assert!((score - 1.0).abs() < 1e-6 && (margin - 0.2).abs() < 1e-5);
+    assert_eq!(snap.identify(&[1.0, 0.0], 0.9, 0.3), None, "ambiguous");
+    assert_eq!(
+        snap.identify(&[0.0, 1.0], 0.9, 0.0),
+        None,
+        "below threshold"
+    );
+    let only = Identification {
+        best: Some((SubjectId(4), 0.5)),
+        runner_up: None,
+    };
+    assert_eq!(
+        (only.margin(), only.accept(0.4, 10.0)),
+        (Some(f32::INFINITY), Some(SubjectId(4)))
+    );
+    assert_eq!(Identification::default().margin(), None);
+}
+
+#[test]
+fn fuzz_entry_accepts_a_valid_segment() {
+    let info = fuzz_open(&small_bytes(Precision::Int8)).unwrap();
+    assert_eq!((info.count, info.dim), (5, 8));
 }
 
 #[test]

@@ -180,7 +180,7 @@ pub(crate) fn rename_durably(from: &Path, to: &Path) -> Result<(), GalleryError>
         path: to.to_owned(),
         source,
     })?;
-    sync_dir(to.parent().unwrap_or(Path::new(".")))
+    sync_dir(to.parent().unwrap_or_else(|| Path::new(".")))
 }
 
 /// fsyncs a folder (makes renames and new names in it durable).

@@ -32,10 +32,18 @@ use super::topk::{Collector, Hit};
 /// score buffer (`BLOCK_ROWS x queries`) stays in L1/L2.
 const BLOCK_ROWS: usize = 256;
 
+/// Rows per kernel call in the single-query int8 scan. The interval checks run between
+/// kernel calls, when no row load is in flight; short blocks keep the memory stream busy
+/// through them (measured at N = 1M: 17.8 ms with 32 rows against 19.2 ms with 256).
+const I8_SINGLE_BLOCK_ROWS: usize = 32;
+
 /// From this many queries on, `BatchPath::Auto` uses the faer GEMM for f32 batches; below it
-/// the register-tiled kernel. Measured with `cargo bench -p benches --bench search` on
-/// AMD EPYC (Zen 4, AVX-512), N = 100k, d = 512: see benches/README.md.
-pub const GEMM_MIN_QUERIES: usize = 8;
+/// the SIMD multi-query kernel. Measured with `cargo bench -p benches --bench search`
+/// (`f32_blocked` / `f32_gemm`, N = 10k, d = 512, AMD EPYC Zen 4, AVX-512): the kernel takes
+/// 0.73 / 0.88 / 1.48 ms for 2 / 4 / 8 queries against GEMM's 2.19 / 2.32 / 2.44 ms (faer's
+/// packing does not pay off on a memory-bound scan); from 16 queries GEMM wins (2.39 against
+/// 2.82 ms; 7.52 against 8.30 ms at 64). See benches/README.md.
+pub const GEMM_MIN_QUERIES: usize = 16;
 
 /// Element type scanned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -52,8 +60,8 @@ impl Precision {
     /// `"f32"` or `"int8"`.
     pub fn name(self) -> &'static str {
         match self {
-            Precision::F32 => "f32",
-            Precision::Int8 => "int8",
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
         }
     }
 }
@@ -63,8 +71,8 @@ impl std::str::FromStr for Precision {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(Precision::F32),
-            "int8" | "i8" | "sq8" => Ok(Precision::Int8),
+            "f32" | "float32" => Ok(Self::F32),
+            "int8" | "i8" | "sq8" => Ok(Self::Int8),
             other => Err(format!("unknown precision {other:?}: use f32 or int8")),
         }
     }
@@ -529,12 +537,17 @@ impl Scan<'_, '_> {
         let qnorm: Vec<f32> = quants.iter().map(|q| q.coefs().0).collect();
         let qerr: Vec<f32> = quants.iter().map(|q| q.coefs().1).collect();
         let (mut approx, mut half) = (vec![0f32; nq], vec![0f32; nq]);
+        let block = if nq == 1 {
+            I8_SINGLE_BLOCK_ROWS
+        } else {
+            BLOCK_ROWS
+        };
         let mut ibuf = vec![0i32; BLOCK_ROWS * nq];
         let mut fbuf = vec![0f32; BLOCK_ROWS * nq];
         for task in tasks {
             let part = &self.parts[task.part];
-            for start in task.rows.clone().step_by(BLOCK_ROWS) {
-                let n = BLOCK_ROWS.min(task.rows.end - start);
+            for start in task.rows.clone().step_by(block) {
+                let n = block.min(task.rows.end - start);
                 let Some(c) = part.codes else {
                     // A row set without codes: exact scores, zero-width intervals.
                     self.f32_block(part, start, n, &mut fbuf);

@@ -21,7 +21,7 @@ pub struct Hit {
 
 impl Hit {
     /// The workspace's result order: `Less` means `self` ranks first.
-    pub fn rank_cmp(&self, other: &Hit) -> Ordering {
+    pub fn rank_cmp(&self, other: &Self) -> Ordering {
         other
             .score
             .total_cmp(&self.score)
@@ -29,7 +29,7 @@ impl Hit {
             .then(self.template.cmp(&other.template))
     }
 
-    fn ranks_before(&self, other: &Hit) -> bool {
+    fn ranks_before(&self, other: &Self) -> bool {
         self.rank_cmp(other) == Ordering::Less
     }
 }

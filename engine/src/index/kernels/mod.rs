@@ -61,15 +61,20 @@ pub enum Isa {
 
 impl Isa {
     /// Every instruction set, in preference order (best first).
-    pub const ALL: [Isa; 4] = [Isa::X86Avx512, Isa::X86Avx2, Isa::Aarch64Neon, Isa::Scalar];
+    pub const ALL: [Self; 4] = [
+        Self::X86Avx512,
+        Self::X86Avx2,
+        Self::Aarch64Neon,
+        Self::Scalar,
+    ];
 
     /// The name used by `GATEWARDEN_ISA` and in logs.
     pub fn name(self) -> &'static str {
         match self {
-            Isa::Aarch64Neon => "neon",
-            Isa::Scalar => "scalar",
-            Isa::X86Avx2 => "avx2",
-            Isa::X86Avx512 => "avx512",
+            Self::Aarch64Neon => "neon",
+            Self::Scalar => "scalar",
+            Self::X86Avx2 => "avx2",
+            Self::X86Avx512 => "avx512",
         }
     }
 }
@@ -84,7 +89,7 @@ impl FromStr for Isa {
     type Err = IsaError;
 
     fn from_str(s: &str) -> Result<Self, IsaError> {
-        Isa::ALL
+        Self::ALL
             .into_iter()
             .find(|isa| isa.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| IsaError::Unknown {
@@ -406,12 +411,12 @@ impl Kernels {
     }
 
     /// Every table this CPU supports, best first (the scalar table is always last).
-    pub fn available() -> impl Iterator<Item = Kernels> {
+    pub fn available() -> impl Iterator<Item = Self> {
         Isa::ALL.into_iter().filter_map(Self::for_isa)
     }
 
     /// The best table for this CPU, ignoring `GATEWARDEN_ISA`; detected once and cached.
-    pub fn detect() -> &'static Kernels {
+    pub fn detect() -> &'static Self {
         static BEST: OnceLock<Kernels> = OnceLock::new();
         BEST.get_or_init(|| Self::available().next().unwrap_or_else(Self::scalar))
     }
@@ -421,7 +426,7 @@ impl Kernels {
     ///
     /// # Errors
     /// The variable names an unknown instruction set or one this CPU lacks.
-    pub fn select() -> Result<&'static Kernels, IsaError> {
+    pub fn select() -> Result<&'static Self, IsaError> {
         static SELECTED: OnceLock<Result<Kernels, IsaError>> = OnceLock::new();
         SELECTED
             .get_or_init(|| {
@@ -437,7 +442,7 @@ impl Kernels {
     ///
     /// # Errors
     /// Unknown name, or an instruction set this CPU lacks.
-    pub fn from_setting(value: &str) -> Result<Kernels, IsaError> {
+    pub fn from_setting(value: &str) -> Result<Self, IsaError> {
         let value = value.trim();
         if value.is_empty() || value.eq_ignore_ascii_case("auto") {
             return Ok(*Self::detect());

@@ -3,14 +3,15 @@
 //! Every kernel is a safe `#[target_feature]` function; the only `unsafe` left is (a) the
 //! raw loads, each from a fixed-size array reference or a masked tail whose mask covers
 //! exactly the slice, and (b) one call per table entry, reachable only through a table
-//! that [`avx2`] or [`avx512`] built after detecting the features.
+//! that [`avx2()`] or [`avx512()`] built after detecting the features.
 //!
 //! Shapes (why):
 //! - single query: four independent accumulators per row hide the FMA latency; the scan is
 //!   memory-bound, so the per-row horizontal sum is free;
-//! - several queries: 4 rows x 4 queries register tiles, so each row chunk loaded from L1 is
-//!   used four times; the sixteen partial vectors are reduced together with a transpose-add
-//!   (about 3 instructions per result instead of 8 for sixteen separate reductions);
+//! - several queries (AVX-512): below 16 queries the scan is still memory-bound, so rows go
+//!   one at a time in address order against tiles of up to 4 queries; from 16 on, 4 rows x 4
+//!   queries register tiles use each loaded chunk four times, and the sixteen partial vectors
+//!   are reduced together with a transpose-add (about 3 instructions per result instead of 8);
 //! - int8 on AVX-512: `vpdpbusd` multiplies unsigned by signed bytes, so rows are flipped to
 //!   `r + 128` with one xor and the exact `128 * sum(q)` is subtracted at the end;
 //! - int8 on AVX2: `vpmaddubsw(|q|, sign(r, q))`; with codes in [-127, 127] a pair sum is at
@@ -561,6 +562,10 @@ mod avx512 {
         )
     }
 
+    /// Below this many queries the multi-query kernels take rows one at a time (memory-bound
+    /// regime); from it on, 4 x 4 register tiles (compute-bound regime).
+    const SEQUENTIAL_BELOW_QUERIES: usize = 16;
+
     /// Accumulates an `R x Q` tile of f32 products over the whole dimension.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
     #[inline]
@@ -649,7 +654,9 @@ mod avx512 {
     pub(super) fn multi_f32(b: &F32Multi<'_>, out: &mut [f32]) {
         let (n, nq) = (b.len(), b.queries());
         let mut i = 0;
-        while i + 4 <= n {
+        // Few queries: the scan is still memory-bound, so rows go one at a time in address
+        // order (the prefetcher follows one stream; four interleaved rows read at half speed).
+        while nq >= SEQUENTIAL_BELOW_QUERIES && i + 4 <= n {
             let mut j = 0;
             while j + 4 <= nq {
                 tile4x4_f32(b, i, j, out);
@@ -669,9 +676,11 @@ mod avx512 {
                 tile_f32::<1, 4>(b, i, j, out);
                 j += 4;
             }
-            while j < nq {
-                tile_f32::<1, 1>(b, i, j, out);
-                j += 1;
+            match nq - j {
+                3 => tile_f32::<1, 3>(b, i, j, out),
+                2 => tile_f32::<1, 2>(b, i, j, out),
+                1 => tile_f32::<1, 1>(b, i, j, out),
+                _ => {}
             }
             i += 1;
         }
@@ -769,7 +778,9 @@ mod avx512 {
         let (n, nq) = (b.len(), b.queries());
         let bias: Vec<i32> = (0..nq).map(|j| 128 * code_sum(b.query(j))).collect();
         let mut i = 0;
-        while i + 4 <= n {
+        // Few queries: the scan is still memory-bound, so rows go one at a time in address
+        // order (the prefetcher follows one stream; four interleaved rows read at half speed).
+        while nq >= SEQUENTIAL_BELOW_QUERIES && i + 4 <= n {
             let mut j = 0;
             while j + 4 <= nq {
                 tile4x4_i8(b, &bias, i, j, out);
@@ -789,9 +800,11 @@ mod avx512 {
                 tile_i8::<1, 4>(b, &bias, i, j, out);
                 j += 4;
             }
-            while j < nq {
-                tile_i8::<1, 1>(b, &bias, i, j, out);
-                j += 1;
+            match nq - j {
+                3 => tile_i8::<1, 3>(b, &bias, i, j, out),
+                2 => tile_i8::<1, 2>(b, &bias, i, j, out),
+                1 => tile_i8::<1, 1>(b, &bias, i, j, out),
+                _ => {}
             }
             i += 1;
         }
