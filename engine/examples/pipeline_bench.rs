@@ -12,6 +12,9 @@
 //!     --subjects 100000 --events 20000 --batches 1,16,64
 //! ```
 
+// A benchmark harness: a failed set-up step should stop it loudly, as in benches/.
+#![allow(clippy::expect_used)]
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

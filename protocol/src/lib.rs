@@ -13,8 +13,8 @@
 //! | 4      | 1    | `kind`: [`MessageKind`] code                           |
 //! | 5      | n    | `body`: the message, `n = length - 1`                  |
 //!
-//! A whole frame is at most [`MAX_GATE_FRAME_LEN`](limits::MAX_GATE_FRAME_LEN) (64 KiB) for
-//! gate messages and [`MAX_ADMIN_FRAME_LEN`](limits::MAX_ADMIN_FRAME_LEN) (1 MiB) for admin
+//! A whole frame is at most [`MAX_GATE_FRAME_LEN`] (64 KiB) for
+//! gate messages and [`MAX_ADMIN_FRAME_LEN`] (1 MiB) for admin
 //! messages; both are checked from the header, before the body is buffered.
 //!
 //! # Module map

@@ -137,7 +137,7 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
         target: server.addr,
         server_name: "localhost".to_owned(),
         certs: dir.join("certs"),
-        population: population.clone(),
+        population,
         gates: args.gates,
         rate: args.rate,
         profile,
@@ -156,7 +156,7 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     println!("{}", report.summary());
     println!(
         "set-up before load: {setup_s:.1} s   CPU during load: server {}, load generator {:.1} s",
-        server_cpu.map_or("n/a".to_owned(), |s| format!("{s:.1} s")),
+        server_cpu.map_or_else(|| "n/a".to_owned(), |s| format!("{s:.1} s")),
         report.cpu_s
     );
     println!(

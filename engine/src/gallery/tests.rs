@@ -255,7 +255,7 @@ fn fixture_path(precision: Precision) -> PathBuf {
 /// Regenerates the compatibility fixtures of the *current* version. Run by hand only when
 /// the format version is bumped: `cargo test -p gatewarden --lib write_fixtures -- --ignored`.
 #[test]
-#[ignore]
+#[ignore = "regenerates the committed compat fixtures; run by hand on a format version bump"]
 fn write_fixtures() {
     std::fs::create_dir_all(FIXTURE_DIR).unwrap();
     let (data, subjects) = fixture_rows();

@@ -116,25 +116,25 @@ async fn drive(
     let mut got = HashMap::new();
     while let Some(v) = rx.recv().await {
         got.insert((v.gate, v.seq), v);
-        if let Some((child, after)) = kill.as_mut() {
-            if got.len() >= *after {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                // Replies already on the wire may still land; then stop waiting.
-                let deadline = tokio::time::sleep(Duration::from_millis(300));
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        v = rx.recv() => match v {
-                            Some(v) => { got.insert((v.gate, v.seq), v); }
-                            None => break,
-                        },
-                        () = &mut deadline => break,
-                    }
+        if let Some((child, after)) = kill.as_mut()
+            && got.len() >= *after
+        {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            // Replies already on the wire may still land; then stop waiting.
+            let deadline = tokio::time::sleep(Duration::from_millis(300));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    v = rx.recv() => match v {
+                        Some(v) => { got.insert((v.gate, v.seq), v); }
+                        None => break,
+                    },
+                    () = &mut deadline => break,
                 }
-                tasks.iter().for_each(|t| t.abort());
-                return got;
             }
+            tasks.iter().for_each(|t| t.abort());
+            return got;
         }
     }
     got

@@ -2,6 +2,9 @@
 //! galleries, the pipeline threads, QUIC over loopback with mutual TLS, and processes killed
 //! with SIGKILL. One test binary (one link) with a module per area.
 
+// Fixture helpers outside #[test] functions unwrap too: a broken fixture should stop the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod crash;
 mod engine_api;
 mod quic;
