@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use gatewarden_protocol::{
-    ErrorCode, ErrorReply, Event, GateId, Hello, HelloAck, Message, decode_frame, encode_frame,
-    negotiate,
+    Busy, ErrorCode, ErrorReply, Event, GateId, Hello, HelloAck, Message, decode_frame,
+    encode_frame, negotiate,
 };
 use rustls::pki_types::CertificateDer;
 use tracing::{debug, info, warn};
@@ -16,6 +16,9 @@ use tracing::{debug, info, warn};
 use super::Ctx;
 use super::tls::PeerCert;
 use crate::Reply;
+
+/// Retry hint when a request did not arrive in full within the read timeout.
+const READ_TIMEOUT_RETRY_MS: u32 = 200;
 
 /// What a connection has proven about itself.
 struct ConnState {
@@ -83,13 +86,11 @@ async fn serve_stream(
     let max = ctx.max_frame_len;
     let read = tokio::time::timeout(ctx.read_timeout, recv.read_to_end(max)).await;
     let reply = match read {
-        Err(_) => error(
-            ErrorCode::Malformed,
-            format!(
-                "no complete request within {} ms; send one frame and finish the stream",
-                ctx.read_timeout.as_millis()
-            ),
-        ),
+        // No complete request in time: under overload the runtime itself may be late, so
+        // this is answered like overload (retry the same seq), not as a malformed request.
+        Err(_) => Message::Busy(Busy {
+            retry_after_ms: READ_TIMEOUT_RETRY_MS,
+        }),
         Ok(Err(quinn::ReadToEndError::TooLong)) => {
             let _ = recv.stop(quinn::VarInt::from_u32(2));
             error(
