@@ -18,7 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, EngineConfig};
 use crate::error::Error;
 use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
-use crate::pipeline::tally::{Observation, Tally};
+use crate::pipeline::tally::Tally;
 use crate::pipeline::{BatchPolicy, Job, Pipeline, PipelineSizes, Reply, Shared, StatsSnapshot};
 use crate::policy::PolicyBook;
 use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow, Store};
@@ -77,7 +77,8 @@ impl Engine {
             None => PolicyBook::demo(),
         };
         let offset = cfg.utc_offset();
-        let tally = rebuild_tally(&store, clock.now(), offset)?;
+        let tally = Tally::rebuild(&store, clock.now(), offset)?;
+        let committed_seq: DashMap<_, _> = store.max_seq_per_gate()?.into_iter().collect();
         let shared = Arc::new(Shared {
             store,
             gallery,
@@ -87,7 +88,7 @@ impl Engine {
             clock,
             offset,
             inflight: DashMap::new(),
-            committed_seq: DashMap::new(),
+            committed_seq,
             busy_retry_ms: cfg.busy_retry_ms,
         });
         let sizes = PipelineSizes {
@@ -219,6 +220,13 @@ impl Engine {
             return Err(refuse(
                 ErrorCode::InvalidValue,
                 "embedding contains a non-finite value".to_owned(),
+            ));
+        }
+        if face.embedding.iter().all(|v| *v == 0.0) {
+            // A zero vector has no direction: no similarity to anyone can be computed.
+            return Err(refuse(
+                ErrorCode::InvalidValue,
+                "embedding is all zeros".to_owned(),
             ));
         }
         Ok(())
@@ -595,30 +603,6 @@ fn flush_templates(
     gallery.insert_batch(&rows)?;
     pending.clear();
     Ok(())
-}
-
-/// Today's counters, rebuilt from today's entry records.
-fn rebuild_tally(
-    store: &Store,
-    now: UnixMillis,
-    offset: crate::clock::UtcOffset,
-) -> Result<Tally, Error> {
-    let mut tally = Tally::default();
-    let (day_start, _) = offset.day_bounds(now);
-    store.for_each_entry_since(day_start, |row| {
-        tally.observe(
-            &Observation {
-                subject: row.subject,
-                market: row.market,
-                mode: row.mode,
-                direction: row.direction,
-                decision: row.decision,
-                at: row.decided_at,
-            },
-            offset,
-        );
-    })?;
-    Ok(tally)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), Error> {

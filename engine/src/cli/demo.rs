@@ -242,10 +242,17 @@ impl ServerProcess {
             .context("cannot read from the server")?;
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
+            let _ = child.wait();
             bail!("the server did not start (it said {line:?}); see its messages above");
         };
-        let addr = addr.parse().context("server printed an invalid address")?;
-        Ok(Self { child, addr })
+        match addr.parse() {
+            Ok(addr) => Ok(Self { child, addr }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the server printed an invalid address {addr:?}: {e}")
+            }
+        }
     }
 
     /// User + system CPU seconds of the child so far (Linux), if readable.

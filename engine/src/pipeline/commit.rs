@@ -64,6 +64,13 @@ fn commit_group(
     shared.stats.commit_size.record_value(records.len() as u64);
     match result {
         Ok(outcomes) => {
+            if outcomes
+                .iter()
+                .any(|o| !matches!(o, CommitOutcome::Inserted))
+            {
+                // A duplicate was counted when decided but is not a new entry.
+                shared.resync_tally();
+            }
             for ((record, waiter), outcome) in
                 records.drain(..).zip(waiters.drain(..)).zip(outcomes)
             {
@@ -86,6 +93,7 @@ fn commit_group(
                     "could not record the entry ({err}); retry with the same seq"
                 )));
             }
+            shared.resync_tally();
         }
     }
 }

@@ -93,6 +93,21 @@ impl Shared {
         }
     }
 
+    /// Rebuilds today's counters from the entry log. The counters move when a verdict is
+    /// decided; when its record then fails to commit (or was already recorded), the log is the
+    /// truth to return to. Rare, so a full rebuild is cheaper than tracking undo records.
+    pub(crate) fn resync_tally(&self) {
+        match tally::Tally::rebuild(&self.store, self.clock.now(), self.offset) {
+            Ok(fresh) => {
+                *self
+                    .tally
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot rebuild today's counters"),
+        }
+    }
+
     pub(crate) fn internal_error(message: String) -> Reply {
         Reply::Error(ErrorReply::new(ErrorCode::Internal, message))
     }

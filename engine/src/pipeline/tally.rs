@@ -40,6 +40,33 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// Today's counters, rebuilt from today's entry records.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub(crate) fn rebuild(
+        store: &crate::store::Store,
+        now: UnixMillis,
+        offset: UtcOffset,
+    ) -> Result<Self, crate::store::StoreError> {
+        let mut tally = Self::default();
+        let (day_start, _) = offset.day_bounds(now);
+        store.for_each_entry_since(day_start, |row| {
+            tally.observe(
+                &Observation {
+                    subject: row.subject,
+                    market: row.market,
+                    mode: row.mode,
+                    direction: row.direction,
+                    decision: row.decision,
+                    at: row.decided_at,
+                },
+                offset,
+            );
+        })?;
+        Ok(tally)
+    }
+
     /// Forgets yesterday when `now` falls on a new local day.
     fn roll(&mut self, now: UnixMillis, offset: UtcOffset) {
         let today = offset.day_of(now);

@@ -165,6 +165,8 @@ fn decide_all(shared: &Shared, jobs: &[Job]) -> Vec<Verdict> {
             .collect::<Vec<_>>()
     }));
     attempt.unwrap_or_else(|_| {
+        // Verdicts decided before the panic were counted; none of them will be recorded.
+        shared.resync_tally();
         shared
             .stats
             .internal_errors

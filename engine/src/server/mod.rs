@@ -169,18 +169,26 @@ impl Server {
     async fn drain(self) {
         tracing::info!("shutting down: no new connections, finishing open requests");
         self.endpoint.set_server_config(None);
-        let deadline = tokio::time::Instant::now() + self.grace;
+        self.wait_for_streams(self.grace).await;
+        // Whatever is still queued is decided and recorded; requests arriving from now on are
+        // answered ShuttingDown at once.
+        let engine = Arc::clone(&self.ctx.engine);
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        // Let the replies of the drained events reach their gates before closing.
+        self.wait_for_streams(Duration::from_secs(2)).await;
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("shutdown complete");
+    }
+
+    async fn wait_for_streams(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         while self.ctx.stats.streams_in_flight.load(Ordering::SeqCst) > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let engine = Arc::clone(&self.ctx.engine);
-        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"server shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        tracing::info!("shutdown complete");
     }
 }
 

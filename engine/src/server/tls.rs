@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use gatewarden_protocol::{ALPN, GateId};
 use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use super::certs::{ADMIN_NAME, CertDir, gate_name};
@@ -123,22 +123,21 @@ impl PeerCert {
         chain.first().cloned().map(Self)
     }
 
-    fn is_valid_for(&self, name: &str) -> bool {
-        let Ok(server_name) = ServerName::try_from(name) else {
-            return false;
-        };
+    /// Whether one of the certificate's DNS names is exactly `name`. Exact comparison, not
+    /// TLS name matching: a wildcard certificate (`*.gates.gatewarden`) must not stand for
+    /// every gate.
+    fn names_exactly(&self, name: &str) -> bool {
         webpki::EndEntityCert::try_from(&self.0)
-            .and_then(|ee| ee.verify_is_valid_for_subject_name(&server_name))
-            .is_ok()
+            .is_ok_and(|ee| ee.valid_dns_names().any(|n| n.eq_ignore_ascii_case(name)))
     }
 
     /// Whether the certificate names this gate.
     pub fn is_gate(&self, gate: GateId) -> bool {
-        self.is_valid_for(&gate_name(gate))
+        self.names_exactly(&gate_name(gate))
     }
 
     /// Whether the certificate is an admin's.
     pub fn is_admin(&self) -> bool {
-        self.is_valid_for(ADMIN_NAME)
+        self.names_exactly(ADMIN_NAME)
     }
 }

@@ -254,6 +254,28 @@ impl Store {
         Ok(Some(verdict))
     }
 
+    /// The highest recorded `seq` of every gate that has entries. The pipeline loads it at
+    /// start-up so that a gate's new events need no replay lookup.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn max_seq_per_gate(&self) -> Result<Vec<(GateId, u64)>, StoreError> {
+        let conn = self.readers.get()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT gate, MAX(seq) FROM entries GROUP BY gate")
+            .map_err(|e| self.sql_err("reading the highest seq per gate", e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.sql_err("reading the highest seq per gate", e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (gate, seq) =
+                row.map_err(|e| self.sql_err("reading the highest seq per gate", e))?;
+            out.push((GateId(gate), from_sql_u64(seq)));
+        }
+        Ok(out)
+    }
+
     /// Calls `f` for every entry decided at or after `since`, in decision order. The pipeline
     /// uses it at start-up to rebuild today's counters (occupancy, frequency, sign-ins).
     ///

@@ -154,7 +154,14 @@ fn bad_events_get_typed_errors_and_no_record() {
         ErrorCode::UnknownModel
     );
 
-    for seq in 1..=4 {
+    let mut zeros = verify_event(1, 5, 7, now());
+    zeros.face.as_mut().unwrap().embedding.fill(0.0);
+    assert_eq!(
+        error_code(engine.submit_blocking(zeros)),
+        ErrorCode::InvalidValue
+    );
+
+    for seq in 1..=5 {
         assert!(
             engine
                 .store()
