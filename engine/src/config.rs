@@ -13,7 +13,7 @@
 //! max_batch = 64            # events per micro-batch
 //! max_wait_ms = 2           # longest the first event waits for a batch to fill
 //! deadline_ms = 60          # an event queued longer than this gets Busy, not a late verdict
-//! commit_max = 512          # most records per group commit
+//! commit_max = 256          # most records per group commit (and the hand-off bound)
 //! busy_retry_ms = 50        # base retry hint in Busy replies
 //! compact_after = 50000     # fold the in-memory gallery delta into a segment past this size
 //!
@@ -105,7 +105,7 @@ impl Default for EngineConfig {
             max_batch: 64,
             max_wait_ms: 2,
             deadline_ms: 60,
-            commit_max: 512,
+            commit_max: 256,
             busy_retry_ms: 50,
             compact_after: 50_000,
         }

@@ -150,7 +150,8 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     });
     let server_cpu = server.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
     step("load finished; shutting the server down");
-    let clean = server.stop()?;
+    let account = server.stop()?;
+    let clean = account.clean;
     let report = report?;
 
     println!("{}", report.summary());
@@ -159,6 +160,7 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
         server_cpu.map_or_else(|| "n/a".to_owned(), |s| format!("{s:.1} s")),
         report.cpu_s
     );
+    print_server_account(&account);
     println!(
         "server shutdown: {}",
         if clean { "clean" } else { "NOT clean" }
@@ -172,6 +174,8 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
             "server_cpu_s": server_cpu,
             "loadgen_cpu_s": report.cpu_s,
             "clean_shutdown": clean,
+            "server_peak_rss_mib": account.peak_rss_mib,
+            "server_stats": account.stats,
             "subjects": args.subjects,
             "gates": args.gates,
         });
@@ -181,6 +185,30 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     }
     anyhow::ensure!(clean, "the server did not shut down cleanly");
     Ok(())
+}
+
+/// The engine's side of the run: what it answered and how long a verdict took inside the
+/// server (submit to durable record), which the gates' latency (including retries after Busy)
+/// does not show.
+fn print_server_account(account: &ServerAccount) {
+    let Some(stats) = &account.stats else {
+        println!("server stats: not reported");
+        return;
+    };
+    let n = |key: &str| stats[key].as_u64().unwrap_or(0);
+    let e2e = &stats["end_to_end_us"];
+    println!(
+        "server: {} verdicts, {} Busy (queue full), {} Busy (deadline), end-to-end p50 <= {:.1} ms, \
+         p99 <= {:.1} ms (log2 buckets), peak RSS {}",
+        n("admit") + n("deny") + n("escalate"),
+        n("rejected_busy"),
+        n("expired"),
+        e2e["p50"].as_f64().unwrap_or(0.0) / 1e3,
+        e2e["p99"].as_f64().unwrap_or(0.0) / 1e3,
+        account
+            .peak_rss_mib
+            .map_or_else(|| "n/a".to_owned(), |m| format!("{m:.0} MiB"))
+    );
 }
 
 /// Loads the population's registry files and templates through the engine API.
@@ -216,7 +244,18 @@ fn import_population(dir: &Path, population: &Path) -> anyhow::Result<()> {
 /// A `gatewarden serve` child process.
 struct ServerProcess {
     child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
     addr: SocketAddr,
+}
+
+/// What the server reported about itself at the end of the run.
+#[derive(Debug, Default)]
+struct ServerAccount {
+    /// The engine's pipeline statistics (the `stats` line `serve` prints at exit).
+    stats: Option<serde_json::Value>,
+    /// Peak resident memory in MiB (VmHWM), read just before the stop.
+    peak_rss_mib: Option<f64>,
+    clean: bool,
 }
 
 impl ServerProcess {
@@ -236,8 +275,9 @@ impl ServerProcess {
             .spawn()
             .context("cannot start gatewarden serve")?;
         let stdout = child.stdout.take().context("no stdout from server")?;
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut line)
             .context("cannot read from the server")?;
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
@@ -246,7 +286,11 @@ impl ServerProcess {
             bail!("the server did not start (it said {line:?}); see its messages above");
         };
         match addr.parse() {
-            Ok(addr) => Ok(Self { child, addr }),
+            Ok(addr) => Ok(Self {
+                child,
+                stdout,
+                addr,
+            }),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -267,8 +311,17 @@ impl ServerProcess {
         Some((utime + stime) / 100.0)
     }
 
-    /// Sends SIGTERM and waits; true when the server exited successfully.
-    fn stop(mut self) -> anyhow::Result<bool> {
+    /// Peak resident memory of the child so far, in MiB (Linux).
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    /// Sends SIGTERM, waits, and collects the server's own account of the run.
+    fn stop(mut self) -> anyhow::Result<ServerAccount> {
+        let peak_rss_mib = self.peak_rss_mib();
         let pid = self.child.id().to_string();
         let signalled = Command::new("kill")
             .args(["-TERM", &pid])
@@ -278,6 +331,16 @@ impl ServerProcess {
             self.child.kill().context("cannot stop the server")?;
         }
         let status = self.child.wait().context("cannot wait for the server")?;
-        Ok(signalled && status.success())
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
+        let stats = rest
+            .lines()
+            .find_map(|l| l.strip_prefix("stats "))
+            .and_then(|json| serde_json::from_str(json).ok());
+        Ok(ServerAccount {
+            stats,
+            peak_rss_mib,
+            clean: signalled && status.success(),
+        })
     }
 }

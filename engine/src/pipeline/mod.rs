@@ -136,7 +136,10 @@ impl Pipeline {
     pub(crate) fn start(shared: Arc<Shared>, sizes: PipelineSizes) -> Result<Self, PipelineError> {
         let writer = shared.store.entry_writer()?;
         let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(sizes.queue_capacity);
-        let (commit_tx, commit_rx) = crossbeam_channel::bounded(sizes.queue_capacity);
+        // The hand-off to the committer holds at most one group: when commits fall behind,
+        // workers wait, the queue fills, and events expire into Busy instead of piling up
+        // between matching and the disk, where no deadline applies.
+        let (commit_tx, commit_rx) = crossbeam_channel::bounded(sizes.commit_max);
         let committer = {
             let shared = Arc::clone(&shared);
             let max = sizes.commit_max;
