@@ -61,7 +61,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, isa = ?gatewarden::index::kernels::Kernels::detect().isa(), "serving");
         server.run(shutdown_signal()).await;
         // The demo (and scripts) read the engine's own account of the run from this line.
-        println!("stats {}", serde_json::to_string(&engine.stats())?);
+        // Nobody may be reading stdout any more; that must not fail the shutdown.
+        let line = format!("stats {}\n", serde_json::to_string(&engine.stats())?);
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
         anyhow::Ok(())
     })
 }
