@@ -16,8 +16,11 @@
 //!
 //! Invariants:
 //! - a verdict is released only after its entry record committed;
-//! - every accepted event gets exactly one reply (verdict, Busy or error) unless the engine is
-//!   killed, and then the gate's retry with the same `(gate, seq)` gets the recorded verdict;
+//! - every accepted event gets exactly one reply (verdict, Busy or error); if the process is
+//!   killed first, the gate's retry with the same `(gate, seq)` gets the recorded verdict, or
+//!   a fresh decision if nothing was recorded. (A panic outside the guarded decide and commit
+//!   calls would answer "lost reply" and leave the key in flight until restart: see the
+//!   issue notes.)
 //! - a full queue answers at once; nothing waits unboundedly.
 
 pub mod batch;
