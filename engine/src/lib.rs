@@ -26,6 +26,10 @@
 //! - [`pipeline`]: queue, micro-batching, workers, group commit, stats.
 //! - [`model`]: small domain records shared across modules.
 //! - [`npy`]: NumPy `.npy` reading and writing for the tools.
+//! - `server` (feature `server`, on by default): the QUIC front (quinn, rustls), mutual-TLS
+//!   identity rules and development certificates. It only translates streams to
+//!   [`Engine::submit`].
+//! - `testing` (feature `testing`): seeded generators for benches, fuzzing and tests.
 //!
 //! Invariants: nothing is acknowledged that is not on disk; every error or panic on the
 //! decision path fails closed (Deny, recorded); no embedding ever reaches a log line.
