@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use gatewarden_protocol::{GateId, Verdict};
+use gatewarden_protocol::{GateId, MarketId, Verdict};
 
 use super::{Reply, Shared};
 use crate::store::{CommitOutcome, EntryRecord, EntryWriter};
@@ -74,7 +74,7 @@ fn commit_group(
             for ((record, waiter), outcome) in
                 records.drain(..).zip(waiters.drain(..)).zip(outcomes)
             {
-                let reply = settle(shared, record.verdict, outcome);
+                let reply = settle(shared, record.verdict, record.market, outcome);
                 shared
                     .stats
                     .end_to_end
@@ -100,11 +100,11 @@ fn commit_group(
 
 /// The reply for a committed record: its verdict, or, if the key was already recorded (a
 /// retry that raced its original), the verdict recorded first.
-fn settle(shared: &Shared, verdict: Verdict, outcome: CommitOutcome) -> Reply {
+fn settle(shared: &Shared, verdict: Verdict, market: MarketId, outcome: CommitOutcome) -> Reply {
     let (gate, seq) = (verdict.gate, verdict.seq);
     let reply = match outcome {
         CommitOutcome::Inserted => {
-            shared.stats.count_verdict(&verdict);
+            shared.stats.count_verdict(&verdict, market);
             Reply::Verdict(verdict)
         }
         _ => match shared.store.verdict_for(gate, seq) {

@@ -3,10 +3,12 @@
 //! Latencies go into fixed log2 buckets of microseconds (bucket `i` holds values in
 //! `[2^i, 2^(i+1))`), so recording is one atomic add and a snapshot can estimate quantiles.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gatewarden_protocol::{CheckKind, Decision, Outcome, Verdict};
+use dashmap::DashMap;
+use gatewarden_protocol::{CheckKind, Decision, MarketId, Outcome, Verdict};
 use serde::Serialize;
 
 const BUCKETS: usize = 32;
@@ -102,10 +104,10 @@ pub struct PipelineStats {
     pub(crate) replayed: AtomicU64,
     pub(crate) internal_errors: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
-    pub(crate) admit: AtomicU64,
-    pub(crate) deny: AtomicU64,
-    pub(crate) escalate: AtomicU64,
-    pub(crate) failed_checks: FailedChecks,
+    pub(crate) decisions: DecisionCounters,
+    /// The same counters per market, for the console and `/metrics`. A market's entry is made
+    /// on its first verdict; there are tens of markets, not thousands.
+    pub(crate) per_market: DashMap<MarketId, DecisionCounters>,
     pub(crate) queue_wait: LatencyHistogram,
     pub(crate) matching: LatencyHistogram,
     pub(crate) commit: LatencyHistogram,
@@ -115,7 +117,24 @@ pub struct PipelineStats {
 }
 
 impl PipelineStats {
-    pub(crate) fn count_verdict(&self, v: &Verdict) {
+    /// Counts a recorded verdict, overall and for its market.
+    pub(crate) fn count_verdict(&self, v: &Verdict, market: MarketId) {
+        self.decisions.count(v);
+        self.per_market.entry(market).or_default().count(v);
+    }
+}
+
+/// Verdicts by decision and failing checks by kind.
+#[derive(Debug, Default)]
+pub(crate) struct DecisionCounters {
+    admit: AtomicU64,
+    deny: AtomicU64,
+    escalate: AtomicU64,
+    failed_checks: FailedChecks,
+}
+
+impl DecisionCounters {
+    fn count(&self, v: &Verdict) {
         let counter = match v.decision {
             Decision::Admit => &self.admit,
             Decision::Deny => &self.deny,
@@ -126,6 +145,15 @@ impl PipelineStats {
             if check.outcome == Outcome::Fail {
                 self.failed_checks.bump(check.kind);
             }
+        }
+    }
+
+    fn snapshot(&self) -> DecisionSnapshot {
+        DecisionSnapshot {
+            admit: self.admit.load(Ordering::Relaxed),
+            deny: self.deny.load(Ordering::Relaxed),
+            escalate: self.escalate.load(Ordering::Relaxed),
+            failed_checks: self.failed_checks.snapshot(),
         }
     }
 }
@@ -147,17 +175,41 @@ impl FailedChecks {
         }
     }
 
-    fn snapshot(&self) -> Vec<(CheckKind, u64)> {
+    /// Non-zero counters by the check's permanent name (`temperature`, `test_age`, ...).
+    fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         self.0
             .iter()
             .enumerate()
             .filter_map(|(code, c)| {
                 let n = c.load(Ordering::Relaxed);
                 let kind = CheckKind::from_code(u8::try_from(code).ok()?)?;
-                (n > 0).then_some((kind, n))
+                (n > 0).then_some((kind.name(), n))
             })
             .collect()
     }
+}
+
+/// Verdicts by decision, and how often each check failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DecisionSnapshot {
+    /// Admitted.
+    pub admit: u64,
+    /// Denied.
+    pub deny: u64,
+    /// Escalated to a guard.
+    pub escalate: u64,
+    /// Failing checks by name (a denied verdict may fail several).
+    pub failed_checks: BTreeMap<&'static str, u64>,
+}
+
+/// One market's verdicts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MarketStats {
+    /// The market.
+    pub market: MarketId,
+    /// Its verdicts.
+    #[serde(flatten)]
+    pub decisions: DecisionSnapshot,
 }
 
 /// A point-in-time copy of the pipeline's counters.
@@ -175,14 +227,11 @@ pub struct StatsSnapshot {
     pub internal_errors: u64,
     /// Group commits that failed (their events got an error, not a verdict).
     pub commit_failures: u64,
-    /// Verdicts by decision.
-    pub admit: u64,
-    /// Verdicts by decision.
-    pub deny: u64,
-    /// Verdicts by decision.
-    pub escalate: u64,
-    /// Failing checks by kind.
-    pub failed_checks: Vec<(CheckKind, u64)>,
+    /// Verdicts by decision and failing check, over every market.
+    #[serde(flatten)]
+    pub decisions: DecisionSnapshot,
+    /// The same per market, in market order.
+    pub markets: Vec<MarketStats>,
     /// Events waiting in the queue now.
     pub queue_depth: usize,
     /// Queue capacity.
@@ -211,10 +260,8 @@ impl PipelineStats {
             replayed: get(&self.replayed),
             internal_errors: get(&self.internal_errors),
             commit_failures: get(&self.commit_failures),
-            admit: get(&self.admit),
-            deny: get(&self.deny),
-            escalate: get(&self.escalate),
-            failed_checks: self.failed_checks.snapshot(),
+            decisions: self.decisions.snapshot(),
+            markets: self.market_snapshots(),
             queue_depth,
             queue_capacity,
             queue_wait_us: self.queue_wait.snapshot(),
@@ -224,6 +271,21 @@ impl PipelineStats {
             batch_size: self.batch_size.snapshot(),
             commit_size: self.commit_size.snapshot(),
         }
+    }
+}
+
+impl PipelineStats {
+    fn market_snapshots(&self) -> Vec<MarketStats> {
+        let mut markets: Vec<MarketStats> = self
+            .per_market
+            .iter()
+            .map(|e| MarketStats {
+                market: *e.key(),
+                decisions: e.value().snapshot(),
+            })
+            .collect();
+        markets.sort_by_key(|m| m.market);
+        markets
     }
 }
 
@@ -250,5 +312,54 @@ mod tests {
     fn empty_histogram_is_zero() {
         let s = LatencyHistogram::default().snapshot();
         assert_eq!((s.count, s.p50, s.p99), (0, 0, 0));
+    }
+
+    fn verdict(decision: Decision, failed: Option<CheckKind>) -> Verdict {
+        use gatewarden_protocol::{Check, Display, DisplayColour, GateId, UnixMillis};
+        Verdict {
+            gate: GateId(1),
+            seq: 1,
+            decision,
+            subject: None,
+            score: None,
+            checks: failed
+                .into_iter()
+                .map(|kind| Check {
+                    kind,
+                    outcome: Outcome::Fail,
+                    value: None,
+                    threshold: None,
+                    detail: String::new(),
+                })
+                .collect(),
+            display: Display {
+                colour: DisplayColour::Red,
+                text: String::new(),
+            },
+            decided_at: UnixMillis(0),
+            replayed: false,
+        }
+    }
+
+    #[test]
+    fn verdicts_are_counted_overall_and_per_market() {
+        let stats = PipelineStats::default();
+        stats.count_verdict(&verdict(Decision::Admit, None), MarketId(2));
+        stats.count_verdict(
+            &verdict(Decision::Deny, Some(CheckKind::Temperature)),
+            MarketId(2),
+        );
+        stats.count_verdict(&verdict(Decision::Admit, None), MarketId(1));
+        let s = stats.snapshot(0, 1);
+        assert_eq!((s.decisions.admit, s.decisions.deny), (2, 1));
+        assert_eq!(s.decisions.failed_checks.get("temperature"), Some(&1));
+        let markets: Vec<_> = s.markets.iter().map(|m| m.market).collect();
+        assert_eq!(markets, [MarketId(1), MarketId(2)]);
+        assert_eq!(s.markets[1].decisions.deny, 1);
+        assert_eq!(s.markets[0].decisions.failed_checks.len(), 0);
+        // The JSON is flat: `admit` at the top level and in each market.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["admit"], 2);
+        assert_eq!(json["markets"][1]["failed_checks"]["temperature"], 1);
     }
 }
