@@ -5,8 +5,11 @@
 // Fixture helpers outside #[test] functions unwrap too: a broken fixture should stop the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod console;
 mod crash;
 mod engine_api;
+mod http;
+mod http_client;
 mod quic;
 mod server;
 mod support;

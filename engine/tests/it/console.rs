@@ -1,0 +1,1 @@
+//! The market console in a real browser (headless Chromium). Written by the console work.

@@ -1,0 +1,1 @@
+//! The admin HTTP API over a real socket. Written by the HTTP work.
