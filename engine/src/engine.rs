@@ -18,6 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, EngineConfig};
 use crate::error::Error;
 use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
+use crate::pipeline::admission::Admission;
 use crate::pipeline::tally::Tally;
 use crate::pipeline::{BatchPolicy, Job, Pipeline, PipelineSizes, Reply, Shared, StatsSnapshot};
 use crate::policy::PolicyBook;
@@ -79,6 +80,12 @@ impl Engine {
         let offset = cfg.utc_offset();
         let tally = Tally::rebuild(&store, clock.now(), offset)?;
         let committed_seq: DashMap<_, _> = store.max_seq_per_gate()?.into_iter().collect();
+        let admission = Admission::for_deadline(
+            cfg.deadline(),
+            cfg.max_batch,
+            cfg.worker_count(),
+            clock.instant(),
+        );
         let shared = Arc::new(Shared {
             store,
             gallery,
@@ -90,6 +97,7 @@ impl Engine {
             inflight: DashMap::new(),
             committed_seq,
             busy_retry_ms: cfg.busy_retry_ms,
+            admission,
         });
         let sizes = PipelineSizes {
             queue_capacity: cfg.queue_capacity,

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  submit ──try_send──► [bounded queue] ──► worker × N: take a micro-batch (batch.rs)
-//!    │ full ⇒ Busy                             │ expired ⇒ Busy
+//!    │ full or expected wait too long ⇒ Busy   │ expired ⇒ Busy
 //!    │                                         ├─ 1:N identify: one batched gallery search
 //!    │                                         ├─ 1:1 verify: the credential holder's templates
 //!    │                                         └─ policy::decide (panics fail closed)
@@ -21,8 +21,10 @@
 //!   a fresh decision if nothing was recorded. (A panic outside the guarded decide and commit
 //!   calls would answer "lost reply" and leave the key in flight until restart: see the
 //!   issue notes.)
-//! - a full queue answers at once; nothing waits unboundedly.
+//! - a full queue, or one whose expected wait exceeds the admission target (admission.rs),
+//!   answers at once; nothing waits unboundedly.
 
+pub mod admission;
 pub mod batch;
 mod commit;
 pub mod stats;
@@ -82,13 +84,19 @@ pub(crate) struct Shared {
     /// Highest committed seq per gate: a seq above it is new and needs no store lookup.
     pub(crate) committed_seq: DashMap<GateId, u64>,
     pub(crate) busy_retry_ms: u32,
+    /// When to refuse at the door (see admission.rs).
+    pub(crate) admission: admission::Admission,
 }
 
 impl Shared {
     /// A Busy reply whose hint grows with the queue.
     pub(crate) fn busy(&self, depth: usize, capacity: usize) -> Busy {
         let base = self.busy_retry_ms.max(1);
-        let load = u32::try_from(depth.saturating_mul(4) / capacity.max(1)).unwrap_or(4);
+        let mut load = u32::try_from(depth.saturating_mul(4) / capacity.max(1)).unwrap_or(4);
+        if self.admission.is_standing() {
+            // Shedding: the queue is short on purpose, so its depth understates the overload.
+            load = load.max(3);
+        }
         Busy {
             retry_after_ms: base
                 .saturating_mul(1 + load)
@@ -177,6 +185,18 @@ impl Pipeline {
             Self::refuse_shutting_down(&self.shared, job);
             return;
         };
+        let depth = queue.len();
+        if !self.shared.admission.admit(depth) {
+            // A standing queue would hold this event near its deadline: refuse it now,
+            // before it costs anything, rather than after its wait.
+            self.shared
+                .stats
+                .rejected_busy
+                .fetch_add(1, Ordering::Relaxed);
+            let busy = self.shared.busy(depth, self.capacity);
+            self.shared.finish_unrecorded(job, Reply::Busy(busy));
+            return;
+        }
         match queue.try_send(job) {
             Ok(()) => {
                 self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);

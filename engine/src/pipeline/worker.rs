@@ -52,6 +52,10 @@ fn fill_batch(shared: &Shared, queue: &Receiver<Job>, jobs: &mut Vec<Job>, batch
 
 fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
     let started = shared.clock.instant();
+    for job in &jobs {
+        let wait = started.saturating_duration_since(job.enqueued);
+        shared.admission.observe(wait, started);
+    }
     let (live, expired): (Vec<Job>, Vec<Job>) =
         jobs.into_iter().partition(|j| j.deadline > started);
     for job in expired {

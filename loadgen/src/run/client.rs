@@ -382,7 +382,16 @@ pub(crate) async fn exchange(
     conn: &quinn::Connection,
     frame: &[u8],
 ) -> Result<Message, ExchangeError> {
-    let (mut send, mut recv) = conn.open_bi().await?;
+    let (send, recv) = conn.open_bi().await?;
+    request(send, recv, frame).await
+}
+
+/// Writes the frame on an open stream, finishes it, and reads the whole reply.
+async fn request(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    frame: &[u8],
+) -> Result<Message, ExchangeError> {
     send.write_all(frame)
         .await
         .map_err(|e| ExchangeError::Transport(e.to_string()))?;
@@ -393,6 +402,18 @@ pub(crate) async fn exchange(
         .await
         .map_err(|e| ExchangeError::Transport(e.to_string()))?;
     Ok(decode_frame(&bytes)?)
+}
+
+/// [`exchange`] that sets `opened` once the stream is open: from then on the request is the
+/// server's to answer, before it only the gate's backlog.
+pub(crate) async fn exchange_tracked(
+    conn: &quinn::Connection,
+    frame: &[u8],
+    opened: &std::sync::atomic::AtomicBool,
+) -> Result<Message, ExchangeError> {
+    let (send, recv) = conn.open_bi().await?;
+    opened.store(true, std::sync::atomic::Ordering::Relaxed);
+    request(send, recv, frame).await
 }
 
 /// Like [`exchange`] for bytes the server is expected to refuse: it may stop reading early

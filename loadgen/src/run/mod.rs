@@ -36,6 +36,7 @@ use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -65,6 +66,8 @@ const LEAD: Duration = Duration::from_millis(100);
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
 /// ...to this.
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// Longest pause between `Busy` retries of one event, however often it was refused.
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(4);
 /// Retries of a retryable `Error` (`Internal`, `ShuttingDown`) before it counts as an error.
 const ERROR_RETRIES: u32 = 20;
 /// UDP socket buffer size asked for (the kernel caps it at `net.core.rmem_max`/`wmem_max`):
@@ -497,6 +500,7 @@ async fn drive(
     let mut stats = shared.stats();
     let mut report = std::mem::take(&mut stats.report);
     report.latency_ms = stats.latency();
+    report.attempt_latency_ms = stats.attempt_latency();
     let duration = dispatch_end.max(stats.last_reply).as_secs_f64();
     report.duration_s = duration;
     report.throughput_eps = if duration > 0.0 {
@@ -753,13 +757,16 @@ async fn drive_event(
     encode_frame(&Message::Event(event.clone()), &mut frame);
     let (mut busy, mut error_retries, mut transport_retries) = (0u32, 0u32, 0u32);
     let mut last_busy = false;
+    // Set once any attempt has a stream, i.e. the event left this gate for the server.
+    let opened = AtomicBool::new(false);
+    let mut attempt_intended = intended;
     let outcome = loop {
         let attempt = async {
             let conn = shared
                 .connection(gate)
                 .await
                 .map_err(|e| ExchangeError::Transport(e.to_string()))?;
-            client::exchange(&conn, &frame).await
+            client::exchange_tracked(&conn, &frame, &opened).await
         };
         let reply = tokio::select! {
             r = attempt => r,
@@ -775,7 +782,7 @@ async fn drive_event(
                 if shared.max_busy_retries.is_some_and(|m| busy > m) {
                     break Final::BusyGaveUp;
                 }
-                Duration::from_millis(u64::from(b.retry_after_ms))
+                busy_backoff(b.retry_after_ms, busy, meta.gate, meta.seq)
             }
             Ok(Message::Error(e)) if retryable(e.code) && error_retries < ERROR_RETRIES => {
                 error_retries += 1;
@@ -792,6 +799,7 @@ async fn drive_event(
                 (RETRY_PAUSE_MIN * transport_retries).min(RETRY_PAUSE_MAX)
             }
         };
+        attempt_intended = Instant::now() + wait;
         if !pause(wait, &mut expiry).await {
             break if last_busy {
                 Final::BusyGaveUp
@@ -801,12 +809,13 @@ async fn drive_event(
         }
     };
     let latency = intended.elapsed();
+    let attempt_latency = attempt_intended.elapsed();
     let at = shared.load_start().elapsed();
     let mut stats = shared.stats();
     match outcome {
         Final::Verdict(v) => {
             stats.on_reply(at);
-            stats.on_verdict(&v, latency, &meta);
+            stats.on_verdict(&v, latency, attempt_latency, &meta);
             drop(stats);
             if shared.keep_answered {
                 let mut slot = shared.answered[gate]
@@ -823,8 +832,26 @@ async fn drive_event(
             stats.on_error(&code);
         }
         Final::BusyGaveUp => stats.report.busy_gave_up += 1,
-        Final::Lost => stats.report.lost += 1,
+        Final::Lost => {
+            stats.report.lost += 1;
+            stats.report.lost_unsent += u64::from(!opened.load(Ordering::Relaxed));
+        }
     }
+}
+
+/// The pause before retrying an event after its `busy`-th `Busy` reply: the server's hint,
+/// doubled for every further refusal and spread by ±50% (a fixed pause would have a whole
+/// refused burst come back as one burst). PROTOCOL.md asks gates to back off like this, so an
+/// overloaded server sheds load instead of being asked again at the same rate.
+fn busy_backoff(hint_ms: u32, busy: u32, gate: u32, seq: u64) -> Duration {
+    let doubled = u64::from(hint_ms.max(1)) << busy.saturating_sub(1).min(16);
+    let pause = Duration::from_millis(doubled).min(BUSY_PAUSE_MAX);
+    // A hash of the event's key and attempt, not a shared generator: no lock per retry.
+    let mut x = (u64::from(gate) << 40) ^ seq.rotate_left(7) ^ u64::from(busy);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let spread = 0.5 + ((x ^ (x >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+    pause.mul_f64(spread)
 }
 
 /// Errors the protocol says to retry with the same `seq`.
@@ -876,6 +903,22 @@ async fn drive_bad(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_backoff_doubles_and_is_capped() {
+        let at = |n| busy_backoff(50, n, 7, 1000 + u64::from(n));
+        // First refusal: the hint, spread by ±50%.
+        assert!((25..75).contains(&at(1).as_millis()), "{:?}", at(1));
+        assert!((100..300).contains(&at(3).as_millis()), "{:?}", at(3));
+        for n in [10, 40, u32::MAX] {
+            assert!(at(n) < BUSY_PAUSE_MAX.mul_f64(1.5), "{:?}", at(n));
+        }
+        // Different events refused together come back spread out.
+        let pauses: std::collections::BTreeSet<u128> = (0..50)
+            .map(|seq| busy_backoff(50, 1, 3, seq).as_millis())
+            .collect();
+        assert!(pauses.len() > 20, "{pauses:?}");
+    }
 
     #[test]
     fn durations_parse_with_units() {

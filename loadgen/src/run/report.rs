@@ -27,6 +27,10 @@ pub struct Report {
     /// Events that never got any reply (no verdict, error or Busy) before the run's end plus
     /// the reply timeout.
     pub lost: u64,
+    /// Of `lost`: events that never reached the server, still waiting at the end for a
+    /// stream (each gate may have only the server's limit of requests open at once), i.e.
+    /// the gate's own backlog. The rest of `lost` were sent and not answered.
+    pub lost_unsent: u64,
     /// Verdicts marked `replayed` (the server had already answered that `(gate, seq)`).
     pub replayed: u64,
     /// Attempts that failed in transport and were retried (same `seq`).
@@ -49,8 +53,12 @@ pub struct Report {
     pub connect_s: f64,
     /// CPU seconds (user + system) this process used during the run; 0 if unavailable.
     pub cpu_s: f64,
-    /// Latency from intended send time to verdict.
+    /// Latency from intended send time to verdict (including any `Busy` back-off).
     pub latency_ms: LatencyMs,
+    /// Latency of the attempt that got the verdict, from that attempt's intended time: the
+    /// first send, or the retry after a `Busy`. This is the server's responsiveness to the
+    /// requests it accepted; `latency_ms` is what a person at the gate waited.
+    pub attempt_latency_ms: LatencyMs,
     /// Verdicts by decision.
     pub decisions: Decisions,
     /// Verdicts against the ground truth.
@@ -243,12 +251,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  events     sent {}  verdicts {}  busy {}  errors {}  lost {}  ({:.0} ev/s answered, {:.0} offered)",
+            "  events     sent {}  verdicts {}  busy {}  errors {}  lost {} ({} never sent)  ({:.0} ev/s answered, {:.0} offered)",
             self.sent,
             self.verdicts,
             self.busy,
             self.errors,
             self.lost,
+            self.lost_unsent,
             self.throughput_eps,
             self.offered_eps
         );
@@ -257,6 +266,14 @@ impl Report {
             "  latency    p50 {:.2} ms  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (from intended send time)",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
+        if self.busy > 0 {
+            let a = &self.attempt_latency_ms;
+            let _ = writeln!(
+                s,
+                "  attempt    p50 {:.2} ms  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (the attempt that got the verdict, without Busy back-off)",
+                a.p50, a.p90, a.p99, a.p999, a.max
+            );
+        }
         let _ = writeln!(
             s,
             "  decisions  admit {}  deny {}  escalate {}",

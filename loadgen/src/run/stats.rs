@@ -44,6 +44,8 @@ pub(crate) struct VerdictRecord {
 pub(crate) struct Stats {
     pub(crate) report: Report,
     all: Histogram<u64>,
+    /// Latency of the attempt that got the verdict (see [`Report::attempt_latency_ms`]).
+    attempt: Histogram<u64>,
     interval: Histogram<u64>,
     interval_sent: u64,
     interval_verdicts: u64,
@@ -58,6 +60,7 @@ impl Stats {
         Ok(Self {
             report: Report::default(),
             all: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            attempt: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
             interval: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
             interval_sent: 0,
             interval_verdicts: 0,
@@ -81,11 +84,18 @@ impl Stats {
         self.interval_busy += 1;
     }
 
-    pub(crate) fn on_verdict(&mut self, v: &Verdict, latency: Duration, meta: &EventMeta) {
-        let us = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .clamp(1, MAX_LATENCY_US);
+    /// A verdict: `latency` from the event's intended send time, `attempt` from the intended
+    /// time of the attempt that got it (equal unless the event was retried after `Busy`).
+    pub(crate) fn on_verdict(
+        &mut self,
+        v: &Verdict,
+        latency: Duration,
+        attempt: Duration,
+        meta: &EventMeta,
+    ) {
+        let us = micros(latency);
         self.all.saturating_record(us);
+        self.attempt.saturating_record(micros(attempt));
         self.interval.saturating_record(us);
         self.interval_verdicts += 1;
         let r = &mut self.report;
@@ -214,24 +224,35 @@ impl Stats {
         )
     }
 
-    /// The latency percentiles of the whole run.
+    /// The latency percentiles of the whole run, from intended send time.
     pub(crate) fn latency(&self) -> LatencyMs {
-        LatencyMs {
-            p50: ms(&self.all, 0.50),
-            p90: ms(&self.all, 0.90),
-            p99: ms(&self.all, 0.99),
-            p999: ms(&self.all, 0.999),
-            max: if self.all.is_empty() {
-                0.0
-            } else {
-                self.all.max() as f64 / 1000.0
-            },
-            mean: if self.all.is_empty() {
-                0.0
-            } else {
-                self.all.mean() / 1000.0
-            },
-        }
+        percentiles(&self.all)
+    }
+
+    /// The percentiles of the verdict-getting attempts.
+    pub(crate) fn attempt_latency(&self) -> LatencyMs {
+        percentiles(&self.attempt)
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_LATENCY_US)
+}
+
+fn percentiles(h: &Histogram<u64>) -> LatencyMs {
+    LatencyMs {
+        p50: ms(h, 0.50),
+        p90: ms(h, 0.90),
+        p99: ms(h, 0.99),
+        p999: ms(h, 0.999),
+        max: if h.is_empty() {
+            0.0
+        } else {
+            h.max() as f64 / 1000.0
+        },
+        mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
     }
 }
 
@@ -317,31 +338,37 @@ mod tests {
         s.on_verdict(
             &verdict(Decision::Admit, Some(5)),
             ms10,
+            ms10 / 2,
             &meta(Decision::Admit, Some(5)),
         );
         s.on_verdict(
             &verdict(Decision::Admit, Some(5)),
             ms10,
+            ms10 / 2,
             &meta(Decision::Deny, Some(5)),
         );
         s.on_verdict(
             &verdict(Decision::Deny, Some(5)),
             ms10,
+            ms10 / 2,
             &meta(Decision::Admit, Some(5)),
         );
         s.on_verdict(
             &verdict(Decision::Admit, Some(6)),
             ms10,
+            ms10 / 2,
             &meta(Decision::Admit, Some(5)),
         );
         s.on_verdict(
             &verdict(Decision::Deny, Some(6)),
             ms10,
+            ms10 / 2,
             &meta(Decision::Deny, None),
         );
         s.on_verdict(
             &verdict(Decision::Escalate, None),
             ms10,
+            ms10 / 2,
             &meta(Decision::Deny, Some(5)),
         );
         let a = &s.report.accuracy;
@@ -356,6 +383,8 @@ mod tests {
         assert_eq!(s.verdict_log.as_ref().unwrap().len(), 6);
         let l = s.latency();
         assert!((l.p50 - 10.0).abs() < 0.1, "{l:?}");
+        let a = s.attempt_latency();
+        assert!((a.p50 - 5.0).abs() < 0.1, "{a:?}");
     }
 
     #[test]
@@ -364,6 +393,7 @@ mod tests {
         s.on_sent();
         s.on_verdict(
             &verdict(Decision::Admit, None),
+            Duration::from_millis(4),
             Duration::from_millis(4),
             &meta(Decision::Admit, None),
         );
