@@ -26,6 +26,11 @@
 //! stream_read_timeout_ms = 5000
 //! udp_buffer_bytes = 4194304
 //! shutdown_grace_ms = 5000
+//!
+//! [http]
+//! enabled = true                # the admin HTTP API, /metrics and the market console
+//! listen = "127.0.0.1:4480"     # loopback by default: the API serves personal data
+//! token_file = "admin.token"    # bearer token, relative to the data folder; made if absent
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +55,9 @@ pub struct Config {
     /// The QUIC front.
     #[serde(default)]
     pub server: ServerConfig,
+    /// The admin HTTP API and console.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// Gallery scan precision as written in the file.
@@ -186,6 +194,26 @@ impl Default for ServerConfig {
     }
 }
 
+/// Admin HTTP API settings. See the module docs for each field's meaning and default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)] // documented in the module-level example
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub token_file: PathBuf,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
+            token_file: PathBuf::from("admin.token"),
+        }
+    }
+}
+
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -253,6 +281,22 @@ mod tests {
         let c = Config::from_toml("", Path::new("x.toml")).unwrap();
         assert_eq!(c.engine.dim, 512);
         assert_eq!(c.server.listen.port(), 4433);
+        assert!(c.http.enabled);
+        assert_eq!(c.http.listen.port(), 4480);
+        assert_eq!(c.http.token_file, PathBuf::from("admin.token"));
+    }
+
+    #[test]
+    fn http_section_is_read_and_checked() {
+        let c = Config::from_toml(
+            "[http]\nenabled = false\nlisten = \"127.0.0.1:0\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(!c.http.enabled);
+        assert_eq!(c.http.listen.port(), 0);
+        let err = Config::from_toml("[http]\ntoken = \"x\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("token"), "{err}");
     }
 
     #[test]

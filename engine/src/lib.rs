@@ -29,6 +29,8 @@
 //! - `server` (feature `server`, on by default): the QUIC front (quinn, rustls), mutual-TLS
 //!   identity rules and development certificates. It only translates streams to
 //!   [`Engine::submit`].
+//! - `http` (feature `server`): the admin HTTP API, `/metrics`, the OpenAPI description and
+//!   the market console, beside the QUIC front; it too uses only the [`Engine`] API.
 //! - `testing` (feature `testing`): seeded generators for benches, fuzzing and tests.
 //!
 //! Invariants: nothing is acknowledged that is not on disk; every error or panic on the
@@ -47,6 +49,8 @@ pub mod pipeline;
 pub mod policy;
 pub mod store;
 
+#[cfg(feature = "server")]
+pub mod http;
 #[cfg(feature = "server")]
 pub mod server;
 

@@ -82,6 +82,12 @@ deadline_ms = 60
 [server]
 listen = \"127.0.0.1:4433\"
 certs = \"certs\"
+
+# The admin HTTP API, /metrics and the market console (token: admin.token, made by serve).
+[http]
+enabled = true
+listen = \"127.0.0.1:4480\"
+token_file = \"admin.token\"
 ";
 
 pub(crate) fn run_init(args: InitArgs) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
 //! `gatewarden demo`: the main job end to end on embedded defaults. A temporary data folder,
 //! a synthetic population, the import, a real `gatewarden serve` child process on loopback
 //! with fresh certificates, the fleet load generator over real QUIC, the report, the plot and
-//! a clean shutdown.
+//! a clean shutdown. With `--console` the server also serves the market console over HTTP: the
+//! demo prints its URL before the load starts and keeps the server up after the report until
+//! Ctrl-C, so the rush hour can be watched and the records browsed afterwards.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -52,6 +54,13 @@ pub(crate) struct DemoArgs {
     /// Seed of the synthetic population and arrivals.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Serve the market console (admin HTTP API) during the run and keep it up afterwards,
+    /// until Ctrl-C.
+    #[arg(long)]
+    console: bool,
+    /// Where the console listens, with --console (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    console_addr: SocketAddr,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -111,11 +120,8 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     )?;
 
     step("import: gates, people, health records, face templates");
-    std::fs::write(
-        dir.join(gatewarden::config::CONFIG_FILE),
-        "[server]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .context("cannot write the demo configuration")?;
+    std::fs::write(dir.join(gatewarden::config::CONFIG_FILE), demo_config(args))
+        .context("cannot write the demo configuration")?;
     import_population(dir, &population)?;
 
     step(&format!(
@@ -125,8 +131,19 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     ensure_dev_certs(&CertDir(dir.join("certs")), (1..=args.gates).map(GateId))?;
 
     step("server: starting `gatewarden serve` on loopback");
-    let server = ServerProcess::start(dir)?;
+    let mut server = ServerProcess::start(dir, args.console)?;
     let setup_s = t0.elapsed().as_secs_f64();
+    let console_url = match server.http.map(|addr| console_url(dir, addr)).transpose() {
+        Ok(url) => url,
+        Err(e) => {
+            let _ = server.stop();
+            return Err(e);
+        }
+    };
+    if let Some(url) = &console_url {
+        // Its own stdout line, so scripts and the browser test can pick it up.
+        println!("console: {url}");
+    }
     step(&format!(
         "server listening on {} (set-up took {setup_s:.1} s); load starts",
         server.addr
@@ -149,24 +166,43 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
         ..RunConfig::default()
     });
     let server_cpu = server.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
-    step("load finished; shutting the server down");
-    let account = server.stop()?;
+    let (report, account) = match &console_url {
+        None => {
+            step("load finished; shutting the server down");
+            let account = server.stop()?;
+            let report = report?;
+            print_load_report(&report, setup_s, server_cpu);
+            (report, account)
+        }
+        Some(url) => {
+            // The report first, then the server stays up for the console; its own account
+            // comes from the `stats` line it prints when it stops.
+            let report = match report {
+                Ok(report) => report,
+                Err(e) => {
+                    let _ = server.stop();
+                    return Err(e);
+                }
+            };
+            step("load finished; the server stays up for the console");
+            print_load_report(&report, setup_s, server_cpu);
+            // Every error from here on stops the server first: it must not outlive the demo.
+            let waited =
+                write_plot(&report, &args.plot).and_then(|()| wait_for_stop(url, &mut server));
+            let account = server.stop()?;
+            waited?;
+            (report, account)
+        }
+    };
     let clean = account.clean;
-    let report = report?;
-
-    println!("{}", report.summary());
-    println!(
-        "set-up before load: {setup_s:.1} s   CPU during load: server {}, load generator {:.1} s",
-        server_cpu.map_or_else(|| "n/a".to_owned(), |s| format!("{s:.1} s")),
-        report.cpu_s
-    );
     print_server_account(&account);
     println!(
         "server shutdown: {}",
         if clean { "clean" } else { "NOT clean" }
     );
-    report.write_plot_svg(&args.plot)?;
-    println!("latency plot: {}", args.plot.display());
+    if console_url.is_none() {
+        write_plot(&report, &args.plot)?;
+    }
     if let Some(path) = &args.json {
         let mut value = serde_json::to_value(&report)?;
         value["demo"] = serde_json::json!({
@@ -184,6 +220,96 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
         println!("json report: {}", path.display());
     }
     anyhow::ensure!(clean, "the server did not shut down cleanly");
+    Ok(())
+}
+
+/// The demo's `gatewarden.toml`: QUIC on a free loopback port; the admin HTTP API only with
+/// `--console` (without it nothing listens beyond the QUIC port, as before the console).
+fn demo_config(args: &DemoArgs) -> String {
+    let http = if args.console {
+        format!("[http]\nlisten = \"{}\"\n", args.console_addr)
+    } else {
+        "[http]\nenabled = false\n".to_owned()
+    };
+    format!("[server]\nlisten = \"127.0.0.1:0\"\n{http}")
+}
+
+/// The console's URL with the admin token in the fragment (which browsers never send to the
+/// server). `gatewarden serve` has written the token file by the time it prints `http on`.
+fn console_url(dir: &Path, addr: SocketAddr) -> anyhow::Result<String> {
+    let path = dir.join("admin.token");
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the admin token {}", path.display()))?;
+    Ok(format!("http://{addr}/#token={}", token.trim()))
+}
+
+/// Keeps the demo (and its server) up until Ctrl-C or SIGTERM, or until the server exits on
+/// its own (a Ctrl-C in the terminal reaches the server too).
+fn wait_for_stop(url: &str, server: &mut ServerProcess) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal runtime")?;
+    runtime.block_on(async {
+        // Handlers first: a script may signal the moment it reads the line below.
+        let stop = stop_signal()?;
+        println!("console stays up at {url}; press Ctrl-C to stop");
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                _ = tick.tick() => {
+                    if server.exited() {
+                        eprintln!("the server stopped on its own");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A future that completes on SIGINT or SIGTERM; the handlers are installed before it returns.
+#[cfg(unix)]
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+/// The gates' side of the run: the load generator's summary and the CPU spent.
+fn print_load_report(
+    report: &gatewarden_loadgen::run::Report,
+    setup_s: f64,
+    server_cpu: Option<f64>,
+) {
+    println!("{}", report.summary());
+    println!(
+        "set-up before load: {setup_s:.1} s   CPU during load: server {}, load generator {:.1} s",
+        server_cpu.map_or_else(|| "n/a".to_owned(), |s| format!("{s:.1} s")),
+        report.cpu_s
+    );
+}
+
+/// The latency-over-time plot, and where it went.
+fn write_plot(report: &gatewarden_loadgen::run::Report, plot: &Path) -> anyhow::Result<()> {
+    report.write_plot_svg(plot)?;
+    println!("latency plot: {}", plot.display());
     Ok(())
 }
 
@@ -246,6 +372,8 @@ struct ServerProcess {
     child: Child,
     stdout: BufReader<std::process::ChildStdout>,
     addr: SocketAddr,
+    /// The admin HTTP API's address, when it is enabled.
+    http: Option<SocketAddr>,
 }
 
 /// What the server reported about itself at the end of the run.
@@ -259,7 +387,9 @@ struct ServerAccount {
 }
 
 impl ServerProcess {
-    fn start(dir: &Path) -> anyhow::Result<Self> {
+    /// Starts `gatewarden serve` on `dir` and waits for its address (and, with `http`, the
+    /// admin HTTP API's: line 2 of its stdout).
+    fn start(dir: &Path, http: bool) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the gatewarden executable")?;
         let mut child = Command::new(exe)
             .arg("serve")
@@ -276,27 +406,32 @@ impl ServerProcess {
             .context("cannot start gatewarden serve")?;
         let stdout = child.stdout.take().context("no stdout from server")?;
         let mut stdout = BufReader::new(stdout);
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .context("cannot read from the server")?;
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the server did not start (it said {line:?}); see its messages above");
-        };
-        match addr.parse() {
-            Ok(addr) => Ok(Self {
+        let addrs = read_address(&mut stdout, "listening on ").and_then(|addr| {
+            let http = if http {
+                Some(read_address(&mut stdout, "http on ")?)
+            } else {
+                None
+            };
+            Ok((addr, http))
+        });
+        match addrs {
+            Ok((addr, http)) => Ok(Self {
                 child,
                 stdout,
                 addr,
+                http,
             }),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("the server printed an invalid address {addr:?}: {e}")
+                Err(e)
             }
         }
+    }
+
+    /// Whether the server has exited (without waiting).
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// User + system CPU seconds of the child so far (Linux), if readable.
@@ -322,15 +457,23 @@ impl ServerProcess {
     /// Sends SIGTERM, waits, and collects the server's own account of the run.
     fn stop(mut self) -> anyhow::Result<ServerAccount> {
         let peak_rss_mib = self.peak_rss_mib();
-        let pid = self.child.id().to_string();
-        let signalled = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !signalled {
-            self.child.kill().context("cannot stop the server")?;
-        }
-        let status = self.child.wait().context("cannot wait for the server")?;
+        // A server that already stopped on a signal of its own (Ctrl-C in the terminal while
+        // the console stays up) shut down as it would on ours.
+        let (signalled, status) = match self.child.try_wait() {
+            Ok(Some(status)) => (true, status),
+            _ => {
+                let pid = self.child.id().to_string();
+                let signalled = Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !signalled {
+                    self.child.kill().context("cannot stop the server")?;
+                }
+                let status = self.child.wait().context("cannot wait for the server")?;
+                (signalled, status)
+            }
+        };
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
         let stats = rest
@@ -343,4 +486,20 @@ impl ServerProcess {
             clean: signalled && status.success(),
         })
     }
+}
+
+/// Reads the next stdout line of the server, which must be `prefix` and an address.
+fn read_address(
+    stdout: &mut BufReader<std::process::ChildStdout>,
+    prefix: &str,
+) -> anyhow::Result<SocketAddr> {
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .context("cannot read from the server")?;
+    let Some(addr) = line.trim().strip_prefix(prefix) else {
+        bail!("the server did not start (it said {line:?}); see its messages above");
+    };
+    addr.parse()
+        .with_context(|| format!("the server printed an invalid address {addr:?}"))
 }

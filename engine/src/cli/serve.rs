@@ -1,11 +1,14 @@
 //! `gatewarden serve`: the QUIC front over a data folder.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use gatewarden::Config;
+use gatewarden::config::HttpConfig;
+use gatewarden::http::{AdminToken, HttpState};
 use gatewarden::server::Server;
 use gatewarden::server::certs::CertDir;
 
@@ -24,6 +27,13 @@ pub(crate) struct ServeArgs {
     /// Certificate folder, overriding the configuration [default: DATA/certs].
     #[arg(long)]
     certs: Option<PathBuf>,
+    /// Address of the admin HTTP API and console, overriding the configuration (port 0 picks
+    /// a free port).
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_http")]
+    http: Option<SocketAddr>,
+    /// Do not start the admin HTTP API.
+    #[arg(long)]
+    no_http: bool,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -39,11 +49,19 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    if let Some(http) = args.http {
+        config.http.listen = http;
+        config.http.enabled = true;
+    }
+    if args.no_http {
+        config.http.enabled = false;
+    }
     let certs = CertDir(
         args.certs
             .unwrap_or_else(|| args.data.join(&config.server.certs)),
     );
     let server_config = config.server.clone();
+    let http_config = config.http.clone();
     let engine = Arc::new(
         gatewarden::Engine::open(&args.data, config)
             .with_context(|| format!("cannot open data folder {}", args.data.display()))?,
@@ -56,16 +74,76 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let server = Server::bind(Arc::clone(&engine), &server_config, &certs)?;
         let addr = server.local_addr()?;
-        // The demo and scripts wait for this exact line on stdout.
-        println!("listening on {addr}");
+        let http = match http_config.enabled {
+            true => Some(bind_http(&engine, &server, &http_config, &args.data).await?),
+            false => None,
+        };
+        // The demo and scripts wait for these exact lines on stdout. One write, so a reader
+        // that takes the first line and closes the pipe cannot make the second one fail; and
+        // a closed stdout is no reason to stop serving.
+        let mut banner = format!("listening on {addr}\n");
+        if let Some((http_addr, _, _)) = &http {
+            banner.push_str(&format!("http on {http_addr}\n"));
+        }
+        let mut stdout = std::io::stdout();
+        let _ = std::io::Write::write_all(&mut stdout, banner.as_bytes());
+        let _ = std::io::Write::flush(&mut stdout);
         tracing::info!(%addr, isa = ?gatewarden::index::kernels::Kernels::detect().isa(), "serving");
-        server.run(shutdown_signal()).await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let http_task = http.map(|(http_addr, listener, state)| {
+            tracing::info!(addr = %http_addr, "admin http api serving");
+            tokio::spawn(gatewarden::http::serve(listener, state, stopped(stop_rx.clone())))
+        });
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        server.run(stopped(stop_rx)).await;
+        if let Some(task) = http_task {
+            // The HTTP side got the same signal; give its last requests a moment.
+            match tokio::time::timeout(Duration::from_secs(5), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin http api failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "admin http api task failed"),
+                Err(_) => tracing::warn!("admin http api did not stop within 5 s"),
+            }
+        }
         // The demo (and scripts) read the engine's own account of the run from this line.
         // Nobody may be reading stdout any more; that must not fail the shutdown.
         let line = format!("stats {}\n", serde_json::to_string(&engine.stats())?);
         let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
         anyhow::Ok(())
     })
+}
+
+/// Binds the admin HTTP listener and loads (or makes) the admin token. A port in use or an
+/// unusable token file stops start-up.
+async fn bind_http(
+    engine: &Arc<gatewarden::Engine>,
+    server: &Server,
+    config: &HttpConfig,
+    data: &Path,
+) -> anyhow::Result<(SocketAddr, tokio::net::TcpListener, HttpState)> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for the admin HTTP API on {}; pick another address with --http \
+                 ADDR or [http] listen, or turn it off with --no-http",
+                config.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let token_path = data.join(&config.token_file);
+    let token = AdminToken::load_or_create(&token_path)?;
+    tracing::info!(token_file = %token_path.display(), "admin api token file");
+    let state = HttpState::new(Arc::clone(engine), server.stats(), token);
+    Ok((addr, listener, state))
+}
+
+/// Completes once the shutdown flag is raised (or its sender is gone).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Completes on SIGINT or SIGTERM.

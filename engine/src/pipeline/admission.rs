@@ -114,6 +114,12 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, SystemClock};
+
+    /// A base instant; the tests only use offsets from it.
+    fn t0() -> Instant {
+        SystemClock.instant()
+    }
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -123,7 +129,7 @@ mod tests {
 
     #[test]
     fn for_deadline_derives_its_parameters() {
-        let a = Admission::for_deadline(60 * MS, 64, 2, Instant::now());
+        let a = Admission::for_deadline(60 * MS, 64, 2, t0());
         assert_eq!(
             (a.target, a.interval, a.min_depth),
             (20 * MS, 100 * MS, 256)
@@ -132,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_not_a_standing_queue() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let a = rule(t0);
         // Long waits, but one event in the interval got through quickly.
         a.observe(80 * MS, t0 + 10 * MS);
@@ -144,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_standing_queue_refuses_beyond_the_minimum_depth() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let a = rule(t0);
         for i in 0..12 {
             a.observe(30 * MS, t0 + i * 10 * MS);
@@ -156,7 +162,7 @@ mod tests {
 
     #[test]
     fn the_verdict_is_revised_each_interval() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let a = rule(t0);
         a.observe(30 * MS, t0 + 101 * MS);
         assert!(a.is_standing());
@@ -168,7 +174,7 @@ mod tests {
 
     #[test]
     fn waits_at_the_target_are_fine() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let a = rule(t0);
         a.observe(20 * MS, t0 + 101 * MS);
         assert!(!a.is_standing());
@@ -176,7 +182,7 @@ mod tests {
 
     #[test]
     fn huge_values_do_not_overflow() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let a = Admission::new(Duration::MAX, Duration::MAX, usize::MAX, t0);
         a.observe(Duration::MAX, t0 + Duration::from_secs(1_000_000));
         assert!(a.admit(usize::MAX - 1));

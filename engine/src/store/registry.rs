@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use gatewarden_protocol::{
-    Credential, GateId, HealthRecord, SubjectId, SubjectRecord, SubjectStatus, TestResult,
-    UnixMillis, UpdateHealthAck,
+    Category, Credential, GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, SubjectStatus,
+    TestResult, UnixMillis, UpdateHealthAck,
 };
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
@@ -13,6 +13,14 @@ use super::{Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
 use crate::model::GateInfo;
 
 const KIND_ID_CARD: &str = "id_card";
+
+/// The categories that work at a market (and sign in daily), as opposed to its visitors.
+fn is_staff(category: Category) -> bool {
+    matches!(
+        category,
+        Category::ServiceWorker | Category::Manager | Category::Staff | Category::Merchant
+    )
+}
 const KIND_QR: &str = "staff_qr";
 
 impl Store {
@@ -50,6 +58,21 @@ impl Store {
         let mut gates: Vec<GateInfo> = self.cache.gates.iter().map(|g| g.clone()).collect();
         gates.sort_by_key(|g| g.gate);
         gates
+    }
+
+    /// The staff of a market: subjects of a staff category (service worker, manager, staff,
+    /// merchant) whose home market it is, ordered by id. Read from the cache; a scan of the
+    /// registry, meant for the hall display, not for the per-event path.
+    pub fn market_staff(&self, market: MarketId) -> Vec<Arc<SubjectRecord>> {
+        let mut staff: Vec<Arc<SubjectRecord>> = self
+            .cache
+            .subjects
+            .iter()
+            .filter(|r| r.home_market == market && is_staff(r.category))
+            .map(|r| Arc::clone(&r))
+            .collect();
+        staff.sort_by_key(|r| r.subject);
+        staff
     }
 
     /// How many subjects the registry holds.

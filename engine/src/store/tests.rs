@@ -899,3 +899,35 @@ fn stress_template_load() {
          stream {scan_s:.2} s; close + reopen (cache load) {open_s:.2} s"
     );
 }
+
+#[test]
+fn market_staff_lists_working_categories_of_the_home_market() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut records = Vec::new();
+    for (id, category, market) in [
+        (5, Category::Manager, 1),
+        (2, Category::ServiceWorker, 1),
+        (3, Category::Shopper, 1),
+        (4, Category::Staff, 2),
+        (1, Category::Merchant, 1),
+        (6, Category::Buyer, 1),
+    ] {
+        let mut r = subject(id);
+        r.category = category;
+        r.home_market = MarketId(market);
+        r.qr_tokens = vec![];
+        records.push(r);
+    }
+    store.upsert_subjects(&records).unwrap();
+    let ids = |m| {
+        store
+            .market_staff(MarketId(m))
+            .iter()
+            .map(|r| r.subject.0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(1), vec![1, 2, 5], "staff of market 1, by id");
+    assert_eq!(ids(2), vec![4]);
+    assert!(ids(3).is_empty());
+}

@@ -59,7 +59,8 @@ fn prepare(dir: &Path, now: UnixMillis) {
     std::fs::write(
         dir.join("gatewarden.toml"),
         format!(
-            "[engine]\ndim = {}\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n",
+            "[engine]\ndim = {}\nmodel = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n",
             support::DIM,
             support::MODEL
         ),
