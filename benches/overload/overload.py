@@ -6,10 +6,11 @@ both sides: the load generator's JSON report and the `stats` line the server pri
 plus the server's peak RSS (VmHWM) read just before the stop.
 
 In the overload run each gate gives up on an event after `--busy-retries` refusals (default
-3), as a gate with a person waiting in front of it would.
+0: a refusal is final, so the offered load is exactly twice the sustainable rate).
 
-A rate is *sustainable* when every event got a verdict (no Busy, no error, nothing lost) and
-the p99 latency from intended send time is at most 100 ms. The overload run offers twice the
+A rate is *sustainable* when every event got a verdict (no error, nothing lost; a Busy retried
+into a verdict is fine) and the p99 latency from intended send time, back-off included, is at
+most 100 ms. The overload run offers twice the
 highest sustainable rate and passes when the server answered Busy (it shed), the p99 of the
 attempts that got verdicts stays under 100 ms, nothing was lost in flight, there was no false
 admit, and the server's peak RSS stayed within 1.5x of the sustainable run's.
@@ -68,6 +69,15 @@ def peak_rss_mib(pid: int):
     return None
 
 
+def cpu_seconds(pid: int):
+    """User + system CPU of a process so far (Linux, USER_HZ = 100)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / 100
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def stop_server(proc):
     rss = peak_rss_mib(proc.pid)
     proc.send_signal(signal.SIGTERM)
@@ -77,16 +87,22 @@ def stop_server(proc):
 
 
 def step(args, data: Path, rate: float, extra=()) -> dict:
+    # Each step draws other people (its own seed): the same people again would meet the
+    # daily entry caps the earlier steps used up, and the ground truth assumes a fresh day.
+    args.seed += 1
     proc, addr = start_server(args.bin_dir, data)
     report_path = data / f"report-{int(rate)}.json"
+    cpu_before = cpu_seconds(proc.pid)
     try:
         subprocess.run(
             [str(args.bin_dir / "gatewarden-loadgen"), "run", "--target", addr,
              "--certs", str(data / "certs"), "--population", str(data / "population"),
              "--rate", str(rate), "--profile", "constant",
-             "--duration", f"{args.step_s}s", "--json", str(report_path), *extra],
+             "--duration", f"{args.step_s}s", "--json", str(report_path),
+             "--seed", str(args.seed), *extra],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
+        cpu_after = cpu_seconds(proc.pid)
         rss, stats = stop_server(proc)
     report = json.loads(report_path.read_text())
     server_decided = None
@@ -102,6 +118,7 @@ def step(args, data: Path, rate: float, extra=()) -> dict:
         "throughput_eps": report["throughput_eps"],
         "false_admit": report["accuracy"]["false_admit"],
         "loadgen_cpu_s": report["cpu_s"],
+        "server_cpu_s": None if None in (cpu_before, cpu_after) else cpu_after - cpu_before,
         "server_peak_rss_mib": rss,
         "server_decided": server_decided,
         "server_busy_at_door": stats and stats["rejected_busy"],
@@ -110,12 +127,15 @@ def step(args, data: Path, rate: float, extra=()) -> dict:
     }
     log("  rate {rate:>6.0f}: verdicts {verdicts:>7} busy {busy:>7} lost {lost:>5} "
         "p50 {p50_ms:7.1f} ms p99 {p99_ms:8.1f} ms attempt-p99 {attempt_p99_ms:7.1f} ms "
-        "RSS {server_peak_rss_mib:.0f} MiB".format(**result))
+        "RSS {server_peak_rss_mib:.0f} MiB CPU server {server_cpu_s:.1f} s loadgen {loadgen_cpu_s:.1f} s"
+        .format(**result))
     return result
 
 
 def sustainable(r: dict) -> bool:
-    return (r["busy"] == 0 and r["errors"] == 0 and r["lost"] == 0
+    # The issue's definition: p99 <= 100 ms and nothing lost. A Busy that the gate retried
+    # into a verdict is not lost; its back-off counts in the latency from intended send.
+    return (r["errors"] == 0 and r["lost"] == 0
             and r["verdicts"] == r["sent"] and r["p99_ms"] <= P99_LIMIT_MS)
 
 
@@ -128,9 +148,10 @@ def main() -> int:
     ap.add_argument("--step-s", type=int, default=20)
     ap.add_argument("--rates", default="2000,2500,3000,3500,4000,4500,5000",
                     help="ascending rates to try; the search stops at the first failure")
-    ap.add_argument("--busy-retries", type=int, default=3,
+    ap.add_argument("--busy-retries", type=int, default=0,
                     help="Busy retries per event in the overload run before the gate gives up")
     ap.add_argument("--keep", type=Path, help="prepared data folder to use and keep")
+    ap.add_argument("--seed", type=int, default=100, help="seed of the first step")
     args = ap.parse_args()
     data = args.keep or Path(tempfile.mkdtemp(prefix="gatewarden-overload-"))
     try:
@@ -149,9 +170,10 @@ def main() -> int:
             log("no sustainable rate among the ones tried; try lower --rates")
             return 1
         log(f"highest sustainable rate: {best['rate']:.0f} ev/s; overload at twice that:")
-        # A person waits at the gate for a second or so, not for ever: the gate gives up after
-        # three refusals (about 0.35 s of back-off) and calls staff. Unlimited retries at twice
-        # the capacity would make the backlog of retrying gates grow for the whole run.
+        # Twice the rate means twice the rate: by default each refused event is final (the
+        # gate shows "busy, please see staff"), so the offered load is exactly 2x. With
+        # --busy-retries N every refusal comes back up to N more times, and the offered load
+        # grows with the shedding (see the issue 5 notes for what that does on two cores).
         over = step(args, data, 2 * best["rate"], ("--max-busy-retries", str(args.busy_retries)))
         checks = {
             "server_shed_with_busy": over["busy"] > 0,

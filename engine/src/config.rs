@@ -9,11 +9,11 @@
 //! utc_offset_minutes = 480  # the markets' local time (Beijing)
 //! policy = "policy.toml"    # relative to the data folder; absent: the embedded demo policy
 //! queue_capacity = 4096     # events waiting for a matcher; beyond it gates get Busy
-//! workers = 0               # matcher threads; 0 = one per core
+//! workers = 0               # matcher threads; 0 = one per core but one (at least one)
 //! max_batch = 64            # events per micro-batch
 //! max_wait_ms = 2           # longest the first event waits for a batch to fill
-//! deadline_ms = 60          # an event queued longer than this gets Busy, not a late verdict
-//! commit_max = 256          # most records per group commit (and the hand-off bound)
+//! deadline_ms = 40          # an event queued longer than this gets Busy, not a late verdict
+//! commit_max = 64           # most records per group commit (and the hand-off bound)
 //! busy_retry_ms = 50        # base retry hint in Busy replies
 //! compact_after = 50000     # fold the in-memory gallery delta into a segment past this size
 //!
@@ -112,8 +112,8 @@ impl Default for EngineConfig {
             workers: 0,
             max_batch: 64,
             max_wait_ms: 2,
-            deadline_ms: 60,
-            commit_max: 256,
+            deadline_ms: 40,
+            commit_max: 64,
             busy_retry_ms: 50,
             compact_after: 50_000,
         }
@@ -126,12 +126,18 @@ impl EngineConfig {
         UtcOffset(self.utc_offset_minutes)
     }
 
-    /// Matcher threads to run: the configured count, or one per core.
+    /// Matcher threads to run: the configured count, or one per core but one.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map_or(2, usize::from)
+            // One core is left to the network front and the committer: on two cores, two
+            // matchers fighting the QUIC threads for the CPU decided no more events per second
+            // than one, and their p99 was twice as long (issue 5 notes, overload runs).
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .saturating_sub(1)
+                .max(1)
         }
     }
 

@@ -75,9 +75,11 @@ model = \"demo-face-v1\"
 precision = \"int8\"
 utc_offset_minutes = 480
 policy = \"policy.toml\"
+workers = 0          # matcher threads; 0 = one per core but one
 max_batch = 64
 max_wait_ms = 2
-deadline_ms = 60
+deadline_ms = 40
+commit_max = 64
 
 [server]
 listen = \"127.0.0.1:4433\"

@@ -49,12 +49,8 @@ impl Admission {
         workers: usize,
         now: Instant,
     ) -> Self {
-        Self::new(
-            deadline / 3,
-            Duration::from_millis(100),
-            max_batch.saturating_mul(workers.max(1)).saturating_mul(2),
-            now,
-        )
+        let target = deadline / 2;
+        Self::new(target, target / 2, max_batch.max(1).saturating_mul(2), now)
     }
 
     /// A rule with explicit parameters.
