@@ -324,7 +324,7 @@ fn print_server_account(account: &ServerAccount) {
     let n = |key: &str| stats[key].as_u64().unwrap_or(0);
     let e2e = &stats["end_to_end_us"];
     println!(
-        "server: {} verdicts, {} Busy (queue full), {} Busy (deadline), end-to-end p50 <= {:.1} ms, \
+        "server: {} verdicts, {} Busy (refused on arrival), {} Busy (past deadline), end-to-end p50 <= {:.1} ms, \
          p99 <= {:.1} ms (log2 buckets), peak RSS {}",
         n("admit") + n("deny") + n("escalate"),
         n("rejected_busy"),

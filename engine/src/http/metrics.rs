@@ -106,9 +106,9 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
     out.family(
         name,
         "counter",
-        "Events answered Busy: queue full, or past their deadline.",
+        "Events answered Busy: refused on arrival (queue full or standing), or past their deadline.",
     );
-    out.sample(name, &[("reason", "queue_full")], stats.rejected_busy);
+    out.sample(name, &[("reason", "admission")], stats.rejected_busy);
     out.sample(name, &[("reason", "deadline")], stats.expired);
     let plain: [(&str, &str, u64); 6] = [
         (
@@ -391,7 +391,7 @@ mod tests {
             value(
                 &samples,
                 "gatewarden_busy_total",
-                &[("reason", "queue_full")]
+                &[("reason", "admission")]
             ),
             2.0
         );

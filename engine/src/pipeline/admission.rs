@@ -39,10 +39,11 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// The rule for a pipeline whose events may wait `deadline` in the queue: the target is a
-    /// third of it, so an admitted event still has the rest for matching and the group
-    /// commit; the interval is 100 ms (CoDel's default); queues shorter than two batches per
-    /// worker are always admitted.
+    /// The rule for a pipeline whose events may wait `deadline` in the queue: the target is
+    /// half of it, so an admitted event still has the other half before it would expire; the
+    /// interval is half the target, so a standing queue is noticed within a few batches (CoDel's
+    /// 100 ms suits network links, not a queue drained every few milliseconds); queues shorter
+    /// than two batches are always admitted, so ordinary bursts never see `Busy`.
     pub fn for_deadline(
         deadline: Duration,
         max_batch: usize,
@@ -126,10 +127,7 @@ mod tests {
     #[test]
     fn for_deadline_derives_its_parameters() {
         let a = Admission::for_deadline(60 * MS, 64, 2, t0());
-        assert_eq!(
-            (a.target, a.interval, a.min_depth),
-            (20 * MS, 100 * MS, 256)
-        );
+        assert_eq!((a.target, a.interval, a.min_depth), (30 * MS, 15 * MS, 128));
     }
 
     #[test]
