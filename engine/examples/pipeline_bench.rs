@@ -76,6 +76,8 @@ fn config(dim: usize, batch: usize) -> Config {
     config.engine.max_batch = batch;
     config.engine.queue_capacity = 8192;
     config.engine.deadline_ms = 10_000; // measure latency, do not shed load
+    // In process there is no network front to leave a core for: one matcher per core.
+    config.engine.workers = std::thread::available_parallelism().map_or(1, usize::from);
     config
 }
 
