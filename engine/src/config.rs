@@ -31,7 +31,12 @@
 //! enabled = true                # the admin HTTP API, /metrics and the market console
 //! listen = "127.0.0.1:4480"     # loopback by default: the API serves personal data
 //! token_file = "admin.token"    # bearer token, relative to the data folder; made if absent
+//! allow_remote = false          # a non-loopback listen address is refused unless true
 //! ```
+//!
+//! The admin API is plain HTTP: the bearer token and the personal data it guards cross the
+//! network in clear. So `[http] listen` must be a loopback address (127.0.0.0/8, `::1`)
+//! unless `allow_remote = true`, which says a TLS proxy in front of it does the encryption.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -208,6 +213,7 @@ pub struct HttpConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
     pub token_file: PathBuf,
+    pub allow_remote: bool,
 }
 
 impl Default for HttpConfig {
@@ -216,7 +222,29 @@ impl Default for HttpConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
             token_file: PathBuf::from("admin.token"),
+            allow_remote: false,
         }
+    }
+}
+
+impl HttpConfig {
+    /// Refuses a non-loopback `listen` address unless `allow_remote` is set. Call it again
+    /// after overriding `listen` (as `serve --http ADDR` does).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `http.listen`, the address and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled || self.allow_remote || self.listen.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            field: "http.listen",
+            reason: format!(
+                "{} is not a loopback address; the admin API is plain HTTP; put a TLS proxy in \
+                 front and set allow_remote = true in [http], or listen on 127.0.0.1",
+                self.listen
+            ),
+        })
     }
 }
 
@@ -260,8 +288,17 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string().trim().to_owned(),
         })?;
-        config.engine.validate()?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Checks every section's values (also after command-line overrides).
+    ///
+    /// # Errors
+    /// The first out-of-range value, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine.validate()?;
+        self.http.validate()
     }
 
     /// Reads `DATA/gatewarden.toml`; a missing file gives the defaults.
@@ -303,6 +340,60 @@ mod tests {
         assert_eq!(c.http.listen.port(), 0);
         let err = Config::from_toml("[http]\ntoken = \"x\"\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("token"), "{err}");
+    }
+
+    #[test]
+    fn remote_http_listen_needs_allow_remote() {
+        for addr in [
+            "0.0.0.0:4480",
+            "192.168.1.5:4480",
+            "[::]:4480",
+            "[2001:db8::1]:80",
+        ] {
+            let text = format!("[http]\nlisten = \"{addr}\"\n");
+            let err = Config::from_toml(&text, Path::new("x.toml")).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        field: "http.listen",
+                        ..
+                    }
+                ),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(addr.trim_start_matches('[').split(']').next().unwrap()),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("the admin API is plain HTTP; put a TLS proxy in front and set allow_remote = true"),
+                "{msg}"
+            );
+            let allowed = format!("{text}allow_remote = true\n");
+            let c = Config::from_toml(&allowed, Path::new("x.toml")).unwrap();
+            assert!(c.http.allow_remote);
+            // A disabled API listens nowhere, so its address is not checked.
+            let off = format!("{text}enabled = false\n");
+            Config::from_toml(&off, Path::new("x.toml")).unwrap();
+        }
+        for addr in [
+            "127.0.0.1:0",
+            "127.1.2.3:4480",
+            "[::1]:4480",
+            "[::ffff:127.0.0.1]:4480",
+        ] {
+            let text = format!("[http]\nlisten = \"{addr}\"\n");
+            let c = Config::from_toml(&text, Path::new("x.toml")).unwrap();
+            assert!(!c.http.allow_remote);
+        }
+        // An override made after parsing is caught by validating again.
+        let mut c = Config::default();
+        c.http.listen = "10.0.0.1:4480".parse().unwrap();
+        assert!(c.validate().is_err());
+        c.http.allow_remote = true;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -80,12 +80,7 @@ impl Engine {
         let offset = cfg.utc_offset();
         let tally = Tally::rebuild(&store, clock.now(), offset)?;
         let committed_seq: DashMap<_, _> = store.max_seq_per_gate()?.into_iter().collect();
-        let admission = Admission::for_deadline(
-            cfg.deadline(),
-            cfg.max_batch,
-            cfg.worker_count(),
-            clock.instant(),
-        );
+        let admission = Admission::for_deadline(cfg.deadline(), cfg.max_batch, clock.instant());
         let shared = Arc::new(Shared {
             store,
             gallery,

@@ -81,18 +81,32 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.gates > 0 && args.subjects > 0,
         "--gates and --subjects must be positive"
     );
-    let (dir, temporary) = match &args.keep {
-        Some(dir) => (dir.clone(), false),
-        None => (
-            std::env::temp_dir().join(format!("gatewarden-demo-{}", std::process::id())),
-            true,
-        ),
+    let folder = match &args.keep {
+        Some(dir) => DemoFolder {
+            path: dir.clone(),
+            temporary: false,
+        },
+        None => DemoFolder {
+            path: std::env::temp_dir().join(format!("gatewarden-demo-{}", std::process::id())),
+            temporary: true,
+        },
     };
-    let result = run_in(&args, &dir, profile);
-    if temporary {
-        let _ = std::fs::remove_dir_all(&dir);
+    run_in(&args, &folder.path, profile)
+}
+
+/// The demo's data folder; a temporary one is removed however the demo ends (error or panic),
+/// since it holds face templates and the admin token.
+struct DemoFolder {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl Drop for DemoFolder {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
-    result
 }
 
 fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
@@ -468,23 +482,58 @@ impl ServerProcess {
                     .status()
                     .is_ok_and(|s| s.success());
                 if !signalled {
+                    // It may have exited between the check and the signal.
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        return Ok(self.account(peak_rss_mib, true, status));
+                    }
                     self.child.kill().context("cannot stop the server")?;
                 }
                 let status = self.child.wait().context("cannot wait for the server")?;
                 (signalled, status)
             }
         };
+        Ok(self.account(peak_rss_mib, signalled, status))
+    }
+
+    /// The server's account once it has exited: the `stats` line from the rest of its stdout.
+    fn account(
+        &mut self,
+        peak_rss_mib: Option<f64>,
+        signalled: bool,
+        status: std::process::ExitStatus,
+    ) -> ServerAccount {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
         let stats = rest
             .lines()
             .find_map(|l| l.strip_prefix("stats "))
             .and_then(|json| serde_json::from_str(json).ok());
-        Ok(ServerAccount {
+        ServerAccount {
             stats,
             peak_rss_mib,
             clean: signalled && status.success(),
-        })
+        }
+    }
+}
+
+/// A server the demo did not stop (an error or a panic on the way) must not outlive it: it
+/// gets SIGTERM, a few seconds to drain, then SIGKILL.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -497,6 +546,12 @@ fn read_address(
     stdout
         .read_line(&mut line)
         .context("cannot read from the server")?;
+    if line.is_empty() {
+        bail!(
+            "the server exited during start-up; see its messages above (with --console, a \
+             taken --console-addr is the usual cause: pick another one)"
+        );
+    }
     let Some(addr) = line.trim().strip_prefix(prefix) else {
         bail!("the server did not start (it said {line:?}); see its messages above");
     };

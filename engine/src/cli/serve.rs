@@ -56,6 +56,8 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_http {
         config.http.enabled = false;
     }
+    // The flags may have changed what the file said: check the result again.
+    config.validate()?;
     let certs = CertDir(
         args.certs
             .unwrap_or_else(|| args.data.join(&config.server.certs)),
@@ -78,6 +80,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             true => Some(bind_http(&engine, &server, &http_config, &args.data).await?),
             false => None,
         };
+        // Handlers first: whoever reads the banner may signal at once, and a signal before
+        // the handlers exist would kill the server without its drain and `stats` line.
+        let signals = ShutdownSignals::install()?;
         // The demo and scripts wait for these exact lines on stdout. One write, so a reader
         // that takes the first line and closes the pipe cannot make the second one fail; and
         // a closed stdout is no reason to stop serving.
@@ -95,7 +100,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             tokio::spawn(gatewarden::http::serve(listener, state, stopped(stop_rx.clone())))
         });
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.recv().await;
             let _ = stop_tx.send(true);
         });
         server.run(stopped(stop_rx)).await;
@@ -146,20 +151,37 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// SIGINT and SIGTERM, listened for from the moment of [`ShutdownSignals::install`].
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Registers the handlers now (must run inside the runtime).
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Completes on the first of them.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method as HttpMethod, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use gatewarden_protocol::{
-    EnrollAck, HealthRecord, MarketId, Revoke, RevokeAck, SubjectId, SubjectRecord, UnixMillis,
-    UpdateHealth, UpdateHealthAck,
+    EnrollAck, HealthRecord, MarketId, Revoke, RevokeAck, SubjectId, SubjectRecord, SubjectStatus,
+    UnixMillis, UpdateHealth, UpdateHealthAck,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -95,12 +95,18 @@ fn today(state: &HttpState) -> (UnixMillis, UnixMillis) {
 
 // ---- open routes ----
 
+/// The console loads only its own script and style sheet and builds its SVG through the DOM,
+/// so nothing inline or foreign is needed; no other site may frame it (clickjacking).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; frame-ancestors 'none'";
+
 fn asset(content_type: &'static str, text: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_FRAME_OPTIONS, "DENY"),
         ],
         text,
     )
@@ -211,8 +217,11 @@ fn subject_range(
     let id = subject_id(id)?;
     let mut allowed = vec!["since", "until", "day"];
     allowed.extend_from_slice(extra);
-    let range =
-        Params::new(q, &allowed)?.range(state.0.engine.config().utc_offset(), today(state))?;
+    let range = Params::new(q, &allowed)?.range(
+        state.0.engine.config().utc_offset(),
+        today(state),
+        DAY_MS,
+    )?;
     Ok((id, range))
 }
 
@@ -244,7 +253,11 @@ pub(super) async fn verdicts(
         UnixMillis(now.0.saturating_sub(VERDICT_DAYS * DAY_MS)),
         UnixMillis(now.0.saturating_add(60_000)),
     );
-    let r = p.range(state.0.engine.config().utc_offset(), default)?;
+    let r = p.range(
+        state.0.engine.config().utc_offset(),
+        default,
+        VERDICT_DAYS * DAY_MS,
+    )?;
     let limit = p.number("limit", 20, 1..=MAX_LIMIT as u64)? as usize;
     let found = blocking(&state, move |e| {
         require_subject(e, id)?;
@@ -305,8 +318,11 @@ fn market_range(
     let id = market_id(id)?;
     let mut allowed = vec!["since", "until", "day"];
     allowed.extend_from_slice(extra);
-    let range =
-        Params::new(q, &allowed)?.range(state.0.engine.config().utc_offset(), today(state))?;
+    let range = Params::new(q, &allowed)?.range(
+        state.0.engine.config().utc_offset(),
+        today(state),
+        DAY_MS,
+    )?;
     Ok((id, range))
 }
 
@@ -352,6 +368,7 @@ pub(super) async fn hall(
         let staff: Vec<_> = store
             .market_staff(market)
             .into_iter()
+            .filter(|r| views::on_staff(r, bounds))
             .map(|r| {
                 let health = store.health(r.subject);
                 (r, health)
@@ -397,6 +414,33 @@ fn import_rows<T: ImportRecord>(bytes: &[u8]) -> Result<Vec<T>, ApiError> {
     Ok(parsed.records)
 }
 
+/// Refuses an upload that would lift a revocation or a blocklisting. A record replaces the
+/// stored one whole and `status` defaults to active, so re-sending an old export would
+/// otherwise silently let revoked people back in. Tightening (revoked to blocklisted) is
+/// allowed. Checked before anything is written, so a refused element refuses the whole body.
+fn refuse_reinstatement(engine: &Engine, records: &[SubjectRecord]) -> Result<(), ApiError> {
+    let lifted = records.iter().enumerate().find_map(|(i, new)| {
+        let old = engine.store().subject(new.subject)?;
+        let lifts = match old.status {
+            SubjectStatus::Active => false,
+            SubjectStatus::Revoked => new.status == SubjectStatus::Active,
+            SubjectStatus::Blocklisted => new.status != SubjectStatus::Blocklisted,
+        };
+        lifts.then(|| (i, new.subject, old.status, new.status))
+    });
+    match lifted {
+        None => Ok(()),
+        Some((i, subject, old, new)) => Err(ApiError::Conflict(format!(
+            "subject at index {i}: subject {subject} is {} and this upload would make it {}; \
+             a revocation or blocklisting is lifted only by an operator deliberately, not by a \
+             subject upload: send it with status \"{}\" or leave it out; nothing was applied",
+            old.name(),
+            new.name(),
+            old.name()
+        ))),
+    }
+}
+
 #[derive(Serialize)]
 pub(super) struct Upserted {
     upserted: usize,
@@ -406,6 +450,7 @@ pub(super) async fn post_subjects(State(state): State<HttpState>, b: Body) -> Ap
     let bytes = body(b)?;
     let done = blocking(&state, move |e| {
         let records = import_rows::<SubjectRecord>(&bytes)?;
+        refuse_reinstatement(e, &records)?;
         Ok(e.store().upsert_subjects(&records)?)
     })
     .await?;

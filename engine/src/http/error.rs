@@ -24,6 +24,9 @@ pub enum ApiError {
     /// No such route, subject or market.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the registry's state (e.g. it would lift a revocation).
+    #[error("{0}")]
+    Conflict(String),
     /// The request body exceeds the limit.
     #[error("the request body is larger than {limit} bytes; send smaller batches")]
     PayloadTooLarge {
@@ -45,6 +48,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

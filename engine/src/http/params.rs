@@ -75,12 +75,14 @@ impl<'a> Params<'a> {
         Ok(n)
     }
 
-    /// `[since, until)` from `since`/`until` (unix ms) or `day` (a local `YYYY-MM-DD`); missing
-    /// ends come from `default`.
+    /// `[since, until)` from `since`/`until` (unix ms) or `day` (a local `YYYY-MM-DD`). With
+    /// neither, `default`; with one end only, the other is `span` ms away from it (so
+    /// `?until=<yesterday>` means the `span` before it, not "from yesterday until today").
     pub(crate) fn range(
         &self,
         offset: UtcOffset,
         default: (UnixMillis, UnixMillis),
+        span: u64,
     ) -> Result<TimeRange, ApiError> {
         let (since, until) = match self.get("day") {
             Some(day) => {
@@ -92,10 +94,12 @@ impl<'a> Params<'a> {
                 let d = day_number(day)?;
                 (offset.day_start(d), offset.day_start(d + 1))
             }
-            None => (
-                self.millis("since")?.unwrap_or(default.0),
-                self.millis("until")?.unwrap_or(default.1),
-            ),
+            None => match (self.millis("since")?, self.millis("until")?) {
+                (Some(since), Some(until)) => (since, until),
+                (Some(since), None) => (since, UnixMillis(since.0.saturating_add(span))),
+                (None, Some(until)) => (UnixMillis(until.0.saturating_sub(span)), until),
+                (None, None) => default,
+            },
         };
         TimeRange::new(since, until)
     }
@@ -195,7 +199,7 @@ mod tests {
 
     fn range(pairs: &[(&str, &str)]) -> Result<TimeRange, ApiError> {
         let map = q(pairs);
-        Params::new(&map, &["since", "until", "day"])?.range(BEIJING, DEFAULT)
+        Params::new(&map, &["since", "until", "day"])?.range(BEIJING, DEFAULT, DAY_MS)
     }
 
     fn message(e: ApiError) -> String {
@@ -212,7 +216,13 @@ mod tests {
                 until: UnixMillis(2000)
             }
         );
-        assert_eq!(range(&[("since", "1500")]).unwrap().since, UnixMillis(1500));
+        assert_eq!(
+            range(&[("since", "1500"), ("until", "1600")]).unwrap(),
+            TimeRange {
+                since: UnixMillis(1500),
+                until: UnixMillis(1600)
+            }
+        );
         let r = range(&[("day", "2026-11-29")]).unwrap();
         // Beijing midnight is 16:00 UTC the day before.
         assert_eq!(r.since, UnixMillis(1_795_881_600_000));
@@ -220,9 +230,46 @@ mod tests {
     }
 
     #[test]
+    fn one_end_derives_the_other_from_it_not_from_today() {
+        // Both ends far from DEFAULT: "yesterday" relative to a default of "today".
+        let since = 1_795_881_600_000u64;
+        assert_eq!(
+            range(&[("since", &since.to_string())]).unwrap(),
+            TimeRange {
+                since: UnixMillis(since),
+                until: UnixMillis(since + DAY_MS)
+            }
+        );
+        assert_eq!(
+            range(&[("until", &since.to_string())]).unwrap(),
+            TimeRange {
+                since: UnixMillis(since - DAY_MS),
+                until: UnixMillis(since)
+            }
+        );
+        // An end before the span starts at the epoch rather than failing.
+        assert_eq!(
+            range(&[("until", "5")]).unwrap(),
+            TimeRange {
+                since: UnixMillis(0),
+                until: UnixMillis(5)
+            }
+        );
+        // The verdicts route's span is a week.
+        let map = q(&[("until", &since.to_string())]);
+        let week = Params::new(&map, &["until"])
+            .unwrap()
+            .range(BEIJING, DEFAULT, 7 * DAY_MS)
+            .unwrap();
+        assert_eq!(week.since, UnixMillis(since - 7 * DAY_MS));
+    }
+
+    #[test]
     fn bad_ranges_name_the_value() {
         assert!(message(range(&[("since", "abc")]).unwrap_err()).contains("\"abc\""));
-        assert!(message(range(&[("since", "3000")]).unwrap_err()).contains("3000"));
+        assert!(
+            message(range(&[("since", "3000"), ("until", "2000")]).unwrap_err()).contains("3000")
+        );
         assert!(message(range(&[("day", "2026-02-30")]).unwrap_err()).contains("2026-02-30"));
         assert!(message(range(&[("day", "99999-01-01")]).unwrap_err()).contains("99999"));
         assert!(

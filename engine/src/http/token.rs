@@ -1,6 +1,7 @@
 //! The admin bearer token: 32 random bytes from the system's generator, hex, in an
 //! owner-only file in the data folder. Whoever can read the file may use the API, so a file
-//! others can read is refused rather than trusted.
+//! with any group or other permission, a symbolic link or a non-regular file is refused
+//! rather than trusted.
 
 use std::fmt;
 use std::io::Write;
@@ -33,18 +34,31 @@ pub enum TokenError {
         /// The token file.
         path: PathBuf,
     },
-    /// Users other than the owner may read the file.
+    /// Users other than the owner have some permission on the file.
     #[error(
-        "the admin token file {} can be read by other users (mode {mode:o}); run \
-         `chmod 600 {}` or delete it and restart to make a new token",
+        "the admin token file {} is not private (mode {mode:03o}): group and other users must \
+         have no permission on it; run `chmod 600 {}` or delete it and restart to make a new \
+         token",
         path.display(),
         path.display()
     )]
-    WorldReadable {
+    NotPrivate {
         /// The token file.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The path is a symbolic link, a directory or another non-regular file.
+    #[error(
+        "the admin token file {} is not a regular file ({kind}); replace it with a plain file \
+         of mode 600, or delete it and restart to make a new token",
+        path.display()
+    )]
+    NotRegular {
+        /// The token file.
+        path: PathBuf,
+        /// What it is instead ("a symbolic link", "a directory", ...).
+        kind: &'static str,
     },
     /// The system's random generator failed.
     #[error("the system random generator failed; cannot make an admin token")]
@@ -104,7 +118,8 @@ impl AdminToken {
     /// exist.
     ///
     /// # Errors
-    /// An unreadable, empty or world-readable file, or a failed write.
+    /// An unreadable or empty file, a link or non-regular file, a file with any group or other
+    /// permission, or a failed write.
     pub fn load_or_create(path: &Path) -> Result<Self, TokenError> {
         let io = |source| TokenError::Io {
             path: path.to_owned(),
@@ -129,8 +144,13 @@ impl AdminToken {
             path: path.to_owned(),
             source,
         };
-        check_private(path)?;
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        // Checked before opening, so a link is never followed, and again on the open handle,
+        // so a file swapped in between is caught too.
+        check_private(path, &std::fs::symlink_metadata(path).map_err(io)?)?;
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        check_private(path, &file.metadata().map_err(io)?)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
         let token = Self::from_secret(&text, path)?;
         tracing::info!(path = %path.display(), "admin token read");
         Ok(token)
@@ -155,16 +175,35 @@ fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Refuses anything but a regular file (a link could point anywhere, a FIFO could block) and,
+/// on Unix, any permission bit for group or others: whoever can read the token can read
+/// personal data, and whoever can write it can choose the token.
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokenError> {
+    let kind = meta.file_type();
+    let not_regular = |kind| {
+        Err(TokenError::NotRegular {
+            path: path.to_owned(),
+            kind,
+        })
+    };
+    if kind.is_symlink() {
+        return not_regular("a symbolic link");
+    }
+    if kind.is_dir() {
+        return not_regular("a directory");
+    }
+    if !kind.is_file() {
+        return not_regular("a device, pipe or socket");
+    }
+    check_mode(path, meta)
+}
+
 #[cfg(unix)]
-fn check_private(path: &Path) -> Result<(), TokenError> {
+fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokenError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| TokenError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o044 != 0 {
-        return Err(TokenError::WorldReadable {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TokenError::NotPrivate {
             path: path.to_owned(),
             mode,
         });
@@ -173,7 +212,7 @@ fn check_private(path: &Path) -> Result<(), TokenError> {
 }
 
 #[cfg(not(unix))]
-fn check_private(_path: &Path) -> Result<(), TokenError> {
+fn check_mode(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), TokenError> {
     Ok(())
 }
 
@@ -225,17 +264,99 @@ mod tests {
         assert!(err.to_string().contains("admin.token"), "{err}");
     }
 
+    /// A token file at `mode`; the error loading it.
     #[cfg(unix)]
-    #[test]
-    fn world_readable_file_is_refused() {
+    fn load_with_mode(mode: u32) -> (tempfile::TempDir, TokenError) {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.token");
         std::fs::write(&path, "deadbeef\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         let err = AdminToken::load_or_create(&path).unwrap_err();
-        assert!(matches!(err, TokenError::WorldReadable { .. }), "{err}");
-        assert!(err.to_string().contains("chmod 600"), "{err}");
-        assert!(!err.to_string().contains("deadbeef"));
+        (dir, err)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn any_group_or_other_permission_is_refused() {
+        for mode in [
+            0o644, 0o640, 0o604, 0o620, 0o602, 0o610, 0o601, 0o660, 0o666,
+        ] {
+            let (dir, err) = load_with_mode(mode);
+            assert!(
+                matches!(err, TokenError::NotPrivate { mode: m, .. } if m == mode),
+                "{mode:o}: {err}"
+            );
+            let msg = err.to_string();
+            let path = dir.path().join("admin.token");
+            assert!(msg.contains(&format!("{mode:o}")), "{msg}");
+            assert!(
+                msg.contains(&format!("chmod 600 {}", path.display())),
+                "{msg}"
+            );
+            assert!(!msg.contains("deadbeef"), "{msg}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn owner_only_modes_are_accepted() {
+        use std::os::unix::fs::PermissionsExt;
+        for mode in [0o600, 0o400] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("admin.token");
+            std::fs::write(&path, "deadbeef\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let token = AdminToken::load_or_create(&path).unwrap();
+            assert_eq!(token.secret(), "deadbeef");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_is_refused_even_to_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.token");
+        create_new(&target)
+            .unwrap()
+            .write_all(b"deadbeef\n")
+            .unwrap();
+        let link = dir.path().join("admin.token");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = AdminToken::load_or_create(&link).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TokenError::NotRegular {
+                    kind: "a symbolic link",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("admin.token"), "{err}");
+        // A dangling link is refused too, not followed to create a file elsewhere.
+        std::fs::remove_file(&target).unwrap();
+        let err = AdminToken::load_or_create(&link).unwrap_err();
+        assert!(matches!(err, TokenError::NotRegular { .. }), "{err}");
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::create_dir(&path).unwrap();
+        let err = AdminToken::load_or_create(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TokenError::NotRegular {
+                    kind: "a directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gatewarden_protocol::{
-    Decision, Direction, GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, TestResult,
-    UnixMillis, Verdict, ZoneId,
+    Decision, Direction, GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, SubjectStatus,
+    TestResult, UnixMillis, Verdict, ZoneId,
 };
 use serde::Serialize;
 
@@ -229,9 +229,18 @@ pub(crate) struct Hall {
     staff: Vec<HallStaff>,
 }
 
+/// Whether a staff member belongs on the hall display of the day `[since, until)`: active
+/// (revoked and blocklisted people no longer work there) and valid at some moment of the day
+/// (validity bounds are inclusive, as the policy reads them).
+pub(crate) fn on_staff(r: &SubjectRecord, (since, until): (UnixMillis, UnixMillis)) -> bool {
+    r.status == SubjectStatus::Active
+        && r.valid_from.is_none_or(|from| from < until)
+        && r.valid_until.is_none_or(|end| end >= since)
+}
+
 /// Builds the hall display of one local day `[since, until)`: every staff member, whether they
 /// signed in, and whether their latest test is negative and taken that day. Not tested first,
-/// then by subject id.
+/// then by subject id. `staff` must already be filtered with [`on_staff`].
 pub(crate) fn hall(
     market: MarketId,
     day: String,
@@ -277,7 +286,7 @@ pub(crate) fn hall(
 mod tests {
     use std::sync::Arc;
 
-    use gatewarden_protocol::{Category, CodeColour, SubjectStatus};
+    use gatewarden_protocol::{Category, CodeColour};
 
     use super::*;
 
@@ -349,6 +358,29 @@ mod tests {
         assert_eq!(one.signed_in_at, Some(UnixMillis(1_100)));
         assert_eq!(one.gate, Some(GateId(3)));
         assert_eq!(h.staff[1].test_result, Some("positive"));
+    }
+
+    #[test]
+    fn only_active_staff_valid_on_the_day_are_on_the_hall() {
+        let day = (UnixMillis(1_000), UnixMillis(2_000));
+        let with = |f: &dyn Fn(&mut SubjectRecord)| {
+            let mut r = (*staff(1, Category::Staff)).clone();
+            f(&mut r);
+            on_staff(&r, day)
+        };
+        assert!(with(&|_| {}));
+        assert!(!with(&|r| r.status = SubjectStatus::Revoked));
+        assert!(!with(&|r| r.status = SubjectStatus::Blocklisted));
+        // Starts after the day, or ended before it.
+        assert!(!with(&|r| r.valid_from = Some(UnixMillis(2_000))));
+        assert!(!with(&|r| r.valid_until = Some(UnixMillis(999))));
+        // Valid for part of the day (bounds inclusive) is enough.
+        assert!(with(&|r| r.valid_from = Some(UnixMillis(1_999))));
+        assert!(with(&|r| r.valid_until = Some(UnixMillis(1_000))));
+        assert!(with(&|r| {
+            r.valid_from = Some(UnixMillis(0));
+            r.valid_until = Some(UnixMillis(5_000));
+        }));
     }
 
     fn row(market: u32, at: u64, decision: Decision, mode: ModeKind) -> EntryRow {

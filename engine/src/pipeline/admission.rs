@@ -44,12 +44,7 @@ impl Admission {
     /// interval is half the target, so a standing queue is noticed within a few batches (CoDel's
     /// 100 ms suits network links, not a queue drained every few milliseconds); queues shorter
     /// than two batches are always admitted, so ordinary bursts never see `Busy`.
-    pub fn for_deadline(
-        deadline: Duration,
-        max_batch: usize,
-        workers: usize,
-        now: Instant,
-    ) -> Self {
+    pub fn for_deadline(deadline: Duration, max_batch: usize, now: Instant) -> Self {
         let target = deadline / 2;
         Self::new(target, target / 2, max_batch.max(1).saturating_mul(2), now)
     }
@@ -126,7 +121,7 @@ mod tests {
 
     #[test]
     fn for_deadline_derives_its_parameters() {
-        let a = Admission::for_deadline(60 * MS, 64, 2, t0());
+        let a = Admission::for_deadline(60 * MS, 64, t0());
         assert_eq!((a.target, a.interval, a.min_depth), (30 * MS, 15 * MS, 128));
     }
 

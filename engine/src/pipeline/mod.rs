@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  submit ──try_send──► [bounded queue] ──► worker × N: take a micro-batch (batch.rs)
-//!    │ full or expected wait too long ⇒ Busy   │ expired ⇒ Busy
+//!    │ full, or standing queue ⇒ Busy          │ expired ⇒ Busy
 //!    │                                         ├─ 1:N identify: one batched gallery search
 //!    │                                         ├─ 1:1 verify: the credential holder's templates
 //!    │                                         └─ policy::decide (panics fail closed)
@@ -21,8 +21,8 @@
 //!   a fresh decision if nothing was recorded. (A panic outside the guarded decide and commit
 //!   calls would answer "lost reply" and leave the key in flight until restart: see the
 //!   issue notes.)
-//! - a full queue, or one whose expected wait exceeds the admission target (admission.rs),
-//!   answers at once; nothing waits unboundedly.
+//! - a full queue, or a standing one (even its quickest events waited past the admission
+//!   target, admission.rs), answers at once; nothing waits unboundedly.
 
 pub mod admission;
 pub mod batch;

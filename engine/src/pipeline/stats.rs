@@ -217,8 +217,8 @@ pub struct MarketStats {
 pub struct StatsSnapshot {
     /// Events accepted into the queue.
     pub submitted: u64,
-    /// Events refused with `Busy` at once: the queue was full, or the wait it would have
-    /// meant exceeded the admission target.
+    /// Events refused with `Busy` on arrival: the queue was full, or standing (admission
+    /// control).
     pub rejected_busy: u64,
     /// Events answered `Busy` because they waited past their deadline.
     pub expired: u64,

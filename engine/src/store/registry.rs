@@ -61,7 +61,9 @@ impl Store {
     }
 
     /// The staff of a market: subjects of a staff category (service worker, manager, staff,
-    /// merchant) whose home market it is, ordered by id. Read from the cache; a scan of the
+    /// merchant) whose home market it is, ordered by id, whatever their status or validity:
+    /// callers showing who works on a given day (the hall display) filter revoked,
+    /// blocklisted and out-of-validity people themselves. Read from the cache; a scan of the
     /// registry, meant for the hall display, not for the per-event path.
     pub fn market_staff(&self, market: MarketId) -> Vec<Arc<SubjectRecord>> {
         let mut staff: Vec<Arc<SubjectRecord>> = self

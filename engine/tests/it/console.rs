@@ -534,6 +534,7 @@ impl Drop for Demo {
 fn kill_group(pid: u32) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
         .status();
 }
 
@@ -588,6 +589,8 @@ impl Browser {
                 "--disable-gpu",
                 "--disable-dev-shm-usage",
                 "--no-first-run",
+                "--disable-crash-reporter",
+                "--disable-breakpad",
                 "--dump-dom",
                 "--virtual-time-budget=10000",
             ])
@@ -609,6 +612,8 @@ impl Browser {
             kill_group(pid);
             panic!("the browser did not finish {url} in {BROWSER_TIMEOUT:?}");
         };
+        // Helpers Chromium started in its group (crash handler, zygote) go with it.
+        kill_group(pid);
         let output = output.unwrap();
         assert!(
             output.status.success(),

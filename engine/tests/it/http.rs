@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gatewarden::Engine;
 use gatewarden::Reply;
-use gatewarden::clock::{Clock, SystemClock};
+use gatewarden::clock::{Clock, SystemClock, format_day};
 use gatewarden::http::{AdminToken, HttpState, serve};
 use gatewarden::server::ServerStats;
 use gatewarden_protocol::{
@@ -202,6 +202,12 @@ fn tokens_guard_personal_data_only() {
         assert_eq!(r.status, 200, "{path}");
         assert!(r.content_type.starts_with(ty), "{path}: {}", r.content_type);
         assert_eq!(r.header("cache-control"), Some("no-cache"), "{path}");
+        assert_eq!(
+            r.header("content-security-policy"),
+            Some("default-src 'self'; frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");
         assert!(!r.body.is_empty());
     }
     let doc = get(api.addr, "/api/v1/openapi.json", None).json();
@@ -218,6 +224,10 @@ fn reads_show_the_recorded_day() {
     let sign_in = add_staff(&api, now);
     assert_eq!(sign_in.decision, Decision::Admit, "{sign_in:?}");
     record_visits(&api, now);
+    // Every day-dependent read names the recorded day: the server's own "today" may already
+    // be the next one if the markets' midnight passed since `now`.
+    let offset = api.engine.config().utc_offset();
+    let day = format_day(offset.day_of(now));
 
     // Stats equal the engine's own.
     let stats = api.get_ok("/api/v1/stats");
@@ -264,7 +274,8 @@ fn reads_show_the_recorded_day() {
     assert!(api.get_ok(&format!("/api/v1/subjects/{LATE}"))["health"].is_null());
 
     // The hall: the untested manager first, then the signed-in, tested staff member.
-    let hall = api.get_ok("/api/v1/markets/1/hall");
+    let hall = api.get_ok(&format!("/api/v1/markets/1/hall?day={day}"));
+    assert_eq!(hall["day"], day.as_str());
     assert_eq!(
         hall["counts"],
         serde_json::json!({"staff": 2, "signed_in": 1, "tested_today": 1, "not_tested": 1})
@@ -279,23 +290,18 @@ fn reads_show_the_recorded_day() {
     assert_eq!(member["signed_in_at"], sign_in.decided_at.0);
     assert_eq!(member["tested_today"], true);
     assert_eq!(member["test_result"], "negative");
-    let day = hall["day"].as_str().unwrap().to_owned();
-    assert_eq!(
-        api.get_ok(&format!("/api/v1/markets/1/hall?day={day}"))["counts"],
-        hall["counts"]
-    );
     let other = api.get_ok("/api/v1/markets/1/hall?day=2020-01-01");
     assert_eq!(other["counts"]["signed_in"], 0);
     assert_eq!(other["counts"]["tested_today"], 0);
 
     // Trajectory and verdicts.
-    let t = api.get_ok("/api/v1/subjects/7/trajectory");
+    let t = api.get_ok(&format!("/api/v1/subjects/7/trajectory?day={day}"));
     assert_eq!(t.as_array().unwrap().len(), 1, "{t}");
     assert_eq!(t[0]["decision"], "admit");
     assert_eq!(t[0]["mode"], "verify");
     assert_eq!(t[0]["gate"], 1);
     assert_eq!(t[0]["direction"], "entry");
-    let v = api.get_ok("/api/v1/subjects/9/verdicts");
+    let v = api.get_ok(&format!("/api/v1/subjects/9/verdicts?day={day}"));
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
     let fever = v[0]["checks"]
         .as_array()
@@ -312,20 +318,22 @@ fn reads_show_the_recorded_day() {
     assert!(["red", "yellow"].contains(&v[0]["display"]["colour"].as_str().unwrap()));
     assert_eq!(v[0]["entry"]["failed"][0], "temperature");
     assert_eq!(
-        api.get_ok("/api/v1/subjects/7/verdicts?limit=1")[0]["display"]["colour"],
+        api.get_ok(&format!("/api/v1/subjects/7/verdicts?day={day}&limit=1"))[0]["display"]["colour"],
         "green"
     );
 
     // Contacts, frequency, sign-ins.
-    let c = api.get_ok("/api/v1/subjects/7/contacts?window_s=600");
+    let c = api.get_ok(&format!(
+        "/api/v1/subjects/7/contacts?day={day}&window_s=600"
+    ));
     assert!(
         c.as_array().unwrap().iter().any(|r| r["subject"] == 8),
         "{c}"
     );
-    let f = api.get_ok("/api/v1/subjects/7/frequency");
+    let f = api.get_ok(&format!("/api/v1/subjects/7/frequency?day={day}"));
     assert_eq!(f["entries"], 1);
     assert_eq!(f["by_market"][0]["market"], 1);
-    let mf = api.get_ok("/api/v1/markets/1/frequency?min=1");
+    let mf = api.get_ok(&format!("/api/v1/markets/1/frequency?day={day}&min=1"));
     assert!(
         mf.as_array()
             .unwrap()
@@ -333,7 +341,7 @@ fn reads_show_the_recorded_day() {
             .any(|r| r["subject"] == 7 && r["entries"] == 1),
         "{mf}"
     );
-    let si = api.get_ok("/api/v1/markets/1/signins");
+    let si = api.get_ok(&format!("/api/v1/markets/1/signins?day={day}"));
     assert_eq!(si[0]["subject"], STAFF);
     assert_eq!(si[0]["category"], "staff");
     let since = now.0 + 3_600_000;
@@ -342,6 +350,29 @@ fn reads_show_the_recorded_day() {
         since + 1
     ));
     assert_eq!(empty, serde_json::json!([]));
+    // One end alone: the other is a day (verdicts: a week) from it, not from today. Rows are
+    // stamped when decided, a moment after `now`.
+    let (day_start, _) = offset.day_bounds(now);
+    let before = api.get_ok(&format!(
+        "/api/v1/subjects/7/trajectory?until={}",
+        day_start.0
+    ));
+    assert_eq!(before, serde_json::json!([]));
+    let from = api.get_ok(&format!(
+        "/api/v1/subjects/7/trajectory?since={}",
+        now.0 - 1
+    ));
+    assert_eq!(from.as_array().unwrap().len(), 1, "{from}");
+    let until = api.get_ok(&format!(
+        "/api/v1/subjects/9/verdicts?until={}",
+        now.0 + 60_000
+    ));
+    assert_eq!(until.as_array().unwrap().len(), 1, "{until}");
+    let si = api.get_ok(&format!(
+        "/api/v1/markets/1/signins?until={}",
+        now.0 + 60_000
+    ));
+    assert_eq!(si[0]["subject"], STAFF);
 
     // /metrics agrees with the stats.
     let r = get(api.addr, "/metrics", None);
@@ -539,10 +570,125 @@ fn writes_apply_and_bad_bodies_change_nothing() {
     );
     let ack = api.post_ok("/api/v1/subjects/99999/revoke", r#"{"reason":"unknown"}"#);
     assert_eq!(ack["revoked"], false);
+    refuses_to_lift_revocations(&api);
 
     // A body over the limit is refused from its declared length.
     let r = oversized_post(api.addr, "/api/v1/subjects", &api.token);
     error(&r, 413, "payload_too_large");
+    api.stop();
+}
+
+/// A subject upload never un-revokes or un-blocklists (subject 50 is revoked by the caller).
+fn refuses_to_lift_revocations(api: &Api) {
+    let status =
+        |id: u64| api.get_ok(&format!("/api/v1/subjects/{id}"))["subject"]["status"].clone();
+    // No status means active: that would silently lift the revocation.
+    for body in [
+        r#"[{"subject":50,"category":"shopper","home_market":1}]"#,
+        r#"[{"subject":503,"category":"staff","home_market":1},
+            {"subject":50,"category":"shopper","home_market":1,"status":"active"}]"#,
+    ] {
+        let msg = error(&api.post("/api/v1/subjects", body), 409, "conflict");
+        assert!(
+            msg.contains("subject 50") && msg.contains("revoked") && msg.contains("operator"),
+            "{msg}"
+        );
+        assert_eq!(status(50), "revoked");
+    }
+    // All or nothing: the good element of the refused batch was not written.
+    error(&api.get("/api/v1/subjects/503"), 404, "not_found");
+
+    // Keeping the status, or tightening it, is an ordinary update.
+    let keep = r#"[{"subject":50,"category":"shopper","home_market":1,"status":"revoked"}]"#;
+    assert_eq!(api.post_ok("/api/v1/subjects", keep)["upserted"], 1);
+    let block = r#"[{"subject":50,"category":"shopper","home_market":1,"status":"blocklisted"}]"#;
+    assert_eq!(api.post_ok("/api/v1/subjects", block)["upserted"], 1);
+    assert_eq!(status(50), "blocklisted");
+    for weaker in ["revoked", "active"] {
+        let body = format!(
+            r#"[{{"subject":50,"category":"shopper","home_market":1,"status":"{weaker}"}}]"#
+        );
+        let msg = error(&api.post("/api/v1/subjects", &body), 409, "conflict");
+        assert!(
+            msg.contains("subject 50") && msg.contains("blocklisted"),
+            "{msg}"
+        );
+        assert_eq!(status(50), "blocklisted");
+    }
+}
+
+#[test]
+fn hall_lists_only_active_staff_valid_that_day() {
+    let api = Api::start();
+    let offset = api.engine.config().utc_offset();
+    let day = "2026-11-29";
+    let d = gatewarden::clock::parse_day(day).unwrap();
+    let (start, end) = (offset.day_start(d).0, offset.day_start(d + 1).0);
+    let subjects = format!(
+        r#"[{{"subject":920,"category":"staff","home_market":1}},
+            {{"subject":921,"category":"staff","home_market":1,"status":"revoked"}},
+            {{"subject":922,"category":"merchant","home_market":1,"status":"blocklisted"}},
+            {{"subject":923,"category":"staff","home_market":1,"valid_until":{}}},
+            {{"subject":924,"category":"manager","home_market":1,"valid_from":{end}}},
+            {{"subject":925,"category":"staff","home_market":1,"valid_until":{}}},
+            {{"subject":926,"category":"service_worker","home_market":1,"valid_from":{}}},
+            {{"subject":927,"category":"staff","home_market":2}}]"#,
+        start - 1,
+        start + 1,
+        end - 1
+    );
+    assert_eq!(api.post_ok("/api/v1/subjects", &subjects)["upserted"], 8);
+    let hall = api.get_ok(&format!("/api/v1/markets/1/hall?day={day}"));
+    let listed: Vec<u64> = hall["staff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subject"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![920, 925, 926], "{hall}");
+    assert_eq!(hall["counts"]["staff"], 3);
+    assert_eq!(hall["counts"]["not_tested"], 3);
+    // Revoked through the API: gone from the hall too.
+    api.post_ok(
+        "/api/v1/subjects/920/revoke",
+        r#"{"reason":"left the job"}"#,
+    );
+    let hall = api.get_ok(&format!("/api/v1/markets/1/hall?day={day}"));
+    assert_eq!(hall["counts"]["staff"], 2, "{hall}");
+    api.stop();
+}
+
+#[test]
+fn every_api_route_needs_the_token() {
+    let api = Api::start();
+    let mut checked = 0;
+    for route in gatewarden::http::ROUTES {
+        if !route.path.starts_with("/api/v1/") || route.path == "/api/v1/openapi.json" {
+            continue;
+        }
+        assert!(route.token, "{route:?} must need the admin token");
+        // Subject 7 and market 1 exist, so only the missing token can refuse the request.
+        let path = route.path.replace(
+            "{id}",
+            if route.path.contains("/markets/") {
+                "1"
+            } else {
+                "7"
+            },
+        );
+        assert!(!path.contains('{'), "{route:?}: unfilled path parameter");
+        let method = route.method.name().to_ascii_uppercase();
+        let body = (method == "POST").then_some(r#"{"reason":"x"}"#);
+        let r = crate::http_client::request(api.addr, &method, &path, None, body);
+        let msg = error(&r, 401, "unauthorized");
+        assert!(msg.contains("Bearer"), "{route:?}: {msg}");
+        checked += 1;
+    }
+    assert!(checked >= 14, "only {checked} /api/v1 routes found");
+    assert_eq!(
+        api.get_ok("/api/v1/subjects/7")["subject"]["status"],
+        "active"
+    );
     api.stop();
 }
 
@@ -600,9 +746,61 @@ impl Drop for Child {
     }
 }
 
+/// How long the test waits for each line from `serve` (it prints within seconds; the margin is
+/// for a loaded CI machine). A hung server fails the test instead of hanging the suite.
+const SERVE_LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The child's stdout lines, read on a thread so that every wait has a timeout.
+struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    fn new(stdout: std::process::ChildStdout) -> Self {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(rx)
+    }
+
+    /// The next line; fails the test if none comes within the timeout or stdout closed.
+    fn next(&self, waiting_for: &str) -> String {
+        match self.0.recv_timeout(SERVE_LINE_TIMEOUT) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                "serve printed no {waiting_for} line within {SERVE_LINE_TIMEOUT:?}: is it hung?"
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("serve closed stdout before its {waiting_for} line")
+            }
+        }
+    }
+
+    /// Every remaining line, until stdout closes; fails the test on a timeout.
+    fn rest(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            match self.0.recv_timeout(SERVE_LINE_TIMEOUT) {
+                Ok(line) => lines.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return lines,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "serve did not exit within {SERVE_LINE_TIMEOUT:?} of SIGTERM; it printed \
+                     {lines:?}"
+                ),
+            }
+        }
+    }
+}
+
 #[test]
 fn serve_prints_the_http_address_and_stops_on_sigterm() {
-    use std::io::BufRead;
     use std::process::{Command, Stdio};
 
     use gatewarden::server::certs::{CertDir, ensure_dev_certs};
@@ -630,12 +828,10 @@ fn serve_prints_the_http_address_and_stops_on_sigterm() {
             .spawn()
             .unwrap(),
     );
-    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let out = Lines::new(child.0.stdout.take().unwrap());
+    let line = out.next("`listening on`");
     assert!(line.starts_with("listening on "), "{line:?}");
-    line.clear();
-    out.read_line(&mut line).unwrap();
+    let line = out.next("`http on`");
     let addr: SocketAddr = line
         .trim()
         .strip_prefix("http on ")
@@ -658,10 +854,39 @@ fn serve_prints_the_http_address_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    assert!(rest.starts_with("stats {"), "{rest:?}");
+    let rest = out.rest();
+    assert!(
+        rest.first().is_some_and(|l| l.starts_with("stats {")),
+        "{rest:?}"
+    );
     assert!(child.0.wait().unwrap().success());
+}
+
+#[test]
+fn serve_refuses_a_remote_http_address_without_allow_remote() {
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gatewarden.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"0.0.0.0:0\"\n",
+    )
+    .unwrap();
+    let certs = gatewarden::server::certs::CertDir(dir.path().join("certs"));
+    gatewarden::server::certs::ensure_dev_certs(&certs, [GateId(1)]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatewarden"))
+        .args(["serve", "--data"])
+        .arg(dir.path())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.0.0.0:0") && err.contains("allow_remote = true"),
+        "{err}"
+    );
+    assert!(!dir.path().join("admin.token").exists());
 }
 
 #[test]

@@ -799,7 +799,12 @@ async fn drive_event(
                 (RETRY_PAUSE_MIN * transport_retries).min(RETRY_PAUSE_MAX)
             }
         };
-        attempt_intended = Instant::now() + wait;
+        if last_busy {
+            // The server answered and refused: its next answer is a fresh attempt. After a
+            // transport failure or a retryable error the event is still waiting on the same
+            // exchange, so that time stays in the attempt.
+            attempt_intended = Instant::now() + wait;
+        }
         if !pause(wait, &mut expiry).await {
             break if last_busy {
                 Final::BusyGaveUp
