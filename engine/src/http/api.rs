@@ -207,6 +207,18 @@ pub(super) async fn subject(
     Ok(Json(found))
 }
 
+/// The time range of a query (`since`/`until` or `day`; default: today), allowing the
+/// route's `extra` parameters besides.
+fn day_range(
+    state: &HttpState,
+    q: &HashMap<String, String>,
+    extra: &[&str],
+) -> Result<TimeRange, ApiError> {
+    let mut allowed = vec!["since", "until", "day"];
+    allowed.extend_from_slice(extra);
+    Params::new(q, &allowed)?.range(state.0.engine.config().utc_offset(), today(state), DAY_MS)
+}
+
 /// A subject route's id and time range (default: today).
 fn subject_range(
     state: &HttpState,
@@ -214,15 +226,7 @@ fn subject_range(
     q: &HashMap<String, String>,
     extra: &[&str],
 ) -> Result<(SubjectId, TimeRange), ApiError> {
-    let id = subject_id(id)?;
-    let mut allowed = vec!["since", "until", "day"];
-    allowed.extend_from_slice(extra);
-    let range = Params::new(q, &allowed)?.range(
-        state.0.engine.config().utc_offset(),
-        today(state),
-        DAY_MS,
-    )?;
-    Ok((id, range))
+    Ok((subject_id(id)?, day_range(state, q, extra)?))
 }
 
 pub(super) async fn trajectory(
@@ -315,15 +319,7 @@ fn market_range(
     q: &HashMap<String, String>,
     extra: &[&str],
 ) -> Result<(MarketId, TimeRange), ApiError> {
-    let id = market_id(id)?;
-    let mut allowed = vec!["since", "until", "day"];
-    allowed.extend_from_slice(extra);
-    let range = Params::new(q, &allowed)?.range(
-        state.0.engine.config().utc_offset(),
-        today(state),
-        DAY_MS,
-    )?;
-    Ok((id, range))
+    Ok((market_id(id)?, day_range(state, q, extra)?))
 }
 
 pub(super) async fn market_frequency(

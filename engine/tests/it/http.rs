@@ -862,54 +862,49 @@ fn serve_prints_the_http_address_and_stops_on_sigterm() {
     assert!(child.0.wait().unwrap().success());
 }
 
-#[test]
-fn serve_refuses_a_remote_http_address_without_allow_remote() {
-    use std::process::Command;
-
+/// Runs `gatewarden serve` on a fresh folder with this configuration and flags, expecting it
+/// to refuse to start; returns the folder and what it wrote to stderr.
+fn serve_refusal(config: &str, flags: &[&str]) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("gatewarden.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"0.0.0.0:0\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("gatewarden.toml"), config).unwrap();
     let certs = gatewarden::server::certs::CertDir(dir.path().join("certs"));
     gatewarden::server::certs::ensure_dev_certs(&certs, [GateId(1)]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gatewarden"))
-        .args(["serve", "--data"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewarden"))
+        .arg("serve")
+        .args(flags)
+        .arg("--data")
         .arg(dir.path())
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (dir, err)
+}
+
+#[test]
+fn serve_refuses_a_remote_http_address_without_allow_remote() {
+    let (dir, err) = serve_refusal(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"0.0.0.0:0\"\n",
+        &[],
+    );
     assert!(
         err.contains("0.0.0.0:0") && err.contains("allow_remote = true"),
         "{err}"
     );
     assert!(!dir.path().join("admin.token").exists());
+    // The flag is checked like the file.
+    let (_dir, err) = serve_refusal(
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+        &["--http", "0.0.0.0:0"],
+    );
+    assert!(err.contains("allow_remote = true"), "{err}");
 }
 
 #[test]
 fn serve_refuses_a_taken_http_port() {
-    use std::process::Command;
-
-    let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    std::fs::write(
-        dir.path().join("gatewarden.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let certs = gatewarden::server::certs::CertDir(dir.path().join("certs"));
-    gatewarden::server::certs::ensure_dev_certs(&certs, [GateId(1)]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gatewarden"))
-        .args(["serve", "--http", &addr, "--data"])
-        .arg(dir.path())
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_dir, err) = serve_refusal("[server]\nlisten = \"127.0.0.1:0\"\n", &["--http", &addr]);
     assert!(err.contains(&addr) && err.contains("--no-http"), "{err}");
 }
