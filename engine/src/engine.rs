@@ -20,7 +20,10 @@ use crate::error::Error;
 use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
 use crate::pipeline::admission::Admission;
 use crate::pipeline::tally::Tally;
-use crate::pipeline::{BatchPolicy, Job, Pipeline, PipelineSizes, Reply, Shared, StatsSnapshot};
+use crate::pipeline::{
+    BatchPolicy, InFlightClaim, Job, Pipeline, PipelineSizes, Reply, Responder, Shared,
+    StatsSnapshot,
+};
 use crate::policy::PolicyBook;
 use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow, Store};
 
@@ -89,7 +92,7 @@ impl Engine {
             stats: Default::default(),
             clock,
             offset,
-            inflight: DashMap::new(),
+            inflight: Arc::default(),
             committed_seq,
             busy_retry_ms: cfg.busy_retry_ms,
             admission,
@@ -143,15 +146,13 @@ impl Engine {
             )
         })?;
         self.check_face(&event)?;
-        let key = (event.gate, event.seq);
-        if shared.inflight.insert(key, ()).is_some() {
+        let Some(claim) = InFlightClaim::take(&shared.inflight, (event.gate, event.seq)) else {
             // The same key is being decided right now; its retry will find the record.
             let (depth, capacity) = self.queue_fill();
             return Err(Reply::Busy(shared.busy(depth, capacity)));
-        }
+        };
         if let Some(reply) = self.recorded_reply(&event) {
-            shared.inflight.remove(&key);
-            return Err(reply);
+            return Err(reply); // the claim goes with this scope
         }
         let (tx, rx) = oneshot::channel();
         let now = shared.clock.instant();
@@ -160,7 +161,7 @@ impl Engine {
             gate,
             enqueued: now,
             deadline: now + self.config.deadline(),
-            reply: tx,
+            reply: Responder::new(tx, claim),
         };
         self.pipeline
             .read()

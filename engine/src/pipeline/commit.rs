@@ -7,15 +7,15 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use gatewarden_protocol::{GateId, MarketId, Verdict};
+use gatewarden_protocol::{MarketId, Verdict};
 
-use super::{Reply, Shared};
+use super::{Reply, Responder, Shared};
 use crate::store::{CommitOutcome, EntryRecord, EntryWriter};
 
 /// A decided event waiting to become durable.
 pub(super) struct Decided {
     pub(super) record: EntryRecord,
-    pub(super) reply: oneshot::Sender<Reply>,
+    pub(super) reply: Responder,
     pub(super) enqueued: Instant,
 }
 
@@ -36,7 +36,7 @@ pub(super) fn run(shared: &Shared, rx: &Receiver<Decided>, mut writer: EntryWrit
 }
 
 struct Waiter {
-    reply: oneshot::Sender<Reply>,
+    reply: Responder,
     enqueued: Instant,
 }
 
@@ -79,7 +79,7 @@ fn commit_group(
                     .stats
                     .end_to_end
                     .record(done.saturating_duration_since(waiter.enqueued));
-                let _ = waiter.reply.send(reply);
+                waiter.reply.send(reply);
             }
         }
         Err(err) => {
@@ -87,9 +87,9 @@ fn commit_group(
             // error and the gate retries it with the same seq.
             tracing::error!(error = %err, records = records.len(), "group commit failed");
             shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            for (record, waiter) in records.drain(..).zip(waiters.drain(..)) {
-                forget(shared, record.verdict.gate, record.verdict.seq);
-                let _ = waiter.reply.send(Shared::internal_error(format!(
+            records.clear();
+            for waiter in waiters.drain(..) {
+                waiter.reply.send(Shared::internal_error(format!(
                     "could not record the entry ({err}); retry with the same seq"
                 )));
             }
@@ -122,10 +122,5 @@ fn settle(shared: &Shared, verdict: Verdict, market: MarketId, outcome: CommitOu
         .entry(gate)
         .and_modify(|s| *s = (*s).max(seq))
         .or_insert(seq);
-    forget(shared, gate, seq);
     reply
-}
-
-fn forget(shared: &Shared, gate: GateId, seq: u64) {
-    shared.inflight.remove(&(gate, seq));
 }

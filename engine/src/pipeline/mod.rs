@@ -19,8 +19,8 @@
 //! - every accepted event gets exactly one reply (verdict, Busy or error); if the process is
 //!   killed first, the gate's retry with the same `(gate, seq)` gets the recorded verdict, or
 //!   a fresh decision if nothing was recorded. (A panic outside the guarded decide and commit
-//!   calls would answer "lost reply" and leave the key in flight until restart: see the
-//!   issue notes.)
+//!   calls drops the event: its submitter sees a lost reply, and the key's claim is freed
+//!   with it, so the gate's retry is decided afresh.)
 //! - a full queue, or a standing one (even its quickest events waited past the admission
 //!   target, admission.rs), answers at once; nothing waits unboundedly.
 
@@ -67,7 +67,61 @@ pub(crate) struct Job {
     pub(crate) gate: GateInfo,
     pub(crate) enqueued: Instant,
     pub(crate) deadline: Instant,
-    pub(crate) reply: oneshot::Sender<Reply>,
+    pub(crate) reply: Responder,
+}
+
+/// The keys accepted but not yet answered.
+pub(crate) type InFlightKeys = Arc<DashMap<(GateId, u64), ()>>;
+
+/// An accepted event's claim on its `(gate, seq)`: while it lives, a duplicate of the key gets
+/// `Busy`. Dropping it frees the key, so every path that ends an event — a reply sent, or the
+/// job dropped by a panic outside the guarded calls — lets the gate's retry through.
+pub(crate) struct InFlightClaim {
+    keys: InFlightKeys,
+    key: (GateId, u64),
+}
+
+impl InFlightClaim {
+    /// Claims `key`, or `None` if it is already in flight.
+    pub(crate) fn take(keys: &InFlightKeys, key: (GateId, u64)) -> Option<Self> {
+        match keys.entry(key) {
+            dashmap::Entry::Occupied(_) => None,
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(());
+                Some(Self {
+                    keys: Arc::clone(keys),
+                    key,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for InFlightClaim {
+    fn drop(&mut self) {
+        self.keys.remove(&self.key);
+    }
+}
+
+/// Where an event's reply goes, holding the event's claim until the reply is sent.
+pub(crate) struct Responder {
+    reply: oneshot::Sender<Reply>,
+    _claim: InFlightClaim,
+}
+
+impl Responder {
+    pub(crate) fn new(reply: oneshot::Sender<Reply>, claim: InFlightClaim) -> Self {
+        Self {
+            reply,
+            _claim: claim,
+        }
+    }
+
+    /// Sends the reply (the gate may have gone: nothing was promised to it then), then frees
+    /// the key.
+    pub(crate) fn send(self, reply: Reply) {
+        let _ = self.reply.send(reply);
+    }
 }
 
 /// State shared by the submit path, the workers and the committer.
@@ -80,7 +134,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) offset: UtcOffset,
     /// Keys accepted but not yet answered: a duplicate in flight gets Busy.
-    pub(crate) inflight: DashMap<(GateId, u64), ()>,
+    pub(crate) inflight: InFlightKeys,
     /// Highest committed seq per gate: a seq above it is new and needs no store lookup.
     pub(crate) committed_seq: DashMap<GateId, u64>,
     pub(crate) busy_retry_ms: u32,
@@ -246,11 +300,9 @@ impl Drop for Pipeline {
 }
 
 impl Shared {
-    /// Answers a job that will not be recorded (Busy, shutdown) and forgets its key.
+    /// Answers a job that will not be recorded (Busy, shutdown); its key is freed.
     pub(crate) fn finish_unrecorded(&self, job: Job, reply: Reply) {
-        self.inflight.remove(&(job.event.gate, job.event.seq));
-        // The gate may have gone away; nothing was promised to it.
-        let _ = job.reply.send(reply);
+        job.reply.send(reply);
     }
 }
 
@@ -264,4 +316,37 @@ pub enum PipelineError {
     /// A thread could not be spawned.
     #[error("cannot start pipeline thread: {0}")]
     Spawn(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: (GateId, u64) = (GateId(3), 17);
+
+    #[test]
+    fn a_key_is_claimed_once_until_its_claim_is_dropped() {
+        let keys = InFlightKeys::default();
+        let claim = InFlightClaim::take(&keys, KEY).unwrap();
+        assert!(InFlightClaim::take(&keys, KEY).is_none());
+        assert!(InFlightClaim::take(&keys, (GateId(3), 18)).is_some());
+        drop(claim);
+        assert!(InFlightClaim::take(&keys, KEY).is_some());
+    }
+
+    #[test]
+    fn a_responder_frees_its_key_whether_it_replies_or_is_dropped() {
+        let keys = InFlightKeys::default();
+        let (tx, rx) = oneshot::channel();
+        Responder::new(tx, InFlightClaim::take(&keys, KEY).unwrap())
+            .send(Reply::Busy(Busy { retry_after_ms: 5 }));
+        assert!(matches!(rx.recv(), Ok(Reply::Busy(_))));
+        assert!(keys.is_empty());
+        // Dropped without a reply (a panic on the way): the submitter sees the loss and the
+        // gate's retry is not refused as a duplicate.
+        let (tx, rx) = oneshot::channel::<Reply>();
+        drop(Responder::new(tx, InFlightClaim::take(&keys, KEY).unwrap()));
+        assert!(rx.recv().is_err());
+        assert!(keys.is_empty());
+    }
 }

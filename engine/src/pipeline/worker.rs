@@ -87,7 +87,7 @@ fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
             .stats
             .matching
             .record(shared.clock.instant().saturating_duration_since(t));
-        send_to_commit(shared, group, verdicts, commit);
+        send_to_commit(group, verdicts, commit);
     }
 }
 
@@ -101,12 +101,7 @@ fn needs_search(job: &Job) -> bool {
     by_face_alone && job.event.face.is_some()
 }
 
-fn send_to_commit(
-    shared: &Shared,
-    jobs: Vec<Job>,
-    verdicts: Vec<Verdict>,
-    commit: &Sender<Decided>,
-) {
+fn send_to_commit(jobs: Vec<Job>, verdicts: Vec<Verdict>, commit: &Sender<Decided>) {
     for (job, verdict) in jobs.into_iter().zip(verdicts) {
         let record = EntryRecord {
             market: job.gate.market,
@@ -124,11 +119,7 @@ fn send_to_commit(
         if let Err(lost) = commit.send(decided) {
             // The committer is gone (only at shutdown after a crash of its thread): the event
             // is answered with an error, never silently dropped.
-            let d = lost.into_inner();
-            shared
-                .inflight
-                .remove(&(d.record.verdict.gate, d.record.verdict.seq));
-            let _ = d.reply.send(Shared::internal_error(
+            lost.into_inner().reply.send(Shared::internal_error(
                 "the entry log is unavailable; retry with the same seq".to_owned(),
             ));
         }
