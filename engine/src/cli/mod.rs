@@ -27,7 +27,8 @@ enum Command {
     /// Run the whole job end to end: population, import, a real server on loopback, a fleet
     /// of simulated gates over QUIC, and the report.
     Demo(demo::DemoArgs),
-    /// Serve gates over QUIC (mutual TLS) from a data folder.
+    /// Serve gates over QUIC (mutual TLS) from a data folder, with the admin HTTP API, metrics
+    /// and market console beside it.
     Serve(serve::ServeArgs),
     /// Create a ready data folder: configuration, certificates, empty store, example policy.
     Init(cert::InitArgs),
