@@ -147,13 +147,8 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     step("server: starting `gatewarden serve` on loopback");
     let mut server = ServerProcess::start(dir, args.console)?;
     let setup_s = t0.elapsed().as_secs_f64();
-    let console_url = match server.http.map(|addr| console_url(dir, addr)).transpose() {
-        Ok(url) => url,
-        Err(e) => {
-            let _ = server.stop();
-            return Err(e);
-        }
-    };
+    // On any error from here on, the server's drop guard stops it.
+    let console_url = server.http.map(|addr| console_url(dir, addr)).transpose()?;
     if let Some(url) = &console_url {
         // Its own stdout line, so scripts and the browser test can pick it up.
         println!("console: {url}");
@@ -191,13 +186,7 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
         Some(url) => {
             // The report first, then the server stays up for the console; its own account
             // comes from the `stats` line it prints when it stops.
-            let report = match report {
-                Ok(report) => report,
-                Err(e) => {
-                    let _ = server.stop();
-                    return Err(e);
-                }
-            };
+            let report = report?;
             step("load finished; the server stays up for the console");
             print_load_report(&report, setup_s, server_cpu);
             // Every error from here on stops the server first: it must not outlive the demo.

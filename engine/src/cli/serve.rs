@@ -76,9 +76,10 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let server = Server::bind(Arc::clone(&engine), &server_config, &certs)?;
         let addr = server.local_addr()?;
-        let http = match http_config.enabled {
-            true => Some(bind_http(&engine, &server, &http_config, &args.data).await?),
-            false => None,
+        let http = if http_config.enabled {
+            Some(bind_http(&engine, &server, &http_config, &args.data).await?)
+        } else {
+            None
         };
         // Handlers first: whoever reads the banner may signal at once, and a signal before
         // the handlers exist would kill the server without its drain and `stats` line.

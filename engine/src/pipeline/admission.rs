@@ -72,10 +72,10 @@ impl Admission {
         self.standing.load(Ordering::Relaxed)
     }
 
-    /// Records the queue wait of an event a worker just took, at `now`. Closes the interval
-    /// when it has run its length: the queue is standing if every wait in it exceeded the
-    /// target. An interval without observations (idle matchers) leaves the verdict as it was
-    /// only if the queue is still non-empty, which the next observation settles.
+    /// Records a queue wait a worker just saw at `now` (the smallest of its batch is enough).
+    /// Closes the interval when it has run its length: the queue is standing if every wait in
+    /// it exceeded the target. While no worker observes (an idle pipeline) the last verdict
+    /// stays, which is harmless: an idle queue is shorter than `min_depth`, so it admits.
     pub fn observe(&self, wait: Duration, now: Instant) {
         let wait_us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
         self.interval_min_us.fetch_min(wait_us, Ordering::Relaxed);
