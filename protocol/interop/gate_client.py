@@ -79,6 +79,7 @@ DISPLAY_COLOUR = {1: "green", 2: "yellow", 3: "red"}
 ERROR_CODE = {
     100: "malformed", 101: "frame_too_large", 102: "invalid_value",
     103: "dimension_mismatch", 104: "unknown_model", 105: "unexpected",
+    106: "seq_reused",
     200: "version_unsupported", 201: "hello_required", 202: "unknown_gate",
     203: "gate_mismatch", 204: "forbidden",
     300: "internal", 301: "shutting_down",

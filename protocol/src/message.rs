@@ -347,6 +347,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The message kind is not valid in this direction or state.
     Unexpected,
+    /// This `(gate, seq)` was already recorded for a different event: the gate reused a
+    /// sequence number. Never decided, never recorded; the gate must move its counter past
+    /// every `seq` it used before and send the event under a new one.
+    SeqReused,
 }
 
 /// Enroll a person: their registry record and their face templates.
@@ -664,6 +668,7 @@ wire_enum!(ErrorCode: u16 {
     DimensionMismatch = 103 => "dimension_mismatch",
     UnknownModel = 104 => "unknown_model",
     Unexpected = 105 => "unexpected",
+    SeqReused = 106 => "seq_reused",
     VersionUnsupported = 200 => "version_unsupported",
     HelloRequired = 201 => "hello_required",
     UnknownGate = 202 => "unknown_gate",

@@ -64,6 +64,7 @@ fn wire_codes_are_frozen() {
             DimensionMismatch = 103,
             UnknownModel = 104,
             Unexpected = 105,
+            SeqReused = 106,
             VersionUnsupported = 200,
             HelloRequired = 201,
             UnknownGate = 202,
