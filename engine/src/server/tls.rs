@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use gatewarden_protocol::{ALPN, GateId};
 use rustls::RootCertStore;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
@@ -44,7 +45,7 @@ fn pem_err(path: &Path, reason: impl ToString) -> TlsError {
 /// An unreadable file or one without certificates.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = std::fs::read(path).map_err(|e| pem_err(path, e))?;
-    let certs = rustls_pemfile::certs(&mut bytes.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_err(path, e))?;
     if certs.is_empty() {
@@ -59,9 +60,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// An unreadable file or one without a key.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = std::fs::read(path).map_err(|e| pem_err(path, e))?;
-    rustls_pemfile::private_key(&mut bytes.as_slice())
-        .map_err(|e| pem_err(path, e))?
-        .ok_or_else(|| pem_err(path, "no private key in file"))
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        pem::Error::NoItemsFound => pem_err(path, "no private key in file"),
+        other => pem_err(path, other),
+    })
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

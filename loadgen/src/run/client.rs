@@ -11,7 +11,6 @@
 //! hammered by every waiting event.
 
 use std::fs;
-use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -23,6 +22,8 @@ use gatewarden_protocol::{
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::RootCertStore;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -150,12 +151,12 @@ pub(crate) fn load_roots(certs: &Path) -> Result<Arc<RootCertStore>, CertError> 
     Ok(Arc::new(roots))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, CertError> {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let bytes = fs::read(path).map_err(|cause| CertError::Read {
         path: path.to_path_buf(),
         cause,
     })?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(&bytes[..]))
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::Content {
             path: path.to_path_buf(),
@@ -186,15 +187,13 @@ pub(crate) fn gate_client_config(
         path: key_path.clone(),
         cause,
     })?;
-    let key = rustls_pemfile::private_key(&mut BufReader::new(&key_bytes[..]))
-        .map_err(|e| CertError::Content {
-            path: key_path.clone(),
-            what: e.to_string(),
-        })?
-        .ok_or_else(|| CertError::Content {
-            path: key_path.clone(),
-            what: "no PEM private key".into(),
-        })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| CertError::Content {
+        path: key_path.clone(),
+        what: match e {
+            pem::Error::NoItemsFound => "no PEM private key".into(),
+            other => other.to_string(),
+        },
+    })?;
     let tls_err = |e: rustls::Error| CertError::Tls {
         gate,
         what: e.to_string(),
