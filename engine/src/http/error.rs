@@ -82,7 +82,9 @@ impl IntoResponse for ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
-            Error::Invalid(msg) => Self::BadRequest(msg),
+            Error::Invalid(_) | Error::UnknownModel { .. } | Error::DimensionMismatch { .. } => {
+                Self::BadRequest(e.to_string())
+            }
             Error::Store(e) => e.into(),
             Error::Pipeline(e) => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),

@@ -1,24 +1,45 @@
 //! One QUIC connection: its identity and its streams. Each bidirectional stream carries one
 //! request frame and one reply frame (PROTOCOL.md, "Stream model"). This module only
 //! translates between streams and the engine API; the decisions are the engine's.
+//!
+//! Requests are read header first: the 5-byte frame header is checked against the kind's
+//! limit and against what this connection may send before any body byte is buffered, so a
+//! refused request costs the server 5 bytes and is answered at once. The bodies being read or
+//! served on one connection share a budget of [`BODY_BUDGET`] bytes.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use gatewarden_protocol::{
-    Busy, ErrorCode, ErrorReply, Event, GateId, Hello, HelloAck, Message, decode_frame,
-    encode_frame, negotiate,
+    Busy, DecodeError, ErrorCode, ErrorReply, Event, FRAME_HEADER_LEN, GateId, Hello, HelloAck,
+    MAX_ADMIN_FRAME_LEN, Message, MessageKind, decode_frame, encode_frame, frame_len_hint,
+    negotiate,
 };
 use rustls::pki_types::CertificateDer;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn};
 
 use super::Ctx;
+use super::log_text::PeerText;
 use super::tls::PeerCert;
 use crate::Reply;
 
 /// Retry hint when a request did not arrive in full within the read timeout.
 const READ_TIMEOUT_RETRY_MS: u32 = 200;
+
+/// Bytes of request frames one connection may hold at once: two of the largest admin frames,
+/// or every stream of a gate (32 by default) with an event of up to 64 KiB. A stream whose
+/// frame does not fit waits (within the read timeout) for others to finish.
+pub(super) const BODY_BUDGET: usize = 2 * MAX_ADMIN_FRAME_LEN;
+
+/// Application error code of STOP_SENDING on a request refused from its header: the server
+/// will not read the rest.
+const STOP_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(1);
+/// Application close code: the client presented no certificate.
+const CLOSE_NO_CERTIFICATE: quinn::VarInt = quinn::VarInt::from_u32(1);
+/// Application close code: a Hello was answered with an error.
+const CLOSE_HELLO_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
 
 /// What a connection has proven about itself.
 struct ConnState {
@@ -26,6 +47,8 @@ struct ConnState {
     is_admin: bool,
     /// Set by a successful Hello; every event must name this gate.
     gate: OnceLock<GateId>,
+    /// Bytes of request frames this connection may hold (see [`BODY_BUDGET`]).
+    body_budget: Semaphore,
 }
 
 /// Serves one incoming connection until it closes.
@@ -33,18 +56,19 @@ pub(super) async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            debug!(error = %e, "handshake failed");
+            debug!(error = %PeerText(&e.to_string()), "handshake failed");
             return;
         }
     };
     let Some(peer) = peer_cert(&conn) else {
-        conn.close(quinn::VarInt::from_u32(1), b"client certificate required");
+        conn.close(CLOSE_NO_CERTIFICATE, b"client certificate required");
         return;
     };
     let state = Arc::new(ConnState {
         is_admin: peer.is_admin(),
         peer,
         gate: OnceLock::new(),
+        body_budget: Semaphore::new(BODY_BUDGET),
     });
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     let remote = conn.remote_address();
@@ -62,7 +86,7 @@ pub(super) async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
                 });
             }
             Err(e) => {
-                debug!(%remote, reason = %e, "connection closed");
+                debug!(%remote, reason = %PeerText(&e.to_string()), "connection closed");
                 break;
             }
         }
@@ -83,26 +107,34 @@ async fn serve_stream(
     state: &ConnState,
     ctx: &Ctx,
 ) {
-    let max = ctx.max_frame_len;
-    let read = tokio::time::timeout(ctx.read_timeout, recv.read_to_end(max)).await;
-    let reply = match read {
+    let read = tokio::time::timeout(ctx.read_timeout, read_request(&mut recv, state)).await;
+    let (kind, reply) = match read {
         // No complete request in time: under overload the runtime itself may be late, so
         // this is answered like overload (retry the same seq), not as a malformed request.
-        Err(_) => Message::Busy(Busy {
-            retry_after_ms: READ_TIMEOUT_RETRY_MS,
-        }),
-        Ok(Err(quinn::ReadToEndError::TooLong)) => {
-            let _ = recv.stop(quinn::VarInt::from_u32(2));
-            error(
-                ErrorCode::FrameTooLarge,
-                format!("request larger than the frame limit of {max} bytes"),
-            )
-        }
-        Ok(Err(e)) => {
-            debug!(error = %e, "stream read failed");
+        Err(_) => (
+            None,
+            Message::Busy(Busy {
+                retry_after_ms: READ_TIMEOUT_RETRY_MS,
+            }),
+        ),
+        Ok(Err(Refusal::Broken(e))) => {
+            debug!(error = %PeerText(&e.to_string()), "stream read failed");
             return;
         }
-        Ok(Ok(bytes)) => respond(&bytes, state, ctx).await,
+        Ok(Err(Refusal::Answer { kind, reply })) => {
+            if matches!(&reply, Message::Error(e)
+                if matches!(e.code, ErrorCode::Malformed | ErrorCode::FrameTooLarge))
+            {
+                ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+            // The rest of the request is not wanted: tell the peer to stop sending it.
+            let _ = recv.stop(STOP_REFUSED);
+            (kind, reply)
+        }
+        Ok(Ok(request)) => (
+            Some(request.kind),
+            respond(&request.frame, state, ctx).await,
+        ),
     };
     let mut out = Vec::with_capacity(256);
     encode_frame(&reply, &mut out);
@@ -110,19 +142,172 @@ async fn serve_stream(
     if send.write_all(&out).await.is_ok() {
         let _ = send.finish();
     }
-    if state.gate.get().is_none() && is_hello_refusal(&reply) && !state.is_admin {
-        // PROTOCOL.md: a refused Hello ends the connection. Let the refusal arrive first.
+    if ends_connection(kind, &reply) {
+        // PROTOCOL.md section 2: a refused Hello ends the connection. Let the refusal arrive
+        // first.
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-        conn.close(quinn::VarInt::from_u32(2), b"hello refused");
+        conn.close(CLOSE_HELLO_REFUSED, b"hello refused");
     }
 }
 
-/// A refusal that leaves the connection without an identity (version, gate, registry).
-fn is_hello_refusal(reply: &Message) -> bool {
-    matches!(reply, Message::Error(e) if matches!(
-        e.code,
-        ErrorCode::VersionUnsupported | ErrorCode::GateMismatch | ErrorCode::UnknownGate
-    ))
+/// Every error in answer to a Hello closes the connection, whatever its class: a gate
+/// without an accepted Hello has no use for the connection.
+fn ends_connection(kind: Option<MessageKind>, reply: &Message) -> bool {
+    kind == Some(MessageKind::Hello) && matches!(reply, Message::Error(_))
+}
+
+/// One whole request frame, read header first.
+struct Request<'a> {
+    kind: MessageKind,
+    frame: Vec<u8>,
+    /// The frame's share of the connection's body budget, held until the request is served.
+    _budget: SemaphorePermit<'a>,
+}
+
+/// Why a request stream yields no frame to decode.
+enum Refusal {
+    /// Refused from what was read so far; `kind` is the header's when it named one.
+    Answer {
+        kind: Option<MessageKind>,
+        reply: Message,
+    },
+    /// The stream was reset or the connection lost: there is nobody to answer.
+    Broken(quinn::ReadError),
+}
+
+impl From<DecodeError> for Refusal {
+    fn from(e: DecodeError) -> Self {
+        Self::Answer {
+            kind: None,
+            reply: Message::Error(e.to_error_reply()),
+        }
+    }
+}
+
+impl Refusal {
+    /// The same refusal, answering a request whose header named `kind`.
+    fn of_kind(self, kind: MessageKind) -> Self {
+        match self {
+            Self::Answer { reply, .. } => Self::Answer {
+                kind: Some(kind),
+                reply,
+            },
+            broken @ Self::Broken(_) => broken,
+        }
+    }
+
+    fn malformed(reason: &str) -> Self {
+        Self::Answer {
+            kind: None,
+            reply: error(ErrorCode::Malformed, reason.to_owned()),
+        }
+    }
+}
+
+/// Reads a request header first: the 5-byte header is checked (length against the kind's
+/// limit, kind known, kind one this connection may send) before any body byte is buffered.
+/// A request is one frame followed by FIN.
+async fn read_request<'a>(
+    recv: &mut quinn::RecvStream,
+    state: &'a ConnState,
+) -> Result<Request<'a>, Refusal> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    read_exactly(recv, &mut header).await?;
+    let total =
+        frame_len_hint(&header)?.ok_or_else(|| Refusal::malformed("incomplete frame header"))?;
+    let kind_code = header[FRAME_HEADER_LEN - 1];
+    let kind = MessageKind::try_from_code(kind_code).ok_or(DecodeError::UnknownKind(kind_code))?;
+    if let Some(reply) = kind_refusal(kind, state) {
+        return Err(Refusal::Answer {
+            kind: Some(kind),
+            reply,
+        });
+    }
+    read_body(recv, state, header, total)
+        .await
+        .map(|(frame, budget)| Request {
+            kind,
+            frame,
+            _budget: budget,
+        })
+        .map_err(|e| e.of_kind(kind))
+}
+
+/// Reads the rest of a frame whose header was accepted, then the end of the stream, within
+/// the connection's body budget.
+async fn read_body<'a>(
+    recv: &mut quinn::RecvStream,
+    state: &'a ConnState,
+    header: [u8; FRAME_HEADER_LEN],
+    total: usize,
+) -> Result<(Vec<u8>, SemaphorePermit<'a>), Refusal> {
+    // A frame is at most MAX_FRAME_LEN bytes, which fits a u32 and the budget, so this
+    // waits only while other streams of the connection hold their bodies.
+    let permits = u32::try_from(total).unwrap_or(u32::MAX);
+    let budget = state
+        .body_budget
+        .acquire_many(permits)
+        .await
+        .map_err(|_| Refusal::Answer {
+            kind: None,
+            reply: error(ErrorCode::Internal, "the connection is closing".to_owned()),
+        })?;
+    let mut frame = vec![0u8; total];
+    frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
+    read_exactly(recv, &mut frame[FRAME_HEADER_LEN..]).await?;
+    match recv.read_to_end(0).await {
+        Ok(_) => Ok((frame, budget)),
+        Err(quinn::ReadToEndError::TooLong) => Err(Refusal::malformed(
+            "bytes after the frame: a request stream carries exactly one frame, then FIN",
+        )),
+        Err(quinn::ReadToEndError::Read(e)) => Err(Refusal::Broken(e)),
+    }
+}
+
+/// Fills `buf`, or says how much of it the stream held before it ended.
+async fn read_exactly(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), Refusal> {
+    match recv.read_exact(buf).await {
+        Ok(()) => Ok(()),
+        Err(quinn::ReadExactError::FinishedEarly(got)) => Err(DecodeError::Truncated {
+            needed: buf.len() as u64,
+            available: got as u64,
+        }
+        .into()),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(Refusal::Broken(e)),
+    }
+}
+
+/// Refuses, from the header alone, a kind this connection may not send: a reply that only
+/// the server sends (`unexpected`), an admin request from a gate or a gate request from an
+/// admin (`forbidden`).
+fn kind_refusal(kind: MessageKind, state: &ConnState) -> Option<Message> {
+    use MessageKind as K;
+    let is_request = matches!(
+        kind,
+        K::Hello | K::Event | K::Enroll | K::UpdateHealth | K::Revoke
+    );
+    if !is_request {
+        return Some(error(
+            ErrorCode::Unexpected,
+            format!("{} is not a request a server accepts", kind.name()),
+        ));
+    }
+    if kind.is_admin() && !state.is_admin {
+        return Some(error(
+            ErrorCode::Forbidden,
+            format!("{} needs an admin certificate", kind.name()),
+        ));
+    }
+    if !kind.is_admin() && state.is_admin {
+        return Some(error(
+            ErrorCode::Forbidden,
+            format!(
+                "{} needs a gate certificate; admin connections send no hello and no events",
+                kind.name()
+            ),
+        ));
+    }
+    None
 }
 
 async fn respond(bytes: &[u8], state: &ConnState, ctx: &Ctx) -> Message {
@@ -188,7 +373,7 @@ fn on_hello(hello: &Hello, state: &ConnState, ctx: &Ctx) -> Message {
             "this connection already said hello as another gate".to_owned(),
         );
     }
-    info!(gate = %hello.gate, firmware = %hello.firmware, "gate connected");
+    info!(gate = %hello.gate, firmware = %PeerText(&hello.firmware), "gate connected");
     let config = ctx.engine.config();
     Message::HelloAck(HelloAck {
         version,
@@ -237,8 +422,13 @@ where
     let engine = Arc::clone(&ctx.engine);
     match tokio::task::spawn_blocking(move || op(&engine)).await {
         Ok(Ok(reply)) => reply,
-        Ok(Err(crate::Error::Invalid(reason))) => error(ErrorCode::InvalidValue, reason),
-        Ok(Err(e)) => error(ErrorCode::Internal, e.to_string()),
+        Ok(Err(e)) => {
+            let code = e.wire_code();
+            if code.is_transient() {
+                warn!(error = %e, "admin request failed");
+            }
+            error(code, e.to_string())
+        }
         Err(_) => error(ErrorCode::Internal, "admin request failed".to_owned()),
     }
 }

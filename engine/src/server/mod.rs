@@ -9,6 +9,7 @@
 
 pub mod certs;
 mod conn;
+mod log_text;
 pub mod tls;
 
 use std::future::Future;
@@ -62,7 +63,6 @@ impl ServerStats {
 struct Ctx {
     engine: Arc<Engine>,
     stats: Arc<ServerStats>,
-    max_frame_len: usize,
     read_timeout: Duration,
 }
 
@@ -132,7 +132,6 @@ impl Server {
             ctx: Arc::new(Ctx {
                 engine,
                 stats: Arc::default(),
-                max_frame_len: gatewarden_protocol::MAX_FRAME_LEN,
                 read_timeout: Duration::from_millis(config.stream_read_timeout_ms),
             }),
             grace: Duration::from_millis(config.shutdown_grace_ms),
@@ -192,10 +191,19 @@ impl Server {
     }
 }
 
+/// Flow-control windows: a stream never needs more than the largest frame, and what a
+/// connection's peer may send ahead of the server's reads is bounded, so quinn's buffers
+/// per connection are bounded as well as the server's own ([`conn::BODY_BUDGET`]).
+const STREAM_RECEIVE_WINDOW: u32 = gatewarden_protocol::MAX_FRAME_LEN as u32;
+/// Connection-wide receive window (see [`STREAM_RECEIVE_WINDOW`]).
+const CONNECTION_RECEIVE_WINDOW: u32 = conn::BODY_BUDGET as u32;
+
 fn transport(config: &ServerConfig) -> Result<quinn::TransportConfig, ServerError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(config.max_streams_per_gate));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.keep_alive_interval(Some(Duration::from_millis(config.keep_alive_ms)));
     let idle = quinn::IdleTimeout::try_from(Duration::from_millis(config.idle_timeout_ms))
         .map_err(|e| ServerError::Transport(format!("idle_timeout_ms: {e}")))?;

@@ -259,6 +259,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the request that caused this error can never succeed as it stands (an
+    /// unknown subject, a credential held by someone else, a value out of range); false when
+    /// the store itself failed and the same request may succeed later.
+    pub fn is_request_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownSubject(_) | Self::CredentialTaken { .. } | Self::Invalid { .. }
+        )
+    }
+
     /// Classifies a SQLite error: damage becomes [`StoreError::Corrupt`], the rest `Sqlite`.
     fn from_sqlite(path: &Path, op: &'static str, e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {

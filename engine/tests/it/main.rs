@@ -5,9 +5,11 @@
 // Fixture helpers outside #[test] functions unwrap too: a broken fixture should stop the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_errors;
 mod console;
 mod crash;
 mod engine_api;
+mod front;
 mod http;
 mod http_client;
 mod quic;
