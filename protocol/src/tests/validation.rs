@@ -60,14 +60,17 @@ fn decode_rejects_empty_embedding() {
 #[test]
 fn decode_rejects_oversized_embedding() {
     let event = with_face(|face| face.embedding = vec![0.0; MAX_EMBEDDING_DIM + 1]);
+    let err = decode_err(event);
     assert_eq!(
-        decode_err(event),
+        err,
         DecodeError::TooLong {
             field: "face_sample.embedding",
             len: MAX_EMBEDDING_DIM as u64 + 1,
             max: MAX_EMBEDDING_DIM as u64
         }
     );
+    // PROTOCOL.md, "Precedence": decided while decoding, before any dimension comparison.
+    assert_eq!(err.error_code(), ErrorCode::InvalidValue);
 }
 
 #[test]
@@ -365,13 +368,16 @@ fn decode_rejects_invalid_utf8() {
     let at = FRAME_HEADER_LEN + 20;
     assert_eq!(&bytes[at..at + 2], b"ab");
     bytes[at] = 0xFF;
+    let err = decode_frame(&bytes).unwrap_err();
     assert_eq!(
-        decode_frame(&bytes),
-        Err(DecodeError::InvalidUtf8 {
+        err,
+        DecodeError::InvalidUtf8 {
             field: "hello.firmware",
             valid_up_to: 0
-        })
+        }
     );
+    // PROTOCOL.md section 4: invalid UTF-8 is invalid_value (102).
+    assert_eq!(err.error_code(), ErrorCode::InvalidValue);
 }
 
 #[test]
@@ -390,13 +396,16 @@ fn decode_rejects_bad_option_tag_and_bool() {
     let mut bytes = frame(&Message::Verdict(sample_verdict()));
     let last = bytes.len() - 1; // `replayed`
     bytes[last] = 7;
+    let err = decode_frame(&bytes).unwrap_err();
     assert_eq!(
-        decode_frame(&bytes),
-        Err(DecodeError::UnknownCode {
+        err,
+        DecodeError::UnknownCode {
             field: "bool",
             code: 7
-        })
+        }
     );
+    // PROTOCOL.md section 4: a bad bool or option tag is malformed (100).
+    assert_eq!(err.error_code(), ErrorCode::Malformed);
 }
 
 #[test]

@@ -119,6 +119,25 @@ fn spec_code_tables_match_code() {
     assert_table!(spec, SubjectStatus);
     assert_table!(spec, TestResult);
     assert_table!(spec, CodeColour);
+    // The tagged enums of section 5.3, by the tags the codec writes.
+    let id_card = Credential::IdCard("A1".to_owned());
+    let modes = [
+        (
+            Mode::Verify {
+                credential: id_card.clone(),
+            }
+            .code(),
+            "verify",
+        ),
+        (Mode::Identify.code(), "identify"),
+        (Mode::SignIn { credential: None }.code(), "sign_in"),
+        (id_card.code(), "id_card"),
+        (Credential::StaffQr("Q1".to_owned()).code(), "staff_qr"),
+    ];
+    for (code, name) in modes {
+        let row = format!("| {code} | `{name}` |");
+        assert!(spec.contains(&row), "PROTOCOL.md lacks tag row {row}");
+    }
 }
 
 #[test]
