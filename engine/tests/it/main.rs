@@ -14,4 +14,5 @@ mod http;
 mod http_client;
 mod quic;
 mod server;
+mod spec_answers;
 mod support;
