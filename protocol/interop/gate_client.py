@@ -746,6 +746,10 @@ class Scenario:
                     f"expected dim {a.dim} model {a.model!r}")
             # From here on the client speaks what the server announced (section 5.2).
             self.dim, self.model = ack.embedding_dim, ack.model
+            # Section 2: a second, valid Hello is answered like the first.
+            again = await self.hello(proto, a.gate)
+            r.check("a second hello on the connection -> hello_ack again",
+                    isinstance(again, HelloAck), str(again))
 
             # 2. A valid 1:1 verify for the enrolled person -> a full verdict.
             ev = self.event()
@@ -832,14 +836,19 @@ class Scenario:
                               await self.ask(proto, "too large",
                                              struct.pack("<IB", 100000, KIND["event"])),
                               ERR["frame_too_large"])
+            # Section 2: the header is judged before the body is read, so the refusal comes
+            # without the body and without FIN.
+            self.expect_error("the same header, no body, no FIN -> frame_too_large (101) at once",
+                              await self.ask(proto, "too large, open",
+                                             struct.pack("<IB", 100000, KIND["event"]),
+                                             fin=False),
+                              ERR["frame_too_large"])
             self.expect_error("a verdict sent to the server -> unexpected (105)",
                               await self.ask(proto, "verdict up",
                                              bytes.fromhex(FIXTURE_VERDICT)), ERR["unexpected"])
-            reply = await self.ask(proto, "unknown kind", frame(99, b"\x00"))
-            if reply is not None:
-                # Section 3 only says "any other code is an error"; any 1xx answers that.
-                r.check("unknown kind 99 -> an error of class 1xx",
-                        isinstance(reply, Error) and 100 <= reply.code < 200, str(reply))
+            self.expect_error("unknown kind 99 -> malformed (100)",
+                              await self.ask(proto, "unknown kind", frame(99, b"\x00")),
+                              ERR["malformed"])
             enroll = frame(KIND["enroll"], encode_enroll_body(990001, a.market))
             self.expect_error("enroll from a gate certificate -> forbidden (204)",
                               await self.ask(proto, "enroll", enroll), ERR["forbidden"])
@@ -919,6 +928,17 @@ class Scenario:
                               reply, ERR["gate_mismatch"])
             await self.expect_close(proto, "connection closed after the hello's gate_mismatch")
 
+    async def hello_inverted_versions(self) -> None:
+        """Sections 2 and 7: min_version > max_version is invalid_value (decoding comes before
+        negotiation), and every error to a Hello closes the connection."""
+        a = self.args
+        async with gate_connection(a, a.cert, a.key) as proto:
+            reply = await self.ask(proto, "hello 2..1", encode_hello(
+                2, 1, a.gate, a.market, "interop", CAP_FACE))
+            self.expect_error("hello with min_version 2 > max_version 1 -> invalid_value (102)",
+                              reply, ERR["invalid_value"])
+            await self.expect_close(proto, "connection closed after the hello's invalid_value")
+
     async def hello_future_version(self) -> None:
         """Section 7: no common version -> version_unsupported, naming both ranges."""
         a = self.args
@@ -948,7 +968,7 @@ async def run_scenario(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     deadline = time.monotonic() + args.deadline
     for step in (sc.main_connection, sc.event_before_hello, sc.concurrent_events,
-                 sc.hello_for_other_gate, sc.hello_future_version):
+                 sc.hello_for_other_gate, sc.hello_inverted_versions, sc.hello_future_version):
         left = deadline - time.monotonic()
         if left <= 0:
             report.check(f"{step.__name__}: not run", False, f"past the {args.deadline} s deadline")
