@@ -4,7 +4,7 @@
 //!
 //! Requests are read header first: the 5-byte frame header is checked against the kind's
 //! limit and against what this connection may send before any body byte is buffered, so a
-//! refused request costs the server 5 bytes and is answered at once. The bodies being read or
+//! refused request costs the server 5 bytes and is answered at once. The frames being read or
 //! served on one connection share a budget of [`BODY_BUDGET`] bytes.
 
 use std::sync::atomic::Ordering;
@@ -27,10 +27,13 @@ use crate::Reply;
 
 /// Retry hint when a request did not arrive in full within the read timeout.
 const READ_TIMEOUT_RETRY_MS: u32 = 200;
+/// Retry hint when a request's frame does not fit the connection's body budget.
+const BUDGET_RETRY_MS: u32 = 100;
 
 /// Bytes of request frames one connection may hold at once: two of the largest admin frames,
-/// or every stream of a gate (32 by default) with an event of up to 64 KiB. A stream whose
-/// frame does not fit waits (within the read timeout) for others to finish.
+/// or every stream of a gate (32 by default) with an event of up to 64 KiB. A frame that does
+/// not fit is answered `Busy` at once rather than left waiting: a waiting stream's unread data
+/// would hold the connection's flow-control window, which the streams being read need.
 pub(super) const BODY_BUDGET: usize = 2 * MAX_ADMIN_FRAME_LEN;
 
 /// Application error code of STOP_SENDING on a request refused from its header: the server
@@ -241,16 +244,17 @@ async fn read_body<'a>(
     header: [u8; FRAME_HEADER_LEN],
     total: usize,
 ) -> Result<(Vec<u8>, SemaphorePermit<'a>), Refusal> {
-    // A frame is at most MAX_FRAME_LEN bytes, which fits a u32 and the budget, so this
-    // waits only while other streams of the connection hold their bodies.
+    // A frame is at most MAX_FRAME_LEN bytes, which fits a u32 and the budget, so it is
+    // refused only while other streams of the connection hold their frames.
     let permits = u32::try_from(total).unwrap_or(u32::MAX);
     let budget = state
         .body_budget
-        .acquire_many(permits)
-        .await
+        .try_acquire_many(permits)
         .map_err(|_| Refusal::Answer {
             kind: None,
-            reply: error(ErrorCode::Internal, "the connection is closing".to_owned()),
+            reply: Message::Busy(Busy {
+                retry_after_ms: BUDGET_RETRY_MS,
+            }),
         })?;
     let mut frame = vec![0u8; total];
     frame[..FRAME_HEADER_LEN].copy_from_slice(&header);

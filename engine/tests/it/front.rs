@@ -10,13 +10,13 @@ use std::time::Duration;
 use gatewarden::server::certs::CertDir;
 use gatewarden::server::tls::client_config;
 use gatewarden_protocol::{
-    ErrorCode, GateId, Hello, MAX_GATE_FRAME_LEN, MarketId, Message, MessageKind, PROTOCOL_VERSION,
-    decode_frame, encode_frame,
+    ErrorCode, GateId, Hello, MAX_ADMIN_FRAME_LEN, MAX_GATE_FRAME_LEN, MarketId, Message,
+    MessageKind, PROTOCOL_VERSION, decode_frame, encode_frame,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 
 use crate::quic::{Client, hello_message};
-use crate::server::{error_code, now, runtime, start};
+use crate::server::{error_code, now, runtime, start, start_with};
 use crate::support::verify_event;
 
 /// A connection whose streams the test drives by hand (to leave a request unfinished).
@@ -205,6 +205,65 @@ fn every_error_in_answer_to_a_hello_closes_the_connection() {
         tokio::time::timeout(wait, gate.closed())
             .await
             .expect("a refused second Hello must close the connection");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn a_connection_holds_at_most_two_largest_frames_at_once() {
+    runtime().block_on(async {
+        // A read timeout far beyond the test, so that only the budget can answer early.
+        let server = start_with(|s| s.stream_read_timeout_ms = 600_000).await;
+        let dir = CertDir(server.certs.clone());
+        let admin = RawConnection::open(
+            server.addr,
+            &server.certs,
+            &dir.admin_cert(),
+            &dir.admin_key(),
+        )
+        .await;
+        // Three enrolment headers announcing the largest admin frame, bodies not yet sent.
+        let len = u32::try_from(MAX_ADMIN_FRAME_LEN - 4).unwrap();
+        let mut sends = Vec::new();
+        let mut recvs = Vec::new();
+        for _ in 0..3 {
+            let (mut send, recv) = admin.conn.open_bi().await.unwrap();
+            send.write_all(&header(len, MessageKind::Enroll.to_code()))
+                .await
+                .unwrap();
+            sends.push(send);
+            recvs.push(recv);
+        }
+        // Two fit the 2 MiB budget and wait for their bodies; the third is answered Busy
+        // at once. Find it: the only stream with a reply before any body was sent.
+        let [r0, r1, r2] = &mut recvs[..] else {
+            unreachable!()
+        };
+        let first = async {
+            tokio::select! {
+                r = r0.read_to_end(1 << 20) => (r, 0),
+                r = r1.read_to_end(1 << 20) => (r, 1),
+                r = r2.read_to_end(1 << 20) => (r, 2),
+            }
+        };
+        let (reply, refused) = tokio::time::timeout(Duration::from_secs(60), first)
+            .await
+            .expect("a frame over the connection's budget must be answered without waiting");
+        let busy = decode_frame(&reply.unwrap()).unwrap();
+        assert!(matches!(busy, Message::Busy(_)), "{busy:?}");
+        // The other two were being read: their bodies (zeros, no valid enrolment) are
+        // answered as requests, not as Busy.
+        let body = vec![0u8; MAX_ADMIN_FRAME_LEN - 5];
+        for (i, (send, recv)) in sends.iter_mut().zip(&mut recvs).enumerate() {
+            if i == refused {
+                continue;
+            }
+            send.write_all(&body).await.unwrap();
+            send.finish().unwrap();
+            let reply = decode_frame(&recv.read_to_end(1 << 20).await.unwrap()).unwrap();
+            assert!(matches!(reply, Message::Error(_)), "stream {i}: {reply:?}");
+        }
+        admin.close().await;
         server.stop().await;
     });
 }

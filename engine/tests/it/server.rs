@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatewarden::clock::{Clock, SystemClock};
+use gatewarden::config::ServerConfig;
 use gatewarden::server::Server;
 use gatewarden::server::certs::{CertDir, ensure_dev_certs};
 use gatewarden_protocol::{
@@ -31,12 +32,18 @@ pub(crate) struct Running {
 }
 
 pub(crate) async fn start() -> Running {
+    start_with(|_| {}).await
+}
+
+/// [`start`] with the server settings adjusted by `adjust`.
+pub(crate) async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     ensure_dev_certs(&CertDir(certs.clone()), (1..=4).chain([99]).map(GateId)).unwrap();
     let engine = Arc::new(support::open_populated(dir.path(), now()));
     let mut config = support::config();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    adjust(&mut config.server);
     let server = Server::bind(engine, &config.server, &CertDir(certs.clone())).unwrap();
     let addr = server.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel();
