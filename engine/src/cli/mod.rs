@@ -13,6 +13,7 @@ mod import;
 mod query;
 mod search;
 mod serve;
+mod site;
 
 /// gatewarden: face-gate ingestion and matching engine.
 #[derive(Debug, Parser)]
