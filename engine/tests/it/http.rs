@@ -624,7 +624,10 @@ fn refuses_to_lift_revocations(api: &Api) {
         "/api/v1/subjects/50/reinstate",
         r#"{"reason":"identity re-checked by staff"}"#,
     );
-    assert_eq!((ack["subject"].clone(), ack["was"].clone()), (50.into(), "blocklisted".into()));
+    assert_eq!(
+        (ack["subject"].clone(), ack["was"].clone()),
+        (50.into(), "blocklisted".into())
+    );
     assert_eq!(status(50), "active");
     error(
         &api.post("/api/v1/subjects/999999/reinstate", r#"{"reason":"x"}"#),

@@ -12,4 +12,5 @@ mod http;
 mod http_client;
 mod quic;
 mod server;
+mod site;
 mod support;
