@@ -16,6 +16,7 @@
 //! commit_max = 64           # most records per group commit (and the hand-off bound)
 //! busy_retry_ms = 50        # base retry hint in Busy replies
 //! compact_after = 50000     # fold the in-memory gallery delta into a segment past this size
+//! maintenance_interval_ms = 10000  # how often the maintenance thread looks for work
 //!
 //! [server]
 //! listen = "127.0.0.1:4433"
@@ -103,6 +104,7 @@ pub struct EngineConfig {
     pub commit_max: usize,
     pub busy_retry_ms: u32,
     pub compact_after: usize,
+    pub maintenance_interval_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +123,7 @@ impl Default for EngineConfig {
             commit_max: 64,
             busy_retry_ms: 50,
             compact_after: 50_000,
+            maintenance_interval_ms: 10_000,
         }
     }
 }
@@ -163,6 +166,12 @@ impl EngineConfig {
             return bad(
                 "engine.utc_offset_minutes",
                 format!("{} is not in -840..=840", self.utc_offset_minutes),
+            );
+        }
+        if self.compact_after == 0 || self.maintenance_interval_ms == 0 {
+            return bad(
+                "engine",
+                "compact_after and maintenance_interval_ms must be at least 1".to_owned(),
             );
         }
         if self.queue_capacity == 0 || self.max_batch == 0 || self.commit_max == 0 {

@@ -1,29 +1,22 @@
 //! The library API: [`Engine`]. The server, the CLI and the demo use only this; a program that
 //! embeds gatewarden gets the same.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
 use gatewarden_protocol::{
-    Enroll, EnrollAck, ErrorCode, ErrorReply, Event, MarketId, Revoke, RevokeAck, SubjectId,
-    UnixMillis, UpdateHealth, UpdateHealthAck,
+    Enroll, EnrollAck, Event, MarketId, Revoke, RevokeAck, SubjectId, UnixMillis, UpdateHealth,
+    UpdateHealthAck,
 };
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, EngineConfig};
 use crate::error::Error;
 use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
-use crate::pipeline::admission::Admission;
-use crate::pipeline::tally::Tally;
-use crate::pipeline::{
-    BatchPolicy, InFlightClaim, Job, Pipeline, PipelineSizes, Reply, Responder, Shared,
-    StatsSnapshot,
-};
+use crate::maintenance::{Maintenance, MaintenanceParts};
+pub use crate::pipeline::Submission;
+use crate::pipeline::{Pipeline, PipelineParts, Reply, StatsSnapshot};
 use crate::policy::PolicyBook;
 use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow, Store};
 
@@ -40,8 +33,12 @@ const LOAD_CHUNK: usize = 4096;
 /// # Ok(()) }
 /// ```
 pub struct Engine {
-    shared: Arc<Shared>,
-    pipeline: RwLock<Pipeline>,
+    store: Arc<Store>,
+    gallery: Arc<LiveGallery>,
+    policies: Arc<ArcSwap<PolicyBook>>,
+    clock: Arc<dyn Clock>,
+    pipeline: Pipeline,
+    maintenance: Mutex<Maintenance>,
     config: EngineConfig,
     data_dir: PathBuf,
     /// Serializes enrollments so the duplicate check sees every earlier template.
@@ -80,42 +77,35 @@ impl Engine {
             Some(path) => PolicyBook::load(&data_dir.join(path))?,
             None => PolicyBook::demo(),
         };
-        let offset = cfg.utc_offset();
-        let tally = Tally::rebuild(&store, clock.now(), offset)?;
-        let committed_seq: DashMap<_, _> = store.max_seq_per_gate()?.into_iter().collect();
-        let admission = Admission::for_deadline(cfg.deadline(), cfg.max_batch, clock.instant());
-        let shared = Arc::new(Shared {
-            store,
-            gallery,
-            policies: ArcSwap::from_pointee(policies),
-            tally: Mutex::new(tally),
-            stats: Default::default(),
-            clock,
-            offset,
-            inflight: Arc::default(),
-            committed_seq,
-            busy_retry_ms: cfg.busy_retry_ms,
-            admission,
-        });
-        let sizes = PipelineSizes {
-            queue_capacity: cfg.queue_capacity,
-            workers: cfg.worker_count(),
-            batch: BatchPolicy::new(
-                cfg.max_batch,
-                std::time::Duration::from_millis(cfg.max_wait_ms),
-            ),
-            commit_max: cfg.commit_max,
-        };
-        let pipeline = Pipeline::start(Arc::clone(&shared), sizes)?;
+        let policies = Arc::new(ArcSwap::from_pointee(policies));
+        let pipeline = Pipeline::start(
+            PipelineParts {
+                store: Arc::clone(&store),
+                gallery: Arc::clone(&gallery),
+                policies: Arc::clone(&policies),
+                clock: Arc::clone(&clock),
+            },
+            &cfg,
+        )?;
+        let maintenance = Maintenance::start(MaintenanceParts {
+            gallery: Arc::clone(&gallery),
+            compact_after: cfg.compact_after,
+            interval: std::time::Duration::from_millis(cfg.maintenance_interval_ms),
+        })
+        .map_err(crate::pipeline::PipelineError::Spawn)?;
         tracing::info!(
-            subjects = shared.store.subject_count(),
-            templates = shared.gallery.len(),
-            workers = sizes.workers,
+            subjects = store.subject_count(),
+            templates = gallery.len(),
+            workers = cfg.worker_count(),
             "engine open"
         );
         Ok(Self {
-            shared,
-            pipeline: RwLock::new(pipeline),
+            store,
+            gallery,
+            policies,
+            clock,
+            pipeline,
+            maintenance: Mutex::new(maintenance),
             config: cfg,
             data_dir,
             enroll_lock: Mutex::new(()),
@@ -123,124 +113,17 @@ impl Engine {
     }
 
     /// Submits one event. The returned [`Submission`] is both a future (`.await` it) and a
-    /// blocking handle ([`Submission::wait`]). Invalid events, replays of recorded events and
-    /// overload are answered at once; others after their record is durable.
+    /// blocking handle ([`Submission::wait`]). Invalid events and overload are answered at
+    /// once; others after their record is durable. A retry of a recorded event gets the
+    /// recorded verdict; a different event under a recorded `(gate, seq)` gets `seq_reused`.
+    /// Never blocks, so it may be called from an async task.
     pub fn submit(&self, event: Event) -> Submission {
-        match self.admit_to_queue(event) {
-            Ok(rx) => Submission(State::Waiting(rx)),
-            Err(reply) => Submission(State::Ready(Some(reply))),
-        }
+        self.pipeline.submit(event)
     }
 
     /// Submits and waits for the reply.
     pub fn submit_blocking(&self, event: Event) -> Reply {
         self.submit(event).wait()
-    }
-
-    fn admit_to_queue(&self, event: Event) -> Result<oneshot::Receiver<Reply>, Reply> {
-        let shared = &self.shared;
-        let gate = shared.store.gate(event.gate).ok_or_else(|| {
-            refuse(
-                ErrorCode::UnknownGate,
-                format!("gate {} is not registered", event.gate),
-            )
-        })?;
-        self.check_face(&event)?;
-        let Some(claim) = InFlightClaim::take(&shared.inflight, (event.gate, event.seq)) else {
-            // The same key is being decided right now; its retry will find the record.
-            let (depth, capacity) = self.queue_fill();
-            return Err(Reply::Busy(shared.busy(depth, capacity)));
-        };
-        if let Some(reply) = self.recorded_reply(&event) {
-            return Err(reply); // the claim goes with this scope
-        }
-        let (tx, rx) = oneshot::channel();
-        let now = shared.clock.instant();
-        let job = Job {
-            event,
-            gate,
-            enqueued: now,
-            deadline: now + self.config.deadline(),
-            reply: Responder::new(tx, claim),
-        };
-        self.pipeline
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .enqueue(job);
-        Ok(rx)
-    }
-
-    /// The recorded verdict of an already-committed `(gate, seq)`, if any. Sequence numbers
-    /// above the gate's highest committed one are new and cost no lookup.
-    fn recorded_reply(&self, event: &Event) -> Option<Reply> {
-        let shared = &self.shared;
-        let known_new = shared
-            .committed_seq
-            .get(&event.gate)
-            .is_some_and(|hwm| event.seq > *hwm);
-        if known_new {
-            return None;
-        }
-        match shared.store.verdict_for(event.gate, event.seq) {
-            Ok(Some(mut verdict)) => {
-                shared
-                    .stats
-                    .replayed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                verdict.replayed = true;
-                Some(Reply::Verdict(verdict))
-            }
-            Ok(None) => None,
-            Err(e) => Some(Shared::internal_error(format!(
-                "cannot read the entry log ({e}); retry with the same seq"
-            ))),
-        }
-    }
-
-    fn check_face(&self, event: &Event) -> Result<(), Reply> {
-        let Some(face) = &event.face else {
-            return Ok(());
-        };
-        if face.model != self.config.model {
-            return Err(refuse(
-                ErrorCode::UnknownModel,
-                format!(
-                    "face model {:?} is not the gallery's model {:?}",
-                    face.model, self.config.model
-                ),
-            ));
-        }
-        if face.embedding.len() != self.config.dim {
-            return Err(refuse(
-                ErrorCode::DimensionMismatch,
-                format!(
-                    "embedding has {} values; the gallery's dimension is {}",
-                    face.embedding.len(),
-                    self.config.dim
-                ),
-            ));
-        }
-        if face.embedding.iter().any(|v| !v.is_finite()) {
-            return Err(refuse(
-                ErrorCode::InvalidValue,
-                "embedding contains a non-finite value".to_owned(),
-            ));
-        }
-        if face.embedding.iter().all(|v| *v == 0.0) {
-            // A zero vector has no direction: no similarity to anyone can be computed.
-            return Err(refuse(
-                ErrorCode::InvalidValue,
-                "embedding is all zeros".to_owned(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn queue_fill(&self) -> (usize, usize) {
-        self.pipeline
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .queue_fill()
     }
 
     /// Enrolls (or updates) a person and adds their templates. A template whose face already
@@ -258,15 +141,14 @@ impl Engine {
             self.validate_template(&t.model, &t.embedding)?;
         }
         let subject = request.subject.subject;
-        self.shared
-            .store
+        self.store
             .upsert_subjects(std::slice::from_ref(&request.subject))?;
         let rows: Vec<(SubjectId, &[f32])> = request
             .templates
             .iter()
             .map(|t| (subject, t.embedding.as_slice()))
             .collect();
-        let snapshot = self.shared.gallery.snapshot();
+        let snapshot = self.gallery.snapshot();
         let report = self.add_templates_checked(&rows, Some(&snapshot))?;
         Ok(EnrollAck {
             subject,
@@ -294,7 +176,7 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner);
         for (subject, v) in rows {
             self.validate_template(&self.config.model, v)?;
-            if self.shared.store.subject(*subject).is_none() {
+            if self.store.subject(*subject).is_none() {
                 return Err(Error::Invalid(format!(
                     "subject {subject} is not in the registry; import subjects first"
                 )));
@@ -316,13 +198,13 @@ impl Engine {
         let model = self.config.model.as_str();
         let store_rows: Vec<(SubjectId, &str, &[f32])> =
             keep.iter().map(|(s, v)| (*s, model, *v)).collect();
-        let ids = self.shared.store.add_templates(&store_rows)?;
+        let ids = self.store.add_templates(&store_rows)?;
         let gallery_rows: Vec<(u64, SubjectId, &[f32])> = ids
             .iter()
             .zip(&keep)
             .map(|(id, (s, v))| (*id, *s, *v))
             .collect();
-        self.shared.gallery.insert_batch(&gallery_rows)?;
+        self.gallery.insert_batch(&gallery_rows)?;
         report.added = gallery_rows.len();
         Ok(report)
     }
@@ -338,7 +220,6 @@ impl Engine {
             return rows.to_vec();
         }
         let threshold = self
-            .shared
             .policies
             .load()
             .for_market(MarketId(0))
@@ -391,7 +272,7 @@ impl Engine {
     /// # Errors
     /// A store failure.
     pub fn update_health(&self, request: &UpdateHealth) -> Result<UpdateHealthAck, Error> {
-        Ok(self.shared.store.upsert_health(&request.records)?)
+        Ok(self.store.upsert_health(&request.records)?)
     }
 
     /// Revokes a person everywhere. Their templates stay in the gallery so that their face is
@@ -400,15 +281,26 @@ impl Engine {
     /// # Errors
     /// A store failure.
     pub fn revoke(&self, request: &Revoke) -> Result<RevokeAck, Error> {
-        let now = self.shared.clock.now();
-        let revoked = self
-            .shared
-            .store
-            .revoke(request.subject, &request.reason, now)?;
+        let now = self.clock.now();
+        let revoked = self.store.revoke(request.subject, &request.reason, now)?;
         Ok(RevokeAck {
             subject: request.subject,
             revoked,
         })
+    }
+
+    /// Lifts a revocation or blocklisting: the one way a person becomes active again (imports
+    /// and uploads are refused that). The audit trail records the reason. Returns the status
+    /// the person had, or `None` if nobody has that id.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn reinstate(
+        &self,
+        subject: SubjectId,
+        reason: &str,
+    ) -> Result<Option<gatewarden_protocol::SubjectStatus>, Error> {
+        Ok(self.store.reinstate(subject, reason, self.clock.now())?)
     }
 
     /// A person's entries across every market.
@@ -421,7 +313,7 @@ impl Engine {
         since: UnixMillis,
         until: UnixMillis,
     ) -> Result<Vec<EntryRow>, Error> {
-        Ok(self.shared.store.trajectory(subject, since, until)?)
+        Ok(self.store.trajectory(subject, since, until)?)
     }
 
     /// Admitted entries per person at a market in a time range, most first.
@@ -435,7 +327,7 @@ impl Engine {
         until: UnixMillis,
         min: u32,
     ) -> Result<Vec<FrequencyRow>, Error> {
-        Ok(self.shared.store.frequency(market, since, until, min)?)
+        Ok(self.store.frequency(market, since, until, min)?)
     }
 
     /// Staff sign-ins at a market in a time range.
@@ -448,7 +340,7 @@ impl Engine {
         since: UnixMillis,
         until: UnixMillis,
     ) -> Result<Vec<SignInRow>, Error> {
-        Ok(self.shared.store.signins(market, since, until)?)
+        Ok(self.store.signins(market, since, until)?)
     }
 
     /// Everyone admitted to the same market within `window_ms` of the person's visits.
@@ -462,20 +354,17 @@ impl Engine {
         since: UnixMillis,
         until: UnixMillis,
     ) -> Result<Vec<ContactRow>, Error> {
-        Ok(self
-            .shared
-            .store
-            .contacts(subject, window_ms, since, until)?)
+        Ok(self.store.contacts(subject, window_ms, since, until)?)
     }
 
     /// The registry and entry log, for imports and ad-hoc queries.
     pub fn store(&self) -> &Store {
-        &self.shared.store
+        &self.store
     }
 
     /// The live gallery.
     pub fn gallery(&self) -> &LiveGallery {
-        &self.shared.gallery
+        &self.gallery
     }
 
     /// The engine's configuration.
@@ -490,22 +379,22 @@ impl Engine {
 
     /// Replaces the policy book (a reload); events already deciding keep the old one.
     pub fn set_policies(&self, policies: PolicyBook) {
-        self.shared.policies.store(Arc::new(policies));
+        self.policies.store(Arc::new(policies));
     }
 
     /// Pipeline counters.
     pub fn stats(&self) -> StatsSnapshot {
-        let (depth, capacity) = self.queue_fill();
-        self.shared.stats.snapshot(depth, capacity)
+        self.pipeline.stats()
     }
 
     /// Stops taking events, decides and records everything already queued, and joins the
     /// pipeline's threads. Events submitted afterwards get `ShuttingDown`.
     pub fn shutdown(&self) {
-        self.pipeline
-            .write()
+        self.pipeline.shutdown();
+        self.maintenance
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .shutdown();
+            .stop();
     }
 }
 
@@ -533,48 +422,6 @@ pub struct Duplicate {
     pub existing: SubjectId,
     /// Their similarity.
     pub score: f32,
-}
-
-/// A pending reply: `.await` it, or [`wait`](Submission::wait) for it.
-#[must_use = "a submission does nothing unless its reply is awaited"]
-pub struct Submission(State);
-
-enum State {
-    Ready(Option<Reply>),
-    Waiting(oneshot::Receiver<Reply>),
-}
-
-impl Submission {
-    /// Blocks until the reply arrives.
-    pub fn wait(self) -> Reply {
-        match self.0 {
-            State::Ready(reply) => reply.unwrap_or_else(lost_reply),
-            State::Waiting(rx) => rx.recv().unwrap_or_else(|_| lost_reply()),
-        }
-    }
-}
-
-impl Future for Submission {
-    type Output = Reply;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        match &mut self.0 {
-            State::Ready(reply) => Poll::Ready(reply.take().unwrap_or_else(lost_reply)),
-            State::Waiting(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or_else(|_| lost_reply())),
-        }
-    }
-}
-
-/// A reply channel closed without an answer: only if a pipeline thread died. The gate retries
-/// and finds the record if there is one.
-fn lost_reply() -> Reply {
-    Shared::internal_error("the engine lost this event's reply; retry with the same seq".to_owned())
-}
-
-fn refuse(code: ErrorCode, message: String) -> Reply {
-    Reply::Error(ErrorReply::new(code, message))
 }
 
 /// Replays templates the gallery does not have yet from the store (the truth).

@@ -43,6 +43,7 @@ pub mod engine;
 mod error;
 pub mod gallery;
 pub mod index;
+mod maintenance;
 pub mod model;
 pub mod npy;
 pub mod pipeline;

@@ -1,8 +1,7 @@
 //! `gatewarden cert` and `gatewarden init`: development certificates and ready data folders.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context;
 use gatewarden::model::GateInfo;
 use gatewarden::server::certs::{CertDir, ensure_dev_certs};
 use gatewarden_protocol::{GateId, MarketId, ZoneId};
@@ -101,8 +100,11 @@ pub(crate) fn run_init(args: InitArgs) -> anyhow::Result<()> {
         );
     }
     let markets = args.markets.max(1);
-    write_new(&dir.join(gatewarden::config::CONFIG_FILE), CONFIG_TEMPLATE)?;
-    write_new(
+    // Owner-only whatever the umask: the folder will hold personal data, and whoever can
+    // rewrite the configuration or the policy decides who is admitted.
+    super::site::create_private_dir(dir)?;
+    super::site::write_new_private(&dir.join(gatewarden::config::CONFIG_FILE), CONFIG_TEMPLATE)?;
+    super::site::write_new_private(
         &dir.join("policy.toml"),
         gatewarden::policy::DEMO_POLICY_TOML,
     )?;
@@ -125,12 +127,4 @@ pub(crate) fn run_init(args: InitArgs) -> anyhow::Result<()> {
         args.gates
     );
     Ok(())
-}
-
-fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -81,6 +81,13 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.gates > 0 && args.subjects > 0,
         "--gates and --subjects must be positive"
     );
+    if let Some(dir) = &args.keep {
+        anyhow::ensure!(
+            !dir.join(gatewarden::config::CONFIG_FILE).exists(),
+            "--keep {} already holds a site; the demo builds a new one: name a new folder",
+            dir.display()
+        );
+    }
     let folder = match &args.keep {
         Some(dir) => DemoFolder {
             path: dir.clone(),
@@ -134,8 +141,11 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
     )?;
 
     step("import: gates, people, health records, face templates");
-    std::fs::write(dir.join(gatewarden::config::CONFIG_FILE), demo_config(args))
-        .context("cannot write the demo configuration")?;
+    super::site::write_new_private(
+        &dir.join(gatewarden::config::CONFIG_FILE),
+        &demo_config(args),
+    )
+    .context("cannot write the demo configuration")?;
     import_population(dir, &population)?;
 
     step(&format!(

@@ -30,11 +30,10 @@ const CHUNK: usize = 5_000;
 
 pub(crate) fn run(args: EnrollArgs) -> anyhow::Result<()> {
     super::init_logging("warn");
-    let engine = Engine::open(
-        &args.data,
-        gatewarden::Config::load_from_data_dir(&args.data)?,
-    )
-    .with_context(|| format!("cannot open data folder {}", args.data.display()))?;
+    let config = super::site::open(&args.data)?;
+    let _lock = super::site::SiteLock::acquire(&args.data, "gatewarden enroll")?;
+    let engine = Engine::open(&args.data, config)
+        .with_context(|| format!("cannot open data folder {}", args.data.display()))?;
     let report = enroll_files(
         &engine,
         &args.vectors,

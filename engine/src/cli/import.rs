@@ -5,8 +5,9 @@
 //! (unless `--skip-bad`), and the first bad rows are listed with their line numbers. The good
 //! records then go to the store in one transaction: all or nothing.
 //!
-//! The store is opened directly, so a running `gatewarden serve` on the same data folder does
-//! not see the import in its cache until it restarts.
+//! The store is opened directly, so an import locks the site first: while `gatewarden serve`
+//! holds it, an import is refused (it would reach the store but not the server's caches) with
+//! the admin API route that makes the same change through the server.
 
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -128,7 +129,9 @@ fn run_typed<T: ImportRecord>(args: &FileArgs, apply_fn: Apply<T>) -> anyhow::Re
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     // Parse before opening the store, so that a bad file leaves no trace, not even a new
     // empty store.
+    super::site::open(&args.data)?;
     let parsed = parse_checked(&args.file, format, args.skip_bad, &mut progress)?;
+    let _lock = super::site::SiteLock::acquire(&args.data, "gatewarden import")?;
     let store = open_store(&args.data)?;
     apply(&store, &args.file, &parsed, &mut progress, apply_fn)
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod cert;
 mod demo;
 mod enroll;
@@ -13,6 +14,7 @@ mod import;
 mod query;
 mod search;
 mod serve;
+mod site;
 
 /// gatewarden: face-gate ingestion and matching engine.
 #[derive(Debug, Parser)]
@@ -46,6 +48,12 @@ enum Command {
     Health(import::HealthArgs),
     /// Query entry records: trajectories, frequency, sign-ins, contacts.
     Query(query::QueryArgs),
+    /// Revoke a person everywhere (audited; refused while a server runs on the site: use its
+    /// admin API).
+    Revoke(admin::StatusArgs),
+    /// Lift a revocation or blocklisting (audited): the only way a revoked person becomes
+    /// active again.
+    Reinstate(admin::StatusArgs),
 }
 
 /// Sets up logging to stderr; `RUST_LOG` overrides the default level.
@@ -74,6 +82,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Search(args) => search::run(args),
         Command::Import(args) => import::run(args),
         Command::Query(args) => query::run(args),
+        Command::Revoke(args) => admin::run_revoke(args),
+        Command::Reinstate(args) => admin::run_reinstate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,9 +19,9 @@ pub(crate) struct QueryArgs {
     #[arg(long, global = true, default_value = super::DEFAULT_DATA)]
     data: PathBuf,
     /// The markets' time zone, in minutes east of UTC (Beijing: 480); sets what a day is and
-    /// how times print.
-    #[arg(long, global = true, default_value_t = 480, allow_hyphen_values = true)]
-    utc_offset: i32,
+    /// how times print [default: the site's engine.utc_offset_minutes].
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    utc_offset: Option<i32>,
     /// Print a JSON array (times in unix ms) instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -79,12 +79,13 @@ enum QueryCommand {
 }
 
 pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
-    let offset = UtcOffset(args.utc_offset);
+    let config = super::site::open(&args.data)?;
+    let minutes = args.utc_offset.unwrap_or(config.engine.utc_offset_minutes);
     anyhow::ensure!(
-        (-14 * 60..=14 * 60).contains(&args.utc_offset),
-        "--utc-offset {} is not a time zone: minutes east of UTC, -840 to 840",
-        args.utc_offset
+        (-14 * 60..=14 * 60).contains(&minutes),
+        "--utc-offset {minutes} is not a time zone: minutes east of UTC, -840 to 840"
     );
+    let offset = UtcOffset(minutes);
     let store = open_existing(&args.data)?;
     let out = Output {
         json: args.json,

@@ -38,14 +38,18 @@ pub(crate) struct ServeArgs {
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     super::init_logging("info");
+    // Only `init` makes a site; the checks come before anything is created or locked.
+    let site_config = super::site::open(&args.data)?;
     let mut config = match &args.config {
         Some(path) => {
+            super::site::refuse_writable_by_others(path)?;
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             Config::from_toml(&text, path)?
         }
-        None => Config::load_from_data_dir(&args.data)?,
+        None => site_config,
     };
+    let _lock = super::site::SiteLock::acquire(&args.data, "gatewarden serve")?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }

@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method as HttpMethod, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use gatewarden_protocol::{
-    EnrollAck, HealthRecord, MarketId, Revoke, RevokeAck, SubjectId, SubjectRecord, SubjectStatus,
-    UnixMillis, UpdateHealth, UpdateHealthAck,
+    EnrollAck, HealthRecord, MarketId, Revoke, RevokeAck, SubjectId, SubjectRecord, UnixMillis,
+    UpdateHealth, UpdateHealthAck,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -410,30 +410,13 @@ fn import_rows<T: ImportRecord>(bytes: &[u8]) -> Result<Vec<T>, ApiError> {
     Ok(parsed.records)
 }
 
-/// Refuses an upload that would lift a revocation or a blocklisting. A record replaces the
-/// stored one whole and `status` defaults to active, so re-sending an old export would
-/// otherwise silently let revoked people back in. Tightening (revoked to blocklisted) is
-/// allowed. Checked before anything is written, so a refused element refuses the whole body.
+/// Refuses an upload that would lift a revocation or a blocklisting (the store's rule),
+/// naming the element. Checked before anything is written, so a refused element refuses the
+/// whole body.
 fn refuse_reinstatement(engine: &Engine, records: &[SubjectRecord]) -> Result<(), ApiError> {
-    let lifted = records.iter().enumerate().find_map(|(i, new)| {
-        let old = engine.store().subject(new.subject)?;
-        let lifts = match old.status {
-            SubjectStatus::Active => false,
-            SubjectStatus::Revoked => new.status == SubjectStatus::Active,
-            SubjectStatus::Blocklisted => new.status != SubjectStatus::Blocklisted,
-        };
-        lifts.then(|| (i, new.subject, old.status, new.status))
-    });
-    match lifted {
+    match engine.store().find_status_lift(records) {
         None => Ok(()),
-        Some((i, subject, old, new)) => Err(ApiError::Conflict(format!(
-            "subject at index {i}: subject {subject} is {} and this upload would make it {}; \
-             a revocation or blocklisting is lifted only by an operator deliberately, not by a \
-             subject upload: send it with status \"{}\" or leave it out; nothing was applied",
-            old.name(),
-            new.name(),
-            old.name()
-        ))),
+        Some((i, error)) => Err(ApiError::Conflict(format!("subject at index {i}: {error}"))),
     }
 }
 
@@ -539,4 +522,32 @@ pub(super) async fn post_revoke(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let ack = blocking(&state, move |e| Ok(e.revoke(&request)?)).await?;
     Ok(Json(ack))
+}
+
+#[derive(Serialize)]
+pub(super) struct ReinstateAck {
+    subject: SubjectId,
+    /// The status before; `active` means nothing changed.
+    was: &'static str,
+}
+
+/// Lifts a revocation or blocklisting, with a reason for the audit trail.
+pub(super) async fn post_reinstate(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    b: Body,
+) -> ApiResult<ReinstateAck> {
+    let id = subject_id(&id)?;
+    let request: RevokeBody = json_body(&body(b)?, "reinstate object {\"reason\"}")?;
+    if request.reason.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "reason is empty: say why the subject is reinstated, for the audit trail".to_owned(),
+        ));
+    }
+    let was = blocking(&state, move |e| Ok(e.reinstate(id, &request.reason)?)).await?;
+    let was = was.ok_or_else(|| ApiError::NotFound(format!("no subject {id}")))?;
+    Ok(Json(ReinstateAck {
+        subject: id,
+        was: was.name(),
+    }))
 }

@@ -110,7 +110,7 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
     );
     out.sample(name, &[("reason", "admission")], stats.rejected_busy);
     out.sample(name, &[("reason", "deadline")], stats.expired);
-    let plain: [(&str, &str, u64); 6] = [
+    let plain: [(&str, &str, u64); 7] = [
         (
             "gatewarden_submitted_total",
             "Events accepted into the queue.",
@@ -120,6 +120,11 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
             "gatewarden_replayed_total",
             "Repeated (gate, seq) answered from the record.",
             stats.replayed,
+        ),
+        (
+            "gatewarden_seq_reused_total",
+            "Events refused because their (gate, seq) was recorded for a different event.",
+            stats.seq_reused,
         ),
         (
             "gatewarden_internal_errors_total",
@@ -312,6 +317,7 @@ mod tests {
             rejected_busy: 2,
             expired: 1,
             replayed: 3,
+            seq_reused: 2,
             queue_depth: 4,
             queue_capacity: 4096,
             end_to_end_us: histogram_of(&[0, 1, 900, 1500, 40_000, u64::MAX / 2]),
@@ -401,6 +407,7 @@ mod tests {
         );
         assert_eq!(value(&samples, "gatewarden_submitted_total", &[]), 12.0);
         assert_eq!(value(&samples, "gatewarden_replayed_total", &[]), 3.0);
+        assert_eq!(value(&samples, "gatewarden_seq_reused_total", &[]), 2.0);
         assert_eq!(value(&samples, "gatewarden_connections", &[]), 5.0);
         assert_eq!(
             value(&samples, "gatewarden_server_gate_mismatch_total", &[]),

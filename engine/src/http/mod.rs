@@ -152,6 +152,7 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/subjects/{id}", true, api::subject),
     route!(POST "/api/v1/subjects/{id}/templates", true, api::post_templates),
     route!(POST "/api/v1/subjects/{id}/revoke", true, api::post_revoke),
+    route!(POST "/api/v1/subjects/{id}/reinstate", true, api::post_reinstate),
     route!(GET "/api/v1/subjects/{id}/trajectory", true, api::trajectory),
     route!(GET "/api/v1/subjects/{id}/verdicts", true, api::verdicts),
     route!(GET "/api/v1/subjects/{id}/frequency", true, api::subject_frequency),

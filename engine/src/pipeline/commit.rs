@@ -7,14 +7,17 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use gatewarden_protocol::{MarketId, Verdict};
+use gatewarden_protocol::GateId;
 
+use super::exactly_once::{self, EventIdentity, Recorded};
 use super::{Reply, Responder, Shared};
 use crate::store::{CommitOutcome, EntryRecord, EntryWriter};
 
 /// A decided event waiting to become durable.
 pub(super) struct Decided {
     pub(super) record: EntryRecord,
+    /// Compared with the stored record if the key turns out to be recorded already.
+    pub(super) identity: EventIdentity,
     pub(super) reply: Responder,
     pub(super) enqueued: Instant,
 }
@@ -37,6 +40,7 @@ pub(super) fn run(shared: &Shared, rx: &Receiver<Decided>, mut writer: EntryWrit
 
 struct Waiter {
     reply: Responder,
+    identity: EventIdentity,
     enqueued: Instant,
 }
 
@@ -44,6 +48,7 @@ fn push(d: Decided, records: &mut Vec<EntryRecord>, waiters: &mut Vec<Waiter>) {
     records.push(d.record);
     waiters.push(Waiter {
         reply: d.reply,
+        identity: d.identity,
         enqueued: d.enqueued,
     });
 }
@@ -74,7 +79,7 @@ fn commit_group(
             for ((record, waiter), outcome) in
                 records.drain(..).zip(waiters.drain(..)).zip(outcomes)
             {
-                let reply = settle(shared, record.verdict, record.market, outcome);
+                let reply = settle(shared, record, &waiter.identity, outcome);
                 shared
                     .stats
                     .end_to_end
@@ -98,29 +103,53 @@ fn commit_group(
     }
 }
 
-/// The reply for a committed record: its verdict, or, if the key was already recorded (a
-/// retry that raced its original), the verdict recorded first.
-fn settle(shared: &Shared, verdict: Verdict, market: MarketId, outcome: CommitOutcome) -> Reply {
-    let (gate, seq) = (verdict.gate, verdict.seq);
+/// The reply for a committed record: its verdict; or, if the key was already recorded (a
+/// retry that raced its original, or a reused key), what [`Shared::settle_recorded`] says.
+fn settle(
+    shared: &Shared,
+    record: EntryRecord,
+    identity: &EventIdentity,
+    outcome: CommitOutcome,
+) -> Reply {
+    let (gate, seq) = (record.verdict.gate, record.verdict.seq);
     let reply = match outcome {
         CommitOutcome::Inserted => {
-            shared.stats.count_verdict(&verdict, market);
-            Reply::Verdict(verdict)
+            shared.stats.count_verdict(&record.verdict, record.market);
+            Reply::Verdict(record.verdict)
         }
-        _ => match shared.store.verdict_for(gate, seq) {
-            Ok(Some(mut first)) => {
-                shared.stats.replayed.fetch_add(1, Ordering::Relaxed);
-                first.replayed = true;
-                Reply::Verdict(first)
+        _ => match exactly_once::look_up(&shared.store, gate, seq, identity) {
+            Ok(Recorded::Nothing) => {
+                Shared::internal_error("entry record vanished; retry".to_owned())
             }
-            Ok(None) => Shared::internal_error("entry record vanished; retry".to_owned()),
+            Ok(found) => shared.settle_recorded(found, gate, seq),
             Err(e) => Shared::internal_error(format!("cannot read the entry record ({e}); retry")),
         },
     };
-    shared
-        .committed_seq
-        .entry(gate)
-        .and_modify(|s| *s = (*s).max(seq))
-        .or_insert(seq);
+    shared.keys.recorded(gate, seq);
     reply
+}
+
+impl Shared {
+    /// The reply to an event whose key the entry log holds: the recorded verdict for a retry,
+    /// `seq_reused` for a different event. Each is counted.
+    pub(super) fn settle_recorded(&self, found: Recorded, gate: GateId, seq: u64) -> Reply {
+        match found {
+            Recorded::Retry(verdict) => {
+                self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                Reply::Verdict(verdict)
+            }
+            Recorded::Reused => {
+                self.stats.seq_reused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    gate = gate.0,
+                    seq,
+                    "seq reused for a different event; refused"
+                );
+                exactly_once::reused_reply(gate, seq)
+            }
+            Recorded::Nothing => {
+                Self::internal_error("no entry record to settle; retry".to_owned())
+            }
+        }
+    }
 }

@@ -3,8 +3,10 @@
 //! any program.
 //!
 //! ```text
-//!  submit ──try_send──► [bounded queue] ──► worker × N: take a micro-batch (batch.rs)
-//!    │ full, or standing queue ⇒ Busy          │ expired ⇒ Busy
+//!  submit (submit.rs) ──try_send──► [bounded queue] ──► worker × N: a micro-batch (batch.rs)
+//!    │ bad input ⇒ error                       │ expired ⇒ Busy
+//!    │ key in flight, full or standing ⇒ Busy  ├─ key may be recorded ⇒ entry log: retry ⇒
+//!    │                                         │    recorded verdict; other event ⇒ seq_reused
 //!    │                                         ├─ 1:N identify: one batched gallery search
 //!    │                                         ├─ 1:1 verify: the credential holder's templates
 //!    │                                         └─ policy::decide (panics fail closed)
@@ -21,27 +23,33 @@
 //!   a fresh decision if nothing was recorded. (A panic outside the guarded decide and commit
 //!   calls drops the event: its submitter sees a lost reply, and the key's claim is freed
 //!   with it, so the gate's retry is decided afresh.)
+//! - a recorded `(gate, seq)` answers only the event it was recorded for (exactly_once.rs):
+//!   a different event under it gets `seq_reused` and is neither decided nor recorded;
+//! - submitting never blocks and never reads SQLite (entry-log lookups run on the workers),
+//!   and shutdown holds no lock while it drains, so submitters racing it get `ShuttingDown`;
 //! - a full queue, or a standing one (even its quickest events waited past the admission
 //!   target, admission.rs), answers at once; nothing waits unboundedly.
 
 pub mod admission;
 pub mod batch;
 mod commit;
+mod exactly_once;
 pub mod stats;
-pub(crate) mod tally;
+mod submit;
+mod tally;
 mod worker;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Sender, TrySendError};
-use dashmap::DashMap;
-use gatewarden_protocol::{Busy, ErrorCode, ErrorReply, Event, GateId, Verdict};
+use gatewarden_protocol::{Busy, ErrorCode, ErrorReply, Event, Verdict};
 
 use crate::clock::{Clock, UtcOffset};
+use crate::config::EngineConfig;
 use crate::gallery::LiveGallery;
 use crate::model::GateInfo;
 use crate::policy::PolicyBook;
@@ -49,6 +57,9 @@ use crate::store::Store;
 
 pub use batch::BatchPolicy;
 pub use stats::StatsSnapshot;
+pub use submit::Submission;
+
+use exactly_once::{EventIdentity, ExactlyOnce, InFlightClaim};
 
 /// The engine's answer to one submitted event.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,89 +73,70 @@ pub enum Reply {
 }
 
 /// One event travelling through the pipeline.
-pub(crate) struct Job {
-    pub(crate) event: Event,
-    pub(crate) gate: GateInfo,
-    pub(crate) enqueued: Instant,
-    pub(crate) deadline: Instant,
-    pub(crate) reply: Responder,
-}
-
-/// The keys accepted but not yet answered.
-pub(crate) type InFlightKeys = Arc<DashMap<(GateId, u64), ()>>;
-
-/// An accepted event's claim on its `(gate, seq)`: while it lives, a duplicate of the key gets
-/// `Busy`. Dropping it frees the key, so every path that ends an event — a reply sent, or the
-/// job dropped by a panic outside the guarded calls — lets the gate's retry through.
-pub(crate) struct InFlightClaim {
-    keys: InFlightKeys,
-    key: (GateId, u64),
-}
-
-impl InFlightClaim {
-    /// Claims `key`, or `None` if it is already in flight.
-    pub(crate) fn take(keys: &InFlightKeys, key: (GateId, u64)) -> Option<Self> {
-        match keys.entry(key) {
-            dashmap::Entry::Occupied(_) => None,
-            dashmap::Entry::Vacant(slot) => {
-                slot.insert(());
-                Some(Self {
-                    keys: Arc::clone(keys),
-                    key,
-                })
-            }
-        }
-    }
-}
-
-impl Drop for InFlightClaim {
-    fn drop(&mut self) {
-        self.keys.remove(&self.key);
-    }
+struct Job {
+    event: Event,
+    gate: GateInfo,
+    /// The event's fingerprint and the facts a legacy record is compared on.
+    identity: EventIdentity,
+    /// The key is at or below the gate's high-water mark: a worker looks it up in the entry
+    /// log before deciding (a retry, or a reused key).
+    may_be_recorded: bool,
+    enqueued: Instant,
+    deadline: Instant,
+    reply: Responder,
 }
 
 /// Where an event's reply goes, holding the event's claim until the reply is sent.
-pub(crate) struct Responder {
+struct Responder {
     reply: oneshot::Sender<Reply>,
     _claim: InFlightClaim,
 }
 
 impl Responder {
-    pub(crate) fn new(reply: oneshot::Sender<Reply>, claim: InFlightClaim) -> Self {
+    fn new(reply: oneshot::Sender<Reply>, claim: InFlightClaim) -> Self {
         Self {
             reply,
             _claim: claim,
         }
     }
 
-    /// Sends the reply (the gate may have gone: nothing was promised to it then), then frees
-    /// the key.
-    pub(crate) fn send(self, reply: Reply) {
-        let _ = self.reply.send(reply);
+    /// Frees the key, then sends the reply (the gate may have gone: nothing was promised to
+    /// it then). In that order, so that a submitter that retries the moment it has the reply
+    /// finds the key free (and, for a recorded event, the high-water mark already moved).
+    fn send(self, reply: Reply) {
+        let Self { reply: tx, _claim } = self;
+        drop(_claim);
+        let _ = tx.send(reply);
     }
 }
 
+/// What an event's face must be to be matched: the gallery's model and dimension.
+struct FaceRules {
+    model: String,
+    dim: usize,
+}
+
 /// State shared by the submit path, the workers and the committer.
-pub(crate) struct Shared {
-    pub(crate) store: Arc<Store>,
-    pub(crate) gallery: Arc<LiveGallery>,
-    pub(crate) policies: ArcSwap<PolicyBook>,
-    pub(crate) tally: Mutex<tally::Tally>,
-    pub(crate) stats: stats::PipelineStats,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) offset: UtcOffset,
-    /// Keys accepted but not yet answered: a duplicate in flight gets Busy.
-    pub(crate) inflight: InFlightKeys,
-    /// Highest committed seq per gate: a seq above it is new and needs no store lookup.
-    pub(crate) committed_seq: DashMap<GateId, u64>,
-    pub(crate) busy_retry_ms: u32,
+struct Shared {
+    store: Arc<Store>,
+    gallery: Arc<LiveGallery>,
+    policies: Arc<ArcSwap<PolicyBook>>,
+    tally: Mutex<tally::Tally>,
+    stats: stats::PipelineStats,
+    clock: Arc<dyn Clock>,
+    offset: UtcOffset,
+    /// Claims, high-water marks and the replay check.
+    keys: ExactlyOnce,
+    face: FaceRules,
+    deadline: Duration,
+    busy_retry_ms: u32,
     /// When to refuse at the door (see admission.rs).
-    pub(crate) admission: admission::Admission,
+    admission: admission::Admission,
 }
 
 impl Shared {
     /// A Busy reply whose hint grows with the queue.
-    pub(crate) fn busy(&self, depth: usize, capacity: usize) -> Busy {
+    fn busy(&self, depth: usize, capacity: usize) -> Busy {
         let base = self.busy_retry_ms.max(1);
         let mut load = u32::try_from(depth.saturating_mul(4) / capacity.max(1)).unwrap_or(4);
         if self.admission.is_standing() {
@@ -161,81 +153,93 @@ impl Shared {
     /// Rebuilds today's counters from the entry log. The counters move when a verdict is
     /// decided; when its record then fails to commit (or was already recorded), the log is the
     /// truth to return to. Rare, so a full rebuild is cheaper than tracking undo records.
-    pub(crate) fn resync_tally(&self) {
+    fn resync_tally(&self) {
         match tally::Tally::rebuild(&self.store, self.clock.now(), self.offset) {
             Ok(fresh) => {
-                *self
-                    .tally
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                *self.tally.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
             }
             Err(e) => tracing::error!(error = %e, "cannot rebuild today's counters"),
         }
     }
 
-    pub(crate) fn internal_error(message: String) -> Reply {
+    fn internal_error(message: String) -> Reply {
         Reply::Error(ErrorReply::new(ErrorCode::Internal, message))
+    }
+
+    /// Answers a job that will not be recorded (Busy, replay, shutdown); its key is freed.
+    fn finish_unrecorded(&self, job: Job, reply: Reply) {
+        job.reply.send(reply);
     }
 }
 
-/// Sizing of the pipeline.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PipelineSizes {
-    pub(crate) queue_capacity: usize,
-    pub(crate) workers: usize,
-    pub(crate) batch: BatchPolicy,
-    pub(crate) commit_max: usize,
+/// The shared parts of an engine that the pipeline decides with.
+pub(crate) struct PipelineParts {
+    pub(crate) store: Arc<Store>,
+    pub(crate) gallery: Arc<LiveGallery>,
+    pub(crate) policies: Arc<ArcSwap<PolicyBook>>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// The running pipeline: its threads and the queue's sending side.
+///
+/// Every method takes `&self`. Shutdown takes the queue's sender under a write lock held only
+/// for that moment, then joins the threads with no lock held, so a submitter racing a
+/// shutdown gets `ShuttingDown` at once instead of waiting for the drain.
 pub(crate) struct Pipeline {
     shared: Arc<Shared>,
-    queue: Option<Sender<Job>>,
+    queue: RwLock<Option<Sender<Job>>>,
     capacity: usize,
-    workers: Vec<JoinHandle<()>>,
-    committer: Option<JoinHandle<()>>,
+    /// The workers, then the committer (it ends once every worker has).
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Pipeline {
-    /// Starts the committer and the matcher workers.
-    pub(crate) fn start(shared: Arc<Shared>, sizes: PipelineSizes) -> Result<Self, PipelineError> {
-        let writer = shared.store.entry_writer()?;
-        let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(sizes.queue_capacity);
-        // The hand-off to the committer holds at most one group: when commits fall behind,
-        // workers wait, the queue fills, and events expire into Busy instead of piling up
-        // between matching and the disk, where no deadline applies.
-        let (commit_tx, commit_rx) = crossbeam_channel::bounded(sizes.commit_max);
-        let committer = {
-            let shared = Arc::clone(&shared);
-            let max = sizes.commit_max;
-            std::thread::Builder::new()
-                .name("gw-commit".into())
-                .spawn(move || commit::run(&shared, &commit_rx, writer, max))?
-        };
-        let mut workers = Vec::with_capacity(sizes.workers);
-        for i in 0..sizes.workers.max(1) {
-            let shared = Arc::clone(&shared);
-            let rx = queue_rx.clone();
-            let tx = commit_tx.clone();
-            let batch = sizes.batch;
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("gw-match-{i}"))
-                    .spawn(move || worker::run(&shared, &rx, &tx, batch))?,
-            );
-        }
+    /// Rebuilds today's counters and the high-water marks from the store, then starts the
+    /// committer and the matcher workers.
+    pub(crate) fn start(parts: PipelineParts, cfg: &EngineConfig) -> Result<Self, PipelineError> {
+        let PipelineParts {
+            store,
+            gallery,
+            policies,
+            clock,
+        } = parts;
+        let offset = cfg.utc_offset();
+        let shared = Arc::new(Shared {
+            tally: Mutex::new(tally::Tally::rebuild(&store, clock.now(), offset)?),
+            keys: ExactlyOnce::load(&store)?,
+            admission: admission::Admission::for_deadline(
+                cfg.deadline(),
+                cfg.max_batch,
+                clock.instant(),
+            ),
+            store,
+            gallery,
+            policies,
+            stats: stats::PipelineStats::default(),
+            clock,
+            offset,
+            face: FaceRules {
+                model: cfg.model.clone(),
+                dim: cfg.dim,
+            },
+            deadline: cfg.deadline(),
+            busy_retry_ms: cfg.busy_retry_ms,
+        });
+        let batch = BatchPolicy::new(cfg.max_batch, Duration::from_millis(cfg.max_wait_ms));
+        let threads = spawn_threads(&shared, cfg, batch)?;
         Ok(Self {
             shared,
-            queue: Some(queue_tx),
-            capacity: sizes.queue_capacity,
-            workers,
-            committer: Some(committer),
+            queue: RwLock::new(Some(threads.queue)),
+            capacity: cfg.queue_capacity,
+            threads: Mutex::new(threads.handles),
         })
     }
 
-    /// Queues a job; a full queue answers Busy at once.
-    pub(crate) fn enqueue(&self, job: Job) {
-        let Some(queue) = &self.queue else {
+    /// Queues a job; a full or standing queue answers Busy at once.
+    fn enqueue(&self, job: Job) {
+        let queue = self.queue.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(queue) = queue.as_ref() else {
+            drop(queue);
             Self::refuse_shutting_down(&self.shared, job);
             return;
         };
@@ -243,28 +247,25 @@ impl Pipeline {
         if !self.shared.admission.admit(depth) {
             // A standing queue would hold this event near its deadline: refuse it now,
             // before it costs anything, rather than after its wait.
-            self.shared
-                .stats
-                .rejected_busy
-                .fetch_add(1, Ordering::Relaxed);
-            let busy = self.shared.busy(depth, self.capacity);
-            self.shared.finish_unrecorded(job, Reply::Busy(busy));
+            self.refuse_busy(job, depth);
             return;
         }
         match queue.try_send(job) {
             Ok(()) => {
                 self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(job)) => {
-                self.shared
-                    .stats
-                    .rejected_busy
-                    .fetch_add(1, Ordering::Relaxed);
-                let busy = self.shared.busy(queue.len(), self.capacity);
-                self.shared.finish_unrecorded(job, Reply::Busy(busy));
-            }
+            Err(TrySendError::Full(job)) => self.refuse_busy(job, queue.len()),
             Err(TrySendError::Disconnected(job)) => Self::refuse_shutting_down(&self.shared, job),
         }
+    }
+
+    fn refuse_busy(&self, job: Job, depth: usize) {
+        self.shared
+            .stats
+            .rejected_busy
+            .fetch_add(1, Ordering::Relaxed);
+        let busy = self.shared.busy(depth, self.capacity);
+        self.shared.finish_unrecorded(job, Reply::Busy(busy));
     }
 
     fn refuse_shutting_down(shared: &Shared, job: Job) {
@@ -277,18 +278,31 @@ impl Pipeline {
 
     /// Queue depth and capacity.
     pub(crate) fn queue_fill(&self) -> (usize, usize) {
-        (self.queue.as_ref().map_or(0, Sender::len), self.capacity)
+        let queue = self.queue.read().unwrap_or_else(PoisonError::into_inner);
+        (queue.as_ref().map_or(0, Sender::len), self.capacity)
+    }
+
+    /// Pipeline counters.
+    pub(crate) fn stats(&self) -> StatsSnapshot {
+        let (depth, capacity) = self.queue_fill();
+        self.shared.stats.snapshot(depth, capacity)
     }
 
     /// Stops taking events, lets the workers finish what is queued, waits for the last group
-    /// commit, and joins every thread.
-    pub(crate) fn shutdown(&mut self) {
-        self.queue = None; // workers see the disconnect once the queue is empty
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        if let Some(c) = self.committer.take() {
-            let _ = c.join();
+    /// commit, and joins every thread. Safe to call more than once and from several threads.
+    pub(crate) fn shutdown(&self) {
+        // Workers see the disconnect once the queue is empty. The write lock is held only to
+        // take the sender, never while joining.
+        let sender = self
+            .queue
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(sender);
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
         }
     }
 }
@@ -299,11 +313,46 @@ impl Drop for Pipeline {
     }
 }
 
-impl Shared {
-    /// Answers a job that will not be recorded (Busy, shutdown); its key is freed.
-    pub(crate) fn finish_unrecorded(&self, job: Job, reply: Reply) {
-        job.reply.send(reply);
+/// The queue's sending side and the threads behind it.
+struct Threads {
+    queue: Sender<Job>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+fn spawn_threads(
+    shared: &Arc<Shared>,
+    cfg: &EngineConfig,
+    batch: BatchPolicy,
+) -> Result<Threads, PipelineError> {
+    let writer = shared.store.entry_writer()?;
+    let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
+    // The hand-off to the committer holds at most one group: when commits fall behind,
+    // workers wait, the queue fills, and events expire into Busy instead of piling up
+    // between matching and the disk, where no deadline applies.
+    let (commit_tx, commit_rx) = crossbeam_channel::bounded(cfg.commit_max);
+    let committer = {
+        let shared = Arc::clone(shared);
+        let max = cfg.commit_max;
+        std::thread::Builder::new()
+            .name("gw-commit".into())
+            .spawn(move || commit::run(&shared, &commit_rx, writer, max))?
+    };
+    let mut handles = Vec::with_capacity(cfg.worker_count() + 1);
+    for i in 0..cfg.worker_count().max(1) {
+        let shared = Arc::clone(shared);
+        let rx = queue_rx.clone();
+        let tx = commit_tx.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("gw-match-{i}"))
+                .spawn(move || worker::run(&shared, &rx, &tx, batch))?,
+        );
     }
+    handles.push(committer);
+    Ok(Threads {
+        queue: queue_tx,
+        handles,
+    })
 }
 
 /// The pipeline could not start.
@@ -320,33 +369,23 @@ pub enum PipelineError {
 
 #[cfg(test)]
 mod tests {
+    use gatewarden_protocol::GateId;
+
     use super::*;
-
-    const KEY: (GateId, u64) = (GateId(3), 17);
-
-    #[test]
-    fn a_key_is_claimed_once_until_its_claim_is_dropped() {
-        let keys = InFlightKeys::default();
-        let claim = InFlightClaim::take(&keys, KEY).unwrap();
-        assert!(InFlightClaim::take(&keys, KEY).is_none());
-        assert!(InFlightClaim::take(&keys, (GateId(3), 18)).is_some());
-        drop(claim);
-        assert!(InFlightClaim::take(&keys, KEY).is_some());
-    }
 
     #[test]
     fn a_responder_frees_its_key_whether_it_replies_or_is_dropped() {
-        let keys = InFlightKeys::default();
+        let keys = ExactlyOnce::empty();
+        let key = (GateId(3), 17);
         let (tx, rx) = oneshot::channel();
-        Responder::new(tx, InFlightClaim::take(&keys, KEY).unwrap())
-            .send(Reply::Busy(Busy { retry_after_ms: 5 }));
+        Responder::new(tx, keys.claim(key).unwrap()).send(Reply::Busy(Busy { retry_after_ms: 5 }));
         assert!(matches!(rx.recv(), Ok(Reply::Busy(_))));
-        assert!(keys.is_empty());
+        assert!(keys.claim(key).is_some());
         // Dropped without a reply (a panic on the way): the submitter sees the loss and the
         // gate's retry is not refused as a duplicate.
         let (tx, rx) = oneshot::channel::<Reply>();
-        drop(Responder::new(tx, InFlightClaim::take(&keys, KEY).unwrap()));
+        drop(Responder::new(tx, keys.claim(key).unwrap()));
         assert!(rx.recv().is_err());
-        assert!(keys.is_empty());
+        assert!(keys.claim(key).is_some());
     }
 }

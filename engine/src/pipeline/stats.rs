@@ -102,6 +102,7 @@ pub struct PipelineStats {
     pub(crate) rejected_busy: AtomicU64,
     pub(crate) expired: AtomicU64,
     pub(crate) replayed: AtomicU64,
+    pub(crate) seq_reused: AtomicU64,
     pub(crate) internal_errors: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     pub(crate) decisions: DecisionCounters,
@@ -224,6 +225,8 @@ pub struct StatsSnapshot {
     pub expired: u64,
     /// Repeated `(gate, seq)` answered from the record.
     pub replayed: u64,
+    /// A `(gate, seq)` recorded for a different event, refused with `seq_reused`.
+    pub seq_reused: u64,
     /// Events that failed closed on an internal error.
     pub internal_errors: u64,
     /// Group commits that failed (their events got an error, not a verdict).
@@ -259,6 +262,7 @@ impl PipelineStats {
             rejected_busy: get(&self.rejected_busy),
             expired: get(&self.expired),
             replayed: get(&self.replayed),
+            seq_reused: get(&self.seq_reused),
             internal_errors: get(&self.internal_errors),
             commit_failures: get(&self.commit_failures),
             decisions: self.decisions.snapshot(),

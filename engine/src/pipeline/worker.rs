@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use gatewarden_protocol::{Credential, Event, Mode, SubjectId, UnixMillis, Verdict};
 
 use super::commit::Decided;
+use super::exactly_once::{self, Recorded};
 use super::tally::Observation;
 use super::{BatchPolicy, Job, Reply, Shared};
 use crate::gallery::{GallerySnapshot, Identification};
@@ -69,6 +70,7 @@ fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
         let busy = shared.busy(1, 1);
         shared.finish_unrecorded(job, Reply::Busy(busy));
     }
+    let live = answer_recorded(shared, live);
     if live.is_empty() {
         return;
     }
@@ -96,6 +98,34 @@ fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
     }
 }
 
+/// Answers the events whose key the entry log already holds (a retry gets its recorded
+/// verdict, a reused key `seq_reused`) and returns the rest, to be decided. Only keys at or
+/// below their gate's high-water mark are looked up.
+fn answer_recorded(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
+    let mut undecided = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if !job.may_be_recorded {
+            undecided.push(job);
+            continue;
+        }
+        let (gate, seq) = (job.event.gate, job.event.seq);
+        match exactly_once::look_up(&shared.store, gate, seq, &job.identity) {
+            Ok(Recorded::Nothing) => undecided.push(job),
+            Ok(found) => {
+                let reply = shared.settle_recorded(found, gate, seq);
+                shared.finish_unrecorded(job, reply);
+            }
+            Err(e) => shared.finish_unrecorded(
+                job,
+                Shared::internal_error(format!(
+                    "cannot read the entry log ({e}); retry with the same seq"
+                )),
+            ),
+        }
+    }
+    undecided
+}
+
 /// Whether an event needs the 1:N gallery search (a face and no credential).
 fn needs_search(job: &Job) -> bool {
     let by_face_alone = match &job.event.mode {
@@ -114,10 +144,12 @@ fn send_to_commit(jobs: Vec<Job>, verdicts: Vec<Verdict>, commit: &Sender<Decide
             mode: ModeKind::from(&job.event.mode),
             direction: job.event.direction,
             captured_at: job.event.captured_at,
+            fingerprint: job.identity.fingerprint,
             verdict,
         };
         let decided = Decided {
             record,
+            identity: job.identity,
             reply: job.reply,
             enqueued: job.enqueued,
         };

@@ -55,6 +55,25 @@ impl From<&Mode> for ModeKind {
     }
 }
 
+/// A keyed 128-bit digest of everything an event carried ([`Store::event_fingerprint`]): two
+/// events with the same `(gate, seq)` are the same event only if their fingerprints are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EventFingerprint(pub [u8; 16]);
+
+/// What the entry log holds for one `(gate, seq)`: enough to answer a retry, and to tell a
+/// retry from a different event under a reused key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedEntry {
+    /// The recorded verdict, marked `replayed`.
+    pub verdict: Verdict,
+    /// The event's fingerprint; `None` for entries recorded before schema version 2.
+    pub fingerprint: Option<EventFingerprint>,
+    /// When the gate captured the person.
+    pub captured_at: UnixMillis,
+    /// What the event asked for.
+    pub mode: ModeKind,
+}
+
 /// One verdict to record, with where and how the event happened.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EntryRecord {
@@ -70,6 +89,8 @@ pub struct EntryRecord {
     pub direction: Direction,
     /// When the gate captured the person.
     pub captured_at: UnixMillis,
+    /// The event's fingerprint, stored so that a retry can be told from a reused key.
+    pub fingerprint: EventFingerprint,
 }
 
 /// What [`EntryWriter::commit`] did with one record.
@@ -120,8 +141,8 @@ pub(super) const ENTRY_COLUMNS: &str = "gate, seq, market, zone, subject, decisi
 
 const INSERT: &str = "INSERT INTO entries (gate, seq, market, zone, subject, decision, mode,
                                            direction, score, captured_at, decided_at, failed,
-                                           verdict)
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                                           verdict, fingerprint)
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                       ON CONFLICT (gate, seq) DO NOTHING";
 
 /// The group-commit writer of entry records. Owns its own connection; `Send`, not shared.
@@ -199,6 +220,7 @@ impl EntryWriter {
                         sql_time(v.decided_at),
                         &*failed,
                         &*verdict,
+                        &r.fingerprint.0[..],
                     ])
                     .map_err(sql)?;
                 outcomes.push(if n == 0 {
@@ -234,24 +256,59 @@ impl Store {
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] if the stored verdict does not decode.
     pub fn verdict_for(&self, gate: GateId, seq: u64) -> Result<Option<Verdict>, StoreError> {
+        Ok(self.recorded_entry(gate, seq)?.map(|r| r.verdict))
+    }
+
+    /// What the entry log holds for `(gate, seq)`, or `None` if nothing is recorded.
+    ///
+    /// # Errors
+    /// SQLite failures, or [`StoreError::Corrupt`] if the stored record does not decode.
+    pub fn recorded_entry(
+        &self,
+        gate: GateId,
+        seq: u64,
+    ) -> Result<Option<RecordedEntry>, StoreError> {
+        type Raw = (String, Option<Vec<u8>>, i64, String);
         let conn = self.readers.get()?;
-        let json: Option<String> = conn
-            .prepare_cached("SELECT verdict FROM entries WHERE gate = ?1 AND seq = ?2")
+        let raw: Option<Raw> = conn
+            .prepare_cached(
+                "SELECT verdict, fingerprint, captured_at, mode FROM entries
+                 WHERE gate = ?1 AND seq = ?2",
+            )
             .and_then(|mut s| {
-                s.query_row(params![gate.0, to_sql_u64(seq)], |r| r.get(0))
-                    .optional()
+                s.query_row(params![gate.0, to_sql_u64(seq)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()
             })
-            .map_err(|e| self.sql_err("reading a verdict", e))?;
-        let Some(json) = json else {
+            .map_err(|e| self.sql_err("reading a recorded entry", e))?;
+        let Some((json, fingerprint, captured_at, mode)) = raw else {
             return Ok(None);
         };
-        let mut verdict: Verdict = serde_json::from_str(&json).map_err(|e| {
-            self.corrupt(format!(
-                "the verdict of gate {gate} seq {seq} does not decode: {e}"
-            ))
-        })?;
+        let bad = |what: String| self.corrupt(format!("the entry of gate {gate} seq {seq} {what}"));
+        let mut verdict: Verdict =
+            serde_json::from_str(&json).map_err(|e| bad(format!("does not decode: {e}")))?;
         verdict.replayed = true;
-        Ok(Some(verdict))
+        let fingerprint = fingerprint
+            .map(|bytes| {
+                <[u8; 16]>::try_from(bytes.as_slice())
+                    .map(EventFingerprint)
+                    .map_err(|_| bad(format!("has a {}-byte fingerprint", bytes.len())))
+            })
+            .transpose()?;
+        let mode =
+            ModeKind::from_name(&mode).ok_or_else(|| bad(format!("has unknown mode {mode:?}")))?;
+        Ok(Some(RecordedEntry {
+            verdict,
+            fingerprint,
+            captured_at: UnixMillis(captured_at.max(0) as u64),
+            mode,
+        }))
+    }
+
+    /// The keyed fingerprint of an event's canonical bytes (the pipeline builds the bytes).
+    pub fn event_fingerprint(&self, canonical: &[u8]) -> EventFingerprint {
+        EventFingerprint(self.key.fingerprint(canonical))
     }
 
     /// The highest recorded `seq` of every gate that has entries. The pipeline loads it at

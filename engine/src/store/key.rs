@@ -18,6 +18,8 @@ const KEY_LEN: usize = 32;
 /// The label hashed to derive the key check stored in `meta`.
 const CHECK_LABEL: &[u8] = b"gatewarden credential key check v1";
 const CHECK_META: &str = "credential_key_check";
+/// Domain separation: an event fingerprint can never equal a credential hash.
+const FINGERPRINT_LABEL: &[u8] = b"gatewarden event fingerprint v1\0";
 
 /// The HMAC key of ID-card hashes.
 pub(super) struct CredentialKey {
@@ -37,6 +39,17 @@ impl CredentialKey {
         let tag = hmac::sign(&self.key, normalised.as_bytes());
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// A keyed 128-bit digest of an event's canonical bytes. Keyed, because the bytes hold an
+    /// ID-card number: an unkeyed hash of a few guessable fields would give the number away.
+    pub(super) fn fingerprint(&self, canonical: &[u8]) -> [u8; 16] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(FINGERPRINT_LABEL);
+        ctx.update(canonical);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&ctx.sign().as_ref()[..16]);
         out
     }
 

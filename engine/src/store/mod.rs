@@ -45,7 +45,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use gatewarden_protocol::{GateId, SubjectId};
 use rusqlite::Connection;
 
-pub use entries::{CommitOutcome, EntryRecord, EntryRow, EntryWriter, ModeKind};
+pub use entries::{
+    CommitOutcome, EntryRecord, EntryRow, EntryWriter, EventFingerprint, ModeKind, RecordedEntry,
+};
 pub use queries::{ContactRow, FrequencyRow, SignInRow};
 
 use cache::Cache;
@@ -225,6 +227,25 @@ pub enum StoreError {
         subject: SubjectId,
         /// The subject holding the credential.
         holder: SubjectId,
+    },
+    /// A subject write would lift a revocation or a blocklisting. Only an explicit, audited
+    /// reinstatement ([`Store::reinstate`]) does that; an import or upload never does.
+    #[error(
+        "subject {subject} is {} and this record would make it {}; a revocation or \
+         blocklisting is lifted only by an explicit reinstatement (gatewarden reinstate, or \
+         POST /api/v1/subjects/{subject}/reinstate), never by an import: send the record with \
+         status \"{}\" or leave it out; nothing was written",
+        from.name(),
+        to.name(),
+        from.name()
+    )]
+    StatusLift {
+        /// The subject.
+        subject: SubjectId,
+        /// Its stored status.
+        from: gatewarden_protocol::SubjectStatus,
+        /// The status the write asked for.
+        to: gatewarden_protocol::SubjectStatus,
     },
     /// A value is out of range (an empty template or credential, a non-finite number).
     #[error("invalid {what} for subject {subject}: {reason}")]

@@ -88,9 +88,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::CredentialTaken`] if a card or token belongs to another subject,
-    /// [`StoreError::Invalid`] for an empty card or token; nothing is written then.
+    /// [`StoreError::Invalid`] for an empty card or token, [`StoreError::StatusLift`] for a
+    /// record that would lift a revocation or blocklisting; nothing is written then.
     pub fn upsert_subjects(&self, records: &[SubjectRecord]) -> Result<usize, StoreError> {
         let mut conn = self.writer();
+        // Under the writer lock, so no revocation can slip in between this check and the write.
+        self.refuse_status_lift(records)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.sql_err("starting a subject upsert", e))?;
@@ -254,6 +257,71 @@ impl Store {
         Ok(ack)
     }
 
+    /// The first record that would lift a revocation or blocklisting, if any: its index, and
+    /// the error [`upsert_subjects`](Self::upsert_subjects) refuses it with. A record replaces
+    /// the stored one whole and `status` defaults to active, so re-importing an old roster would
+    /// otherwise let revoked people back in. Tightening (revoked to blocklisted) is allowed.
+    pub fn find_status_lift(&self, records: &[SubjectRecord]) -> Option<(usize, StoreError)> {
+        records.iter().enumerate().find_map(|(i, new)| {
+            let old = self.subject(new.subject)?;
+            lifts(old.status, new.status).then(|| {
+                let error = StoreError::StatusLift {
+                    subject: new.subject,
+                    from: old.status,
+                    to: new.status,
+                };
+                (i, error)
+            })
+        })
+    }
+
+    fn refuse_status_lift(&self, records: &[SubjectRecord]) -> Result<(), StoreError> {
+        match self.find_status_lift(records) {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Lifts a revocation or blocklisting: the subject becomes active again, and the audit
+    /// trail records who asked and why. Returns the status it had, or `None` if the subject is
+    /// unknown (an active subject is left as it is, and nothing is recorded).
+    ///
+    /// # Errors
+    /// SQLite failures; nothing is changed then.
+    pub fn reinstate(
+        &self,
+        id: SubjectId,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<Option<SubjectStatus>, StoreError> {
+        let mut conn = self.writer();
+        let Some(current) = self.subject(id) else {
+            return Ok(None);
+        };
+        if current.status == SubjectStatus::Active {
+            return Ok(Some(SubjectStatus::Active));
+        }
+        let sql = |e| self.sql_err("reinstating a subject", e);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        tx.execute(
+            "UPDATE subjects SET status = 'active' WHERE id = ?1",
+            [to_sql_u64(id.0)],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO revocations (subject, reason, at, action) VALUES (?1, ?2, ?3, 'reinstate')",
+            params![to_sql_u64(id.0), reason, sql_time(now)],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        let mut record = (*current).clone();
+        record.status = SubjectStatus::Active;
+        self.cache.subjects.insert(id, Arc::new(record));
+        Ok(Some(current.status))
+    }
+
     /// Revokes a subject everywhere and records why in the audit trail. A blocklisted subject
     /// stays blocklisted (the stronger bar); the revocation is still recorded. Returns false
     /// if the subject is unknown.
@@ -333,5 +401,14 @@ fn invalid(subject: SubjectId, what: &'static str, reason: &str) -> StoreError {
         subject,
         what,
         reason: reason.to_owned(),
+    }
+}
+
+/// Whether going from `old` to `new` lifts a revocation or blocklisting.
+fn lifts(old: SubjectStatus, new: SubjectStatus) -> bool {
+    match old {
+        SubjectStatus::Active => false,
+        SubjectStatus::Revoked => new == SubjectStatus::Active,
+        SubjectStatus::Blocklisted => new != SubjectStatus::Blocklisted,
     }
 }

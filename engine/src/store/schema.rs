@@ -18,10 +18,10 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use super::StoreError;
 
 /// The schema version this build writes and understands.
-pub(super) const SCHEMA_VERSION: u32 = 1;
+pub(super) const SCHEMA_VERSION: u32 = 2;
 
 /// `PRAGMA application_id` of a gatewarden store: "GWRD".
-const APPLICATION_ID: i32 = 0x4757_5244;
+pub(super) const APPLICATION_ID: i32 = 0x4757_5244;
 
 /// How long a connection waits for another's write lock before failing. Long, because the
 /// alternative for the entry writer is failing events closed; registry writers keep their
@@ -126,7 +126,17 @@ CREATE TABLE revocations (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 1 → 2: a keyed fingerprint of each recorded event, so that a retry is told apart
+/// from a reused `(gate, seq)` (see `pipeline::exactly_once`). Entries recorded before it have
+/// none and are compared on `captured_at` and mode alone.
+///
+/// And the audit trail records reinstatements beside revocations (`action`).
+const V2: &str = "
+ALTER TABLE entries ADD COLUMN fingerprint BLOB;
+ALTER TABLE revocations ADD COLUMN action TEXT NOT NULL DEFAULT 'revoke';
+";
+
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// What a connection is for; each role gets its own pragmas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

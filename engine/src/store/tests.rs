@@ -99,6 +99,7 @@ fn entry(
         mode,
         direction: Direction::Entry,
         captured_at: UnixMillis(at - 40),
+        fingerprint: EventFingerprint([(seq % 251) as u8; 16]),
     }
 }
 
@@ -930,4 +931,160 @@ fn market_staff_lists_working_categories_of_the_home_market() {
     assert_eq!(ids(1), vec![1, 2, 5], "staff of market 1, by id");
     assert_eq!(ids(2), vec![4]);
     assert!(ids(3).is_empty());
+}
+
+/// A store written by schema version 1 (no fingerprints, no audit actions) opens, migrates,
+/// and still answers for its old entries.
+#[test]
+fn a_v1_store_migrates_and_keeps_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let v = verdict(4, 9, Some(1), Decision::Admit, T0);
+    {
+        let conn = Connection::open(store_dir.join(DB_FILE)).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO entries (gate, seq, market, zone, subject, decision, mode, direction,
+                                  score, captured_at, decided_at, failed, verdict)
+             VALUES (4, 9, 1, 2, 1, 'admit', 'identify', 'entry', 0.83, ?1, ?2, '[]', ?3)",
+            rusqlite::params![
+                (T0 - 40) as i64,
+                T0 as i64,
+                serde_json::to_string(&v).unwrap()
+            ],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO revocations (subject, reason, at) VALUES (1, 'old', 5)",
+            [],
+        )
+        .unwrap();
+    }
+    let store = Store::open(&store_dir).unwrap();
+    let recorded = store.recorded_entry(GateId(4), 9).unwrap().unwrap();
+    assert_eq!(recorded.fingerprint, None);
+    assert_eq!(recorded.captured_at, UnixMillis(T0 - 40));
+    assert_eq!(recorded.mode, ModeKind::Identify);
+    assert_eq!(recorded.verdict.decision, Decision::Admit);
+    assert!(recorded.verdict.replayed);
+    let action: String = store
+        .readers
+        .get()
+        .unwrap()
+        .query_row("SELECT action FROM revocations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(action, "revoke");
+    // New entries carry their fingerprint.
+    let mut w = store.entry_writer().unwrap();
+    let record = entry(4, 10, 1, Some(1), Decision::Admit, ModeKind::Verify, 5);
+    w.commit(std::slice::from_ref(&record)).unwrap();
+    let recorded = store.recorded_entry(GateId(4), 10).unwrap().unwrap();
+    assert_eq!(recorded.fingerprint, Some(record.fingerprint));
+}
+
+#[test]
+fn event_fingerprints_are_keyed_per_store() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (a, b) = (open(a.path()), open(b.path()));
+    assert_eq!(a.event_fingerprint(b"event"), a.event_fingerprint(b"event"));
+    assert_ne!(a.event_fingerprint(b"event"), a.event_fingerprint(b"evenT"));
+    assert_ne!(a.event_fingerprint(b"event"), b.event_fingerprint(b"event"));
+}
+
+/// No import lifts a revocation or a blocklisting; an explicit reinstatement does, and is
+/// audited.
+#[test]
+fn only_a_reinstatement_lifts_a_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut banned = subject(2);
+    banned.status = SubjectStatus::Blocklisted;
+    store.upsert_subjects(&[subject(1), banned]).unwrap();
+    store
+        .revoke(SubjectId(1), "lost card", UnixMillis(T0))
+        .unwrap();
+
+    let err = store
+        .upsert_subjects(&[subject(3), subject(1)])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::StatusLift {
+                subject: SubjectId(1),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("reinstate"), "{err}");
+    assert!(
+        store.subject(SubjectId(3)).is_none(),
+        "nothing of the batch is written"
+    );
+    let mut revoked_again = subject(2);
+    revoked_again.status = SubjectStatus::Revoked;
+    assert!(
+        store.upsert_subjects(&[revoked_again]).is_err(),
+        "blocklisted to revoked lifts"
+    );
+    let mut tighter = subject(1);
+    tighter.status = SubjectStatus::Blocklisted;
+    store.upsert_subjects(&[tighter]).unwrap();
+
+    let was = store
+        .reinstate(
+            SubjectId(1),
+            "card found; checked by staff",
+            UnixMillis(T0 + 1),
+        )
+        .unwrap();
+    assert_eq!(was, Some(SubjectStatus::Blocklisted));
+    assert_eq!(
+        store.subject(SubjectId(1)).unwrap().status,
+        SubjectStatus::Active
+    );
+    assert_eq!(
+        store
+            .reinstate(SubjectId(9), "who", UnixMillis(T0))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .reinstate(SubjectId(1), "again", UnixMillis(T0))
+            .unwrap(),
+        Some(SubjectStatus::Active)
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.subject(SubjectId(1)).unwrap().status,
+        SubjectStatus::Active
+    );
+    let audits: Vec<(String, String)> = {
+        let conn = store.readers.get().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT action, reason FROM revocations WHERE subject = 1 ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(
+        audits,
+        vec![
+            ("revoke".to_owned(), "lost card".to_owned()),
+            (
+                "reinstate".to_owned(),
+                "card found; checked by staff".to_owned()
+            )
+        ]
+    );
 }

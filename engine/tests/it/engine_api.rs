@@ -105,22 +105,79 @@ fn fever_is_denied_with_the_reading() {
 }
 
 #[test]
-fn a_replayed_key_gets_the_recorded_verdict_and_no_second_record() {
+fn a_retry_gets_the_recorded_verdict_and_no_second_record() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open_populated(dir.path(), now());
-    let first = verdict(engine.submit_blocking(verify_event(1, 5, 7, now())));
+    let event = verify_event(1, 5, 7, now());
+    let first = verdict(engine.submit_blocking(event.clone()));
     assert!(!first.replayed);
-    // The replay carries a different face: it must not be decided again.
-    let mut again = verify_event(1, 5, 7, now());
-    again.face.as_mut().unwrap().embedding = stranger(1);
-    let second = verdict(engine.submit_blocking(again));
+    let second = verdict(engine.submit_blocking(event));
     assert!(second.replayed);
     assert_eq!(second.decision, first.decision);
     assert_eq!(second.checks, first.checks);
+    assert_eq!(engine.stats().replayed, 1);
     let trail = engine
         .trajectory(SubjectId(7), UnixMillis(0), UnixMillis(u64::MAX / 2))
         .unwrap();
     assert_eq!(trail.len(), 1, "{trail:?}");
+}
+
+/// A gate whose counter restarted sends new people under recorded keys: each must be refused
+/// with `seq_reused`, never answered with the recorded (admit) verdict, and never recorded.
+#[test]
+fn a_reused_key_is_refused_not_answered_with_someone_elses_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    let original = verify_event(1, 5, 7, now());
+    let admitted = verdict(engine.submit_blocking(original.clone()));
+    assert_eq!(admitted.decision, Decision::Admit);
+
+    let mut stranger_face = original.clone();
+    stranger_face.face.as_mut().unwrap().embedding = stranger(1);
+    let other_person = verify_event(1, 5, 8, original.captured_at);
+    let mut later = original.clone();
+    later.captured_at = UnixMillis(original.captured_at.0 + 1);
+    let mut identify = identify_event(1, 5, probe_of(7, 5), original.captured_at);
+    identify.direction = original.direction;
+    let mut warmer = original.clone();
+    warmer.temperature_c = Some(36.6);
+    for (what, reused) in [
+        ("another face", stranger_face),
+        ("another card", other_person),
+        ("another capture time", later),
+        ("another mode", identify),
+        ("another temperature", warmer),
+    ] {
+        assert_eq!(
+            error_code(engine.submit_blocking(reused)),
+            ErrorCode::SeqReused,
+            "{what}"
+        );
+    }
+    assert_eq!(engine.stats().seq_reused, 5);
+    assert_eq!(engine.stats().replayed, 0);
+    for subject in [7, 8] {
+        let trail = engine
+            .trajectory(SubjectId(subject), UnixMillis(0), UnixMillis(u64::MAX / 2))
+            .unwrap();
+        assert_eq!(trail.len(), usize::from(subject == 7), "{trail:?}");
+    }
+    // The true retry is still answered from the record, and the gate's next seq is decided.
+    assert!(verdict(engine.submit_blocking(original)).replayed);
+    let next = verdict(engine.submit_blocking(verify_event(1, 6, 8, now())));
+    assert!(!next.replayed);
+    assert_eq!(next.subject, Some(SubjectId(8)));
+}
+
+/// A lower seq that was never recorded is a new event, decided as any other.
+#[test]
+fn a_lower_unrecorded_seq_is_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_populated(dir.path(), now());
+    assert!(!verdict(engine.submit_blocking(verify_event(1, 10, 7, now()))).replayed);
+    let lower = verdict(engine.submit_blocking(verify_event(1, 4, 8, now())));
+    assert!(!lower.replayed);
+    assert_eq!(lower.subject, Some(SubjectId(8)));
 }
 
 #[test]
@@ -264,16 +321,24 @@ fn async_submit_works_and_shutdown_drains() {
 #[test]
 fn a_reopened_engine_keeps_records_and_faces() {
     let dir = tempfile::tempdir().unwrap();
+    let event = verify_event(1, 1, 7, now());
     {
         let engine = open_populated(dir.path(), now());
-        let v = verdict(engine.submit_blocking(verify_event(1, 1, 7, now())));
+        let v = verdict(engine.submit_blocking(event.clone()));
         assert_eq!(v.decision, Decision::Admit);
         engine.shutdown();
     }
     let engine = Engine::open(dir.path(), support::config()).unwrap();
     assert_eq!(engine.gallery().len(), support::PEOPLE as usize);
-    let replay = verdict(engine.submit_blocking(verify_event(1, 1, 7, now())));
+    let replay = verdict(engine.submit_blocking(event.clone()));
     assert!(replay.replayed);
+    // Fingerprints survive the restart: another event under the key is still refused.
+    let mut other = event;
+    other.temperature_c = Some(37.0);
+    assert_eq!(
+        error_code(engine.submit_blocking(other)),
+        ErrorCode::SeqReused
+    );
     let found = verdict(engine.submit_blocking(identify_event(1, 2, probe_of(21, 3), now())));
     assert_eq!(found.subject, Some(SubjectId(21)));
 }
@@ -290,4 +355,36 @@ fn enrolling_a_face_twice_under_another_name_is_reported() {
     assert_eq!(report.added, 0);
     assert_eq!(report.duplicates.len(), 1);
     assert_eq!(report.duplicates[0].existing, SubjectId(3));
+}
+
+/// Online enrolments are folded into a segment by the engine's own maintenance thread once
+/// the delta reaches `compact_after`, and a restart then finds them in the segment instead of
+/// replaying them from the store.
+#[test]
+fn the_maintenance_thread_folds_online_enrolments_into_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config();
+    config.engine.compact_after = 20;
+    config.engine.maintenance_interval_ms = 20;
+    {
+        let engine = Engine::open(dir.path(), config.clone()).unwrap();
+        support::populate(&engine, now()); // 50 templates, online
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while engine.gallery().stats().delta_rows > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no compaction: {:?}",
+                engine.gallery().stats()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let stats = engine.gallery().stats();
+        assert!(stats.segments >= 1 && stats.segment_rows == 50, "{stats:?}");
+        engine.shutdown();
+    }
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let stats = engine.gallery().stats();
+    assert_eq!((stats.rows, stats.delta_rows), (50, 0), "{stats:?}");
+    let found = verdict(engine.submit_blocking(identify_event(1, 1, probe_of(21, 3), now())));
+    assert_eq!(found.subject, Some(SubjectId(21)));
 }

@@ -590,7 +590,7 @@ fn refuses_to_lift_revocations(api: &Api) {
     ] {
         let msg = error(&api.post("/api/v1/subjects", body), 409, "conflict");
         assert!(
-            msg.contains("subject 50") && msg.contains("revoked") && msg.contains("operator"),
+            msg.contains("subject 50") && msg.contains("revoked") && msg.contains("reinstate"),
             "{msg}"
         );
         assert_eq!(status(50), "revoked");
@@ -615,6 +615,25 @@ fn refuses_to_lift_revocations(api: &Api) {
         );
         assert_eq!(status(50), "blocklisted");
     }
+
+    // The explicit way back: a reinstatement with a reason.
+    let empty = api.post("/api/v1/subjects/50/reinstate", r#"{"reason":" "}"#);
+    error(&empty, 400, "bad_request");
+    assert_eq!(status(50), "blocklisted");
+    let ack = api.post_ok(
+        "/api/v1/subjects/50/reinstate",
+        r#"{"reason":"identity re-checked by staff"}"#,
+    );
+    assert_eq!(
+        (ack["subject"].clone(), ack["was"].clone()),
+        (50.into(), "blocklisted".into())
+    );
+    assert_eq!(status(50), "active");
+    error(
+        &api.post("/api/v1/subjects/999999/reinstate", r#"{"reason":"x"}"#),
+        404,
+        "not_found",
+    );
 }
 
 #[test]

@@ -14,5 +14,6 @@ mod http;
 mod http_client;
 mod quic;
 mod server;
+mod site;
 mod spec_answers;
 mod support;
