@@ -99,6 +99,7 @@ impl From<StoreError> for ApiError {
             StoreError::CredentialTaken { .. } | StoreError::Invalid { .. } => {
                 Self::BadRequest(e.to_string())
             }
+            StoreError::StatusLift { .. } => Self::Conflict(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

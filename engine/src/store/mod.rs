@@ -281,12 +281,16 @@ pub enum StoreError {
 
 impl StoreError {
     /// True when the request that caused this error can never succeed as it stands (an
-    /// unknown subject, a credential held by someone else, a value out of range); false when
-    /// the store itself failed and the same request may succeed later.
+    /// unknown subject, a credential held by someone else, a revocation it would lift, a value
+    /// out of range); false when the store itself failed and the same request may succeed
+    /// later.
     pub fn is_request_fault(&self) -> bool {
         matches!(
             self,
-            Self::UnknownSubject(_) | Self::CredentialTaken { .. } | Self::Invalid { .. }
+            Self::UnknownSubject(_)
+                | Self::CredentialTaken { .. }
+                | Self::StatusLift { .. }
+                | Self::Invalid { .. }
         )
     }
 

@@ -138,6 +138,22 @@ fn admin_requests_that_can_never_succeed_get_no_3xx() {
         )
         .await;
 
+        // A record that would lift a revocation: only an audited reinstatement does that.
+        let revoke_8 = Message::Revoke(Revoke {
+            subject: SubjectId(8),
+            reason: "test".to_owned(),
+        });
+        let ack = admin.request(&revoke_8).await.unwrap();
+        assert!(matches!(&ack, Message::RevokeAck(a) if a.revoked), "{ack:?}");
+        let text = refused(
+            &admin,
+            "an enrolment lifting subject 8's revocation",
+            &enroll(person(8), vec![]),
+            ErrorCode::InvalidValue,
+        )
+        .await;
+        assert!(text.contains("reinstate"), "{text}");
+
         // A revocation reason longer than the wire allows.
         let long_reason = Message::Revoke(Revoke {
             subject: SubjectId(7),
