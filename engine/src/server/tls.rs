@@ -143,3 +143,34 @@ impl PeerCert {
         self.names_exactly(ADMIN_NAME)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::certs::ensure_dev_certs;
+
+    #[test]
+    fn the_server_takes_no_early_data_and_speaks_only_our_alpn() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir(dir.path().to_owned());
+        ensure_dev_certs(&certs, [GateId(1)]).unwrap();
+        let config = server_config(&certs).unwrap();
+        // PROTOCOL.md section 1: no 0-RTT, so no replayable request reaches the server.
+        assert_eq!(config.max_early_data_size, 0);
+        assert_eq!(config.alpn_protocols, vec![ALPN.to_vec()]);
+    }
+
+    #[test]
+    fn pem_files_without_the_wanted_item_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir(dir.path().to_owned());
+        ensure_dev_certs(&certs, []).unwrap();
+        // A key file holds no certificate, and a certificate file no key.
+        let e = load_certs(&certs.server_key()).unwrap_err();
+        assert!(e.to_string().contains("no certificate"), "{e}");
+        let e = load_key(&certs.server_cert()).unwrap_err();
+        assert!(e.to_string().contains("no private key"), "{e}");
+        assert_eq!(load_certs(&certs.server_cert()).unwrap().len(), 1);
+        assert!(load_key(&certs.server_key()).is_ok());
+    }
+}
