@@ -76,30 +76,100 @@ impl Admission {
     /// Closes the interval when it has run its length: the queue is standing if every wait in
     /// it exceeded the target. While no worker observes (an idle pipeline) the last verdict
     /// stays, which is harmless: an idle queue is shorter than `min_depth`, so it admits.
+    ///
+    /// Workers call this concurrently, lock-free; [`Observation`] spells out its atomic steps
+    /// so that a test can run every interleaving of them.
     pub fn observe(&self, wait: Duration, now: Instant) {
-        let wait_us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
-        self.interval_min_us.fetch_min(wait_us, Ordering::Relaxed);
-        let now_ns = self.nanos(now);
-        let start = self.interval_start_ns.load(Ordering::Relaxed);
-        let interval_ns = u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
-        if now_ns.saturating_sub(start) < interval_ns {
-            return;
-        }
-        // One thread wins the right to close the interval; the others keep observing.
-        if self
-            .interval_start_ns
-            .compare_exchange(start, now_ns, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        let min_us = self.interval_min_us.swap(u64::MAX, Ordering::Relaxed);
-        let target_us = u64::try_from(self.target.as_micros()).unwrap_or(u64::MAX);
-        self.standing.store(min_us > target_us, Ordering::Relaxed);
+        let mut observation = Observation::new(self, wait, now);
+        while observation.step() {}
     }
 
     fn nanos(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One call of [`Admission::observe`] as a sequence of single atomic steps.
+struct Observation<'a> {
+    rule: &'a Admission,
+    wait_us: u64,
+    now_ns: u64,
+    /// The interval start this call read, once it has read it.
+    start: u64,
+    /// The smallest wait of the interval this call closed, once it has taken it.
+    interval_min_us: u64,
+    next: Step,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    RecordWait,
+    ReadStart,
+    ClaimClose,
+    TakeMin,
+    Publish,
+    Done,
+}
+
+impl<'a> Observation<'a> {
+    fn new(rule: &'a Admission, wait: Duration, now: Instant) -> Self {
+        Self {
+            rule,
+            wait_us: u64::try_from(wait.as_micros()).unwrap_or(u64::MAX),
+            now_ns: rule.nanos(now),
+            start: 0,
+            interval_min_us: u64::MAX,
+            next: Step::RecordWait,
+        }
+    }
+
+    /// Runs the next atomic step; false once the call is over.
+    fn step(&mut self) -> bool {
+        let rule = self.rule;
+        self.next = match self.next {
+            Step::RecordWait => {
+                rule.interval_min_us
+                    .fetch_min(self.wait_us, Ordering::Relaxed);
+                Step::ReadStart
+            }
+            Step::ReadStart => {
+                self.start = rule.interval_start_ns.load(Ordering::Relaxed);
+                let interval_ns = u64::try_from(rule.interval.as_nanos()).unwrap_or(u64::MAX);
+                if self.now_ns.saturating_sub(self.start) < interval_ns {
+                    Step::Done
+                } else {
+                    Step::ClaimClose
+                }
+            }
+            // One thread wins the right to close the interval; the others keep observing.
+            Step::ClaimClose => match rule.interval_start_ns.compare_exchange(
+                self.start,
+                self.now_ns,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => Step::TakeMin,
+                Err(_) => Step::Done,
+            },
+            Step::TakeMin => {
+                self.interval_min_us = rule.interval_min_us.swap(u64::MAX, Ordering::Relaxed);
+                Step::Publish
+            }
+            Step::Publish => {
+                // A closer delayed between its claim and its take may find the waits already
+                // taken by a later closer: an interval with no waits says nothing about the
+                // queue, so the verdict stands. (Taking it as "standing" would refuse events
+                // while the queue is empty; the exhaustive test below found that.)
+                if self.interval_min_us != u64::MAX {
+                    let target_us = u64::try_from(rule.target.as_micros()).unwrap_or(u64::MAX);
+                    rule.standing
+                        .store(self.interval_min_us > target_us, Ordering::Relaxed);
+                }
+                Step::Done
+            }
+            Step::Done => Step::Done,
+        };
+        self.next != Step::Done
     }
 }
 
@@ -175,5 +245,57 @@ mod tests {
         let a = Admission::new(Duration::MAX, Duration::MAX, usize::MAX, t0);
         a.observe(Duration::MAX, t0 + Duration::from_secs(1_000_000));
         assert!(a.admit(usize::MAX - 1));
+    }
+
+    /// Every interleaving of the atomic steps of three concurrent `observe` calls, from
+    /// intervals that have run out, ends in the verdict the waits call for: never "standing"
+    /// when every wait met the target, and "standing" when none did. A stand-in for loom that
+    /// runs the real code's steps.
+    #[test]
+    fn every_interleaving_of_concurrent_observations_is_right() {
+        let t0 = t0();
+        for (wait, standing) in [(5 * MS, false), (30 * MS, true)] {
+            let calls = [
+                (wait, t0 + 101 * MS),
+                (wait, t0 + 150 * MS),
+                (wait, t0 + 205 * MS),
+            ];
+            let mut runs = 0;
+            for_each_interleaving(t0, &calls, &mut Vec::new(), &mut |a: &Admission| {
+                runs += 1;
+                assert_eq!(a.is_standing(), standing, "wait {wait:?}");
+            });
+            assert!(runs > 100, "only {runs} interleavings");
+        }
+    }
+
+    /// Replays `schedule` (a sequence of caller indexes, one atomic step each) on a fresh rule,
+    /// then extends it by every caller that has steps left; at each complete schedule, hands
+    /// the final rule to `check`. Replaying is simpler than cloning calls that borrow the rule.
+    fn for_each_interleaving(
+        t0: Instant,
+        calls: &[(Duration, Instant)],
+        schedule: &mut Vec<usize>,
+        check: &mut dyn FnMut(&Admission),
+    ) {
+        let a = rule(t0);
+        let mut observations: Vec<Observation<'_>> = calls
+            .iter()
+            .map(|&(wait, now)| Observation::new(&a, wait, now))
+            .collect();
+        let mut live = vec![true; calls.len()];
+        for &caller in schedule.iter() {
+            live[caller] = observations[caller].step();
+        }
+        let runnable: Vec<usize> = (0..calls.len()).filter(|&c| live[c]).collect();
+        if runnable.is_empty() {
+            check(&a);
+            return;
+        }
+        for caller in runnable {
+            schedule.push(caller);
+            for_each_interleaving(t0, calls, schedule, check);
+            schedule.pop();
+        }
     }
 }

@@ -282,13 +282,14 @@ mod tests {
 
     #[test]
     fn the_same_event_has_the_same_bytes() {
-        assert_eq!(bytes(&event()), bytes(&event().clone()));
+        assert_eq!(bytes(&event()), bytes(&event()));
     }
 
     #[test]
     fn every_field_changes_the_bytes() {
         let base = bytes(&event());
-        let variants: Vec<Box<dyn Fn(&mut Event)>> = vec![
+        type Change = Box<dyn Fn(&mut Event)>;
+        let variants: Vec<Change> = vec![
             Box::new(|e| e.captured_at.0 += 1),
             Box::new(|e| e.mode = Mode::Identify),
             Box::new(|e| {
