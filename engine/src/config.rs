@@ -17,6 +17,8 @@
 //! busy_retry_ms = 50        # base retry hint in Busy replies
 //! compact_after = 50000     # fold the in-memory gallery delta into a segment past this size
 //! maintenance_interval_ms = 10000  # how often the maintenance thread looks for work
+//! credential_key = "store/credential.key"  # HMAC key of card/QR hashes and fingerprints;
+//!                           # relative to the data folder; keep it apart from store backups
 //!
 //! [server]
 //! listen = "127.0.0.1:4433"
@@ -105,6 +107,7 @@ pub struct EngineConfig {
     pub busy_retry_ms: u32,
     pub compact_after: usize,
     pub maintenance_interval_ms: u64,
+    pub credential_key: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -124,6 +127,7 @@ impl Default for EngineConfig {
             busy_retry_ms: 50,
             compact_after: 50_000,
             maintenance_interval_ms: 10_000,
+            credential_key: None,
         }
     }
 }
@@ -146,6 +150,15 @@ impl EngineConfig {
                 .map_or(1, usize::from)
                 .saturating_sub(1)
                 .max(1)
+        }
+    }
+
+    /// Where the credential key is: `credential_key` (relative to the data folder), or the
+    /// store's own folder.
+    pub fn credential_key_path(&self, data_dir: &Path) -> PathBuf {
+        match &self.credential_key {
+            Some(path) => data_dir.join(path),
+            None => data_dir.join("store").join(crate::store::KEY_FILE),
         }
     }
 

@@ -67,7 +67,10 @@ impl Engine {
         let data_dir = data_dir.as_ref().to_owned();
         create_private_dir(&data_dir)?;
         let cfg = config.engine;
-        let store = Arc::new(Store::open(&data_dir.join("store"))?);
+        let store = Arc::new(Store::open_with_key(
+            &data_dir.join("store"),
+            &cfg.credential_key_path(&data_dir),
+        )?);
         let gallery = Arc::new(LiveGallery::open(
             &data_dir.join("gallery"),
             GalleryOptions::new(cfg.dim, cfg.precision.into()),

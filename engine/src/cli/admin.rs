@@ -30,12 +30,9 @@ fn open(args: &StatusArgs, command: &str) -> anyhow::Result<(Store, super::site:
         !args.reason.trim().is_empty(),
         "--reason is empty: say why, for the audit trail"
     );
-    super::site::open(&args.data)?;
+    let config = super::site::open(&args.data)?;
     let lock = super::site::SiteLock::acquire(&args.data, command)?;
-    let dir = args.data.join("store");
-    let store =
-        Store::open(&dir).with_context(|| format!("cannot open the store in {}", dir.display()))?;
-    Ok((store, lock))
+    Ok((super::site::open_store(&args.data, &config)?, lock))
 }
 
 pub(crate) fn run_revoke(args: StatusArgs) -> anyhow::Result<()> {

@@ -129,16 +129,11 @@ fn run_typed<T: ImportRecord>(args: &FileArgs, apply_fn: Apply<T>) -> anyhow::Re
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     // Parse before opening the store, so that a bad file leaves no trace, not even a new
     // empty store.
-    super::site::open(&args.data)?;
+    let config = super::site::open(&args.data)?;
     let parsed = parse_checked(&args.file, format, args.skip_bad, &mut progress)?;
     let _lock = super::site::SiteLock::acquire(&args.data, "gatewarden import")?;
-    let store = open_store(&args.data)?;
+    let store = super::site::open_store(&args.data, &config)?;
     apply(&store, &args.file, &parsed, &mut progress, apply_fn)
-}
-
-fn open_store(data: &Path) -> anyhow::Result<Store> {
-    let dir = data.join("store");
-    Store::open(&dir).with_context(|| format!("cannot open the store in {}", dir.display()))
 }
 
 fn format_of(path: &Path, arg: Option<FormatArg>) -> anyhow::Result<ImportFormat> {

@@ -86,7 +86,7 @@ pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
         "--utc-offset {minutes} is not a time zone: minutes east of UTC, -840 to 840"
     );
     let offset = UtcOffset(minutes);
-    let store = open_existing(&args.data)?;
+    let store = open_existing(&args.data, &config)?;
     let out = Output {
         json: args.json,
         offset,
@@ -126,14 +126,14 @@ pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
 }
 
 /// Opens the store of a data folder that must already have one: a query never creates it.
-fn open_existing(data: &Path) -> anyhow::Result<Store> {
+fn open_existing(data: &Path, config: &gatewarden::Config) -> anyhow::Result<Store> {
     let dir = data.join("store");
     anyhow::ensure!(
         dir.join(store::DB_FILE).exists(),
         "no store in {}: import subjects or run the server first, or pass --data",
         dir.display()
     );
-    Store::open(&dir).with_context(|| format!("cannot open the store in {}", dir.display()))
+    super::site::open_store(data, config)
 }
 
 /// Parses a time bound: unix ms as given, or a local date (its start, or with `end` the start

@@ -37,6 +37,14 @@ pub(crate) fn open(data: &Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Opens the site's store directly (for the CLI's imports, queries and status changes), with
+/// the credential key where the configuration puts it.
+pub(crate) fn open_store(data: &Path, config: &Config) -> anyhow::Result<gatewarden::store::Store> {
+    let dir = data.join("store");
+    gatewarden::store::Store::open_with_key(&dir, &config.engine.credential_key_path(data))
+        .with_context(|| format!("cannot open the store in {}", dir.display()))
+}
+
 /// A site has its configuration file (written by `init` and the demo), or at least a store
 /// (a folder made by a program that embeds the engine).
 fn check_is_site(data: &Path) -> anyhow::Result<()> {

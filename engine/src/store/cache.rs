@@ -2,7 +2,6 @@
 //! afterwards every registry write updates SQLite first and this cache second, under the
 //! writer lock, so the cache never shows what is not on disk.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,6 +16,13 @@ use super::codes::Named;
 use super::{StoreError, from_sql_u64};
 use crate::model::GateInfo;
 
+/// The keyed hashes of one subject's credentials, as stored.
+#[derive(Debug, Default)]
+pub(super) struct CredentialHashes {
+    pub(super) id_card: Option<[u8; 32]>,
+    pub(super) qr_tokens: Vec<[u8; 32]>,
+}
+
 /// The hot registry.
 #[derive(Default)]
 pub(super) struct Cache {
@@ -25,7 +31,9 @@ pub(super) struct Cache {
     pub(super) id_cards: DashMap<[u8; 32], SubjectId>,
     /// The reverse of `id_cards`, to drop a subject's old card when its record is replaced.
     pub(super) id_card_of: DashMap<SubjectId, [u8; 32]>,
-    pub(super) qr_tokens: DashMap<String, SubjectId>,
+    /// Staff QR tokens by keyed hash, and each subject's hashes (to drop them on replace).
+    pub(super) qr_tokens: DashMap<[u8; 32], SubjectId>,
+    pub(super) qr_of: DashMap<SubjectId, Vec<[u8; 32]>>,
     pub(super) health: DashMap<SubjectId, HealthRecord>,
     pub(super) gates: DashMap<GateId, GateInfo>,
 }
@@ -34,77 +42,68 @@ impl Cache {
     /// Reads the whole registry.
     pub(super) fn load(conn: &Connection, db: &Path) -> Result<Self, StoreError> {
         let cache = Self::default();
-        let qr = cache.load_credentials(conn, db)?;
-        cache.load_subjects(conn, db, qr)?;
+        cache.load_credentials(conn, db)?;
+        cache.load_subjects(conn, db)?;
         cache.load_health(conn, db)?;
         cache.load_gates(conn, db)?;
         Ok(cache)
     }
 
-    /// Puts a subject's record and credentials in place of its old ones.
-    pub(super) fn replace_subject(&self, record: SubjectRecord, id_card: Option<[u8; 32]>) {
+    /// Puts a subject's record and credential hashes in place of its old ones.
+    pub(super) fn replace_subject(&self, record: SubjectRecord, hashes: CredentialHashes) {
         let id = record.subject;
-        if let Some(old) = self.subjects.get(&id).map(|r| Arc::clone(&r)) {
-            for token in &old.qr_tokens {
-                self.qr_tokens.remove_if(token, |_, holder| *holder == id);
+        if let Some((_, old)) = self.qr_of.remove(&id) {
+            for hash in &old {
+                self.qr_tokens.remove_if(hash, |_, holder| *holder == id);
             }
         }
         if let Some((_, old_hash)) = self.id_card_of.remove(&id) {
             self.id_cards
                 .remove_if(&old_hash, |_, holder| *holder == id);
         }
-        for token in &record.qr_tokens {
-            self.qr_tokens.insert(token.clone(), id);
+        for hash in &hashes.qr_tokens {
+            self.qr_tokens.insert(*hash, id);
         }
-        if let Some(hash) = id_card {
+        if !hashes.qr_tokens.is_empty() {
+            self.qr_of.insert(id, hashes.qr_tokens);
+        }
+        if let Some(hash) = hashes.id_card {
             self.id_cards.insert(hash, id);
             self.id_card_of.insert(id, hash);
         }
         self.subjects.insert(id, Arc::new(record));
     }
 
-    /// Loads credentials; returns each subject's QR tokens for its cached record.
-    fn load_credentials(
-        &self,
-        conn: &Connection,
-        db: &Path,
-    ) -> Result<HashMap<SubjectId, Vec<String>>, StoreError> {
+    /// Loads the credential hashes.
+    fn load_credentials(&self, conn: &Connection, db: &Path) -> Result<(), StoreError> {
         let sql = |e| StoreError::from_sqlite(db, "loading credentials", e);
         let mut stmt = conn
             .prepare("SELECT kind, key, subject FROM credentials")
             .map_err(sql)?;
         let mut rows = stmt.query([]).map_err(sql)?;
-        let mut qr: HashMap<SubjectId, Vec<String>> = HashMap::new();
         while let Some(row) = rows.next().map_err(sql)? {
             let kind: String = row.get(0).map_err(sql)?;
             let key: Vec<u8> = row.get(1).map_err(sql)?;
             let subject = SubjectId(from_sql_u64(row.get(2).map_err(sql)?));
+            let hash: [u8; 32] = key
+                .try_into()
+                .map_err(|_| corrupt(db, format!("a {kind} hash is not 32 bytes")))?;
             match kind.as_str() {
                 "id_card" => {
-                    let hash: [u8; 32] = key
-                        .try_into()
-                        .map_err(|_| corrupt(db, "an ID-card hash is not 32 bytes"))?;
                     self.id_cards.insert(hash, subject);
                     self.id_card_of.insert(subject, hash);
                 }
-                "staff_qr" => {
-                    let token = String::from_utf8(key)
-                        .map_err(|_| corrupt(db, "a staff QR token is not UTF-8"))?;
-                    self.qr_tokens.insert(token.clone(), subject);
-                    qr.entry(subject).or_default().push(token);
+                "staff_qr_hmac" => {
+                    self.qr_tokens.insert(hash, subject);
+                    self.qr_of.entry(subject).or_default().push(hash);
                 }
                 other => return Err(corrupt(db, format!("unknown credential kind {other:?}"))),
             }
         }
-        Ok(qr)
+        Ok(())
     }
 
-    fn load_subjects(
-        &self,
-        conn: &Connection,
-        db: &Path,
-        mut qr: HashMap<SubjectId, Vec<String>>,
-    ) -> Result<(), StoreError> {
+    fn load_subjects(&self, conn: &Connection, db: &Path) -> Result<(), StoreError> {
         let sql = |e| StoreError::from_sqlite(db, "loading subjects", e);
         let mut stmt = conn
             .prepare(
@@ -114,13 +113,10 @@ impl Cache {
             .map_err(sql)?;
         let mut rows = stmt.query([]).map_err(sql)?;
         while let Some(row) = rows.next().map_err(sql)? {
-            let mut record = subject_from_row(row).map_err(|e| match e {
+            let record = subject_from_row(row).map_err(|e| match e {
                 Decode::Sql(e) => sql(e),
                 Decode::Bad(detail) => corrupt(db, detail),
             })?;
-            let mut tokens = qr.remove(&record.subject).unwrap_or_default();
-            tokens.sort();
-            record.qr_tokens = tokens;
             self.subjects.insert(record.subject, Arc::new(record));
         }
         Ok(())

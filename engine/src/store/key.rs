@@ -1,6 +1,8 @@
 //! The credential key: 32 random bytes in `credential.key`, the HMAC-SHA256 key under which
-//! ID-card numbers are hashed. The number itself is never stored; a gate presents it, the
-//! engine hashes it, and the hash finds the subject.
+//! ID-card numbers and staff QR tokens are hashed (and event fingerprints made). Neither the
+//! number nor the token is ever stored; a gate presents it, the engine hashes it, and the hash
+//! finds the subject. The key can live apart from the store (`engine.credential_key`), so a
+//! backup of the store alone reveals neither.
 //!
 //! The database keeps a short check value of the key, so that a store opened with the wrong or
 //! a regenerated key is refused instead of silently failing every ID-card lookup.
@@ -18,6 +20,8 @@ const KEY_LEN: usize = 32;
 /// The label hashed to derive the key check stored in `meta`.
 const CHECK_LABEL: &[u8] = b"gatewarden credential key check v1";
 const CHECK_META: &str = "credential_key_check";
+/// Domain separation: a QR-token hash never equals an ID-card hash, nor a fingerprint either.
+const QR_LABEL: &[u8] = b"gatewarden staff qr v1\0";
 /// Domain separation: an event fingerprint can never equal a credential hash.
 const FINGERPRINT_LABEL: &[u8] = b"gatewarden event fingerprint v1\0";
 
@@ -39,6 +43,17 @@ impl CredentialKey {
         let tag = hmac::sign(&self.key, normalised.as_bytes());
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// The stored form of a staff QR token: the HMAC of its bytes, under its own label. Tokens
+    /// are matched exactly (unlike card numbers, they are not normalised).
+    pub(super) fn hash_qr_token(&self, token: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(QR_LABEL);
+        ctx.update(token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
         out
     }
 
@@ -125,13 +140,51 @@ pub(super) fn load_or_create(
     Ok(key)
 }
 
+/// Whether anything in the store was made with the key: credential hashes (ID cards, staff QR
+/// tokens) or event fingerprints. Then a lost or different key cannot be replaced silently.
 fn has_id_cards(conn: &Connection, db: &Path) -> Result<bool, StoreError> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM credentials WHERE kind = 'id_card')",
+        "SELECT EXISTS (SELECT 1 FROM credentials WHERE kind IN ('id_card', 'staff_qr_hmac'))
+             OR EXISTS (SELECT 1 FROM entries WHERE fingerprint IS NOT NULL)",
         [],
         |r| r.get(0),
     )
-    .map_err(|e| StoreError::from_sqlite(db, "looking for ID-card hashes", e))
+    .map_err(|e| StoreError::from_sqlite(db, "looking for keyed hashes", e))
+}
+
+/// Replaces staff QR tokens stored in clear (schema version 1 kept them so) by their keyed
+/// hashes, in one transaction. Idempotent: hashed rows have their own kind.
+pub(super) fn hash_clear_qr_tokens(
+    conn: &mut Connection,
+    db: &Path,
+    key: &CredentialKey,
+) -> Result<usize, StoreError> {
+    let sql = |e| StoreError::from_sqlite(db, "hashing staff QR tokens", e);
+    let tx = conn.transaction().map_err(sql)?;
+    let clear: Vec<(Vec<u8>, i64)> = {
+        let mut stmt = tx
+            .prepare("SELECT key, subject FROM credentials WHERE kind = 'staff_qr'")
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)?
+    };
+    for (token, subject) in &clear {
+        let token = std::str::from_utf8(token).map_err(|_| StoreError::Corrupt {
+            path: db.to_owned(),
+            detail: "a staff QR token is not UTF-8".to_owned(),
+        })?;
+        tx.execute(
+            "INSERT OR REPLACE INTO credentials (kind, key, subject) VALUES ('staff_qr_hmac', ?1, ?2)",
+            rusqlite::params![&key.hash_qr_token(token)[..], subject],
+        )
+        .map_err(sql)?;
+    }
+    tx.execute("DELETE FROM credentials WHERE kind = 'staff_qr'", [])
+        .map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    Ok(clear.len())
 }
 
 fn create(path: &Path) -> Result<CredentialKey, StoreError> {

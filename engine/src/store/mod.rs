@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! DATA/store/gatewarden.db (+ -wal, -shm)   SQLite, WAL mode, synchronous=FULL, owner-only
-//! DATA/store/credential.key                 32 random bytes: the key of the ID-card hashes
+//! DATA/store/credential.key                 32 random bytes: the key of the credential hashes
+//!                                           (`engine.credential_key` can put it elsewhere)
 //! ```
 //!
 //! What lives here: the registry (subjects, their credentials, health records, gates), face
@@ -21,9 +22,9 @@
 //! The hot data the pipeline reads per event (subjects, credentials, health, gates) is served
 //! from `dashmap` caches loaded at open, so deciding an event never touches SQLite.
 //!
-//! Personal data: ID-card numbers are stored only as a keyed HMAC-SHA256 hash (the key is
-//! `credential.key`, never in the database), so a copy of the database alone does not reveal
-//! them. Files are created owner-only (0600, directory 0700).
+//! Personal data: ID-card numbers and staff QR tokens are stored only as keyed HMAC-SHA256
+//! hashes (the key is `credential.key`, never in the database), so a copy of the database
+//! alone does not reveal them. Files are created owner-only (0600, directory 0700).
 
 mod cache;
 mod codes;
@@ -93,13 +94,29 @@ impl Store {
     ///   the one the stored ID-card hashes were made with;
     /// - [`StoreError::Io`] / [`StoreError::Sqlite`] for file-system and SQLite failures.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_key(dir, &dir.join(KEY_FILE))
+    }
+
+    /// [`Store::open`] with the credential key at `key_path` instead of `dir/credential.key`,
+    /// so that the key can live apart from the store (another disk, another backup).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with_key(dir: &Path, key_path: &Path) -> Result<Self, StoreError> {
         fsutil::create_private_dir(dir)?;
         let db_path = dir.join(DB_FILE);
         schema::check_file(&db_path)?;
         fsutil::ensure_private_file(&db_path)?;
-        let writer = schema::open_connection(&db_path, schema::Role::Writer)?;
+        let mut writer = schema::open_connection(&db_path, schema::Role::Writer)?;
         schema::migrate(&writer, &db_path)?;
-        let key = key::load_or_create(&writer, &db_path, &dir.join(KEY_FILE))?;
+        let key = key::load_or_create(&writer, &db_path, key_path)?;
+        let hashed = key::hash_clear_qr_tokens(&mut writer, &db_path, &key)?;
+        if hashed > 0 {
+            tracing::info!(
+                tokens = hashed,
+                "staff QR tokens stored in clear replaced by keyed hashes"
+            );
+        }
         let cache = Cache::load(&writer, &db_path)?;
         // SQLite created -wal and -shm with the database's mode; make sure of it anyway, since
         // a database file copied in from elsewhere may have been more permissive.

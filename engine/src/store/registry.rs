@@ -9,6 +9,7 @@ use gatewarden_protocol::{
 };
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
+use super::cache::CredentialHashes;
 use super::{Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
 use crate::model::GateInfo;
 
@@ -21,25 +22,28 @@ fn is_staff(category: Category) -> bool {
         Category::ServiceWorker | Category::Manager | Category::Staff | Category::Merchant
     )
 }
-const KIND_QR: &str = "staff_qr";
+const KIND_QR: &str = "staff_qr_hmac";
 
 impl Store {
-    /// A subject's record, from the cache. The cached copy has `id_card = None` (the number is
-    /// kept only as a hash), so do not write it back through [`Store::upsert_subjects`]: that
-    /// replaces the whole record and would drop the card.
+    /// A subject's record, from the cache. The cached copy has `id_card = None` and no
+    /// `qr_tokens` (both are kept only as keyed hashes), so do not write it back through
+    /// [`Store::upsert_subjects`]: that replaces the whole record and would drop them.
     pub fn subject(&self, id: SubjectId) -> Option<Arc<SubjectRecord>> {
         self.cache.subjects.get(&id).map(|r| Arc::clone(&r))
     }
 
-    /// The subject a credential belongs to. An ID-card number is hashed with the store's key
-    /// and looked up by hash; a staff QR token is looked up as is.
+    /// The subject a credential belongs to: the credential is hashed with the store's key and
+    /// looked up by hash.
     pub fn resolve_credential(&self, credential: &Credential) -> Option<SubjectId> {
         match credential {
             Credential::IdCard(number) => {
                 let hash = self.key.hash_id_card(number);
                 self.cache.id_cards.get(&hash).map(|s| *s)
             }
-            Credential::StaffQr(token) => self.cache.qr_tokens.get(token.as_str()).map(|s| *s),
+            Credential::StaffQr(token) => {
+                let hash = self.key.hash_qr_token(token);
+                self.cache.qr_tokens.get(&hash).map(|s| *s)
+            }
         }
     }
 
@@ -114,7 +118,7 @@ impl Store {
         &self,
         tx: &Transaction<'_>,
         r: &SubjectRecord,
-    ) -> Result<Option<[u8; 32]>, StoreError> {
+    ) -> Result<CredentialHashes, StoreError> {
         let sql = |e| self.sql_err("writing a subject", e);
         let ids = |v: Vec<u32>| serde_json::to_string(&v).unwrap_or_else(|_| "[]".to_owned());
         tx.prepare_cached(
@@ -143,7 +147,7 @@ impl Store {
         tx.prepare_cached("DELETE FROM credentials WHERE subject = ?1")
             .and_then(|mut s| s.execute([to_sql_u64(r.subject.0)]))
             .map_err(sql)?;
-        let hash = match &r.id_card {
+        let id_card = match &r.id_card {
             Some(number) => {
                 if number.trim().is_empty() {
                     return Err(invalid(r.subject, "ID card", "the number is empty"));
@@ -154,13 +158,18 @@ impl Store {
             }
             None => None,
         };
+        let mut qr_tokens = Vec::with_capacity(r.qr_tokens.len());
         for token in &r.qr_tokens {
             if token.is_empty() {
                 return Err(invalid(r.subject, "staff QR token", "the token is empty"));
             }
-            self.write_credential(tx, r.subject, KIND_QR, token.as_bytes())?;
+            let hash = self.key.hash_qr_token(token);
+            self.write_credential(tx, r.subject, KIND_QR, &hash)?;
+            qr_tokens.push(hash);
         }
-        Ok(hash)
+        qr_tokens.sort_unstable();
+        qr_tokens.dedup();
+        Ok(CredentialHashes { id_card, qr_tokens })
     }
 
     fn write_credential(
@@ -387,12 +396,11 @@ impl Store {
     }
 }
 
-/// The cached form of a record: no card number, tokens sorted and unique.
+/// The cached form of a record: no card number, no tokens (the cache holds their hashes).
 fn cached_copy(r: &SubjectRecord) -> SubjectRecord {
     let mut copy = r.clone();
     copy.id_card = None;
-    copy.qr_tokens.sort();
-    copy.qr_tokens.dedup();
+    copy.qr_tokens.clear();
     copy
 }
 

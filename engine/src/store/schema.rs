@@ -130,7 +130,9 @@ CREATE TABLE revocations (
 /// from a reused `(gate, seq)` (see `pipeline::exactly_once`). Entries recorded before it have
 /// none and are compared on `captured_at` and mode alone.
 ///
-/// And the audit trail records reinstatements beside revocations (`action`).
+/// The audit trail records reinstatements beside revocations (`action`). And staff QR tokens,
+/// stored in clear by version 1 (kind `staff_qr`), become keyed hashes (kind `staff_qr_hmac`):
+/// that step needs the key, so `Store::open` runs it after the SQL (`key::hash_clear_qr_tokens`).
 const V2: &str = "
 ALTER TABLE entries ADD COLUMN fingerprint BLOB;
 ALTER TABLE revocations ADD COLUMN action TEXT NOT NULL DEFAULT 'revoke';
@@ -239,7 +241,11 @@ pub(super) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
     // of 1.4 M entries (3.4 GB) the default sustained about 2,400 ev/s; with this, one run
     // 3,500. The rest of the slowdown is the WAL checkpoint on the commit path (issue 5 notes).
     let pragmas = match role {
-        Role::Writer => "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        // secure_delete: the registry holds personal data, and a deleted or replaced row
+        // (a credential, a clear QR token being hashed) must not linger in free pages.
+        Role::Writer => {
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
+        }
         Role::EntryWriter => {
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -131072;"
         }

@@ -160,7 +160,11 @@ fn open_reopen_keeps_data() {
     }
     let store = open(dir.path());
     assert_eq!(store.subject_count(), 2);
-    assert_eq!(*store.subject(SubjectId(2)).unwrap(), subject(2));
+    let cached = SubjectRecord {
+        qr_tokens: vec![], // kept only as hashes
+        ..subject(2)
+    };
+    assert_eq!(*store.subject(SubjectId(2)).unwrap(), cached);
     assert_eq!(
         store.health(SubjectId(1)),
         Some(health(1, T0, CodeColour::Green))
@@ -333,9 +337,107 @@ fn upsert_subjects_is_idempotent_and_replaces_credentials() {
         None
     );
     assert_eq!(
-        store.subject(SubjectId(1)).unwrap().qr_tokens,
-        vec!["qr-new".to_owned()]
+        store.resolve_credential(&Credential::StaffQr("qr-new".to_owned())),
+        Some(SubjectId(1))
     );
+    assert!(
+        store.subject(SubjectId(1)).unwrap().qr_tokens.is_empty(),
+        "tokens are kept only as hashes"
+    );
+}
+
+#[test]
+fn staff_qr_tokens_are_stored_only_as_keyed_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "STAFF-TOKEN-7f3a9c";
+    let mut s = subject(1);
+    s.qr_tokens = vec![token.to_owned()];
+    {
+        let store = open(dir.path());
+        store.upsert_subjects(&[s]).unwrap();
+    }
+    let store_dir = dir.path().join("store");
+    for name in [DB_FILE, "gatewarden.db-wal"] {
+        let path = store_dir.join(name);
+        if path.exists() {
+            assert!(
+                !contains(&file_bytes(&path), token.as_bytes()),
+                "{name} holds the token"
+            );
+        }
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.resolve_credential(&Credential::StaffQr(token.to_owned())),
+        Some(SubjectId(1))
+    );
+    assert_eq!(
+        store.resolve_credential(&Credential::StaffQr(token.to_lowercase())),
+        None,
+        "tokens match exactly"
+    );
+}
+
+/// Version 1 kept staff QR tokens in clear; opening it replaces them by keyed hashes, and a
+/// store made with one key refuses another once it holds such hashes.
+#[test]
+fn clear_qr_tokens_of_a_v1_store_are_hashed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    {
+        let conn = Connection::open(store_dir.join(DB_FILE)).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO subjects VALUES (4, 'staff', 1, '[]', '[]', NULL, NULL, 'active');
+             INSERT INTO credentials VALUES ('staff_qr', CAST('qr-four' AS BLOB), 4);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&store_dir).unwrap();
+    assert_eq!(
+        store.resolve_credential(&Credential::StaffQr("qr-four".to_owned())),
+        Some(SubjectId(4))
+    );
+    drop(store);
+    let db = file_bytes(&store_dir.join(DB_FILE));
+    let wal = store_dir.join("gatewarden.db-wal");
+    assert!(!contains(&db, b"qr-four"));
+    assert!(!wal.exists() || !contains(&file_bytes(&wal), b"qr-four"));
+    // The hashes depend on the key now: a new key is refused, not silently used.
+    std::fs::remove_file(store_dir.join(KEY_FILE)).unwrap();
+    assert!(matches!(
+        Store::open(&store_dir),
+        Err(StoreError::KeyMissing { .. })
+    ));
+}
+
+#[test]
+fn the_credential_key_can_live_apart_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("keys").join("credential.key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let store_dir = dir.path().join("store");
+    let mut s = subject(1);
+    s.id_card = Some("110105194912310021".to_owned());
+    {
+        let store = Store::open_with_key(&store_dir, &key).unwrap();
+        store.upsert_subjects(&[s]).unwrap();
+    }
+    assert!(key.exists() && !store_dir.join(KEY_FILE).exists());
+    let store = Store::open_with_key(&store_dir, &key).unwrap();
+    assert_eq!(
+        store.resolve_credential(&Credential::IdCard("110105194912310021".to_owned())),
+        Some(SubjectId(1))
+    );
+    drop(store);
+    assert!(matches!(
+        Store::open(&store_dir),
+        Err(StoreError::KeyMissing { .. })
+    ));
 }
 
 #[test]
