@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "smoke: installing cargo-fuzz" >&2
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
 # cargo-fuzz passes -Z flags (sanitizer, coverage) to rustc; this lets stable rustc accept them.

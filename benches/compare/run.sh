@@ -20,7 +20,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import faiss, numpy' 
 fi
 bin="$root/target/release/gatewarden"
 if [ ! -x "$bin" ]; then
-    (cd "$root" && cargo build --release -p gatewarden --bin gatewarden)
+    (cd "$root" && cargo build --release -p gatewarden-cli --bin gatewarden)
 fi
 # One BLAS/OpenMP thread unless --threads says otherwise: compare.py sets FAISS's own count,
 # and numpy (ground truth, bandwidth probe) must not steal the other core mid-measurement.

@@ -16,14 +16,17 @@
 //! ```
 //!
 //! Modules:
-//! - [`engine`]: the library API, [`Engine`]; the server and the CLI use only this.
+//! - [`engine`]: the library API, [`Engine`]; the server and the command line (the
+//!   `gatewarden-cli` package in `engine/cli`) use only this.
 //! - [`config`]: typed configuration (`DATA/gatewarden.toml`) with defaults.
 //! - [`clock`]: the only reader of the system clock; calendar helpers.
 //! - [`gallery`]: memory-mapped segment files, the in-memory delta, tombstones.
 //! - [`index`]: SIMD kernels (runtime dispatch), exact top-k search, batched search.
 //! - [`policy`]: pure decision logic: (event, match, person, health, state, now) → Verdict.
 //! - [`store`]: SQLite registry, templates, health records and entry records.
-//! - [`pipeline`]: queue, micro-batching, workers, group commit, stats.
+//! - [`pipeline`]: submit, exactly-once (claims, high-water marks, fingerprints), queue,
+//!   micro-batching, workers, group commit, stats.
+//! - `maintenance`: the engine's background thread (gallery compaction).
 //! - [`model`]: small domain records shared across modules.
 //! - [`npy`]: NumPy `.npy` reading and writing for the tools.
 //! - `server` (feature `server`, on by default): the QUIC front (quinn, rustls), mutual-TLS

@@ -4,7 +4,7 @@
 #
 # Usage (from anywhere):  protocol/interop/run.sh
 #   GATEWARDEN=path/to/gatewarden   the server binary (default: target/debug/gatewarden,
-#                                   build it with `cargo build -p gatewarden --bin gatewarden`)
+#                                   build it with `cargo build -p gatewarden-cli --bin gatewarden`)
 #   PYTHON=python3.11               the interpreter for the venv (default: python3)
 #   KEEP=1                          keep the temporary data folder and server logs
 #   STRICT=1                        also fail on the WARN lines: spec promises beyond the core
@@ -30,7 +30,7 @@ STOP_TIMEOUT_S=10      # graceful drain after SIGTERM
 log() { printf '[interop] %s\n' "$*" >&2; }
 
 if [[ ! -x "$GATEWARDEN" ]]; then
-    log "no server binary at $GATEWARDEN: run 'cargo build -p gatewarden --bin gatewarden' or set GATEWARDEN"
+    log "no server binary at $GATEWARDEN: run 'cargo build -p gatewarden-cli --bin gatewarden' or set GATEWARDEN"
     exit 2
 fi
 
