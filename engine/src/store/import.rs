@@ -538,9 +538,8 @@ impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
     }
 
     fn read_header(&mut self) -> Result<(), ImportError> {
-        let names = match self.next_csv_row()? {
-            None => return Ok(()), // an empty file: no rows
-            Some(names) => names,
+        let Some(names) = self.next_csv_row()? else {
+            return Ok(()); // an empty file: no rows
         };
         let line = self.line;
         let bad = |reason: String| ImportError::Header(RowError { line, reason });
