@@ -1,0 +1,297 @@
+//! The binary scan: Hamming distances of 1-bit codes shortlist rows, which are then re-ranked
+//! exactly.
+//!
+//! # The candidate rule
+//!
+//! For each query, with `c = max(candidates, 4 * collector size)`, the shortlist holds every
+//! row whose Hamming distance is at most the `c`-th smallest distance over all scanned rows,
+//! ties included (all rows if there are fewer than `c`). It depends only on the distances,
+//! never on scan order, block size or thread count. The shortlist is then re-ranked exactly
+//! as the int8 scan does: each candidate's int8 interval `[lb, ub]` (see
+//! [`crate::index::quant`]) is computed, and f32 scores only for candidates whose `ub` reaches
+//! the best lower bounds.
+//!
+//! # What is guaranteed
+//!
+//! The result is *exactly* the f32 search result restricted to the shortlist: every returned
+//! row is a real row with its exact f32 score (the same value an f32 scan returns), and ties
+//! break as everywhere else. A row outside the shortlist is never returned, so the
+//! approximation can only miss a match: if the true best row is shortlisted, the best hit is
+//! the true best hit. With `BestTwo`, the runner-up is the best *shortlisted* other subject,
+//! so a lookalike who is close to the query (and hence close in Hamming distance) is
+//! shortlisted with it; the tests check that accept/reject decisions agree with exact search
+//! on seeded face-like data.
+
+use super::{Collector, Int8State, Scan, Task, fan_out};
+use crate::index::bits::{code_words, encode_bits};
+use crate::index::kernels::{BitBlock, BitMulti, I8Block};
+use crate::index::quant::{QueryQuant, widen};
+
+/// Default shortlist size per query. Measured with `cargo bench -p benches --bench search`
+/// and the recall test `binary_top1_matches_exact_on_face_like_data`: on seeded face-like
+/// data (genuine probes at cosine 0.6-0.75 to their identity) the true best row ranks within
+/// the first few Hamming distances, and re-ranking 64 rows costs a few microseconds.
+pub const BINARY_CANDIDATES: usize = 64;
+
+/// From this many rows on, `Precision::Auto` scans 1-bit codes instead of int8 codes.
+/// Below it the int8 scan is exact and already fast; see benches/README.md for the
+/// measured crossover.
+pub const AUTO_BINARY_MIN_ROWS: usize = 200_000;
+
+/// Rows per kernel call: 256 rows of 512-d codes are 16 KiB, which stays in L1 while every
+/// query of a batch is compared with them.
+const BIT_BLOCK_ROWS: usize = 256;
+
+/// One query's shortlist: every row offered with a distance at most `limit`, where `limit`
+/// shrinks to the smallest distance that still keeps `want` rows (ties included).
+#[derive(Clone, Debug)]
+pub(super) struct Shortlist {
+    want: usize,
+    limit: u32,
+    /// `counts[d]`: rows kept at distance `d <= limit`.
+    counts: Vec<u32>,
+    /// Rows kept at distance `<= limit`.
+    kept: usize,
+    rows: Vec<(u32, u32, u32)>,
+    prune_at: usize,
+}
+
+impl Shortlist {
+    pub(super) fn new(want: usize, max_distance: u32) -> Self {
+        Self {
+            want: want.max(1),
+            limit: max_distance,
+            counts: vec![0; max_distance as usize + 1],
+            kept: 0,
+            rows: Vec::new(),
+            prune_at: want.max(1).saturating_mul(4).saturating_add(64),
+        }
+    }
+
+    /// The largest distance still worth offering.
+    #[inline]
+    pub(super) fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Adds a row at `distance`; rows beyond [`Shortlist::limit`] are ignored.
+    #[inline]
+    pub(super) fn offer(&mut self, distance: u32, part: u32, row: u32) {
+        if distance > self.limit {
+            return;
+        }
+        self.counts[distance as usize] += 1;
+        self.kept += 1;
+        self.rows.push((distance, part, row));
+        // Lower the limit while the rows strictly below it are already enough.
+        while self.limit > 0 && self.kept - self.counts[self.limit as usize] as usize >= self.want {
+            self.kept -= self.counts[self.limit as usize] as usize;
+            self.counts[self.limit as usize] = 0;
+            self.limit -= 1;
+        }
+        if self.rows.len() >= self.prune_at {
+            let limit = self.limit;
+            self.rows.retain(|r| r.0 <= limit);
+            self.prune_at =
+                (2 * self.rows.len()).max(self.want.saturating_mul(4).saturating_add(64));
+        }
+    }
+
+    /// Folds in the shortlist of another part of the scan (same `want`).
+    pub(super) fn absorb(&mut self, other: Self) {
+        for (d, part, row) in other.rows {
+            self.offer(d, part, row);
+        }
+    }
+
+    /// The shortlisted (part, row) pairs, in address order.
+    pub(super) fn into_rows(self) -> Vec<(u32, u32)> {
+        let limit = self.limit;
+        let mut rows: Vec<(u32, u32)> = self
+            .rows
+            .into_iter()
+            .filter(|r| r.0 <= limit)
+            .map(|(_, p, r)| (p, r))
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+}
+
+impl Scan<'_, '_> {
+    /// Binary search over parts that all carry 1-bit codes.
+    pub(super) fn binary<C: Collector>(&self, plans: &[Vec<Task>], empty: &C) -> Vec<C> {
+        let words = code_words(self.dim);
+        // Each part has its own centre, so each has its own query codes (nq x words).
+        let qcodes: Vec<Vec<u64>> = self
+            .parts
+            .iter()
+            .map(|p| {
+                let mut codes = vec![0u64; self.nq * words];
+                if let Some(b) = p.bits {
+                    for (j, c) in codes.chunks_exact_mut(words.max(1)).enumerate() {
+                        encode_bits(self.query(j), b.centre, c);
+                    }
+                }
+                codes
+            })
+            .collect();
+        let want = self.opts.candidates.max(empty.size().saturating_mul(4));
+        let max_distance = (words * 64) as u32;
+        let mut per_thread = fan_out(plans, |tasks| {
+            self.bit_scan(tasks, &qcodes, words, Shortlist::new(want, max_distance))
+        })
+        .into_iter();
+        let mut lists = per_thread
+            .next()
+            .unwrap_or_else(|| vec![Shortlist::new(want, max_distance); self.nq]);
+        for other in per_thread {
+            for (m, o) in lists.iter_mut().zip(other) {
+                m.absorb(o);
+            }
+        }
+        lists
+            .into_iter()
+            .enumerate()
+            .map(|(j, list)| self.rerank_shortlist(j, list.into_rows(), empty))
+            .collect()
+    }
+
+    /// Shortlists per query over `tasks`.
+    fn bit_scan(
+        &self,
+        tasks: &[Task],
+        qcodes: &[Vec<u64>],
+        words: usize,
+        empty: Shortlist,
+    ) -> Vec<Shortlist> {
+        let nq = self.nq;
+        let mut lists = vec![empty; nq];
+        let mut dist = vec![0u32; BIT_BLOCK_ROWS * nq];
+        for task in tasks {
+            let part = &self.parts[task.part];
+            let Some(bits) = part.bits else { continue };
+            let queries = &qcodes[task.part];
+            for start in task.rows.clone().step_by(BIT_BLOCK_ROWS) {
+                let n = BIT_BLOCK_ROWS.min(task.rows.end - start);
+                let rows = &bits.words[start * bits.stride..];
+                if let [list] = &mut lists[..] {
+                    let Some(b) = BitBlock::new(&queries[..words], rows, bits.stride, n) else {
+                        continue;
+                    };
+                    self.kernels.hamming(&b, &mut dist[..n]);
+                    for (i, &d) in dist[..n].iter().enumerate() {
+                        if d <= list.limit() && !part.is_deleted(start + i) {
+                            list.offer(d, task.part as u32, (start + i) as u32);
+                        }
+                    }
+                    continue;
+                }
+                let Some(b) = BitMulti::new(words, queries, words, nq, rows, bits.stride, n) else {
+                    continue;
+                };
+                self.kernels.multi_hamming(&b, &mut dist[..n * nq]);
+                for (i, ds) in dist[..n * nq].chunks_exact(nq).enumerate() {
+                    for (list, &d) in lists.iter_mut().zip(ds) {
+                        if d <= list.limit() && !part.is_deleted(start + i) {
+                            list.offer(d, task.part as u32, (start + i) as u32);
+                        }
+                    }
+                }
+            }
+        }
+        lists
+    }
+
+    /// Exact scores for the shortlist of query `j`: int8 intervals first, f32 where needed.
+    fn rerank_shortlist<C: Collector>(&self, j: usize, rows: Vec<(u32, u32)>, empty: &C) -> C {
+        let query = self.query(j);
+        let quant = QueryQuant::new(query);
+        let (coef_norm, coef_err) = quant.coefs();
+        let mut state = Int8State::new(empty);
+        let mut dot = [0i32; 1];
+        for (p, r) in rows {
+            let (part, row) = (&self.parts[p as usize], r as usize);
+            let codes = part.codes.and_then(|c| {
+                I8Block::new(quant.codes(), &c.codes[row * c.stride..], c.stride, 1)
+                    .map(|b| (b, c.quant[row]))
+            });
+            match codes {
+                Some((block, [rs, rn, re, _])) => {
+                    self.kernels.score_i8(&block, &mut dot);
+                    let a = quant.scale() * rs * dot[0] as f32;
+                    let h = widen(a, coef_norm * rn + coef_err * re);
+                    state.consider(part, p as usize, row, a, h);
+                }
+                None => {
+                    let s = self.kernels.dot_f32(query, part.vector(row));
+                    state.consider(part, p as usize, row, s, 0.0);
+                }
+            }
+        }
+        let bar = state.lbs.bar();
+        self.rerank(j, bar, state.cands, empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortlist_keeps_the_want_smallest_with_ties_in_any_order() {
+        let dists = [9u32, 3, 7, 3, 12, 0, 7, 7, 5, 64, 1];
+        let forward: Vec<(u32, u32)> = dists.iter().zip(0..).map(|(&d, r)| (d, r)).collect();
+        let backward: Vec<(u32, u32)> = forward.iter().rev().copied().collect();
+        let mut by_distance = forward.clone();
+        by_distance.sort_unstable();
+        for want in 1..=dists.len() + 2 {
+            let mut sorted = dists.to_vec();
+            sorted.sort_unstable();
+            let cutoff = sorted.get(want - 1).copied().unwrap_or(u32::MAX);
+            let expect: Vec<(u32, u32)> = forward
+                .iter()
+                .filter(|(d, _)| *d <= cutoff)
+                .map(|&(_, r)| (0, r))
+                .collect();
+            for order in [&forward, &backward, &by_distance] {
+                let mut list = Shortlist::new(want, 64);
+                for &(d, r) in order {
+                    list.offer(d, 0, r);
+                }
+                assert_eq!(list.into_rows(), expect, "want {want}, order {order:?}");
+            }
+            // Split in two and merged: the same set.
+            let (mut a, mut b) = (Shortlist::new(want, 64), Shortlist::new(want, 64));
+            for &(d, r) in &forward {
+                if r % 2 == 0 {
+                    a.offer(d, 0, r)
+                } else {
+                    b.offer(d, 0, r)
+                }
+            }
+            a.absorb(b);
+            assert_eq!(a.into_rows(), expect, "merged, want {want}");
+        }
+    }
+
+    #[test]
+    fn shortlist_prunes_and_stays_exact_over_many_rows() {
+        let mut rng = crate::testing::Rng::new(5);
+        let dists: Vec<u32> = (0..20_000).map(|_| rng.below(513) as u32).collect();
+        let mut list = Shortlist::new(64, 512);
+        for (r, &d) in dists.iter().enumerate() {
+            list.offer(d, 1, r as u32);
+        }
+        let mut sorted = dists.clone();
+        sorted.sort_unstable();
+        let cutoff = sorted[63];
+        let want = dists.iter().filter(|&&d| d <= cutoff).count();
+        let rows = list.into_rows();
+        assert_eq!(rows.len(), want);
+        assert!(
+            rows.iter()
+                .all(|&(p, r)| p == 1 && dists[r as usize] <= cutoff)
+        );
+    }
+}
