@@ -1,7 +1,7 @@
 //! Each kernel, per available instruction set (always including the scalar reference), at
 //! d = 128 and 512: one query against a block of 256 rows (rows in L2, so this measures
 //! compute, not memory), and 16 queries against the same block; 1-bit Hamming kernels the
-//! same way (256 codes of `d / 64` words).
+//! same way (256 code heads of `d / 128` words, as the prefilter reads them).
 #![forbid(unsafe_code)]
 #![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
@@ -34,14 +34,16 @@ fn kernels(c: &mut Criterion) {
         let (Some(f), Some(i), Some(fm), Some(im)) = blocks else {
             unreachable!("the bench gallery holds {ROWS} rows of dimension {dim}");
         };
-        let words = code_words(dim);
+        let words = code_words(dim).div_ceil(2);
         let mut qbits = vec![0u64; words * QUERIES];
         for (j, p) in probes.iter().enumerate() {
-            encode_bits(p, &vec![0f32; dim], &mut qbits[j * words..(j + 1) * words]);
+            let mut code = vec![0u64; code_words(dim)];
+            encode_bits(p, &vec![0f32; dim], &mut code);
+            qbits[j * words..(j + 1) * words].copy_from_slice(&code[..words]);
         }
         let bit_blocks = (
-            BitBlock::new(&qbits[..words], g.bits(), words, ROWS),
-            BitMulti::new(words, &qbits, words, QUERIES, g.bits(), words, ROWS),
+            BitBlock::new(&qbits[..words], g.bit_heads(), words, ROWS),
+            BitMulti::new(words, &qbits, words, QUERIES, g.bit_heads(), words, ROWS),
         );
         let (Some(hb), Some(hm)) = bit_blocks else {
             unreachable!("the bench gallery holds {ROWS} codes of {words} words");

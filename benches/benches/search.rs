@@ -40,6 +40,7 @@ fn run(c: &mut Criterion) {
                     threads: 1,
                     batch: BatchPath::Auto,
                     candidates: BINARY_CANDIDATES,
+                    prefilter: true,
                 };
                 group.throughput(Throughput::Elements(batch as u64));
                 group.bench_function(BenchmarkId::new(precision.name(), batch), |b| {
@@ -56,6 +57,7 @@ fn run(c: &mut Criterion) {
                         threads: 1,
                         batch: path,
                         candidates: BINARY_CANDIDATES,
+                        prefilter: true,
                     };
                     group.throughput(Throughput::Elements(batch as u64));
                     let name = format!(

@@ -13,7 +13,8 @@ pub struct BenchGallery {
     vectors: Vec<f32>,
     codes: Vec<i8>,
     quant: Vec<[f32; 4]>,
-    bits: Vec<u64>,
+    heads: Vec<u64>,
+    tails: Vec<u64>,
     centre: Vec<f32>,
     subjects: Vec<u64>,
     templates: Vec<u64>,
@@ -44,14 +45,18 @@ impl BenchGallery {
         }
         let centre: Vec<f32> = sum.iter().map(|&s| (s / n.max(1) as f64) as f32).collect();
         let words = code_words(dim);
-        let mut bits = vec![0u64; n * words];
-        for (i, code) in bits.chunks_exact_mut(words).enumerate() {
-            encode_bits(population.identity(i), &centre, code);
+        let (mut heads, mut tails) = (Vec::new(), Vec::new());
+        let mut code = vec![0u64; words];
+        for i in 0..n {
+            encode_bits(population.identity(i), &centre, &mut code);
+            heads.extend_from_slice(&code[..words.div_ceil(2)]);
+            tails.extend_from_slice(&code[words.div_ceil(2)..]);
         }
         let subjects = (0..n as u64).collect();
         let templates = (0..n as u64).collect();
         Self {
-            bits,
+            heads,
+            tails,
             centre,
             dim,
             stride,
@@ -75,7 +80,10 @@ impl BenchGallery {
             &self.templates,
         )
         .and_then(|r| r.with_codes(&self.codes, self.code_stride, &self.quant))
-        .and_then(|r| r.with_bits(&self.bits, code_words(self.dim), &self.centre))
+        .and_then(|r| {
+            let (words, h) = (code_words(self.dim), code_words(self.dim).div_ceil(2));
+            r.with_bits(&self.heads, h, &self.tails, words - h, &self.centre)
+        })
         .unwrap_or_else(|| unreachable!("lengths are built consistent above"))
     }
 
@@ -103,9 +111,9 @@ impl BenchGallery {
         &self.codes
     }
 
-    /// 1-bit codes, `code_words(dim)` words apart.
-    pub fn bits(&self) -> &[u64] {
-        &self.bits
+    /// The heads of the 1-bit codes, `ceil(code_words(dim) / 2)` words apart.
+    pub fn bit_heads(&self) -> &[u64] {
+        &self.heads
     }
 
     /// Floats per f32 row.

@@ -143,7 +143,7 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
     );
     println!(
         "row stride      {} bytes (int8: {} bytes, 1-bit: {} bytes)",
-        info.vector_stride_bytes, info.code_stride_bytes, info.bits_stride_bytes
+        info.vector_stride_bytes, info.code_stride_bytes, info.bits_row_bytes
     );
     println!("max template id {}", info.max_template_id);
     println!("size            {} bytes", info.file_bytes);

@@ -44,6 +44,9 @@ pub(crate) struct SearchArgs {
     /// Binary scans: rows shortlisted per query for the exact re-rank (at least 4k are).
     #[arg(long, default_value_t = BINARY_CANDIDATES)]
     candidates: usize,
+    /// Binary scans: read every whole code instead of prefiltering on the code heads.
+    #[arg(long)]
+    no_prefilter: bool,
     /// Write every query's top-k here as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -147,6 +150,7 @@ pub(crate) fn run(args: SearchArgs) -> anyhow::Result<()> {
         threads: args.threads,
         batch: args.batch_path,
         candidates: args.candidates,
+        prefilter: !args.no_prefilter,
     };
     let queries: Vec<&[f32]> = q.iter_rows().collect();
     let batches: Vec<&[&[f32]]> = queries.chunks(args.batch).collect();

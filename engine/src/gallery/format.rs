@@ -108,9 +108,11 @@ pub(crate) struct Layout {
     pub(crate) vectors_offset: u64,
     pub(crate) codes_offset: u64,
     pub(crate) quant_offset: u64,
-    pub(crate) bits_stride_bytes: u64,
+    pub(crate) bits_row_bytes: u64,
+    pub(crate) bits_head_words: u64,
     pub(crate) centre_offset: u64,
     pub(crate) bits_offset: u64,
+    pub(crate) bits_tail_offset: u64,
     pub(crate) templates_offset: u64,
     pub(crate) subjects_offset: u64,
     pub(crate) order_offset: u64,
@@ -137,18 +139,22 @@ impl Layout {
         } else {
             (0, 0)
         };
-        let bits_stride_bytes = if element.has_bits() {
-            align((dim as u64).div_ceil(64) * 8)?
+        // 1-bit codes are split in two planes: the head (first half of every code's words)
+        // for all rows, then the tail, so a first pass can read the heads alone.
+        let words = if element.has_bits() {
+            (dim as u64).div_ceil(64)
         } else {
             0
         };
-        let (centre_offset, bits_offset) = if element.has_bits() {
+        let head_words = words.div_ceil(2);
+        let (centre_offset, bits_offset, bits_tail_offset) = if element.has_bits() {
             let centre = align(end)?;
-            let bits = align(centre.checked_add((dim as u64).checked_mul(4)?)?)?;
-            end = bits.checked_add(n.checked_mul(bits_stride_bytes)?)?;
-            (centre, bits)
+            let head = align(centre.checked_add((dim as u64).checked_mul(4)?)?)?;
+            let tail = align(head.checked_add(n.checked_mul(8 * head_words)?)?)?;
+            end = tail.checked_add(n.checked_mul(8 * (words - head_words))?)?;
+            (centre, head, tail)
         } else {
-            (0, 0)
+            (0, 0, 0)
         };
         let templates_offset = align(end)?;
         let subjects_offset = align(templates_offset.checked_add(n.checked_mul(8)?)?)?;
@@ -164,9 +170,11 @@ impl Layout {
             vectors_offset,
             codes_offset,
             quant_offset,
-            bits_stride_bytes,
+            bits_row_bytes: 8 * words,
+            bits_head_words: head_words,
             centre_offset,
             bits_offset,
+            bits_tail_offset,
             templates_offset,
             subjects_offset,
             order_offset,
@@ -222,7 +230,7 @@ impl Header {
             b[40 + 8 * k..48 + 8 * k].copy_from_slice(&v.to_le_bytes());
         }
         if self.version >= 2 {
-            b[104..108].copy_from_slice(&(l.bits_stride_bytes as u32).to_le_bytes());
+            b[104..108].copy_from_slice(&(l.bits_row_bytes as u32).to_le_bytes());
             b[112..120].copy_from_slice(&l.centre_offset.to_le_bytes());
             b[120..128].copy_from_slice(&l.bits_offset.to_le_bytes());
         }
@@ -348,8 +356,8 @@ impl Header {
             (
                 104,
                 u64::from(u32_at(104)),
-                layout.bits_stride_bytes,
-                "1-bit code stride",
+                layout.bits_row_bytes,
+                "1-bit code length",
             ),
             (
                 112,
@@ -435,14 +443,16 @@ mod tests {
             assert!(offs.iter().all(|o| o % ALIGN == 0));
             assert!(offs.windows(2).all(|w| w[0] <= w[1]));
             assert_eq!(l.vector_stride_bytes % ALIGN, 0);
-            assert_eq!(l.bits_stride_bytes % ALIGN, 0);
             if el.has_bits() {
                 assert!(l.quant_offset < l.centre_offset && l.centre_offset < l.bits_offset);
-                assert!(l.bits_offset < l.templates_offset || count == 0);
+                assert!(l.bits_offset <= l.bits_tail_offset);
+                assert!(l.bits_tail_offset <= l.templates_offset);
                 assert!(
-                    l.centre_offset.is_multiple_of(ALIGN) && l.bits_offset.is_multiple_of(ALIGN)
+                    [l.centre_offset, l.bits_offset, l.bits_tail_offset]
+                        .iter()
+                        .all(|o| o.is_multiple_of(ALIGN))
                 );
-                assert!(l.bits_stride_bytes * 8 >= dim as u64);
+                assert_eq!(l.bits_row_bytes, 8 * (dim as u64).div_ceil(64));
             }
         }
         assert!(Layout::compute(MAX_DIM, u32::MAX as usize, ElementType::F32Int8).is_some());

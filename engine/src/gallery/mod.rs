@@ -36,15 +36,16 @@
 //! | 80 | 8 | offset of the subject index (`n` x u32 row numbers sorted by (subject, template)) |
 //! | 88 | 8 | offset of the footer |
 //! | 96 | 8 | highest template id |
-//! | 104 | 4 | 1-bit code row stride in bytes = round_up(8 ceil(d / 64), 64), or 0 (version 1: zero) |
+//! | 104 | 4 | 1-bit code length in bytes = 8 w with w = ceil(d / 64) words, or 0 (version 1: zero) |
 //! | 108 | 4 | reserved, zero |
 //! | 112 | 8 | offset of the 1-bit centre (`d` x f32, the rows' mean), or 0 (version 1: zero) |
-//! | 120 | 8 | offset of the 1-bit codes, or 0 (version 1: zero) |
+//! | 120 | 8 | offset of the 1-bit code heads, or 0 (version 1: zero); the tails follow at the next multiple of 64 after `n x 8h` bytes, h = ceil(w / 2) |
 //! | 128 | n x stride | f32 rows, zero-padded to the stride |
 //! | ... | n x stride | int8 codes in [-127, 127] (element type 2) |
 //! | ... | 16n | per row (element type 2): `scale = max abs / 127`, `norm = L2 norm`, `err = L2 norm of (row - scale * codes)`, 0 |
 //! | ... | 4d | 1-bit centre (element type 3): the mean of the rows as written |
-//! | ... | n x stride | 1-bit codes (element type 3): bit `j % 64` of little-endian u64 word `j / 64` is set iff `row[j] > centre[j]`; bits past `d` are zero |
+//! | ... | n x 8h | 1-bit code heads (element type 3): words `0..h` of every row's code, where bit `j % 64` of little-endian u64 word `j / 64` is set iff `row[j] > centre[j]` |
+//! | ... | n x 8(w - h) | 1-bit code tails: words `h..w` of every row's code; bits past `d` are zero |
 //! | ... | 8n | template ids |
 //! | ... | 8n | subject ids |
 //! | ... | 4n | subject index |

@@ -45,8 +45,8 @@ pub struct GalleryInfo {
     pub vector_stride_bytes: u64,
     /// Bytes per int8 code row (0 without codes).
     pub code_stride_bytes: u64,
-    /// Bytes per 1-bit code row (0 without 1-bit codes).
-    pub bits_stride_bytes: u64,
+    /// Bytes per 1-bit code (heads and tails together; 0 without 1-bit codes).
+    pub bits_row_bytes: u64,
     /// Highest template id in the segment.
     pub max_template_id: u64,
     /// Distinct subjects.
@@ -251,7 +251,9 @@ impl Gallery {
     /// The centre is finite and no 1-bit code has a bit set past the dimension.
     fn verify_bits(&self) -> Result<(), GalleryError> {
         let l = &self.header.layout;
-        let (Some(centre), Some(bits)) = (self.centre(), self.bits()) else {
+        let (Some(centre), Some((heads, head_words)), Some((tails, tail_words))) =
+            (self.centre(), self.bit_heads(), self.bit_tails())
+        else {
             return Ok(());
         };
         if let Some(j) = centre.iter().position(|x| !x.is_finite()) {
@@ -260,14 +262,21 @@ impl Gallery {
                 format!("1-bit centre value {j} is not finite"),
             ));
         }
-        let stride = self.bits_stride();
-        let (full, rest) = (l.dim / 64, l.dim % 64);
-        for (i, row) in bits.chunks_exact(stride.max(1)).enumerate() {
-            let partial = if rest == 0 { 0 } else { row[full] >> rest };
-            let start = full + usize::from(rest != 0);
-            if partial != 0 || row[start..].iter().any(|&w| w != 0) {
+        let used = l.dim % 64;
+        if used == 0 {
+            return Ok(());
+        }
+        // Only a code's last word has bits past the dimension: the tail's, or the head's
+        // when the whole code is one word.
+        let (plane, words, offset) = if tail_words > 0 {
+            (tails, tail_words, l.bits_tail_offset)
+        } else {
+            (heads, head_words, l.bits_offset)
+        };
+        for (i, row) in plane.chunks_exact(words.max(1)).enumerate() {
+            if row[words - 1] >> used != 0 {
                 return Err(self.corrupt(
-                    l.bits_offset + (i * stride * 8) as u64,
+                    offset + (8 * (i * words + words - 1)) as u64,
                     format!("row {i} has 1-bit code bits set past dimension {}", l.dim),
                 ));
             }
@@ -347,7 +356,7 @@ impl Gallery {
             unit_norm: self.is_unit_norm(),
             vector_stride_bytes: l.vector_stride_bytes,
             code_stride_bytes: l.code_stride_bytes,
-            bits_stride_bytes: l.bits_stride_bytes,
+            bits_row_bytes: l.bits_row_bytes,
             max_template_id: self.header.max_template_id,
             subjects,
             file_bytes: l.file_len(),
@@ -366,7 +375,12 @@ impl Gallery {
             ("int8 codes", l.codes_offset, n * l.code_stride_bytes),
             ("int8 [scale, norm, err, 0]", l.quant_offset, 16 * n),
             ("1-bit centre", l.centre_offset, 4 * l.dim as u64),
-            ("1-bit codes", l.bits_offset, n * l.bits_stride_bytes),
+            ("1-bit code heads", l.bits_offset, n * 8 * l.bits_head_words),
+            (
+                "1-bit code tails",
+                l.bits_tail_offset,
+                n * (l.bits_row_bytes - 8 * l.bits_head_words),
+            ),
             ("template ids", l.templates_offset, 8 * n),
             ("subject ids", l.subjects_offset, 8 * n),
             ("subject index", l.order_offset, 4 * n),
@@ -434,10 +448,6 @@ impl Gallery {
             .then(|| self.section(l.quant_offset, self.len()))
     }
 
-    fn bits_stride(&self) -> usize {
-        self.header.layout.bits_stride_bytes as usize / 8
-    }
-
     /// The centre the 1-bit codes were taken against (`dim` values), if the segment has them.
     pub fn centre(&self) -> Option<&[f32]> {
         let l = &self.header.layout;
@@ -446,12 +456,32 @@ impl Gallery {
             .then(|| self.section(l.centre_offset, l.dim))
     }
 
-    /// 1-bit codes, `bits_stride_bytes / 8` words apart, if the segment has them.
-    pub fn bits(&self) -> Option<&[u64]> {
+    /// The heads of the 1-bit codes (the first `words` words of every row's code) and
+    /// `words`, if the segment has 1-bit codes.
+    pub fn bit_heads(&self) -> Option<(&[u64], usize)> {
         let l = &self.header.layout;
+        let words = l.bits_head_words as usize;
         l.element
             .has_bits()
-            .then(|| self.section(l.bits_offset, self.len() * self.bits_stride()))
+            .then(|| (self.section(l.bits_offset, self.len() * words), words))
+    }
+
+    /// The tails of the 1-bit codes (the remaining `words` words of every row's code) and
+    /// `words` (0 when a code is a single word), if the segment has 1-bit codes.
+    pub fn bit_tails(&self) -> Option<(&[u64], usize)> {
+        let l = &self.header.layout;
+        let words = (l.bits_row_bytes / 8 - l.bits_head_words) as usize;
+        l.element
+            .has_bits()
+            .then(|| (self.section(l.bits_tail_offset, self.len() * words), words))
+    }
+
+    /// Row `i`'s whole 1-bit code (head then tail), if the segment has 1-bit codes.
+    pub fn bit_code(&self, i: usize) -> Option<Vec<u64>> {
+        let ((heads, h), (tails, t)) = (self.bit_heads()?, self.bit_tails()?);
+        let head = heads.get(i * h..(i + 1) * h)?;
+        let tail = tails.get(i * t..(i + 1) * t)?;
+        Some([head, tail].concat())
     }
 
     /// Subject id of every row.
@@ -498,8 +528,8 @@ impl Gallery {
             (Some(c), Some(q)) => rows.with_codes(c, l.code_stride_bytes as usize, q)?,
             _ => rows,
         };
-        match (self.bits(), self.centre()) {
-            (Some(b), Some(c)) => rows.with_bits(b, self.bits_stride(), c),
+        match (self.bit_heads(), self.bit_tails(), self.centre()) {
+            (Some((heads, h)), Some((tails, t)), Some(c)) => rows.with_bits(heads, h, tails, t, c),
             _ => Some(rows),
         }
     }

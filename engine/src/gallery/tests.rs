@@ -82,15 +82,15 @@ fn segment_round_trips() {
             (17, 300, precision.name())
         );
         assert_eq!(g.codes().is_some(), precision != Precision::F32);
-        assert_eq!(g.bits().is_some(), precision == Precision::Binary);
+        assert_eq!(g.bit_heads().is_some(), precision == Precision::Binary);
         assert_eq!(g.rows().unwrap().has_bits(), precision == Precision::Binary);
-        if let (Some(bits), Some(centre)) = (g.bits(), g.centre()) {
+        if let Some(centre) = g.centre() {
             // Each row's code is its signs against the stored centre (the rows' mean).
-            let words = info.bits_stride_bytes as usize / 8;
+            let words = info.bits_row_bytes as usize / 8;
             for i in [0, 7, 299] {
                 let mut want = vec![0u64; words];
                 crate::index::encode_bits(g.vector(i).unwrap(), centre, &mut want);
-                assert_eq!(&bits[i * words..(i + 1) * words], &want[..]);
+                assert_eq!(g.bit_code(i).unwrap(), want);
             }
             let mean = (0..300)
                 .map(|i| f64::from(g.vector(i).unwrap()[3]))
@@ -100,7 +100,7 @@ fn segment_round_trips() {
         }
         let names: Vec<&str> = info.sections.iter().map(|s| s.name).collect();
         assert_eq!(
-            names.contains(&"1-bit codes"),
+            names.contains(&"1-bit code tails"),
             precision == Precision::Binary
         );
         assert_eq!(names.contains(&"int8 codes"), precision != Precision::F32);

@@ -13,7 +13,7 @@ use super::GalleryError;
 use super::format::{
     ElementType, FLAG_UNIT_NORM, FORMAT_VERSION, Header, Layout, MAX_DIM, encode_footer,
 };
-use crate::index::{Precision, encode_bits, quantize_into};
+use crate::index::{Precision, code_words, encode_bits, quantize_into};
 
 /// How to write a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,18 +288,27 @@ fn write_file(
         out.pad_to(layout.quant_offset).map_err(io)?;
         out.put(bytemuck::cast_slice(&quant)).map_err(io)?;
     }
-    // Pass 3: the centre (the rows' mean) and every row's 1-bit code against it.
+    // Passes 3 and 4: the centre (the rows' mean), then every row's 1-bit code against it,
+    // heads first, then tails (see the format table for why they are apart).
     if layout.element.has_bits() {
         let centre: Vec<f32> = sum.iter().map(|&s| (s / n.max(1) as f64) as f32).collect();
         out.pad_to(layout.centre_offset).map_err(io)?;
         out.put(bytemuck::cast_slice(&centre)).map_err(io)?;
-        out.pad_to(layout.bits_offset).map_err(io)?;
-        let mut bits = vec![0u64; layout.bits_stride_bytes as usize / 8];
-        for i in 0..n {
-            prepare_row(rows, i, spec, &mut row_buf)?;
-            encode_bits(&row_buf[..spec.dim], &centre, &mut bits);
-            out.put(bytemuck::cast_slice(&bits)).map_err(io)?;
-            report(progress, "bits", i + 1);
+        let words = code_words(spec.dim);
+        let head = layout.bits_head_words as usize;
+        let mut code = vec![0u64; words];
+        for (offset, range) in [
+            (layout.bits_offset, 0..head),
+            (layout.bits_tail_offset, head..words),
+        ] {
+            out.pad_to(offset).map_err(io)?;
+            for i in 0..n {
+                prepare_row(rows, i, spec, &mut row_buf)?;
+                encode_bits(&row_buf[..spec.dim], &centre, &mut code);
+                out.put(bytemuck::cast_slice(&code[range.clone()]))
+                    .map_err(io)?;
+                report(progress, "bits", i + 1);
+            }
         }
     }
     // Ids and the subject index.

@@ -127,6 +127,9 @@ pub struct SearchOptions {
     /// Binary scans: rows shortlisted per query for the exact re-rank (at least four times
     /// the collector's size is used; see [`BINARY_CANDIDATES`]).
     pub candidates: usize,
+    /// Binary scans: a first pass over the code heads alone prunes rows before the tails are
+    /// read (see `flat/binary.rs`); `false` reads every whole code.
+    pub prefilter: bool,
 }
 
 impl Default for SearchOptions {
@@ -136,6 +139,7 @@ impl Default for SearchOptions {
             threads: 1,
             batch: BatchPath::Auto,
             candidates: BINARY_CANDIDATES,
+            prefilter: true,
         }
     }
 }
@@ -148,11 +152,14 @@ pub struct CodesRef<'a> {
     quant: &'a [[f32; 4]],
 }
 
-/// 1-bit codes of a row set: `stride` words per row, and the centre they were taken against.
+/// 1-bit codes of a row set, split in two planes (every row's first `head_words` words, then
+/// every row's remaining `tail_words`), and the centre they were taken against.
 #[derive(Clone, Copy)]
 pub struct BitsRef<'a> {
-    words: &'a [u64],
-    stride: usize,
+    heads: &'a [u64],
+    head_words: usize,
+    tails: &'a [u64],
+    tail_words: usize,
     centre: &'a [f32],
 }
 
@@ -213,16 +220,30 @@ impl<'a> RowsRef<'a> {
         })
     }
 
-    /// Adds 1-bit codes (`stride` u64 words per row, see [`crate::index::bits`]) taken
-    /// against `centre` (`dim` values).
-    pub fn with_bits(mut self, words: &'a [u64], stride: usize, centre: &'a [f32]) -> Option<Self> {
+    /// Adds 1-bit codes (see [`crate::index::bits`]) taken against `centre` (`dim` values):
+    /// `heads` holds every row's first `head_words = ceil(words / 2)` words, `tails` every
+    /// row's remaining `tail_words`, where `words = ceil(dim / 64)`.
+    pub fn with_bits(
+        mut self,
+        heads: &'a [u64],
+        head_words: usize,
+        tails: &'a [u64],
+        tail_words: usize,
+        centre: &'a [f32],
+    ) -> Option<Self> {
         let n = self.len();
+        let words = super::bits::code_words(self.dim);
         let ok = centre.len() == self.dim
-            && fits(super::bits::code_words(self.dim), words.len(), stride, n);
+            && head_words == words.div_ceil(2)
+            && head_words + tail_words == words
+            && fits(head_words, heads.len(), head_words, n)
+            && fits(tail_words, tails.len(), tail_words, n);
         ok.then(|| {
             self.bits = Some(BitsRef {
-                words,
-                stride,
+                heads,
+                head_words,
+                tails,
+                tail_words,
                 centre,
             });
             self
@@ -705,7 +726,7 @@ fn gemm_block(
 }
 
 mod binary;
-pub use binary::{AUTO_BINARY_MIN_ROWS, BINARY_CANDIDATES};
+pub use binary::{AUTO_BINARY_MIN_ROWS, BINARY_CANDIDATES, PREFILTER_SHARE};
 
 #[cfg(test)]
 mod tests;

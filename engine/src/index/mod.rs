@@ -24,7 +24,7 @@ pub mod topk;
 pub use bits::{code_words, encode_bits};
 pub use flat::{
     AUTO_BINARY_MIN_ROWS, BINARY_CANDIDATES, BatchPath, BitsRef, CodesRef, GEMM_MIN_QUERIES,
-    Precision, RowsRef, SearchOptions, search,
+    PREFILTER_SHARE, Precision, RowsRef, SearchOptions, search,
 };
 pub use kernels::{Isa, IsaError, Kernels};
 pub use quant::{QueryQuant, RowQuant, quantize_into};

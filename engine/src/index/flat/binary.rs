@@ -3,26 +3,31 @@
 //!
 //! # The candidate rule
 //!
-//! For each query, with `c = max(candidates, 4 * collector size)`, the shortlist holds every
-//! row whose Hamming distance is at most the `c`-th smallest distance over all scanned rows,
-//! ties included (all rows if there are fewer than `c`). It depends only on the distances,
-//! never on scan order, block size or thread count. The shortlist is then re-ranked exactly
-//! as the int8 scan does: each candidate's int8 interval `[lb, ub]` (see
-//! [`crate::index::quant`]) is computed, and f32 scores only for candidates whose `ub` reaches
-//! the best lower bounds.
+//! Codes are stored in two planes: every row's *head* (the first half of its words), then
+//! every row's *tail*. For each query, with `c = max(candidates, 4 * collector size)`:
 //!
-//! # What is guaranteed
+//! 1. **Prefilter** (when [`SearchOptions::prefilter`] is on and codes have a tail): the scan
+//!    reads only the heads and keeps every row whose head distance is at most the `c1`-th
+//!    smallest, ties included, `c1 = max(16 c, rows / PREFILTER_SHARE)`. At d = 512 that
+//!    reads 32 of the 64 bytes of every code.
+//! 2. **Shortlist**: the kept rows' whole-code distances (head + tail); every row at most
+//!    the `c`-th smallest, ties included, is a candidate (all rows if there are fewer).
+//! 3. **Exact re-rank**: each candidate's int8 interval `[lb, ub]` (see
+//!    [`crate::index::quant`]) first, then f32 scores only where `ub` reaches the best lower
+//!    bounds, as the int8 scan does.
 //!
-//! The result is *exactly* the f32 search result restricted to the shortlist: every returned
-//! row is a real row with its exact f32 score (the same value an f32 scan returns), and ties
-//! break as everywhere else. A row outside the shortlist is never returned, so the
-//! approximation can only miss a match: if the true best row is shortlisted, the best hit is
-//! the true best hit. With `BestTwo`, the runner-up is the best *shortlisted* other subject,
-//! so a lookalike who is close to the query (and hence close in Hamming distance) is
-//! shortlisted with it; the tests check that accept/reject decisions agree with exact search
-//! on seeded face-like data.
-
-use super::{Collector, Int8State, Scan, Task, fan_out};
+//! Both cut-offs depend only on the distances, never on scan order, block size or thread
+//! count, so results do not either.
+//!
+//! Why a prefilter works without a rotation: for a random direction the head distance of an
+//! unrelated row is about `h/2 +- sqrt(h)/2` bits (h = 256 at d = 512: 128 +- 8), while a
+//! genuine probe's true template (cosine >= 0.5 to the probe, angle <= 60 degrees) sits at
+//! about `h/3 +- 7.5` or less: keeping the best 1/64 of rows (head distance below about
+//! 111) keeps such a template with probability above 99.97% even in that worst case.
+//!
+//! [`SearchOptions::prefilter`]: super::SearchOptions::prefilter
+//!
+use super::{BitsRef, Collector, Int8State, Scan, Task, fan_out};
 use crate::index::bits::{code_words, encode_bits};
 use crate::index::kernels::{BitBlock, BitMulti, I8Block};
 use crate::index::quant::{QueryQuant, widen};
@@ -37,6 +42,9 @@ pub const BINARY_CANDIDATES: usize = 64;
 /// Below it the int8 scan is exact and already fast; see benches/README.md for the
 /// measured crossover.
 pub const AUTO_BINARY_MIN_ROWS: usize = 200_000;
+
+/// The prefilter keeps at least one row in this many (see the module docs).
+pub const PREFILTER_SHARE: usize = 64;
 
 /// Rows per kernel call: 256 rows of 512-d codes are 16 KiB, which stays in L1 while every
 /// query of a batch is compared with them.
@@ -106,22 +114,33 @@ impl Shortlist {
 
     /// The shortlisted (part, row) pairs, in address order.
     pub(super) fn into_rows(self) -> Vec<(u32, u32)> {
-        let limit = self.limit;
-        let mut rows: Vec<(u32, u32)> = self
-            .rows
+        self.into_scored()
             .into_iter()
-            .filter(|r| r.0 <= limit)
             .map(|(_, p, r)| (p, r))
-            .collect();
-        rows.sort_unstable();
+            .collect()
+    }
+
+    /// The shortlisted (distance, part, row) triples, in address order.
+    pub(super) fn into_scored(self) -> Vec<(u32, u32, u32)> {
+        let limit = self.limit;
+        let mut rows: Vec<(u32, u32, u32)> =
+            self.rows.into_iter().filter(|r| r.0 <= limit).collect();
+        rows.sort_unstable_by_key(|&(_, p, r)| (p, r));
         rows
     }
+}
+
+/// Scratch of one thread's scan.
+struct BitScratch {
+    head: Vec<u32>,
+    tail: Vec<u32>,
 }
 
 impl Scan<'_, '_> {
     /// Binary search over parts that all carry 1-bit codes.
     pub(super) fn binary<C: Collector>(&self, plans: &[Vec<Task>], empty: &C) -> Vec<C> {
         let words = code_words(self.dim);
+        let head_words = words.div_ceil(2);
         // Each part has its own centre, so each has its own query codes (nq x words).
         let qcodes: Vec<Vec<u64>> = self
             .parts
@@ -137,14 +156,22 @@ impl Scan<'_, '_> {
             })
             .collect();
         let want = self.opts.candidates.max(empty.size().saturating_mul(4));
-        let max_distance = (words * 64) as u32;
+        let total: usize = self.parts.iter().map(|p| p.len()).sum();
+        let prefilter = self.opts.prefilter && words > head_words;
+        let (first_want, first_max) = if prefilter {
+            let keep = want.saturating_mul(16).max(total / PREFILTER_SHARE);
+            (keep, 64 * head_words as u32)
+        } else {
+            (want, 64 * words as u32)
+        };
         let mut per_thread = fan_out(plans, |tasks| {
-            self.bit_scan(tasks, &qcodes, words, Shortlist::new(want, max_distance))
+            let first = Shortlist::new(first_want, first_max);
+            self.bit_scan(tasks, &qcodes, words, prefilter, first)
         })
         .into_iter();
         let mut lists = per_thread
             .next()
-            .unwrap_or_else(|| vec![Shortlist::new(want, max_distance); self.nq]);
+            .unwrap_or_else(|| vec![Shortlist::new(first_want, first_max); self.nq]);
         for other in per_thread {
             for (m, o) in lists.iter_mut().zip(other) {
                 m.absorb(o);
@@ -153,45 +180,58 @@ impl Scan<'_, '_> {
         lists
             .into_iter()
             .enumerate()
-            .map(|(j, list)| self.rerank_shortlist(j, list.into_rows(), empty))
+            .map(|(j, list)| {
+                let rows = if prefilter {
+                    let second = Shortlist::new(want, 64 * words as u32);
+                    self.add_tails(j, list.into_scored(), &qcodes, words, second)
+                        .into_rows()
+                } else {
+                    list.into_rows()
+                };
+                self.rerank_shortlist(j, rows, empty)
+            })
             .collect()
     }
 
-    /// Shortlists per query over `tasks`.
+    /// First-pass shortlists per query over `tasks`: head distances with `heads_only`,
+    /// whole-code distances otherwise.
     fn bit_scan(
         &self,
         tasks: &[Task],
         qcodes: &[Vec<u64>],
         words: usize,
+        heads_only: bool,
         empty: Shortlist,
     ) -> Vec<Shortlist> {
         let nq = self.nq;
         let mut lists = vec![empty; nq];
-        let mut dist = vec![0u32; BIT_BLOCK_ROWS * nq];
+        let mut scratch = BitScratch {
+            head: vec![0u32; BIT_BLOCK_ROWS * nq],
+            tail: vec![0u32; BIT_BLOCK_ROWS * nq],
+        };
         for task in tasks {
             let part = &self.parts[task.part];
             let Some(bits) = part.bits else { continue };
             let queries = &qcodes[task.part];
             for start in task.rows.clone().step_by(BIT_BLOCK_ROWS) {
                 let n = BIT_BLOCK_ROWS.min(task.rows.end - start);
-                let rows = &bits.words[start * bits.stride..];
+                let tails = !heads_only && bits.tail_words > 0;
+                self.bit_block(&bits, queries, words, start, n, tails, &mut scratch);
+                let dist = &mut scratch.head[..n * nq];
+                if tails {
+                    for (d, t) in dist.iter_mut().zip(&scratch.tail) {
+                        *d += t;
+                    }
+                }
                 if let [list] = &mut lists[..] {
-                    let Some(b) = BitBlock::new(&queries[..words], rows, bits.stride, n) else {
-                        continue;
-                    };
-                    self.kernels.hamming(&b, &mut dist[..n]);
-                    for (i, &d) in dist[..n].iter().enumerate() {
+                    for (i, &d) in dist.iter().enumerate() {
                         if d <= list.limit() && !part.is_deleted(start + i) {
                             list.offer(d, task.part as u32, (start + i) as u32);
                         }
                     }
                     continue;
                 }
-                let Some(b) = BitMulti::new(words, queries, words, nq, rows, bits.stride, n) else {
-                    continue;
-                };
-                self.kernels.multi_hamming(&b, &mut dist[..n * nq]);
-                for (i, ds) in dist[..n * nq].chunks_exact(nq).enumerate() {
+                for (i, ds) in dist.chunks_exact(nq).enumerate() {
                     for (list, &d) in lists.iter_mut().zip(ds) {
                         if d <= list.limit() && !part.is_deleted(start + i) {
                             list.offer(d, task.part as u32, (start + i) as u32);
@@ -201,6 +241,81 @@ impl Scan<'_, '_> {
             }
         }
         lists
+    }
+
+    /// Head (and, with `tails`, tail) distances of `n` rows from `start` to every query, into
+    /// `scratch.head[i * nq + j]` (and `scratch.tail`).
+    #[allow(clippy::too_many_arguments)] // one block of one plane pair; splitting obscures it
+    fn bit_block(
+        &self,
+        bits: &BitsRef<'_>,
+        queries: &[u64],
+        words: usize,
+        start: usize,
+        n: usize,
+        tails: bool,
+        scratch: &mut BitScratch,
+    ) {
+        let (h, t, nq) = (bits.head_words, bits.tail_words, self.nq);
+        let planes = [
+            (&bits.heads[start * h..], h, 0, &mut scratch.head),
+            (&bits.tails[start * t..], t, h, &mut scratch.tail),
+        ];
+        for (rows, w, skip, out) in planes.into_iter().take(1 + usize::from(tails)) {
+            if nq == 1 {
+                if let Some(b) = BitBlock::new(&queries[skip..skip + w], rows, w, n) {
+                    self.kernels.hamming(&b, &mut out[..n]);
+                }
+            } else if let Some(b) = BitMulti::new(w, &queries[skip..], words, nq, rows, w, n) {
+                self.kernels.multi_hamming(&b, &mut out[..n * nq]);
+            }
+        }
+    }
+
+    /// Whole-code distances of query `j`'s prefiltered rows: each row's tail is gathered next
+    /// to the others (one random 32-byte read at d = 512) and scored in blocks.
+    fn add_tails(
+        &self,
+        j: usize,
+        rows: Vec<(u32, u32, u32)>,
+        qcodes: &[Vec<u64>],
+        words: usize,
+        mut list: Shortlist,
+    ) -> Shortlist {
+        let mut gathered: Vec<u64> = Vec::with_capacity(BIT_BLOCK_ROWS * words);
+        let mut dist = vec![0u32; BIT_BLOCK_ROWS];
+        let mut chunk: Vec<(u32, u32, u32)> = Vec::with_capacity(BIT_BLOCK_ROWS);
+        let mut rest = rows.into_iter().peekable();
+        while rest.peek().is_some() {
+            // One part per chunk: every row of a chunk shares the part's query code.
+            chunk.clear();
+            gathered.clear();
+            let Some(&(_, part_index, _)) = rest.peek() else {
+                break;
+            };
+            let Some(bits) = self.parts[part_index as usize].bits else {
+                break;
+            };
+            let t = bits.tail_words;
+            while let Some(&(d, p, r)) = rest.peek() {
+                if p != part_index || chunk.len() == BIT_BLOCK_ROWS {
+                    break;
+                }
+                let r = r as usize;
+                gathered.extend_from_slice(&bits.tails[r * t..(r + 1) * t]);
+                chunk.push((d, p, r as u32));
+                rest.next();
+            }
+            let q = &qcodes[part_index as usize][j * words..(j + 1) * words];
+            let n = chunk.len();
+            if let Some(b) = BitBlock::new(&q[bits.head_words..], &gathered, t, n) {
+                self.kernels.hamming(&b, &mut dist[..n]);
+            }
+            for (&(d, p, r), &t) in chunk.iter().zip(&dist) {
+                list.offer(d + t, p, r);
+            }
+        }
+        list
     }
 
     /// Exact scores for the shortlist of query `j`: int8 intervals first, f32 where needed.

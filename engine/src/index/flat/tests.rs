@@ -16,7 +16,8 @@ struct Owned {
     templates: Vec<u64>,
     codes: Vec<i8>,
     quant: Vec<[f32; 4]>,
-    bits: Vec<u64>,
+    heads: Vec<u64>,
+    tails: Vec<u64>,
     centre: Vec<f32>,
     deleted: Vec<u64>,
 }
@@ -42,17 +43,17 @@ impl Owned {
                 *c += x / n as f32;
             }
         }
-        let words = crate::index::bits::code_words(dim) + 1;
-        let mut bits = vec![0u64; n * words];
+        let words = crate::index::bits::code_words(dim);
+        let (mut heads, mut tails) = (Vec::new(), Vec::new());
+        let mut code = vec![0u64; words];
         for i in 0..n {
-            crate::index::bits::encode_bits(
-                &rows[i * dim..(i + 1) * dim],
-                &centre,
-                &mut bits[i * words..(i + 1) * words],
-            );
+            crate::index::bits::encode_bits(&rows[i * dim..(i + 1) * dim], &centre, &mut code);
+            heads.extend_from_slice(&code[..words.div_ceil(2)]);
+            tails.extend_from_slice(&code[words.div_ceil(2)..]);
         }
         Self {
-            bits,
+            heads,
+            tails,
             centre,
             dim,
             stride,
@@ -88,11 +89,12 @@ impl Owned {
         }
     }
 
-    /// Rows with int8 and 1-bit codes (the bit stride is padded by a word).
+    /// Rows with int8 and 1-bit codes.
     fn rows_with_bits(&self) -> RowsRef<'_> {
-        let words = crate::index::bits::code_words(self.dim) + 1;
+        let words = crate::index::bits::code_words(self.dim);
+        let h = words.div_ceil(2);
         self.rows(true)
-            .with_bits(&self.bits, words, &self.centre)
+            .with_bits(&self.heads, h, &self.tails, words - h, &self.centre)
             .unwrap()
     }
 
@@ -117,6 +119,7 @@ fn opts(precision: Precision, threads: usize, batch: BatchPath) -> SearchOptions
         threads,
         batch,
         candidates: BINARY_CANDIDATES,
+        prefilter: true,
     }
 }
 
@@ -398,13 +401,21 @@ fn binary_top1_matches_exact_on_face_like_data() {
         &BestTwo::new(),
         &opts(Precision::F32, 2, BatchPath::Auto),
     );
-    let binary = search(
-        k,
-        &rows,
-        &qrefs,
-        &BestTwo::new(),
-        &opts(Precision::Binary, 2, BatchPath::Auto),
-    );
+    // The default shortlist, and a small one for which the prefilter keeps only its
+    // 1/PREFILTER_SHARE of the rows (16 x 8 = 128 < 20_000 / 64).
+    for candidates in [BINARY_CANDIDATES, 8] {
+        let mut o = opts(Precision::Binary, 2, BatchPath::Auto);
+        o.candidates = candidates;
+        let binary = search(k, &rows, &qrefs, &BestTwo::new(), &o);
+        check_binary_against_exact(&probes, &exact, &binary);
+    }
+}
+
+fn check_binary_against_exact(
+    probes: &[crate::testing::Probe],
+    exact: &[BestTwo],
+    binary: &[BestTwo],
+) {
     let (mut genuine, mut same_top1) = (0, 0);
     for (j, p) in probes.iter().enumerate() {
         let (e, b) = (exact[j], binary[j]);
