@@ -169,6 +169,25 @@ fn extremes_bits(k: Kernels) {
     }
 }
 
+/// Densely packed 4-word codes (the code heads at d = 512), the AVX-512 eight-row path,
+/// at every count around its step of eight.
+fn dense_heads(k: Kernels) {
+    let mut rng = Rng::new(77);
+    for n in 0..41 {
+        let rows: Vec<u64> = (0..4 * n).map(|_| rng.next_u64()).collect();
+        let q: Vec<u64> = (0..4).map(|_| rng.next_u64()).collect();
+        let block = BitBlock::new(&q, &rows, 4, n).unwrap();
+        let (mut a, mut b) = (vec![0u32; n], vec![0u32; n]);
+        k.hamming(&block, &mut a);
+        Kernels::scalar().hamming(&block, &mut b);
+        assert_eq!(a, b, "{} n {n}", k.isa());
+        // A shorter output scores a prefix only.
+        let mut short = vec![0u32; n / 2];
+        k.hamming(&block, &mut short);
+        assert_eq!(short, b[..n / 2], "{} n {n} truncated", k.isa());
+    }
+}
+
 fn extremes_i8(k: Kernels) {
     // All +127 / -127 (the largest products), and zero queries, at every tail length.
     for dim in [1, 31, 32, 63, 64, 65, 127, 512, 513] {
@@ -222,6 +241,13 @@ macro_rules! isa_tests {
             fn bits_extremes_match_exact() {
                 if let Some(k) = kernels() {
                     extremes_bits(k);
+                }
+            }
+
+            #[test]
+            fn bits_dense_heads_match_scalar() {
+                if let Some(k) = kernels() {
+                    dense_heads(k);
                 }
             }
 

@@ -20,8 +20,8 @@
 //!   with `vpshufb`; byte counts (at most 8 per chunk) add up in bytes for up to 31 chunks
 //!   before one `vpsadbw` widens them to u64 lanes.
 //! - 1-bit on AVX-512: `vpopcntq` where the CPU has VPOPCNTDQ (a 512-d code is one load, one
-//!   xor, one popcount and a reduction per row); without it the AVX-512 table uses the AVX2
-//!   kernel, since the scan is bound by memory either way.
+//!   xor, one popcount and a reduction per row; densely packed 4-word code heads go eight
+//!   rows per step, see `hamming_dense4`); without it the AVX-512 table uses the AVX2 kernel.
 #![allow(unsafe_code)]
 
 use super::{BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi, Isa, Kernels};
@@ -47,8 +47,8 @@ pub(super) fn avx512() -> Option<Kernels> {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("fma");
-    let vpopcnt = is_x86_feature_detected!("avx512vpopcntdq");
     let avx2 = is_x86_feature_detected!("avx2");
+    let vpopcnt = is_x86_feature_detected!("avx512vpopcntdq") && avx2;
     let (hamming, multi_hamming): (super::Hamming, super::MultiHamming) = if vpopcnt {
         (entry::vpopcnt_hamming, entry::vpopcnt_multi_hamming)
     } else if avx2 {
@@ -105,13 +105,13 @@ mod entry {
 
     pub(super) fn vpopcnt_hamming(b: &BitBlock<'_>, out: &mut [u32]) {
         // SAFETY: only stored in the table `x86_64::avx512()` built, and only after
-        // detecting AVX-512 F and VPOPCNTDQ there.
+        // detecting AVX-512 F, VPOPCNTDQ and AVX2 there.
         unsafe { vpopcnt::hamming(b, out) }
     }
 
     pub(super) fn vpopcnt_multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
         // SAFETY: only stored in the table `x86_64::avx512()` built, and only after
-        // detecting AVX-512 F and VPOPCNTDQ there.
+        // detecting AVX-512 F, VPOPCNTDQ and AVX2 there.
         unsafe { vpopcnt::multi_hamming(b, out) }
     }
 }
@@ -933,14 +933,14 @@ mod vpopcnt {
 
     use super::{BitBlock, BitMulti};
 
-    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
     #[inline]
     fn load(a: &[u64; 8]) -> __m512i {
         // SAFETY: `a` is 64 readable bytes; loadu has no alignment requirement.
         unsafe { _mm512_loadu_epi64(a.as_ptr().cast()) }
     }
 
-    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
     #[inline]
     fn load_tail(a: &[u64]) -> __m512i {
         let k = ((1u32 << a.len().min(7)) - 1) as __mmask8;
@@ -950,7 +950,7 @@ mod vpopcnt {
     }
 
     /// `popcount(q ^ r)` over the common prefix of two codes.
-    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
     fn hamming_words(q: &[u64], r: &[u64]) -> u32 {
         let n = q.len().min(r.len());
         let (qc, qt) = q[..n].as_chunks::<8>();
@@ -967,14 +967,60 @@ mod vpopcnt {
         _mm512_reduce_add_epi64(acc) as u32
     }
 
-    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
     pub(super) fn hamming(b: &BitBlock<'_>, out: &mut [u32]) {
-        for (i, o) in out.iter_mut().enumerate() {
+        let done = if let (Ok(q), true) = (<&[u64; 4]>::try_from(b.query()), b.stride == 4) {
+            hamming_dense4(q, b.rows, out)
+        } else {
+            0
+        };
+        for (i, o) in out.iter_mut().enumerate().skip(done) {
             *o = hamming_words(b.query(), b.row(i));
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    /// Densely packed 4-word codes (the code heads at d = 512), eight rows per step: two rows
+    /// per 64-byte load, per-word counts narrowed to bytes (`vpmovqb`), then summed four
+    /// bytes at a time (`vpmaddubsw`, `vpmaddwd`) into eight row distances, stored at once.
+    /// About 3 instructions per row instead of 9. Returns how many rows it scored.
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    fn hamming_dense4(q: &[u64; 4], rows: &[u64], out: &mut [u32]) -> usize {
+        let q2 = _mm512_broadcast_i64x4(load4(q));
+        let ones8 = _mm256_set1_epi8(1);
+        let ones16 = _mm256_set1_epi16(1);
+        let steps = (rows.len() / 32).min(out.len() / 8);
+        let (groups, _) = rows[..steps * 32].as_chunks::<32>();
+        let (outs, _) = out[..steps * 8].as_chunks_mut::<8>();
+        for (g, o) in groups.iter().zip(outs) {
+            let (pairs, _) = g.as_chunks::<8>();
+            let bytes = |k: usize| {
+                let v = _mm512_xor_si512(load(&pairs[k]), q2);
+                _mm512_cvtepi64_epi8(_mm512_popcnt_epi64(v))
+            };
+            let lo = _mm_unpacklo_epi64(bytes(0), bytes(1));
+            let hi = _mm_unpacklo_epi64(bytes(2), bytes(3));
+            let all = _mm256_set_m128i(hi, lo);
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(all, ones8), ones16);
+            store8(o, sums);
+        }
+        steps * 8
+    }
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    #[inline]
+    fn load4(a: &[u64; 4]) -> __m256i {
+        // SAFETY: `a` is 32 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    #[inline]
+    fn store8(o: &mut [u32; 8], v: __m256i) {
+        // SAFETY: `o` is 32 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), v) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
     pub(super) fn multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
         let nq = b.queries();
         for (i, row_out) in out.chunks_exact_mut(nq.max(1)).enumerate() {
