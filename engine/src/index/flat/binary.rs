@@ -46,6 +46,14 @@ pub const AUTO_BINARY_MIN_ROWS: usize = 200_000;
 /// The prefilter keeps at least one row in this many (see the module docs).
 pub const PREFILTER_SHARE: usize = 64;
 
+/// Rows at the start of the first part whose head distances estimate each query's prefilter
+/// cut-off before the scan, so the scan offers few rows that a later one pushes out.
+const LIMIT_SAMPLE_ROWS: usize = 8192;
+
+/// Bits added to the sampled cut-off: each bit adds roughly a fifth more rows near the
+/// cut-off, so four make a too-low start (which costs a second scan) very unlikely.
+const LIMIT_MARGIN: u32 = 4;
+
 /// Rows per kernel call: 256 rows of 512-d codes are 16 KiB, which stays in L1 while every
 /// query of a batch is compared with them.
 const BIT_BLOCK_ROWS: usize = 256;
@@ -74,6 +82,19 @@ impl Shortlist {
             rows: Vec::new(),
             prune_at: want.max(1).saturating_mul(4).saturating_add(64),
         }
+    }
+
+    /// A shortlist that ignores rows beyond `limit` from the start. If fewer than `want` rows
+    /// are within it, [`Shortlist::is_short`] says so and the result is not the rule's.
+    pub(super) fn with_limit(want: usize, max_distance: u32, limit: u32) -> Self {
+        let mut list = Self::new(want, max_distance);
+        list.limit = limit.min(max_distance);
+        list
+    }
+
+    /// True if fewer than `want` rows were kept (all rows seen, or a start limit too low).
+    pub(super) fn is_short(&self) -> bool {
+        self.kept < self.want
     }
 
     /// The largest distance still worth offering.
@@ -158,18 +179,37 @@ impl Scan<'_, '_> {
         } else {
             (want, 64 * words as u32)
         };
-        let mut per_thread = fan_out(plans, |tasks| {
-            let first = Shortlist::new(first_want, first_max);
-            self.bit_scan(tasks, &qcodes, words, prefilter, first)
-        })
-        .into_iter();
-        let mut lists = per_thread
-            .next()
-            .unwrap_or_else(|| vec![Shortlist::new(first_want, first_max); self.nq]);
-        for other in per_thread {
-            for (m, o) in lists.iter_mut().zip(other) {
-                m.absorb(o);
+        let scan = |starts: &[u32]| {
+            let firsts: Vec<Shortlist> = starts
+                .iter()
+                .map(|&limit| Shortlist::with_limit(first_want, first_max, limit))
+                .collect();
+            let mut per_thread = fan_out(plans, |tasks| {
+                self.bit_scan(tasks, &qcodes, words, prefilter, &firsts)
+            })
+            .into_iter();
+            let mut lists = per_thread.next().unwrap_or_else(|| firsts.clone());
+            for other in per_thread {
+                for (m, o) in lists.iter_mut().zip(other) {
+                    m.absorb(o);
+                }
             }
+            lists
+        };
+        let starts = if prefilter {
+            self.sampled_limits(&qcodes, words, first_want, first_max)
+        } else {
+            vec![first_max; self.nq]
+        };
+        let mut lists = scan(&starts);
+        // A start limit below the true cut-off keeps too few rows: scan again from the top, so
+        // the shortlist is always exactly the rule's.
+        if lists
+            .iter()
+            .zip(&starts)
+            .any(|(l, &s)| s < first_max && l.is_short())
+        {
+            lists = scan(&vec![first_max; self.nq]);
         }
         lists
             .into_iter()
@@ -201,9 +241,9 @@ impl Scan<'_, '_> {
         qcodes: &[Vec<u64>],
         words: usize,
         heads_only: bool,
-        empty: Shortlist,
+        firsts: &[Shortlist],
     ) -> Vec<Shortlist> {
-        let mut lists = vec![empty; self.nq];
+        let mut lists = firsts.to_vec();
         let mut head = vec![0u32; BIT_BLOCK_ROWS];
         let mut tail = vec![0u32; BIT_BLOCK_ROWS];
         for task in tasks {
@@ -229,6 +269,38 @@ impl Scan<'_, '_> {
             }
         }
         lists
+    }
+
+    /// Per query, a start limit for the prefilter: the head distance at the cut-off's rank in
+    /// a sample of the first part's rows, plus [`LIMIT_MARGIN`]; `max` (no limit) when the
+    /// gallery is too small for a sample to say anything.
+    fn sampled_limits(&self, qcodes: &[Vec<u64>], words: usize, want: usize, max: u32) -> Vec<u32> {
+        let total: usize = self.parts.iter().map(|p| p.len()).sum();
+        let sampled = self
+            .parts
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| p.bits.map(|b| (i, b, p.len().min(LIMIT_SAMPLE_ROWS))));
+        let Some((part, bits, m)) = sampled else {
+            return vec![max; self.nq];
+        };
+        if total < want.saturating_mul(4) || m < LIMIT_SAMPLE_ROWS.min(total) {
+            return vec![max; self.nq];
+        }
+        let rank = ((want as u128 * m as u128 / total as u128) as usize).min(m - 1);
+        let h = bits.head_words;
+        let mut dist = vec![0u32; m];
+        qcodes[part]
+            .chunks_exact(words)
+            .map(|q| {
+                let Some(b) = BitBlock::new(&q[..h], bits.heads, h, m) else {
+                    return max;
+                };
+                self.kernels.hamming(&b, &mut dist);
+                let (_, &mut at, _) = dist.select_nth_unstable(rank);
+                at.saturating_add(LIMIT_MARGIN).min(max)
+            })
+            .collect()
     }
 
     /// Whole-code distances of query `j`'s prefiltered rows: each row's tail is gathered next
@@ -309,7 +381,10 @@ impl Scan<'_, '_> {
 }
 
 /// Offers a block's rows (from `start` of part `part_index`) to `list`. Almost every row
-/// misses the limit, so eight are tested at a time first (the minimum vectorizes).
+/// misses the limit, so eight are tested at a time first (the minimum vectorizes), and the
+/// rows of a passing eight are picked without branches (a mispredicted branch per row cost
+/// more than the test). The limit read at the block's start can only be higher than the
+/// current one, so no row is lost; `offer` checks the current limit again.
 fn offer_block(
     list: &mut Shortlist,
     part: &RowsRef<'_>,
@@ -317,13 +392,21 @@ fn offer_block(
     start: usize,
     dist: &[u32],
 ) {
+    let limit = list.limit();
     for (c, eight) in dist.chunks(8).enumerate() {
-        if eight.iter().fold(u32::MAX, |m, &d| m.min(d)) > list.limit() {
+        if eight.iter().fold(u32::MAX, |m, &d| m.min(d)) > limit {
             continue;
         }
-        for (i, &d) in (start + 8 * c..).zip(eight) {
-            if d <= list.limit() && !part.is_deleted(i) {
-                list.offer(d, part_index as u32, i as u32);
+        let mut picked = [0u8; 8];
+        let mut count = 0;
+        for (j, &d) in eight.iter().enumerate() {
+            picked[count] = j as u8;
+            count += usize::from(d <= limit);
+        }
+        for &j in &picked[..count] {
+            let i = start + 8 * c + usize::from(j);
+            if !part.is_deleted(i) {
+                list.offer(eight[usize::from(j)], part_index as u32, i as u32);
             }
         }
     }

@@ -523,3 +523,44 @@ fn gemm_matches_kernel_scores() {
         }
     }
 }
+
+/// The prefilter's start limit comes from a sample of the first rows; when the sample
+/// misleads (here: its rows are copies of the query, all deleted, so the sampled cut-off is
+/// far too low), the scan must start over and still find the true best row.
+#[test]
+fn binary_rescans_when_the_sampled_limit_is_too_low() {
+    let dim = 512;
+    let mut rng = Rng::new(12);
+    let query = rng.unit_vector(dim);
+    let mut near = query.clone();
+    for x in near.iter_mut().step_by(11).take(20) {
+        *x = -*x;
+    }
+    let copies = 8192;
+    let n = 40_000;
+    let mut rows = Vec::with_capacity(n * dim);
+    for i in 0..n {
+        match i {
+            _ if i < copies => rows.extend_from_slice(&query),
+            _ if i == n - 7 => rows.extend_from_slice(&near),
+            _ => rows.extend(rng.unit_vector(dim)),
+        }
+    }
+    let mut owned = Owned::new(dim, &rows, (0..n as u64).collect(), 0);
+    for i in 0..copies {
+        owned.delete(i);
+    }
+    let parts = [owned.rows_with_bits()];
+    for kern in Kernels::available() {
+        for threads in [1, 2] {
+            let got = search(
+                &kern,
+                &parts,
+                &[&query],
+                &TopK::new(1),
+                &opts(Precision::Binary, threads, BatchPath::Auto),
+            );
+            assert_eq!(got[0].hits()[0].template, (n - 7) as u64, "{}", kern.isa());
+        }
+    }
+}
