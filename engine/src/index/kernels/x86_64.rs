@@ -18,7 +18,8 @@
 //!   most 2 * 127 * 127 = 32258, so the i16 saturation never triggers.
 //! - 1-bit on AVX2: no vector popcount, so each nibble of `q ^ r` indexes a 16-entry table
 //!   with `vpshufb`; byte counts (at most 8 per chunk) add up in bytes for up to 31 chunks
-//!   before one `vpsadbw` widens them to u64 lanes.
+//!   before one `vpsadbw` widens them to u64 lanes; densely packed 4-word code heads go four
+//!   rows per step (`hamming_dense4`).
 //! - 1-bit on AVX-512: `vpopcntq` where the CPU has VPOPCNTDQ (a 512-d code is one load, one
 //!   xor, one popcount and a reduction per row; densely packed 4-word code heads go eight
 //!   rows per step, see `hamming_dense4`); without it the AVX-512 table uses the AVX2 kernel.
@@ -182,9 +183,55 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn hamming(b: &BitBlock<'_>, out: &mut [u32]) {
-        for (i, o) in out.iter_mut().enumerate() {
+        let done = if let (Ok(q), true) = (<&[u64; 4]>::try_from(b.query()), b.stride == 4) {
+            hamming_dense4(q, b.rows, out)
+        } else {
+            0
+        };
+        for (i, o) in out.iter_mut().enumerate().skip(done) {
             *o = hamming_words(b.query(), b.row(i));
         }
+    }
+
+    /// Densely packed 4-word codes (the code heads at d = 512), four rows per step: the
+    /// rows' `vpsadbw` sums (four u64 each) are added across rows with two unpack/add rounds
+    /// and one cross-lane add, instead of a horizontal sum per row. Returns how many rows it
+    /// scored.
+    #[target_feature(enable = "avx2,fma")]
+    fn hamming_dense4(q: &[u64; 4], rows: &[u64], out: &mut [u32]) -> usize {
+        let qv = load_u64(q);
+        let zero = _mm256_setzero_si256();
+        let low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let steps = (rows.len() / 16).min(out.len() / 4);
+        let (groups, _) = rows[..steps * 16].as_chunks::<16>();
+        let (outs, _) = out[..steps * 4].as_chunks_mut::<4>();
+        for (g, o) in groups.iter().zip(outs) {
+            let (r, _) = g.as_chunks::<4>();
+            let sad = |k: usize| {
+                let v = _mm256_xor_si256(load_u64(&r[k]), qv);
+                _mm256_sad_epu8(byte_popcounts(v), zero)
+            };
+            let (s0, s1, s2, s3) = (sad(0), sad(1), sad(2), sad(3));
+            // [s0.0 + s0.1, s1.0 + s1.1, s0.2 + s0.3, s1.2 + s1.3], and likewise for rows 2, 3.
+            let t01 =
+                _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+            let t23 =
+                _mm256_add_epi64(_mm256_unpacklo_epi64(s2, s3), _mm256_unpackhi_epi64(s2, s3));
+            let sums = _mm256_add_epi64(
+                _mm256_permute2x128_si256::<0x20>(t01, t23),
+                _mm256_permute2x128_si256::<0x31>(t01, t23),
+            );
+            let packed = _mm256_permutevar8x32_epi32(sums, low_dwords);
+            store4(o, _mm256_castsi256_si128(packed));
+        }
+        steps * 4
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn store4(o: &mut [u32; 4], v: __m128i) {
+        // SAFETY: `o` is 16 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), v) }
     }
 
     #[target_feature(enable = "avx2,fma")]
