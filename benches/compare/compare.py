@@ -1,5 +1,10 @@
 """gatewarden vs FAISS on the same data, same threads, same run. Driven by run.sh.
 
+Two races: the default one (FAISS IndexFlatIP and SQ8 against gatewarden f32 and int8), and
+`--race binary` (1-bit recipes with exact re-rank: FAISS IndexBinaryFlat over sign codes plus
+an exact re-rank of the top 16, IndexRaBitQ + IndexRefineFlat and IndexRaBitQFastScan +
+IndexRefineFlat with k_factor 16, against gatewarden binary and int8), default N = 1M.
+
 Data (seeded, numpy): identities are random unit vectors (the gallery); genuine probes are an
 identity plus orthogonal noise with cosine U(0.6, 0.75) to it; impostors are random unit
 vectors; 70% of queries are genuine. Ground truth: exact top-1 (float32 BLAS scores, the best
@@ -242,6 +247,145 @@ def run_size(args, n, bw):
     return res
 
 
+def make_size(args, n, default_single, default_batch):
+    """Seeded gallery and queries for size n, saved as .npy, plus exact top-1 ground truth."""
+    d = args.dim
+    out_dir = os.path.join(args.out, f"n{n}")
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(args.seed + n)
+    gallery = unit_rows(rng, n, d)
+    n_single = args.single_queries or default_single
+    n_batch = args.batch_queries or default_batch
+    queries, genuine = make_queries(rng, gallery, max(n_single, n_batch))
+    paths = {x: os.path.join(out_dir, f"{x}.npy") for x in ("gallery", "queries", "queries_single")}
+    np.save(paths["gallery"], gallery)
+    np.save(paths["queries"], queries[:n_batch])
+    np.save(paths["queries_single"], queries[:n_single])
+    truth = exact_top1(gallery, queries)
+    return out_dir, gallery, queries, genuine, truth, n_single, n_batch, paths
+
+
+class SignRerank:
+    """FAISS IndexBinaryFlat over sign codes (centred on the gallery mean, as gatewarden's
+    codes are), then an exact inner-product re-rank of the `shortlist` nearest codes."""
+
+    def __init__(self, gallery, shortlist=16):
+        self.gallery = gallery
+        self.centre = gallery.mean(axis=0)
+        self.shortlist = shortlist
+        self.index = faiss.IndexBinaryFlat(gallery.shape[1])
+        self.index.add(self.codes(gallery))
+
+    def codes(self, x):
+        return np.packbits(x > self.centre, axis=1, bitorder="little")
+
+    def search(self, queries, k):
+        _, cand = self.index.search(self.codes(queries), max(k, self.shortlist))
+        scores = np.einsum("qkd,qd->qk", self.gallery[cand], queries)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(cand, order, 1)
+
+
+def run_binary_race(args, n, bw):
+    t0 = time.perf_counter()
+    out_dir, gallery, queries, genuine, truth, n_single, n_batch, paths = make_size(args, n, 200, 256)
+    log(f"[n={n}] data + ground truth in {time.perf_counter() - t0:.1f} s")
+    gwg = os.path.join(out_dir, "gallery_binary.gwg")
+    t0 = time.perf_counter()
+    subprocess.run([args.bin, "gallery", "build", "--vectors", paths["gallery"], "--precision", "binary",
+                    "--out", gwg], check=True)
+    log(f"[n={n}] gatewarden binary gallery built in {time.perf_counter() - t0:.1f} s")
+
+    def agreement(top1, count, want_genuine=True):
+        g = genuine[:count] if want_genuine else ~genuine[:count]
+        return float((top1[:count][g] == truth[:count][g]).mean()) if g.any() else 1.0
+
+    res = {"n": n, "dim": args.dim, "threads": args.threads, "single_queries": n_single,
+           "batch_queries": n_batch, "genuine_single": int(genuine[:n_single].sum()),
+           "genuine_batch": int(genuine[:n_batch].sum())}
+    faiss.omp_set_num_threads(args.threads)
+
+    def record(key, single, top1_single, qps64, top1_batch, build_s=None):
+        r = {"single": single, "batch_qps": {"1": single["qps"], "64": qps64},
+             "top1_genuine_single": agreement(top1_single, n_single),
+             "top1_genuine_batch64": agreement(top1_batch, n_batch),
+             "top1_impostor_single": agreement(top1_single, n_single, False),
+             "top1_impostor_batch64": agreement(top1_batch, n_batch, False)}
+        if build_s is not None:
+            r["build_s"] = build_s
+        res[key] = r
+        log(f"[n={n}] {key}: {r}")
+
+    peers = {
+        "faiss_binflat_rerank16": lambda: SignRerank(gallery, 16),
+        "faiss_rabitq_refine16": lambda: faiss.IndexRaBitQ(args.dim, faiss.METRIC_INNER_PRODUCT),
+        "faiss_rabitq_fastscan_refine16": lambda: faiss.IndexRaBitQFastScan(args.dim, faiss.METRIC_INNER_PRODUCT),
+    }
+    for key, make in peers.items():
+        t0 = time.perf_counter()
+        index = make()
+        if not isinstance(index, SignRerank):
+            index.train(gallery[: min(n, 100_000)])
+            index = faiss.IndexRefineFlat(index)
+            index.k_factor = 16
+            index.add(gallery)
+        build_s = time.perf_counter() - t0
+        index.search(queries[:4], args.k)  # warm-up
+        single, top1 = faiss_single(index, queries[:n_single], args.k)
+        qps64, top64 = faiss_batch(index, queries[:n_batch], args.k, 64)
+        record(key, single, top1, qps64, top64, build_s)
+        del index
+
+    for precision in ["binary", "int8"]:
+        rep, top1 = gw(args, gwg, paths["queries_single"], precision, 1, out_dir, f"{precision}_b1")
+        single = {"p50_ms": rep["batch_latency_ms_p50"], "p99_ms": rep["batch_latency_ms_p99"],
+                  "qps": rep["queries_per_second"]}
+        rep64, top64 = gw(args, gwg, paths["queries"], precision, 64, out_dir, f"{precision}_b64")
+        record(f"gw_{precision}", single, top1, rep64["queries_per_second"], top64)
+        res[f"gw_{precision}"]["isa"] = rep["isa"]
+
+    best_peer = min((k for k in peers), key=lambda k: res[k]["single"]["p50_ms"])
+    gb, g8 = res["gw_binary"], res["gw_int8"]
+    res["best_faiss_1bit"] = best_peer
+    res["ratios"] = {
+        "binary_speedup_p50_vs_best_faiss_1bit": res[best_peer]["single"]["p50_ms"] / gb["single"]["p50_ms"],
+        "binary_batch64_qps_vs_int8": gb["batch_qps"]["64"] / g8["batch_qps"]["64"],
+        "binary_top1_genuine": min(gb["top1_genuine_single"], gb["top1_genuine_batch64"]),
+    }
+    res["targets_met"] = {
+        "binary_1p5x_best_faiss_1bit": res["ratios"]["binary_speedup_p50_vs_best_faiss_1bit"] >= 1.5,
+        "binary_top1_999": res["ratios"]["binary_top1_genuine"] >= 0.999,
+        "binary_batch64_3x_int8": res["ratios"]["binary_batch64_qps_vs_int8"] >= 3.0,
+    }
+    if not args.keep_data:
+        for p in (paths["gallery"], gwg):
+            os.remove(p)
+    return res
+
+
+def binary_table(all_res):
+    head = ["N", "engine", "p50 ms", "p99 ms", "b1 q/s", "b64 q/s", "top-1 genuine", "top-1 impostor"]
+    rows = [head]
+    labels = [("faiss_binflat_rerank16", "FAISS BinaryFlat + re-rank 16"),
+              ("faiss_rabitq_refine16", "FAISS RaBitQ + RefineFlat 16"),
+              ("faiss_rabitq_fastscan_refine16", "FAISS RaBitQFastScan + RefineFlat 16"),
+              ("gw_binary", "gatewarden binary"), ("gw_int8", "gatewarden int8")]
+    for r in all_res:
+        for key, label in labels:
+            e = r[key]
+            rows.append([f"{r['n']:,}", label, f"{e['single']['p50_ms']:.2f}", f"{e['single']['p99_ms']:.2f}",
+                         f"{e['batch_qps']['1']:.0f}", f"{e['batch_qps']['64']:.0f}",
+                         f"{100 * min(e['top1_genuine_single'], e['top1_genuine_batch64']):.2f}%",
+                         f"{100 * min(e['top1_impostor_single'], e['top1_impostor_batch64']):.2f}%"])
+    widths = [max(len(x[i]) for x in rows) for i in range(len(head))]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(x, widths)) for x in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    print("\n".join(lines))
+    for r in all_res:
+        print(f"\nN={r['n']:,} ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in r["ratios"].items()))
+        print(f"N={r['n']:,} targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in r["targets_met"].items()))
+
+
 def table(all_res, bw, bw_name):
     rows = []
     head = ["N", "engine", "p50 ms", "p99 ms", "b1 q/s", "b16 q/s", "b64 q/s", "b256 q/s", "top-1 genuine", "scan GB/s", "% of BW"]
@@ -267,7 +411,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--race", choices=["flat", "binary"], default="flat")
+    ap.add_argument("--sizes", default="")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
@@ -280,14 +425,21 @@ def main():
     t0 = time.perf_counter()
     bw, bw_name, bw_all = bandwidth_gbs()
     log(f"bandwidth: {bw_all}")
-    all_res = [run_size(args, int(n), bw) for n in args.sizes.split(",")]
+    sizes = args.sizes or ("1000000" if args.race == "binary" else "100000,1000000")
+    run = run_binary_race if args.race == "binary" else run_size
+    all_res = [run(args, int(n), bw) for n in sizes.split(",")]
     out = {"bandwidth_gbs": bw, "bandwidth_method": bw_name, "bandwidth_all": bw_all,
            "faiss_version": faiss.__version__, "numpy_version": np.__version__,
            "seconds": time.perf_counter() - t0, "sizes": all_res}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    name = "results_binary.json" if args.race == "binary" else "results.json"
+    with open(os.path.join(args.out, name), "w") as f:
         json.dump(out, f, indent=2)
-    table(all_res, bw, bw_name)
-    print(f"\n(total {out['seconds']:.0f} s; JSON: {os.path.join(args.out, 'results.json')})")
+    if args.race == "binary":
+        print(f"memory bandwidth (1 thread, {bw_name}): {bw:.1f} GB/s")
+        binary_table(all_res)
+    else:
+        table(all_res, bw, bw_name)
+    print(f"\n(total {out['seconds']:.0f} s; JSON: {os.path.join(args.out, name)})")
 
 
 if __name__ == "__main__":

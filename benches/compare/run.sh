@@ -5,6 +5,9 @@
 #   benches/compare/run.sh                      # N = 100k and 1M, d = 512, 1 thread
 #   benches/compare/run.sh --sizes 100000       # faster
 #   benches/compare/run.sh --threads 2
+#   benches/compare/run.sh --race binary        # N = 1M: 1-bit recipes (FAISS BinaryFlat +
+#                                               # re-rank 16, RaBitQ(+FastScan) + RefineFlat 16)
+#                                               # against gatewarden binary and int8
 #
 # Builds its own virtual environment (benches/compare/.venv: faiss-cpu + numpy from PyPI) on
 # first use, and the release binary if missing. Output: a table on stdout, and

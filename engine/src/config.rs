@@ -5,7 +5,7 @@
 //! [engine]
 //! dim = 512                 # embedding dimension of the face model
 //! model = "demo-face-v1"    # face model id every embedding must come from
-//! precision = "int8"        # gallery scan: "int8" (then exact f32 re-rank) or "f32"
+//! precision = "auto"        # gallery scan: "auto" (int8; binary from 200k rows), "int8", "binary", "f32"
 //! utc_offset_minutes = 480  # the markets' local time (Beijing)
 //! policy = "policy.toml"    # relative to the data folder; absent: the embedded demo policy
 //! queue_capacity = 4096     # events waiting for a matcher; beyond it gates get Busy
@@ -68,20 +68,28 @@ pub struct Config {
     pub http: HttpConfig,
 }
 
-/// Gallery scan precision as written in the file.
+/// Gallery scan precision as written in the file. 1:1 verification always uses the f32 rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrecisionSetting {
+    /// `int8` below [`crate::index::AUTO_BINARY_MIN_ROWS`] live templates, `binary` from there
+    /// (decided per search, so the choice follows the registry as it grows).
+    #[default]
+    Auto,
+    /// 1-bit code scan, then an exact re-rank of a shortlist: scores are exact, but a match
+    /// outside the shortlist can be missed (never invented).
+    Binary,
     /// Full-precision scan.
     F32,
-    /// Quantized scan with exact re-rank.
-    #[default]
+    /// Quantized scan with exact re-rank: the same answers as `f32`.
     Int8,
 }
 
 impl From<PrecisionSetting> for Precision {
     fn from(p: PrecisionSetting) -> Self {
         match p {
+            PrecisionSetting::Auto => Self::Auto,
+            PrecisionSetting::Binary => Self::Binary,
             PrecisionSetting::F32 => Self::F32,
             PrecisionSetting::Int8 => Self::Int8,
         }
@@ -115,7 +123,7 @@ impl Default for EngineConfig {
         Self {
             dim: 512,
             model: "demo-face-v1".to_owned(),
-            precision: PrecisionSetting::Int8,
+            precision: PrecisionSetting::Auto,
             utc_offset_minutes: 480,
             policy: None,
             queue_capacity: 4096,

@@ -1,21 +1,24 @@
-//! The segment file format, version 1: header codec and section layout.
+//! The segment file format, versions 1 and 2: header codec and section layout.
 //!
 //! The byte-offset table lives in the module docs of [`crate::gallery`]. The layout is a
 //! pure function of `(dim, count, element type)`: `open` recomputes it and requires every
-//! header offset to match, so a header can never point a view outside the file.
+//! header offset to match, so a header can never point a view outside the file. Version 2
+//! adds element type 3 (1-bit codes and their centre) and the header fields at 104..128 that
+//! locate them; in version 1 those bytes are reserved zeros and element type 3 is refused.
 
 use std::ops::RangeInclusive;
 
 use super::GalleryError;
+use crate::index::Precision;
 
 /// First 8 bytes of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"GWGALSEG";
 /// Last 8 bytes of every segment.
 pub(crate) const FOOTER_MAGIC: [u8; 8] = *b"GWSEGEND";
 /// The format version this code writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Versions this code reads.
-pub const SUPPORTED_VERSIONS: RangeInclusive<u32> = 1..=1;
+pub const SUPPORTED_VERSIONS: RangeInclusive<u32> = 1..=2;
 /// Header size in bytes.
 pub(crate) const HEADER_LEN: usize = 128;
 /// Footer size in bytes.
@@ -38,6 +41,9 @@ pub enum ElementType {
     F32 = 1,
     /// f32 rows plus int8 codes with per-row `[scale, norm, err, 0]`.
     F32Int8 = 2,
+    /// As `F32Int8`, plus a 1-bit code per dimension (sign after centring on the segment's
+    /// mean) and the centre itself. Format version 2 and later.
+    F32Int8Binary = 3,
 }
 
 impl ElementType {
@@ -51,13 +57,43 @@ impl ElementType {
         match code {
             1 => Some(Self::F32),
             2 => Some(Self::F32Int8),
+            3 => Some(Self::F32Int8Binary),
             _ => None,
         }
     }
 
     /// True if rows carry int8 codes.
     pub fn has_codes(self) -> bool {
-        self == Self::F32Int8
+        matches!(self, Self::F32Int8 | Self::F32Int8Binary)
+    }
+
+    /// True if rows carry 1-bit codes.
+    pub fn has_bits(self) -> bool {
+        self == Self::F32Int8Binary
+    }
+
+    /// What a writer stores for a scan precision: f32 rows always, int8 codes for `Int8`,
+    /// int8 and 1-bit codes for `Binary` and `Auto` (so the scan can be chosen later).
+    pub fn for_precision(precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Self::F32,
+            Precision::Int8 => Self::F32Int8,
+            _ => Self::F32Int8Binary,
+        }
+    }
+
+    /// The precision a segment of this type supports best.
+    pub fn precision(self) -> Precision {
+        match self {
+            Self::F32 => Precision::F32,
+            Self::F32Int8 => Precision::Int8,
+            Self::F32Int8Binary => Precision::Binary,
+        }
+    }
+
+    /// The first format version that has this element type.
+    pub fn min_version(self) -> u32 {
+        if self.has_bits() { 2 } else { 1 }
     }
 }
 
@@ -72,6 +108,11 @@ pub(crate) struct Layout {
     pub(crate) vectors_offset: u64,
     pub(crate) codes_offset: u64,
     pub(crate) quant_offset: u64,
+    pub(crate) bits_row_bytes: u64,
+    pub(crate) bits_head_words: u64,
+    pub(crate) centre_offset: u64,
+    pub(crate) bits_offset: u64,
+    pub(crate) bits_tail_offset: u64,
     pub(crate) templates_offset: u64,
     pub(crate) subjects_offset: u64,
     pub(crate) order_offset: u64,
@@ -98,6 +139,23 @@ impl Layout {
         } else {
             (0, 0)
         };
+        // 1-bit codes are split in two planes: the head (first half of every code's words)
+        // for all rows, then the tail, so a first pass can read the heads alone.
+        let words = if element.has_bits() {
+            (dim as u64).div_ceil(64)
+        } else {
+            0
+        };
+        let head_words = words.div_ceil(2);
+        let (centre_offset, bits_offset, bits_tail_offset) = if element.has_bits() {
+            let centre = align(end)?;
+            let head = align(centre.checked_add((dim as u64).checked_mul(4)?)?)?;
+            let tail = align(head.checked_add(n.checked_mul(8 * head_words)?)?)?;
+            end = tail.checked_add(n.checked_mul(8 * (words - head_words))?)?;
+            (centre, head, tail)
+        } else {
+            (0, 0, 0)
+        };
         let templates_offset = align(end)?;
         let subjects_offset = align(templates_offset.checked_add(n.checked_mul(8)?)?)?;
         let order_offset = align(subjects_offset.checked_add(n.checked_mul(8)?)?)?;
@@ -112,6 +170,11 @@ impl Layout {
             vectors_offset,
             codes_offset,
             quant_offset,
+            bits_row_bytes: 8 * words,
+            bits_head_words: head_words,
+            centre_offset,
+            bits_offset,
+            bits_tail_offset,
             templates_offset,
             subjects_offset,
             order_offset,
@@ -165,6 +228,11 @@ impl Header {
         ];
         for (k, v) in offsets.iter().enumerate() {
             b[40 + 8 * k..48 + 8 * k].copy_from_slice(&v.to_le_bytes());
+        }
+        if self.version >= 2 {
+            b[104..108].copy_from_slice(&(l.bits_row_bytes as u32).to_le_bytes());
+            b[112..120].copy_from_slice(&l.centre_offset.to_le_bytes());
+            b[120..128].copy_from_slice(&l.bits_offset.to_le_bytes());
         }
         b
     }
@@ -222,6 +290,16 @@ impl Header {
         }
         let element = ElementType::try_from_code(bytes[20])
             .ok_or_else(|| corrupt(20, format!("unknown element type code {}", bytes[20])))?;
+        if element.min_version() > version {
+            return Err(corrupt(
+                20,
+                format!(
+                    "element type {} needs format version {}",
+                    bytes[20],
+                    element.min_version()
+                ),
+            ));
+        }
         if bytes[21] != METRIC_INNER_PRODUCT {
             return Err(corrupt(21, format!("unknown metric code {}", bytes[21])));
         }
@@ -236,9 +314,15 @@ impl Header {
                 format!("row count {count} above the 2^32-1 limit"),
             ));
         }
-        if let Some(pos) = bytes[104..HEADER_LEN].iter().position(|&b| b != 0) {
+        // Version 1 reserves 104..128; version 2 keeps 108..112 reserved.
+        let reserved = if version == 1 {
+            104..HEADER_LEN
+        } else {
+            108..112
+        };
+        if let Some(pos) = bytes[reserved.clone()].iter().position(|&b| b != 0) {
             return Err(corrupt(
-                104 + pos as u64,
+                (reserved.start + pos) as u64,
                 "reserved header bytes are not zero".into(),
             ));
         }
@@ -269,6 +353,19 @@ impl Header {
             (72, u64_at(72), layout.subjects_offset, "subject ids offset"),
             (80, u64_at(80), layout.order_offset, "subject order offset"),
             (88, u64_at(88), layout.footer_offset, "footer offset"),
+            (
+                104,
+                u64::from(u32_at(104)),
+                layout.bits_row_bytes,
+                "1-bit code length",
+            ),
+            (
+                112,
+                u64_at(112),
+                layout.centre_offset,
+                "1-bit centre offset",
+            ),
+            (120, u64_at(120), layout.bits_offset, "1-bit codes offset"),
         ];
         for (off, got, want, what) in found {
             if got != want {
@@ -332,6 +429,8 @@ mod tests {
             (512, 1000, ElementType::F32Int8),
             (3, 7, ElementType::F32),
             (1, 0, ElementType::F32Int8),
+            (512, 1000, ElementType::F32Int8Binary),
+            (65, 3, ElementType::F32Int8Binary),
         ] {
             let l = Layout::compute(dim, count, el).unwrap();
             let offs = [
@@ -344,23 +443,85 @@ mod tests {
             assert!(offs.iter().all(|o| o % ALIGN == 0));
             assert!(offs.windows(2).all(|w| w[0] <= w[1]));
             assert_eq!(l.vector_stride_bytes % ALIGN, 0);
+            if el.has_bits() {
+                assert!(l.quant_offset < l.centre_offset && l.centre_offset < l.bits_offset);
+                assert!(l.bits_offset <= l.bits_tail_offset);
+                assert!(l.bits_tail_offset <= l.templates_offset);
+                assert!(
+                    [l.centre_offset, l.bits_offset, l.bits_tail_offset]
+                        .iter()
+                        .all(|o| o.is_multiple_of(ALIGN))
+                );
+                assert_eq!(l.bits_row_bytes, 8 * (dim as u64).div_ceil(64));
+            }
         }
         assert!(Layout::compute(MAX_DIM, u32::MAX as usize, ElementType::F32Int8).is_some());
+        assert!(Layout::compute(MAX_DIM, u32::MAX as usize, ElementType::F32Int8Binary).is_some());
     }
 
-    #[test]
-    fn header_round_trips() {
-        let layout = Layout::compute(16, 5, ElementType::F32Int8).unwrap();
-        let h = Header {
-            version: 1,
-            flags: FLAG_UNIT_NORM,
-            max_template_id: 77,
-            layout,
-        };
+    fn file_for(h: &Header) -> Vec<u8> {
+        let layout = h.layout;
         let mut file = vec![0u8; layout.file_len() as usize];
         file[..HEADER_LEN].copy_from_slice(&h.encode());
         let f = layout.footer_offset as usize;
         file[f..].copy_from_slice(&encode_footer(0));
-        assert_eq!(Header::decode(&file, "t").unwrap(), h);
+        file
+    }
+
+    #[test]
+    fn header_round_trips() {
+        for (version, el) in [
+            (1, ElementType::F32Int8),
+            (2, ElementType::F32Int8),
+            (2, ElementType::F32Int8Binary),
+        ] {
+            let layout = Layout::compute(16, 5, el).unwrap();
+            let h = Header {
+                version,
+                flags: FLAG_UNIT_NORM,
+                max_template_id: 77,
+                layout,
+            };
+            assert_eq!(Header::decode(&file_for(&h), "t").unwrap(), h);
+        }
+    }
+
+    #[test]
+    fn version_1_refuses_binary_and_v2_fields() {
+        let layout = Layout::compute(16, 5, ElementType::F32Int8Binary).unwrap();
+        let h = Header {
+            version: 2,
+            flags: 0,
+            max_template_id: 4,
+            layout,
+        };
+        let mut file = file_for(&h);
+        file[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let err = Header::decode(&file, "t").unwrap_err();
+        assert!(
+            matches!(err, GalleryError::Corrupt { offset: 20, .. }),
+            "{err}"
+        );
+        // A version-1 header with anything in the v2 fields is corrupt.
+        let v1 = Header {
+            version: 1,
+            layout: Layout::compute(16, 5, ElementType::F32Int8).unwrap(),
+            ..h
+        };
+        let mut file = file_for(&v1);
+        file[120] = 1;
+        let err = Header::decode(&file, "t").unwrap_err();
+        assert!(
+            matches!(err, GalleryError::Corrupt { offset: 120, .. }),
+            "{err}"
+        );
+        // A version-2 header whose code offset disagrees with the layout is corrupt.
+        let mut file = file_for(&h);
+        file[120] ^= 64;
+        let err = Header::decode(&file, "t").unwrap_err();
+        assert!(
+            matches!(err, GalleryError::Corrupt { offset: 120, .. }),
+            "{err}"
+        );
     }
 }

@@ -41,7 +41,8 @@ const LOCK_FILE: &str = "LOCK";
 pub struct GalleryOptions {
     /// Embedding dimension.
     pub dim: usize,
-    /// Scan precision (segments always store int8 codes too, so this can change between runs).
+    /// Scan precision (segments always store int8 and 1-bit codes too, so this can change
+    /// between runs; row sets without 1-bit codes, such as the delta, are scanned at int8).
     pub precision: Precision,
     /// Above this many segments, compaction merges all of them into one.
     pub max_segments: usize,
@@ -501,7 +502,7 @@ impl LiveGallery {
             let path = self.dir.join(&file);
             let spec = SegmentSpec {
                 dim: self.opts.dim,
-                precision: Precision::Int8,
+                precision: Precision::Binary,
                 normalize: false,
             };
             let w = write_segment(&path, &spec, &source, &mut |_| {})?;

@@ -6,7 +6,11 @@
 //! concurrency design); [`Gallery`] is one segment file, usable alone (the `gatewarden
 //! gallery` and `search` commands work on single files).
 //!
-//! # Segment file format, version 1
+//! # Segment file format, version 2
+//!
+//! Version 2 is version 1 plus element type 3 (1-bit codes) and the three header fields at
+//! 104..128 that locate them. Version-1 files (element types 1 and 2, bytes 104..128 zero)
+//! still open; a version-1 header naming element type 3 is refused as corrupt.
 //!
 //! All integers little-endian. Every section starts at a multiple of 64 bytes (zero padding
 //! between sections), so with a page-aligned map each row is cache-line aligned and views are
@@ -15,10 +19,10 @@
 //! | Offset | Size | Field |
 //! |---|---|---|
 //! | 0 | 8 | magic `GWGALSEG` |
-//! | 8 | 4 | format version (u32) = 1 |
+//! | 8 | 4 | format version (u32) = 2 (1 is still read) |
 //! | 12 | 4 | header length (u32) = 128 |
 //! | 16 | 4 | dimension `d` (u32, 1..=65536) |
-//! | 20 | 1 | element type: 1 = f32 rows, 2 = f32 rows + int8 codes |
+//! | 20 | 1 | element type: 1 = f32 rows, 2 = f32 rows + int8 codes, 3 = f32 rows + int8 codes + 1-bit codes (version 2) |
 //! | 21 | 1 | metric: 1 = inner product (cosine on unit rows) |
 //! | 22 | 2 | flags (u16): bit 0 = rows normalized to unit length; other bits zero |
 //! | 24 | 8 | row count `n` (u64, at most 2^32 - 1) |
@@ -32,10 +36,16 @@
 //! | 80 | 8 | offset of the subject index (`n` x u32 row numbers sorted by (subject, template)) |
 //! | 88 | 8 | offset of the footer |
 //! | 96 | 8 | highest template id |
-//! | 104 | 24 | reserved, zero |
+//! | 104 | 4 | 1-bit code length in bytes = 8 w with w = ceil(d / 64) words, or 0 (version 1: zero) |
+//! | 108 | 4 | reserved, zero |
+//! | 112 | 8 | offset of the 1-bit centre (`d` x f32, the rows' mean), or 0 (version 1: zero) |
+//! | 120 | 8 | offset of the 1-bit code heads, or 0 (version 1: zero); the tails follow at the next multiple of 64 after `n x 8h` bytes, h = ceil(w / 2) |
 //! | 128 | n x stride | f32 rows, zero-padded to the stride |
 //! | ... | n x stride | int8 codes in [-127, 127] (element type 2) |
 //! | ... | 16n | per row (element type 2): `scale = max abs / 127`, `norm = L2 norm`, `err = L2 norm of (row - scale * codes)`, 0 |
+//! | ... | 4d | 1-bit centre (element type 3): the mean of the rows as written |
+//! | ... | n x 8h | 1-bit code heads (element type 3): words `0..h` of every row's code, where bit `j % 64` of little-endian u64 word `j / 64` is set iff `row[j] > centre[j]` |
+//! | ... | n x 8(w - h) | 1-bit code tails: words `h..w` of every row's code; bits past `d` are zero |
 //! | ... | 8n | template ids |
 //! | ... | 8n | subject ids |
 //! | ... | 4n | subject index |
@@ -75,7 +85,7 @@ pub use live::{
     LiveGallery,
 };
 pub use manifest::MANIFEST_FILE;
-pub use segment::{Gallery, GalleryInfo};
+pub use segment::{Gallery, GalleryInfo, SectionInfo};
 pub use writer::{RowSource, SegmentSpec, SliceSource, WriteProgress, WriteStats, write_segment};
 
 pub use crate::index::Precision;

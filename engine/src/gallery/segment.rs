@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use gatewarden_protocol::SubjectId;
 
 use super::GalleryError;
-use super::format::{ElementType, FLAG_UNIT_NORM, HEADER_LEN, Header};
+use super::format::{ElementType, FLAG_UNIT_NORM, FOOTER_LEN, HEADER_LEN, Header};
 use super::mmap::Backing;
 use crate::index::{Precision, RowQuant, RowsRef};
 
@@ -18,7 +18,8 @@ enum Residency {
     Resident,
 }
 
-/// An immutable gallery segment: f32 rows (plus int8 codes for int8 segments), their subject
+/// An immutable gallery segment: f32 rows (plus int8 codes, and 1-bit codes in binary
+/// segments), their subject
 /// and template ids, and a subject index for 1:1 lookups. See the format table in
 /// [`crate::gallery`].
 pub struct Gallery {
@@ -44,6 +45,8 @@ pub struct GalleryInfo {
     pub vector_stride_bytes: u64,
     /// Bytes per int8 code row (0 without codes).
     pub code_stride_bytes: u64,
+    /// Bytes per 1-bit code (heads and tails together; 0 without 1-bit codes).
+    pub bits_row_bytes: u64,
     /// Highest template id in the segment.
     pub max_template_id: u64,
     /// Distinct subjects.
@@ -52,6 +55,19 @@ pub struct GalleryInfo {
     pub file_bytes: u64,
     /// The CRC-32 stored in the footer.
     pub stored_crc: u32,
+    /// Every section of the file, in file order.
+    pub sections: Vec<SectionInfo>,
+}
+
+/// One section of a segment file, for `gallery inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SectionInfo {
+    /// What the section holds.
+    pub name: &'static str,
+    /// Where it starts.
+    pub offset: u64,
+    /// Its length in bytes (without the padding after it).
+    pub bytes: u64,
 }
 
 impl Gallery {
@@ -146,8 +162,8 @@ impl Gallery {
     }
 
     /// Checks everything `open` does not, in O(n): the CRC over all bytes before the footer,
-    /// that the subject index is a sorted permutation, that codes are in [-127, 127], and
-    /// that every vector and scale is finite.
+    /// that the subject index is a sorted permutation, that codes are in [-127, 127], that
+    /// every vector, scale and centre value is finite, and that 1-bit code padding is zero.
     ///
     /// # Errors
     /// `Corrupt` naming the first problem found and its byte offset.
@@ -229,6 +245,42 @@ impl Gallery {
                 format!("row {i} has invalid int8 parameters"),
             ));
         }
+        self.verify_bits()
+    }
+
+    /// The centre is finite and no 1-bit code has a bit set past the dimension.
+    fn verify_bits(&self) -> Result<(), GalleryError> {
+        let l = &self.header.layout;
+        let (Some(centre), Some((heads, head_words)), Some((tails, tail_words))) =
+            (self.centre(), self.bit_heads(), self.bit_tails())
+        else {
+            return Ok(());
+        };
+        if let Some(j) = centre.iter().position(|x| !x.is_finite()) {
+            return Err(self.corrupt(
+                l.centre_offset + 4 * j as u64,
+                format!("1-bit centre value {j} is not finite"),
+            ));
+        }
+        let used = l.dim % 64;
+        if used == 0 {
+            return Ok(());
+        }
+        // Only a code's last word has bits past the dimension: the tail's, or the head's
+        // when the whole code is one word.
+        let (plane, words, offset) = if tail_words > 0 {
+            (tails, tail_words, l.bits_tail_offset)
+        } else {
+            (heads, head_words, l.bits_offset)
+        };
+        for (i, row) in plane.chunks_exact(words.max(1)).enumerate() {
+            if row[words - 1] >> used != 0 {
+                return Err(self.corrupt(
+                    offset + (8 * (i * words + words - 1)) as u64,
+                    format!("row {i} has 1-bit code bits set past dimension {}", l.dim),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -260,12 +312,20 @@ impl Gallery {
         self.len() == 0
     }
 
-    /// `Int8` if the segment carries int8 codes (it always carries the f32 rows too).
+    /// `Binary` if the segment carries 1-bit codes (and int8 codes), `Int8` if it carries
+    /// int8 codes, `F32` otherwise (the f32 rows are always there).
     pub fn precision(&self) -> Precision {
-        if self.header.layout.element.has_codes() {
-            Precision::Int8
-        } else {
-            Precision::F32
+        self.header.layout.element.precision()
+    }
+
+    /// True if the segment can be scanned at `precision` (`Auto` and `F32` always can; the
+    /// scan falls back to int8 where 1-bit codes are missing).
+    pub fn supports(&self, precision: Precision) -> bool {
+        let el = self.header.layout.element;
+        match precision {
+            Precision::Int8 => el.has_codes(),
+            Precision::Binary => el.has_bits(),
+            _ => true,
         }
     }
 
@@ -296,11 +356,44 @@ impl Gallery {
             unit_norm: self.is_unit_norm(),
             vector_stride_bytes: l.vector_stride_bytes,
             code_stride_bytes: l.code_stride_bytes,
+            bits_row_bytes: l.bits_row_bytes,
             max_template_id: self.header.max_template_id,
             subjects,
             file_bytes: l.file_len(),
             stored_crc: self.stored_crc(),
+            sections: self.sections(),
         }
+    }
+
+    /// Every section present, in file order.
+    fn sections(&self) -> Vec<SectionInfo> {
+        let l = &self.header.layout;
+        let n = l.count as u64;
+        let all = [
+            ("header", 0, HEADER_LEN as u64),
+            ("f32 rows", l.vectors_offset, n * l.vector_stride_bytes),
+            ("int8 codes", l.codes_offset, n * l.code_stride_bytes),
+            ("int8 [scale, norm, err, 0]", l.quant_offset, 16 * n),
+            ("1-bit centre", l.centre_offset, 4 * l.dim as u64),
+            ("1-bit code heads", l.bits_offset, n * 8 * l.bits_head_words),
+            (
+                "1-bit code tails",
+                l.bits_tail_offset,
+                n * (l.bits_row_bytes - 8 * l.bits_head_words),
+            ),
+            ("template ids", l.templates_offset, 8 * n),
+            ("subject ids", l.subjects_offset, 8 * n),
+            ("subject index", l.order_offset, 4 * n),
+            ("footer", l.footer_offset, FOOTER_LEN as u64),
+        ];
+        all.into_iter()
+            .filter(|&(name, offset, _)| offset != 0 || name == "header")
+            .map(|(name, offset, bytes)| SectionInfo {
+                name,
+                offset,
+                bytes,
+            })
+            .collect()
     }
 
     fn stored_crc(&self) -> u32 {
@@ -355,6 +448,42 @@ impl Gallery {
             .then(|| self.section(l.quant_offset, self.len()))
     }
 
+    /// The centre the 1-bit codes were taken against (`dim` values), if the segment has them.
+    pub fn centre(&self) -> Option<&[f32]> {
+        let l = &self.header.layout;
+        l.element
+            .has_bits()
+            .then(|| self.section(l.centre_offset, l.dim))
+    }
+
+    /// The heads of the 1-bit codes (the first `words` words of every row's code) and
+    /// `words`, if the segment has 1-bit codes.
+    pub fn bit_heads(&self) -> Option<(&[u64], usize)> {
+        let l = &self.header.layout;
+        let words = l.bits_head_words as usize;
+        l.element
+            .has_bits()
+            .then(|| (self.section(l.bits_offset, self.len() * words), words))
+    }
+
+    /// The tails of the 1-bit codes (the remaining `words` words of every row's code) and
+    /// `words` (0 when a code is a single word), if the segment has 1-bit codes.
+    pub fn bit_tails(&self) -> Option<(&[u64], usize)> {
+        let l = &self.header.layout;
+        let words = (l.bits_row_bytes / 8 - l.bits_head_words) as usize;
+        l.element
+            .has_bits()
+            .then(|| (self.section(l.bits_tail_offset, self.len() * words), words))
+    }
+
+    /// Row `i`'s whole 1-bit code (head then tail), if the segment has 1-bit codes.
+    pub fn bit_code(&self, i: usize) -> Option<Vec<u64>> {
+        let ((heads, h), (tails, t)) = (self.bit_heads()?, self.bit_tails()?);
+        let head = heads.get(i * h..(i + 1) * h)?;
+        let tail = tails.get(i * t..(i + 1) * t)?;
+        Some([head, tail].concat())
+    }
+
     /// Subject id of every row.
     pub fn subjects(&self) -> &[u64] {
         self.section(self.header.layout.subjects_offset, self.len())
@@ -395,8 +524,12 @@ impl Gallery {
             self.subjects(),
             self.templates(),
         )?;
-        match (self.codes(), self.quant()) {
-            (Some(c), Some(q)) => rows.with_codes(c, l.code_stride_bytes as usize, q),
+        let rows = match (self.codes(), self.quant()) {
+            (Some(c), Some(q)) => rows.with_codes(c, l.code_stride_bytes as usize, q)?,
+            _ => rows,
+        };
+        match (self.bit_heads(), self.bit_tails(), self.centre()) {
+            (Some((heads, h)), Some((tails, t)), Some(c)) => rows.with_bits(heads, h, tails, t, c),
             _ => Some(rows),
         }
     }

@@ -47,9 +47,12 @@ fn small_bytes(precision: Precision) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+/// Every precision a segment can be written at.
+const WRITTEN: [Precision; 3] = [Precision::F32, Precision::Int8, Precision::Binary];
+
 #[test]
 fn segment_round_trips() {
-    for precision in [Precision::F32, Precision::Int8] {
+    for precision in WRITTEN {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.gwg");
         let data = uniform_vectors(7, 300, 37);
@@ -78,7 +81,38 @@ fn segment_round_trips() {
             (info.subjects, info.count, info.precision),
             (17, 300, precision.name())
         );
-        assert_eq!(g.codes().is_some(), precision == Precision::Int8);
+        assert_eq!(g.codes().is_some(), precision != Precision::F32);
+        assert_eq!(g.bit_heads().is_some(), precision == Precision::Binary);
+        assert_eq!(g.rows().unwrap().has_bits(), precision == Precision::Binary);
+        if let Some(centre) = g.centre() {
+            // Each row's code is its signs against the stored centre (the rows' mean).
+            let words = info.bits_row_bytes as usize / 8;
+            for i in [0, 7, 299] {
+                let mut want = vec![0u64; words];
+                crate::index::encode_bits(g.vector(i).unwrap(), centre, &mut want);
+                assert_eq!(g.bit_code(i).unwrap(), want);
+            }
+            let mean = (0..300)
+                .map(|i| f64::from(g.vector(i).unwrap()[3]))
+                .sum::<f64>()
+                / 300.0;
+            assert!((f64::from(centre[3]) - mean).abs() < 1e-6);
+        }
+        let names: Vec<&str> = info.sections.iter().map(|s| s.name).collect();
+        assert_eq!(
+            names.contains(&"1-bit code tails"),
+            precision == Precision::Binary
+        );
+        assert_eq!(names.contains(&"int8 codes"), precision != Precision::F32);
+        assert!(
+            info.sections
+                .windows(2)
+                .all(|w| w[0].offset + w[0].bytes <= w[1].offset)
+        );
+        assert_eq!(
+            info.sections.last().map(|s| s.offset + s.bytes),
+            Some(stats.bytes)
+        );
         let fb = Gallery::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
         fb.verify().unwrap();
         assert_eq!(fb.vectors(), g.vectors());
@@ -105,7 +139,7 @@ fn empty_segment_is_valid() {
 
 #[test]
 fn open_rejects_truncation_at_every_header_and_footer_offset() {
-    for precision in [Precision::F32, Precision::Int8] {
+    for precision in WRITTEN {
         let bytes = small_bytes(precision);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.gwg");
@@ -135,7 +169,7 @@ fn open_rejects_truncation_at_every_header_and_footer_offset() {
 
 #[test]
 fn verify_detects_a_flipped_bit_in_every_byte() {
-    for precision in [Precision::F32, Precision::Int8] {
+    for precision in WRITTEN {
         let bytes = small_bytes(precision);
         Gallery::from_bytes(&bytes).unwrap().verify().unwrap();
         for i in 0..bytes.len() {
@@ -155,10 +189,10 @@ fn verify_detects_a_flipped_bit_in_every_byte() {
 #[test]
 fn open_names_future_versions_and_foreign_files() {
     let mut b = small_bytes(Precision::F32);
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     let err = Gallery::from_bytes(&b).unwrap_err();
     assert!(
-        matches!(err, GalleryError::Incompatible { found: 2, .. }),
+        matches!(err, GalleryError::Incompatible { found, .. } if found == FORMAT_VERSION + 1),
         "{err}"
     );
     assert!(err.to_string().contains("rebuild"));
@@ -259,18 +293,27 @@ fn fixture_path(precision: Precision) -> PathBuf {
 fn write_fixtures() {
     std::fs::create_dir_all(FIXTURE_DIR).unwrap();
     let (data, subjects) = fixture_rows();
-    for precision in [Precision::F32, Precision::Int8] {
+    for precision in WRITTEN {
         write(&fixture_path(precision), 8, &data, &subjects, precision);
     }
 }
 
 #[test]
-fn compat_fixture_v1_opens_with_todays_code() {
+fn compat_fixtures_open_with_todays_code() {
     let (data, subjects) = fixture_rows();
-    for precision in [Precision::F32, Precision::Int8] {
-        let path = Path::new(FIXTURE_DIR).join(format!("gallery_v1_{}.bin", precision.name()));
+    let fixtures = [
+        (1, Precision::F32),
+        (1, Precision::Int8),
+        (2, Precision::F32),
+        (2, Precision::Int8),
+        (2, Precision::Binary),
+    ];
+    for (version, precision) in fixtures {
+        let path =
+            Path::new(FIXTURE_DIR).join(format!("gallery_v{version}_{}.bin", precision.name()));
         let g = Gallery::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         g.verify().unwrap();
+        assert_eq!(g.info().format_version, version);
         assert_eq!((g.dim(), g.len(), g.precision()), (8, 5, precision));
         assert_eq!(g.subjects(), &subjects[..]);
         let row2 = g.vector(2).unwrap();
@@ -302,7 +345,12 @@ fn enroll(g: &LiveGallery, pop: &FacePopulation, people: std::ops::Range<usize>,
 
 #[test]
 fn live_identifies_verifies_and_searches_across_segments_and_delta() {
-    for precision in [Precision::F32, Precision::Int8] {
+    for precision in [
+        Precision::F32,
+        Precision::Int8,
+        Precision::Binary,
+        Precision::Auto,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let g = LiveGallery::open(&dir.path().join("gal"), opts(64, precision)).unwrap();
         let pop = FacePopulation::new(3, 200, 64);
@@ -348,12 +396,18 @@ fn live_identifies_verifies_and_searches_across_segments_and_delta() {
 
 #[test]
 fn live_remove_subject_survives_compaction_and_reopen() {
+    for precision in [Precision::Int8, Precision::Binary] {
+        live_remove_subject_survives_compaction_and_reopen_at(precision);
+    }
+}
+
+fn live_remove_subject_survives_compaction_and_reopen_at(precision: Precision) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gal");
     let pop = FacePopulation::new(4, 50, 32);
     let probe = pop.genuine(&mut Rng::new(1), 7).embedding;
     {
-        let g = LiveGallery::open(&path, opts(32, Precision::Int8)).unwrap();
+        let g = LiveGallery::open(&path, opts(32, precision)).unwrap();
         enroll(&g, &pop, 0..30, 1);
         g.compact().unwrap();
         enroll(&g, &pop, 30..50, 100);
@@ -371,7 +425,7 @@ fn live_remove_subject_survives_compaction_and_reopen() {
         assert_eq!(g.len(), 96);
         assert_eq!(g.watermark(), 139);
     }
-    let mut mapped = opts(32, Precision::Int8);
+    let mut mapped = opts(32, precision);
     mapped.resident = false;
     let g = LiveGallery::open(&path, mapped).unwrap();
     assert_eq!(g.len(), 96);

@@ -13,14 +13,15 @@ use super::GalleryError;
 use super::format::{
     ElementType, FLAG_UNIT_NORM, FORMAT_VERSION, Header, Layout, MAX_DIM, encode_footer,
 };
-use crate::index::{Precision, quantize_into};
+use crate::index::{Precision, code_words, encode_bits, quantize_into};
 
 /// How to write a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentSpec {
     /// Dimension of every row.
     pub dim: usize,
-    /// `Int8` also stores int8 codes (the f32 rows are always stored, for the re-rank).
+    /// `Int8` also stores int8 codes; `Binary` (and `Auto`) int8 and 1-bit codes (the f32
+    /// rows are always stored, for the re-rank).
     pub precision: Precision,
     /// Scale every row to unit length (cosine scores); zero rows are then refused.
     pub normalize: bool,
@@ -98,7 +99,7 @@ impl std::fmt::Debug for SliceSource<'_> {
 /// Progress of a write, reported to a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteProgress {
-    /// Which pass: `"vectors"`, `"codes"`, `"ids"`, `"sync"`.
+    /// Which pass: `"vectors"`, `"codes"`, `"bits"`, `"ids"`, `"sync"`.
     pub phase: &'static str,
     /// Rows done in this pass.
     pub done: usize,
@@ -143,10 +144,7 @@ pub fn write_segment(
             max: u32::MAX as usize,
         });
     }
-    let element = match spec.precision {
-        Precision::Int8 => ElementType::F32Int8,
-        _ => ElementType::F32,
-    };
+    let element = ElementType::for_precision(spec.precision);
     let layout = Layout::compute(spec.dim, count, element).ok_or(GalleryError::TooManyRows {
         count,
         max: u32::MAX as usize,
@@ -265,11 +263,15 @@ fn write_file(
         }
     };
 
-    // Pass 1: validated (and normalized) f32 rows.
+    // Pass 1: validated (and normalized) f32 rows, summed for the 1-bit codes' centre.
     let mut row_buf = vec![0f32; layout.vector_stride_bytes as usize / 4];
+    let mut sum = vec![0f64; spec.dim];
     for i in 0..n {
         prepare_row(rows, i, spec, &mut row_buf)?;
         out.put(bytemuck::cast_slice(&row_buf)).map_err(io)?;
+        for (s, &x) in sum.iter_mut().zip(&row_buf) {
+            *s += f64::from(x);
+        }
         report(progress, "vectors", i + 1);
     }
     // Pass 2: int8 codes and their [scale, norm, err, 0] parameters.
@@ -285,6 +287,29 @@ fn write_file(
         }
         out.pad_to(layout.quant_offset).map_err(io)?;
         out.put(bytemuck::cast_slice(&quant)).map_err(io)?;
+    }
+    // Passes 3 and 4: the centre (the rows' mean), then every row's 1-bit code against it,
+    // heads first, then tails (see the format table for why they are apart).
+    if layout.element.has_bits() {
+        let centre: Vec<f32> = sum.iter().map(|&s| (s / n.max(1) as f64) as f32).collect();
+        out.pad_to(layout.centre_offset).map_err(io)?;
+        out.put(bytemuck::cast_slice(&centre)).map_err(io)?;
+        let words = code_words(spec.dim);
+        let head = layout.bits_head_words as usize;
+        let mut code = vec![0u64; words];
+        for (offset, range) in [
+            (layout.bits_offset, 0..head),
+            (layout.bits_tail_offset, head..words),
+        ] {
+            out.pad_to(offset).map_err(io)?;
+            for i in 0..n {
+                prepare_row(rows, i, spec, &mut row_buf)?;
+                encode_bits(&row_buf[..spec.dim], &centre, &mut code);
+                out.put(bytemuck::cast_slice(&code[range.clone()]))
+                    .map_err(io)?;
+                report(progress, "bits", i + 1);
+            }
+        }
     }
     // Ids and the subject index.
     let templates: Vec<u64> = (0..n).map(|i| rows.row(i).2).collect();

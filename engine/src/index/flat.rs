@@ -15,6 +15,10 @@
 //!   products at the end. A row left out has `ub` below the k-th best (or the runner-up's)
 //!   lower bound, so it cannot be in the exact answer: the final result *equals* exact f32
 //!   search, ties included.
+//! - **binary** (see `flat/binary.rs`): Hamming distances of 1-bit codes shortlist the
+//!   candidates, which are re-ranked exactly (int8 intervals, then f32 where an interval can
+//!   still reach the bar). Scores returned are always exact f32 scores of real rows, so the
+//!   approximation can only *miss* a row, never invent one or misstate its score.
 //!
 //! Work splits across `threads` scoped threads by row ranges; collectors merge exactly.
 
@@ -54,14 +58,30 @@ pub enum Precision {
     F32,
     /// int8 scan (per-row scale) then exact f32 re-rank: same answers, a quarter of the bytes.
     Int8,
+    /// 1-bit code scan, then an exact re-rank of a shortlist: exact scores, a 32nd of the f32
+    /// bytes; a row outside the shortlist is missed (see [`BINARY_CANDIDATES`]).
+    Binary,
+    /// `Int8` below [`AUTO_BINARY_MIN_ROWS`] rows, `Binary` from there.
+    Auto,
 }
 
 impl Precision {
-    /// `"f32"` or `"int8"`.
+    /// `"f32"`, `"int8"`, `"binary"` or `"auto"`.
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
             Self::Int8 => "int8",
+            Self::Binary => "binary",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// The precision a scan over `rows` rows runs at: `Auto` resolved, others unchanged.
+    pub fn resolve(self, rows: usize) -> Self {
+        match self {
+            Self::Auto if rows >= AUTO_BINARY_MIN_ROWS => Self::Binary,
+            Self::Auto => Self::Int8,
+            other => other,
         }
     }
 }
@@ -73,7 +93,11 @@ impl std::str::FromStr for Precision {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "float32" => Ok(Self::F32),
             "int8" | "i8" | "sq8" => Ok(Self::Int8),
-            other => Err(format!("unknown precision {other:?}: use f32 or int8")),
+            "binary" | "1bit" | "bits" => Ok(Self::Binary),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!(
+                "unknown precision {other:?}: use auto, f32, int8 or binary"
+            )),
         }
     }
 }
@@ -100,6 +124,12 @@ pub struct SearchOptions {
     pub threads: usize,
     /// f32 batch strategy.
     pub batch: BatchPath,
+    /// Binary scans: rows shortlisted per query for the exact re-rank (at least four times
+    /// the collector's size is used; see [`BINARY_CANDIDATES`]).
+    pub candidates: usize,
+    /// Binary scans: a first pass over the code heads alone prunes rows before the tails are
+    /// read (see `flat/binary.rs`); `false` reads every whole code.
+    pub prefilter: bool,
 }
 
 impl Default for SearchOptions {
@@ -108,6 +138,8 @@ impl Default for SearchOptions {
             precision: Precision::F32,
             threads: 1,
             batch: BatchPath::Auto,
+            candidates: BINARY_CANDIDATES,
+            prefilter: true,
         }
     }
 }
@@ -118,6 +150,17 @@ pub struct CodesRef<'a> {
     codes: &'a [i8],
     stride: usize,
     quant: &'a [[f32; 4]],
+}
+
+/// 1-bit codes of a row set, split in two planes (every row's first `head_words` words, then
+/// every row's remaining `tail_words`), and the centre they were taken against.
+#[derive(Clone, Copy)]
+pub struct BitsRef<'a> {
+    heads: &'a [u64],
+    head_words: usize,
+    tails: &'a [u64],
+    tail_words: usize,
+    centre: &'a [f32],
 }
 
 /// A borrowed set of gallery rows: a segment's or a delta chunk's.
@@ -131,6 +174,7 @@ pub struct RowsRef<'a> {
     subjects: &'a [u64],
     templates: &'a [u64],
     codes: Option<CodesRef<'a>>,
+    bits: Option<BitsRef<'a>>,
     deleted: Option<&'a [u64]>,
 }
 
@@ -152,6 +196,7 @@ impl<'a> RowsRef<'a> {
             subjects,
             templates,
             codes: None,
+            bits: None,
             deleted: None,
         })
     }
@@ -170,6 +215,36 @@ impl<'a> RowsRef<'a> {
                 codes,
                 stride,
                 quant,
+            });
+            self
+        })
+    }
+
+    /// Adds 1-bit codes (see [`crate::index::bits`]) taken against `centre` (`dim` values):
+    /// `heads` holds every row's first `head_words = ceil(words / 2)` words, `tails` every
+    /// row's remaining `tail_words`, where `words = ceil(dim / 64)`.
+    pub fn with_bits(
+        mut self,
+        heads: &'a [u64],
+        head_words: usize,
+        tails: &'a [u64],
+        tail_words: usize,
+        centre: &'a [f32],
+    ) -> Option<Self> {
+        let n = self.len();
+        let words = super::bits::code_words(self.dim);
+        let ok = centre.len() == self.dim
+            && head_words == words.div_ceil(2)
+            && head_words + tail_words == words
+            && fits(head_words, heads.len(), head_words, n)
+            && fits(tail_words, tails.len(), tail_words, n);
+        ok.then(|| {
+            self.bits = Some(BitsRef {
+                heads,
+                head_words,
+                tails,
+                tail_words,
+                centre,
             });
             self
         })
@@ -201,6 +276,11 @@ impl<'a> RowsRef<'a> {
     /// True if the set carries int8 codes.
     pub fn has_codes(&self) -> bool {
         self.codes.is_some()
+    }
+
+    /// True if the set carries 1-bit codes.
+    pub fn has_bits(&self) -> bool {
+        self.bits.is_some()
     }
 
     /// Row `i`'s vector.
@@ -329,19 +409,34 @@ pub fn search<C: Collector>(
         .flat_map(|&j| queries[j].iter().copied())
         .collect();
     let parts: Vec<RowsRef<'_>> = parts.iter().copied().filter(|p| p.dim == dim).collect();
-    let plans = split(&parts, opts.threads.max(1));
-    let scan = Scan {
+    let total: usize = parts.iter().map(RowsRef::len).sum();
+    let precision = opts.precision.resolve(total);
+    // Binary scans need codes: row sets without them (older segments, the delta) are
+    // scanned at int8 precision, exactly, and the results merged.
+    let (coded, plain): (Vec<RowsRef<'_>>, Vec<RowsRef<'_>>) = if precision == Precision::Binary {
+        parts.iter().partition(|p| p.has_bits())
+    } else {
+        (Vec::new(), parts)
+    };
+    let scan_of = |parts| Scan {
         kernels,
-        parts: &parts,
+        parts,
         dim,
         packed: &packed,
         nq: valid.len(),
         opts,
     };
-    let found = match opts.precision {
-        Precision::F32 => scan.f32_parallel(&plans, empty),
-        Precision::Int8 => scan.int8(&plans, empty),
+    let threads = opts.threads.max(1);
+    let mut found = match precision {
+        Precision::F32 => scan_of(&plain).f32_parallel(&split(&plain, threads), empty),
+        _ => scan_of(&plain).int8(&split(&plain, threads), empty),
     };
+    if !coded.is_empty() {
+        let binary = scan_of(&coded).binary(&split(&coded, threads), empty);
+        for (f, b) in found.iter_mut().zip(binary) {
+            f.absorb(b);
+        }
+    }
     for (j, c) in valid.into_iter().zip(found) {
         out[j] = c;
     }
@@ -629,6 +724,9 @@ fn gemm_block(
     let dst = MatMut::from_row_major_slice_mut(&mut out[..n * nq], n, nq);
     matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
 }
+
+mod binary;
+pub use binary::{AUTO_BINARY_MIN_ROWS, BINARY_CANDIDATES, PREFILTER_SHARE};
 
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,10 @@ pub trait Collector: Clone + Send + Sync {
     fn offer(&mut self, hit: Hit);
     /// Folds in a collector that saw other rows (results of a split scan).
     fn absorb(&mut self, other: Self);
+    /// How many rows the result holds at most (shortlists are sized from it).
+    fn size(&self) -> usize {
+        1
+    }
 }
 
 /// The `k` best rows.
@@ -96,6 +100,10 @@ impl Collector for TopK {
         for h in other.hits {
             self.offer(h);
         }
+    }
+
+    fn size(&self) -> usize {
+        self.k
     }
 }
 
@@ -154,6 +162,10 @@ impl Collector for BestTwo {
         for h in [other.best, other.runner_up].into_iter().flatten() {
             self.offer(h);
         }
+    }
+
+    fn size(&self) -> usize {
+        2
     }
 }
 

@@ -9,15 +9,17 @@
 //! | health  | **subject**, test_at, test_result, **vaccine_doses**, **health_code**, **travel_code**, **updated_at** |
 //! | gate    | **gate**, **market**, **zone**, name                                            |
 //!
-//! - CSV: a header row naming the columns (any order; optional ones may be left out), then one
-//!   record per line. Fields may be double-quoted (`""` is a quote inside one); lists are
-//!   separated by `;`; an empty field is absent.
+//! - CSV (RFC 4180, read by the `csv` crate): a header row naming the columns (any order;
+//!   optional ones may be left out), then one record per row. Fields may be double-quoted
+//!   (`""` is a quote inside one, and a quoted field may span lines); spaces around fields are
+//!   trimmed; lists are separated by `;`; an empty field is absent.
 //! - JSON Lines: one object per line; lists are JSON arrays; `null` is absent.
 //! - Times are unix milliseconds. Codes are lowercase: categories `service_worker`,
 //!   `manager`, `staff`, `merchant`, `buyer`, `shopper`; status `active` (the default),
 //!   `revoked`, `blocklisted`; test results `negative`, `positive`, `pending` (empty: none);
 //!   colours `green`, `yellow`, `red`.
-//! - Blank lines are skipped; line numbers in errors count every line of the file.
+//! - Blank lines are skipped; line numbers in errors count every line of the file (a CSV row
+//!   is numbered by the line it starts on).
 //!
 //! A bad row is a [`RowError`] with its line number and reason, and the reason never repeats
 //! an ID-card number.
@@ -371,66 +373,30 @@ impl ImportRecord for GateInfo {
     }
 }
 
-/// Splits one CSV line into fields. Unquoted fields are trimmed; a double-quoted field keeps
-/// its text verbatim, with `""` standing for one quote. Quoted newlines are not supported.
-///
-/// # Errors
-/// An unterminated quote, text after a closing quote, or a quote inside an unquoted field.
-pub fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        let n = fields.len() + 1;
-        while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
-        let mut field = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            loop {
-                match chars.next() {
-                    None => return Err(format!("field {n} has an unterminated quote")),
-                    Some('"') if chars.next_if_eq(&'"').is_some() => field.push('"'),
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                }
-            }
-            while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
-            fields.push(field);
-            match chars.next() {
-                None => return Ok(fields),
-                Some(',') => continue,
-                Some(c) => return Err(format!("field {n} has {c:?} after its closing quote")),
-            }
-        }
-        loop {
-            match chars.next() {
-                None => {
-                    fields.push(field.trim_end().to_owned());
-                    return Ok(fields);
-                }
-                Some(',') => break,
-                Some('"') => {
-                    return Err(format!(
-                        "field {n} has a quote inside unquoted text; quote the whole field"
-                    ));
-                }
-                Some(c) => field.push(c),
-            }
-        }
-        fields.push(field.trim_end().to_owned());
-    }
-}
-
 /// Reads records of type `T` row by row, from CSV or JSON Lines.
 #[derive(Debug)]
 pub struct RowReader<R, T> {
-    input: R,
-    format: ImportFormat,
+    source: Source<R>,
+    /// The line the last row started on.
     line: usize,
-    bytes: u64,
-    buf: Vec<u8>,
     /// CSV: for each header position, its index in `T::COLUMNS`.
     header: Vec<usize>,
     cells: Vec<Cell>,
     record: PhantomData<fn() -> T>,
+}
+
+/// Where rows come from: CSV records (which may span lines), or JSON Lines.
+#[derive(Debug)]
+enum Source<R> {
+    Csv {
+        reader: csv::Reader<NewlineOffsets<R>>,
+        row: csv::ByteRecord,
+    },
+    Lines {
+        input: R,
+        buf: Vec<u8>,
+        bytes: u64,
+    },
 }
 
 impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
@@ -440,12 +406,26 @@ impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
     /// [`ImportError::Header`] for a header naming unknown or repeated columns or missing a
     /// required one, [`ImportError::Io`] if the input cannot be read.
     pub fn new(input: R, format: ImportFormat) -> Result<Self, ImportError> {
+        let source = match format {
+            ImportFormat::Csv => Source::Csv {
+                // Headers, field counts and trimming are checked here, to give every bad row
+                // its own line and reason; the crate does the quoting.
+                reader: csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .flexible(true)
+                    .trim(csv::Trim::All)
+                    .from_reader(NewlineOffsets::new(input)),
+                row: csv::ByteRecord::new(),
+            },
+            ImportFormat::JsonLines => Source::Lines {
+                input,
+                buf: Vec::new(),
+                bytes: 0,
+            },
+        };
         let mut reader = Self {
-            input,
-            format,
+            source,
             line: 0,
-            bytes: 0,
-            buf: Vec::new(),
             header: Vec::new(),
             cells: vec![Cell::Empty; T::COLUMNS.len()],
             record: PhantomData,
@@ -456,14 +436,17 @@ impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
         Ok(reader)
     }
 
-    /// The number of the last line read.
+    /// The number of the line the last row started on.
     pub fn line(&self) -> usize {
         self.line
     }
 
     /// Bytes consumed so far, for progress against the file size.
     pub fn bytes_read(&self) -> u64 {
-        self.bytes
+        match &self.source {
+            Source::Csv { reader, .. } => reader.position().byte(),
+            Source::Lines { bytes, .. } => *bytes,
+        }
     }
 
     /// The next record, or the reason its row is bad; `None` at the end of the input.
@@ -471,15 +454,17 @@ impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
     /// # Errors
     /// [`ImportError::Io`] if the input cannot be read.
     pub fn next_record(&mut self) -> Result<Option<Result<T, RowError>>, ImportError> {
-        let text = match self.next_line()? {
-            None => return Ok(None),
-            Some(Err(e)) => return Ok(Some(Err(e))),
-            Some(Ok(text)) => text,
-        };
-        let line = self.line;
-        let filled = match self.format {
-            ImportFormat::Csv => fill_csv(&text, &self.header, &mut self.cells),
-            ImportFormat::JsonLines => fill_json::<T>(&text, &mut self.cells),
+        let filled = match &mut self.source {
+            Source::Csv { .. } => match self.next_csv_row()? {
+                None => return Ok(None),
+                Some(fields) => {
+                    fields.and_then(|fields| fill_csv(fields, &self.header, &mut self.cells))
+                }
+            },
+            Source::Lines { .. } => match self.next_line()? {
+                None => return Ok(None),
+                Some(text) => text.and_then(|text| fill_json::<T>(&text, &mut self.cells)),
+            },
         };
         let record = filled.and_then(|()| {
             T::from_row(&Row {
@@ -487,16 +472,47 @@ impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
                 cells: &self.cells,
             })
         });
+        let line = self.line;
         Ok(Some(record.map_err(|reason| RowError { line, reason })))
     }
 
-    /// The next non-blank line, without its line ending.
-    fn next_line(&mut self) -> Result<Option<Result<String, RowError>>, ImportError> {
+    /// The next CSV row's fields as text (blank rows skipped), or why they are not text.
+    fn next_csv_row(&mut self) -> Result<Option<Result<Vec<String>, String>>, ImportError> {
+        let Source::Csv { reader, row } = &mut self.source else {
+            return Ok(None);
+        };
         loop {
-            self.buf.clear();
-            let n = self
-                .input
-                .read_until(b'\n', &mut self.buf)
+            let more = reader.read_byte_record(row).map_err(|e| ImportError::Io {
+                line: self.line,
+                source: std::io::Error::other(e),
+            })?;
+            if !more {
+                return Ok(None);
+            }
+            // The crate's own line count skips blank lines; count them from the row's offset.
+            let start = row.position().map_or(0, csv::Position::byte);
+            self.line = usize::try_from(reader.get_mut().line_of(start)).unwrap_or(usize::MAX);
+            if row.iter().all(<[u8]>::is_empty) {
+                continue; // a blank line (or a row of empty fields)
+            }
+            let fields = row
+                .iter()
+                .map(|f| std::str::from_utf8(f).map(str::to_owned))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "the row is not valid UTF-8".to_owned());
+            return Ok(Some(fields));
+        }
+    }
+
+    /// The next non-blank line of a JSON Lines file, without its line ending.
+    fn next_line(&mut self) -> Result<Option<Result<String, String>>, ImportError> {
+        let Source::Lines { input, buf, bytes } = &mut self.source else {
+            return Ok(None);
+        };
+        loop {
+            buf.clear();
+            let n = input
+                .read_until(b'\n', buf)
                 .map_err(|source| ImportError::Io {
                     line: self.line,
                     source,
@@ -504,19 +520,15 @@ impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
             if n == 0 {
                 return Ok(None);
             }
-            self.bytes += n as u64;
+            *bytes += n as u64;
             self.line += 1;
-            let mut bytes = self.buf.as_slice();
+            let mut line = buf.as_slice();
             if self.line == 1 {
-                // Spreadsheets often save CSV with a UTF-8 byte-order mark.
-                bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+                // Editors and spreadsheets often save UTF-8 with a byte-order mark.
+                line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
             }
-            let Ok(text) = std::str::from_utf8(bytes) else {
-                let line = self.line;
-                return Ok(Some(Err(RowError {
-                    line,
-                    reason: "the line is not valid UTF-8".to_owned(),
-                })));
+            let Ok(text) = std::str::from_utf8(line) else {
+                return Ok(Some(Err("the line is not valid UTF-8".to_owned())));
             };
             let text = text.trim_end_matches(['\n', '\r']);
             if !text.trim().is_empty() {
@@ -526,15 +538,12 @@ impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
     }
 
     fn read_header(&mut self) -> Result<(), ImportError> {
-        let text = match self.next_line()? {
-            None => return Ok(()), // an empty file: no rows
-            Some(Err(e)) => return Err(ImportError::Header(e)),
-            Some(Ok(text)) => text,
+        let Some(names) = self.next_csv_row()? else {
+            return Ok(()); // an empty file: no rows
         };
         let line = self.line;
         let bad = |reason: String| ImportError::Header(RowError { line, reason });
-        let names = split_csv_line(&text).map_err(bad)?;
-        for name in names {
+        for name in names.map_err(bad)? {
             let name = name.trim().to_ascii_lowercase();
             let Some(idx) = T::COLUMNS.iter().position(|c| *c == name) else {
                 return Err(bad(format!(
@@ -559,8 +568,72 @@ impl<R: BufRead, T: ImportRecord> RowReader<R, T> {
     }
 }
 
-fn fill_csv(text: &str, header: &[usize], cells: &mut [Cell]) -> Result<(), String> {
-    let fields = split_csv_line(text)?;
+/// A reader that remembers where the non-blank lines it passed on start, and their numbers,
+/// so that a row's byte offset (which the `csv` crate gives from the end of the row before,
+/// blank lines included) can be turned into the number of the line the row starts on. Offsets
+/// are asked for in increasing order, so only the lines not yet numbered are kept.
+#[derive(Debug)]
+struct NewlineOffsets<R> {
+    inner: R,
+    /// Bytes passed on so far.
+    read: u64,
+    /// The number of the line being read, its start, and whether it has content yet.
+    line: u64,
+    line_start: u64,
+    line_has_content: bool,
+    /// `(start offset, line number)` of non-blank lines not yet asked about.
+    starts: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl<R> NewlineOffsets<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            read: 0,
+            line: 1,
+            line_start: 0,
+            line_has_content: false,
+            starts: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The number of the first non-blank line starting at or after `offset`.
+    fn line_of(&mut self, offset: u64) -> u64 {
+        while self
+            .starts
+            .front()
+            .is_some_and(|&(start, _)| start < offset)
+        {
+            self.starts.pop_front();
+        }
+        self.starts.front().map_or(self.line, |&(_, line)| line)
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            if !self.line_has_content && b != b'\r' && b != b'\n' {
+                self.line_has_content = true;
+                self.starts.push_back((self.line_start, self.line));
+            }
+            if b == b'\n' {
+                self.line += 1;
+                self.line_start = self.read + i as u64 + 1;
+                self.line_has_content = false;
+            }
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for NewlineOffsets<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.scan(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+fn fill_csv(fields: Vec<String>, header: &[usize], cells: &mut [Cell]) -> Result<(), String> {
     if fields.len() != header.len() {
         return Err(format!(
             "expected {} fields as in the header, found {}",
@@ -794,9 +867,14 @@ mod tests {
                 "expected 10 fields as in the header, found 9",
             ),
             ("1,merchant,1,,,,,,,,", "found 11"),
-            ("1,\"merchant,1,,,,,,,", "unterminated quote"),
-            ("1,\"merchant\"x,1,,,,,,,", "after its closing quote"),
-            ("1,merch\"ant,1,,,,,,,", "quote inside unquoted text"),
+            // An unterminated quote runs to the end of the file: one long second field.
+            (
+                "1,\"merchant,1,,,,,,,",
+                "expected 10 fields as in the header, found 2",
+            ),
+            // RFC 4180 leniency (the csv crate's): stray quotes are text.
+            ("1,\"merchant\"x,1,,,,,,,", "unknown category \"merchantx\""),
+            ("1,merch\"ant,1,,,,,,,", "unknown category \"merch\\\"ant\""),
         ];
         for (row, expected) in cases {
             let parsed = subjects_csv(&format!("{HEADER}\n2,buyer,1,,,,,,,\n\n{row}\n"));
@@ -861,7 +939,7 @@ mod tests {
         bytes.extend_from_slice(b"1,merchant,1,,,,,,,\xff\n");
         let parsed: ParsedFile<SubjectRecord> =
             read_all(bytes.as_slice(), ImportFormat::Csv, |_, _| {}).unwrap();
-        assert_eq!(only_error(&parsed), (2, "the line is not valid UTF-8"));
+        assert_eq!(only_error(&parsed), (2, "the row is not valid UTF-8"));
     }
 
     #[test]
@@ -984,14 +1062,42 @@ mod tests {
     }
 
     #[test]
-    fn csv_splitter_handles_quotes() {
-        assert_eq!(split_csv_line("a, b ,c").unwrap(), vec!["a", "b", "c"]);
-        assert_eq!(
-            split_csv_line("\"a,\"\"b\"\"\",c").unwrap(),
-            vec!["a,\"b\"", "c"]
+    fn csv_fields_may_be_quoted_and_span_lines() {
+        let parsed = subjects_csv(
+            "subject,category,home_market,qr_tokens\n\
+             1, merchant ,\"1\",\"qr-a;qr\"\"b\"\"\"\n\
+             \n\
+             3,buyer,1,\n\
+             4,farmer,1,\n",
         );
-        assert_eq!(split_csv_line("a,,").unwrap(), vec!["a", "", ""]);
-        assert_eq!(split_csv_line(" \" x \" ,y").unwrap(), vec![" x ", "y"]);
+        assert_eq!(parsed.records.len(), 2, "{:?}", parsed.errors);
+        assert_eq!(parsed.records[0].category, Category::Merchant, "trimmed");
+        assert_eq!(parsed.records[0].qr_tokens, vec!["qr-a", "qr\"b\""]);
+        assert_eq!(only_error(&parsed).0, 5, "blank lines count");
+        let gates: ParsedFile<GateInfo> = read_all(
+            "gate,market,zone,name\n1,1,1,\"North\ngate, by the bus stop\"\n2,1,1,South\n2,1,1,x\n"
+                .as_bytes(),
+            ImportFormat::Csv,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(gates.records.len(), 2, "{:?}", gates.errors);
+        assert_eq!(gates.records[0].name, "North\ngate, by the bus stop");
+        // The quoted newline counts: the repeated gate starts on line 5.
+        assert_eq!(only_error(&gates), (5, "gate 2 already appears on line 4"));
+    }
+
+    #[test]
+    fn a_utf8_bom_is_ignored() {
+        let parsed = subjects_csv("\u{feff}subject,category,home_market\n1,buyer,1\n");
+        assert_eq!(parsed.records.len(), 1, "{:?}", parsed.errors);
+        let parsed: ParsedFile<SubjectRecord> = read_all(
+            "\u{feff}{\"subject\":1,\"category\":\"buyer\",\"home_market\":1}\n".as_bytes(),
+            ImportFormat::JsonLines,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(parsed.records.len(), 1, "{:?}", parsed.errors);
     }
 
     #[test]

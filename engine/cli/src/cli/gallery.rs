@@ -44,7 +44,8 @@ struct BuildArgs {
     /// Scale every row to unit length (scores become cosines).
     #[arg(long)]
     normalize: bool,
-    /// `int8` also stores int8 codes for the quantized scan (f32 rows are always kept).
+    /// `int8` also stores int8 codes for the quantized scan; `binary` int8 and 1-bit codes
+    /// (f32 rows are always kept).
     #[arg(long, default_value = "int8", value_parser = parse_precision)]
     precision: Precision,
     /// Output segment file.
@@ -141,8 +142,8 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
         if info.unit_norm { "yes" } else { "no" }
     );
     println!(
-        "row stride      {} bytes (int8: {} bytes)",
-        info.vector_stride_bytes, info.code_stride_bytes
+        "row stride      {} bytes (int8: {} bytes, 1-bit: {} bytes)",
+        info.vector_stride_bytes, info.code_stride_bytes, info.bits_row_bytes
     );
     println!("max template id {}", info.max_template_id);
     println!("size            {} bytes", info.file_bytes);
@@ -150,6 +151,10 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
         "stored crc      {:#010x}  (run `gatewarden gallery verify` to check it)",
         info.stored_crc
     );
+    println!("sections        offset        bytes");
+    for s in &info.sections {
+        println!("  {:<28} {:>12} {:>12}", s.name, s.offset, s.bytes);
+    }
     Ok(())
 }
 

@@ -1,4 +1,6 @@
-//! `gatewarden search`: exact top-k of query vectors over a segment file, with timings.
+//! `gatewarden search`: top-k of query vectors over a segment file, with timings. Exact at
+//! f32 and int8; at binary precision the scores are exact but a row outside the shortlist
+//! can be missed (see `gatewarden::index::flat`).
 //!
 //! Prints throughput and per-batch latency percentiles on stderr, and writes every query's
 //! top-k, in query order, as `{"k": K, "results": [{"ids": [...], "scores": [...]}, ...]}`
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use gatewarden::clock::{Clock, SystemClock};
 use gatewarden::gallery::{Gallery, Precision};
-use gatewarden::index::{BatchPath, Kernels, SearchOptions, TopK, search};
+use gatewarden::index::{BINARY_CANDIDATES, BatchPath, Kernels, SearchOptions, TopK, search};
 use gatewarden::npy;
 use serde::Serialize;
 
@@ -36,9 +38,15 @@ pub(crate) struct SearchArgs {
     /// Threads each search is split over.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Scan precision (default: int8 if the gallery has codes, else f32).
+    /// Scan precision: f32, int8, binary or auto (default: the best the gallery holds).
     #[arg(long, value_parser = super::gallery::parse_precision)]
     precision: Option<Precision>,
+    /// Binary scans: rows shortlisted per query for the exact re-rank (at least 4k are).
+    #[arg(long, default_value_t = BINARY_CANDIDATES)]
+    candidates: usize,
+    /// Binary scans: read every whole code instead of prefiltering on the code heads.
+    #[arg(long)]
+    no_prefilter: bool,
     /// Write every query's top-k here as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -101,8 +109,8 @@ struct Report {
 }
 
 pub(crate) fn run(args: SearchArgs) -> anyhow::Result<()> {
-    if args.batch == 0 || args.threads == 0 {
-        bail!("--batch and --threads must be at least 1");
+    if args.batch == 0 || args.threads == 0 || args.candidates == 0 {
+        bail!("--batch, --threads and --candidates must be at least 1");
     }
     let kernels = Kernels::select()?;
     let g = if args.mapped {
@@ -113,11 +121,16 @@ pub(crate) fn run(args: SearchArgs) -> anyhow::Result<()> {
     if args.verify {
         g.verify()?;
     }
-    let precision = args.precision.unwrap_or_else(|| g.precision());
-    if precision == Precision::Int8 && g.precision() != Precision::Int8 {
+    let precision = args
+        .precision
+        .unwrap_or_else(|| g.precision())
+        .resolve(g.len());
+    if !g.supports(precision) {
         bail!(
-            "{} has no int8 codes; rebuild it with `gatewarden gallery build --precision int8` or search with --precision f32",
-            args.gallery.display()
+            "{} has no {} codes; rebuild it with `gatewarden gallery build --precision {}` or search with --precision f32",
+            args.gallery.display(),
+            precision.name(),
+            precision.name()
         );
     }
     let q = npy::read_f32_matrix(&args.queries)?;
@@ -136,6 +149,8 @@ pub(crate) fn run(args: SearchArgs) -> anyhow::Result<()> {
         precision,
         threads: args.threads,
         batch: args.batch_path,
+        candidates: args.candidates,
+        prefilter: !args.no_prefilter,
     };
     let queries: Vec<&[f32]> = q.iter_rows().collect();
     let batches: Vec<&[&[f32]]> = queries.chunks(args.batch).collect();

@@ -183,3 +183,72 @@ fn cli_writes_wait_for_the_server_and_no_import_lifts_a_revocation() {
     );
     assert!(gw(&["import", "subjects", roster], &site).status.success());
 }
+
+/// `query` reads and prints times in the site's configured time zone, unless told otherwise.
+#[test]
+fn query_uses_the_sites_utc_offset() {
+    use gatewarden::store::{EntryRecord, EventFingerprint, ModeKind, Store};
+    use gatewarden_protocol::{
+        Decision, Direction, Display, DisplayColour, GateId, MarketId, SubjectId, UnixMillis,
+        Verdict, ZoneId,
+    };
+
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    init(&site, "022");
+    // 2026-01-01 00:30 UTC: 08:30 in Beijing (the template's 480), 00:30 at offset 0.
+    let at = UnixMillis(1_767_227_400_000);
+    {
+        let store = Store::open(&site.join("store")).unwrap();
+        let verdict = Verdict {
+            gate: GateId(1),
+            seq: 1,
+            decision: Decision::Admit,
+            subject: Some(SubjectId(7)),
+            score: Some(0.9),
+            checks: vec![],
+            display: Display {
+                colour: DisplayColour::Green,
+                text: "welcome".to_owned(),
+            },
+            decided_at: at,
+            replayed: false,
+        };
+        let record = EntryRecord {
+            verdict,
+            market: MarketId(1),
+            zone: ZoneId(1),
+            mode: ModeKind::Identify,
+            direction: Direction::Entry,
+            captured_at: at,
+            fingerprint: EventFingerprint([1; 16]),
+        };
+        store.entry_writer().unwrap().commit(&[record]).unwrap();
+    }
+    let trajectory = |extra: &[&str]| {
+        let mut args = vec!["query", "trajectory", "7"];
+        args.extend_from_slice(extra);
+        let out = gw(&args, &site);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        trajectory(&[]).contains("2026-01-01 08:30"),
+        "{}",
+        trajectory(&[])
+    );
+    let config = site.join("gatewarden.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("utc_offset_minutes = 480", "utc_offset_minutes = 0"),
+    )
+    .unwrap();
+    assert!(
+        trajectory(&[]).contains("2026-01-01 00:30"),
+        "{}",
+        trajectory(&[])
+    );
+    let flagged = trajectory(&["--utc-offset", "-300"]);
+    assert!(flagged.contains("2025-12-31 19:30"), "{flagged}");
+}

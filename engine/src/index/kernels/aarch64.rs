@@ -2,7 +2,9 @@
 //!
 //! Same shape as the x86 single-query kernels: four independent `vfmaq_f32` accumulators
 //! for f32; int8 products widened with `vmull_s8` (127 * 127 fits i16) and pair-added into
-//! i32 lanes with `vpadalq_s16`. The multi-query kernels run the single-query kernel per
+//! i32 lanes with `vpadalq_s16`. 1-bit codes: `vcntq_u8` counts the bits of `q ^ r` per byte
+//! and `vpadalq_u8` folds them into u16 lanes (at most 16 per lane per chunk, so no lane can
+//! overflow below 4096 chunks, far beyond `MAX_DIM`). The multi-query kernels run the single-query kernel per
 //! pair: simple, and still correct; register tiling as on x86 is future work.
 //!
 //! This file is compiled only for aarch64 targets; the development machines are x86-64, so
@@ -11,7 +13,7 @@
 
 use std::arch::aarch64::*;
 
-use super::{F32Block, F32Multi, I8Block, I8Multi, Isa, Kernels};
+use super::{BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi, Isa, Kernels};
 
 /// The NEON table, if the CPU has NEON (every mainstream aarch64 CPU does).
 pub(super) fn neon() -> Option<Kernels> {
@@ -22,7 +24,19 @@ pub(super) fn neon() -> Option<Kernels> {
         score_i8: entry_score_i8,
         multi_f32: entry_multi_f32,
         multi_i8: entry_multi_i8,
+        hamming: entry_hamming,
+        multi_hamming: entry_multi_hamming,
     })
+}
+
+fn entry_hamming(b: &BitBlock<'_>, out: &mut [u32]) {
+    // SAFETY: only stored in the table `neon()` built after detecting NEON.
+    unsafe { hamming(b, out) }
+}
+
+fn entry_multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
+    // SAFETY: only stored in the table `neon()` built after detecting NEON.
+    unsafe { multi_hamming(b, out) }
 }
 
 fn entry_dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -132,6 +146,46 @@ fn multi_i8(b: &I8Multi<'_>, out: &mut [i32]) {
     for (i, row_out) in out.chunks_exact_mut(nq.max(1)).enumerate() {
         for (j, o) in row_out.iter_mut().enumerate() {
             *o = dot_i8(b.query(j), b.row(i));
+        }
+    }
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn load_u64(a: &[u64; 2]) -> uint64x2_t {
+    // SAFETY: `a` is 2 readable u64; vld1q has no alignment requirement beyond u64's.
+    unsafe { vld1q_u64(a.as_ptr()) }
+}
+
+/// `popcount(q ^ r)` over the common prefix of two codes.
+#[target_feature(enable = "neon")]
+fn hamming_words(q: &[u64], r: &[u64]) -> u32 {
+    let n = q.len().min(r.len());
+    let (qc, qt) = q[..n].as_chunks::<2>();
+    let (rc, rt) = r[..n].as_chunks::<2>();
+    let mut acc = vdupq_n_u16(0);
+    for (x, y) in qc.iter().zip(rc) {
+        let v = veorq_u64(load_u64(x), load_u64(y));
+        acc = vpadalq_u8(acc, vcntq_u8(vreinterpretq_u8_u64(v)));
+    }
+    let tail: u32 = qt.iter().zip(rt).map(|(&x, &y)| (x ^ y).count_ones()).sum();
+    vaddlvq_u16(acc) + tail
+}
+
+#[target_feature(enable = "neon")]
+fn hamming(b: &BitBlock<'_>, out: &mut [u32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = hamming_words(b.query(), b.row(i));
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
+    let nq = b.queries();
+    for (i, row_out) in out.chunks_exact_mut(nq.max(1)).enumerate() {
+        let row = b.row(i);
+        for (j, o) in row_out.iter_mut().enumerate() {
+            *o = hamming_words(b.query(j), row);
         }
     }
 }

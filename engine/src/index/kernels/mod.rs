@@ -16,15 +16,19 @@
 //! int8 kernels compute the exact integer dot product of codes in `[-127, 127]`; the caller
 //! turns it into an approximate score and an error bound (see [`crate::index::quant`]).
 //!
+//! 1-bit kernels ([`BitBlock`], [`BitMulti`]) compute Hamming distances between codes stored
+//! as little-endian `u64` words (see [`crate::index::bits`]): `popcount(q ^ r)`, exact
+//! integers, so every table must return exactly the scalar oracle's values.
+//!
 //! `GATEWARDEN_ISA=scalar|avx2|avx512|neon` forces a table ([`Kernels::select`] reads it once);
 //! an unknown value or an instruction set the CPU lacks is refused, never silently replaced.
 //!
-//! | Isa | Requires | f32 | int8 |
-//! |---|---|---|---|
-//! | `avx512` | AVX-512 F, BW, VNNI + FMA | 512-bit FMA, 4 accumulators | `vpdpbusd` |
-//! | `avx2` | AVX2 + FMA | 256-bit FMA, 4 accumulators | `vpmaddubsw` sign trick |
-//! | `neon` | aarch64 NEON (always) | `vfmaq_f32` | `vmull_s8` + `vpadalq_s16` |
-//! | `scalar` | nothing | `zip().map().sum()` | same, in i32 |
+//! | Isa | Requires | f32 | int8 | 1-bit |
+//! |---|---|---|---|---|
+//! | `avx512` | AVX-512 F, BW, VNNI + FMA | 512-bit FMA, 4 accumulators | `vpdpbusd` | `vpopcntq` if VPOPCNTDQ, else the AVX2 kernel |
+//! | `avx2` | AVX2 + FMA | 256-bit FMA, 4 accumulators | `vpmaddubsw` sign trick | nibble-LUT `vpshufb` + `vpsadbw` |
+//! | `neon` | aarch64 NEON (always) | `vfmaq_f32` | `vmull_s8` + `vpadalq_s16` | `vcnt` + `vpadal` |
+//! | `scalar` | nothing | `zip().map().sum()` | same, in i32 | `count_ones` |
 
 use std::fmt;
 use std::str::FromStr;
@@ -348,6 +352,125 @@ impl<'a> I8Multi<'a> {
     }
 }
 
+/// One 1-bit query code against `n` rows of codes (row `i` starts at word `i * stride`).
+#[derive(Clone, Copy)]
+pub struct BitBlock<'a> {
+    query: &'a [u64],
+    rows: &'a [u64],
+    stride: usize,
+    n: usize,
+}
+
+impl<'a> BitBlock<'a> {
+    /// A block, or `None` unless `stride >= query.len()` and `rows` holds `n` rows.
+    pub fn new(query: &'a [u64], rows: &'a [u64], stride: usize, n: usize) -> Option<Self> {
+        rows_fit(query.len(), rows.len(), stride, n).then_some(Self {
+            query,
+            rows,
+            stride,
+            n,
+        })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if the block has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The query code (its length in words is every row's).
+    pub fn query(&self) -> &'a [u64] {
+        self.query
+    }
+
+    /// Row `i < len()`, as many words as the query.
+    pub fn row(&self, i: usize) -> &'a [u64] {
+        &self.rows[i * self.stride..i * self.stride + self.query.len()]
+    }
+
+    fn truncated(self, n: usize) -> Self {
+        Self {
+            n: self.n.min(n),
+            ..self
+        }
+    }
+}
+
+/// `nq` 1-bit query codes of `words` words against `n` rows; output `out[i * nq + j]`.
+///
+/// The batched scan: a block of rows stays in L1 while every query of the micro-batch is
+/// compared with it, so the codes stream from memory once per batch, not once per query.
+#[derive(Clone, Copy)]
+pub struct BitMulti<'a> {
+    queries: &'a [u64],
+    qstride: usize,
+    nq: usize,
+    rows: &'a [u64],
+    stride: usize,
+    n: usize,
+    words: usize,
+}
+
+impl<'a> BitMulti<'a> {
+    /// A block, or `None` unless both strides are `>= words` and both slices hold their rows.
+    pub fn new(
+        words: usize,
+        queries: &'a [u64],
+        qstride: usize,
+        nq: usize,
+        rows: &'a [u64],
+        stride: usize,
+        n: usize,
+    ) -> Option<Self> {
+        (rows_fit(words, queries.len(), qstride, nq) && rows_fit(words, rows.len(), stride, n))
+            .then_some(Self {
+                queries,
+                qstride,
+                nq,
+                rows,
+                stride,
+                n,
+                words,
+            })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if the block has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Number of queries.
+    pub fn queries(&self) -> usize {
+        self.nq
+    }
+
+    /// Query `j < queries()`.
+    pub fn query(&self, j: usize) -> &'a [u64] {
+        &self.queries[j * self.qstride..j * self.qstride + self.words]
+    }
+
+    /// Row `i < len()`.
+    pub fn row(&self, i: usize) -> &'a [u64] {
+        &self.rows[i * self.stride..i * self.stride + self.words]
+    }
+
+    fn truncated(self, n: usize) -> Self {
+        Self {
+            n: self.n.min(n),
+            ..self
+        }
+    }
+}
+
 /// True if `len` elements hold `n` rows of `dim` values spaced `stride` apart.
 fn rows_fit(dim: usize, len: usize, stride: usize, n: usize) -> bool {
     if stride < dim {
@@ -367,6 +490,8 @@ type ScoreF32 = fn(&F32Block<'_>, &mut [f32]);
 type ScoreI8 = fn(&I8Block<'_>, &mut [i32]);
 type MultiF32 = fn(&F32Multi<'_>, &mut [f32]);
 type MultiI8 = fn(&I8Multi<'_>, &mut [i32]);
+type Hamming = fn(&BitBlock<'_>, &mut [u32]);
+type MultiHamming = fn(&BitMulti<'_>, &mut [u32]);
 
 /// A table of scoring kernels for one instruction set.
 ///
@@ -380,6 +505,8 @@ pub struct Kernels {
     score_i8: ScoreI8,
     multi_f32: MultiF32,
     multi_i8: MultiI8,
+    hamming: Hamming,
+    multi_hamming: MultiHamming,
 }
 
 impl Kernels {
@@ -392,6 +519,8 @@ impl Kernels {
             score_i8: scalar::score_i8,
             multi_f32: scalar::multi_f32,
             multi_i8: scalar::multi_i8,
+            hamming: scalar::hamming,
+            multi_hamming: scalar::multi_hamming,
         }
     }
 
@@ -490,6 +619,20 @@ impl Kernels {
     pub fn multi_i8(&self, block: &I8Multi<'_>, out: &mut [i32]) {
         let b = block.truncated(out.len().checked_div(block.nq).unwrap_or(0));
         (self.multi_i8)(&b, &mut out[..b.n * b.nq]);
+    }
+
+    /// Hamming distances of the block's code rows to its query code.
+    #[inline]
+    pub fn hamming(&self, block: &BitBlock<'_>, out: &mut [u32]) {
+        let b = block.truncated(out.len());
+        (self.hamming)(&b, &mut out[..b.n]);
+    }
+
+    /// Hamming distances of every row to every query: `out[i * nq + j]`.
+    #[inline]
+    pub fn multi_hamming(&self, block: &BitMulti<'_>, out: &mut [u32]) {
+        let b = block.truncated(out.len().checked_div(block.nq).unwrap_or(0));
+        (self.multi_hamming)(&b, &mut out[..b.n * b.nq]);
     }
 }
 

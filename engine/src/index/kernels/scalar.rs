@@ -1,6 +1,6 @@
 //! The portable kernels: boring on purpose, because every SIMD table is checked against them.
 
-use super::{F32Block, F32Multi, I8Block, I8Multi};
+use super::{BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi};
 
 pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(&x, &y)| x * y).sum()
@@ -39,6 +39,25 @@ pub(super) fn multi_i8(b: &I8Multi<'_>, out: &mut [i32]) {
     for (i, row_out) in out.chunks_exact_mut(nq.max(1)).enumerate() {
         for (j, o) in row_out.iter_mut().enumerate() {
             *o = dot_i8(b.query(j), b.row(i));
+        }
+    }
+}
+
+pub(super) fn hamming_words(a: &[u64], b: &[u64]) -> u32 {
+    a.iter().zip(b).map(|(&x, &y)| (x ^ y).count_ones()).sum()
+}
+
+pub(super) fn hamming(b: &BitBlock<'_>, out: &mut [u32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = hamming_words(b.query(), b.row(i));
+    }
+}
+
+pub(super) fn multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
+    let nq = b.queries();
+    for (i, row_out) in out.chunks_exact_mut(nq.max(1)).enumerate() {
+        for (j, o) in row_out.iter_mut().enumerate() {
+            *o = hamming_words(b.query(j), b.row(i));
         }
     }
 }

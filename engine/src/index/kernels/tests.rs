@@ -120,6 +120,74 @@ fn check_i8(k: Kernels, c: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Largest code length tested, in words: 3 x 8 (one AVX-512 vector) + 7.
+const MAX_WORDS: usize = 3 * 8 + 7;
+
+fn check_bits(k: Kernels, c: &Case) -> Result<(), TestCaseError> {
+    let s = Kernels::scalar();
+    let mut rng = Rng::new(c.seed ^ 0xb175);
+    let words = c.dim % (MAX_WORDS + 1);
+    let stride = words + c.pad;
+    let rows_buf: Vec<u64> = (0..c.offset + c.n * stride)
+        .map(|_| rng.next_u64())
+        .collect();
+    let q_buf: Vec<u64> = (0..c.offset + c.nq.max(1) * stride)
+        .map(|_| rng.next_u64())
+        .collect();
+    let rows = &rows_buf[c.offset..];
+    let queries = &q_buf[c.offset..];
+
+    let block = BitBlock::new(&queries[..words], rows, stride, c.n).unwrap();
+    let (mut a, mut b) = (vec![0u32; c.n], vec![0u32; c.n]);
+    k.hamming(&block, &mut a);
+    s.hamming(&block, &mut b);
+    prop_assert_eq!(&a, &b);
+
+    let multi = BitMulti::new(words, queries, stride, c.nq, rows, stride, c.n).unwrap();
+    let (mut a, mut b) = (vec![0u32; c.n * c.nq], vec![0u32; c.n * c.nq]);
+    k.multi_hamming(&multi, &mut a);
+    s.multi_hamming(&multi, &mut b);
+    prop_assert_eq!(&a, &b);
+    Ok(())
+}
+
+fn extremes_bits(k: Kernels) {
+    // Identical, complementary and half-differing codes at every tail length.
+    for words in [1, 3, 4, 7, 8, 9, 16, 31, 64] {
+        let ones = vec![u64::MAX; words];
+        let rows: Vec<u64> = [
+            vec![u64::MAX; words],
+            vec![0; words],
+            vec![0xFFFF_FFFF; words],
+        ]
+        .concat();
+        let block = BitBlock::new(&ones, &rows, words, 3).unwrap();
+        let mut out = [0u32; 3];
+        k.hamming(&block, &mut out);
+        let bits = 64 * words as u32;
+        assert_eq!(out, [0, bits, bits / 2], "{} words {words}", k.isa());
+    }
+}
+
+/// Densely packed 4-word codes (the code heads at d = 512), the AVX-512 eight-row path,
+/// at every count around its step of eight.
+fn dense_heads(k: Kernels) {
+    let mut rng = Rng::new(77);
+    for n in 0..41 {
+        let rows: Vec<u64> = (0..4 * n).map(|_| rng.next_u64()).collect();
+        let q: Vec<u64> = (0..4).map(|_| rng.next_u64()).collect();
+        let block = BitBlock::new(&q, &rows, 4, n).unwrap();
+        let (mut a, mut b) = (vec![0u32; n], vec![0u32; n]);
+        k.hamming(&block, &mut a);
+        Kernels::scalar().hamming(&block, &mut b);
+        assert_eq!(a, b, "{} n {n}", k.isa());
+        // A shorter output scores a prefix only.
+        let mut short = vec![0u32; n / 2];
+        k.hamming(&block, &mut short);
+        assert_eq!(short, b[..n / 2], "{} n {n} truncated", k.isa());
+    }
+}
+
 fn extremes_i8(k: Kernels) {
     // All +127 / -127 (the largest products), and zero queries, at every tail length.
     for dim in [1, 31, 32, 63, 64, 65, 127, 512, 513] {
@@ -162,6 +230,25 @@ macro_rules! isa_tests {
                 fn i8_matches_scalar(c in case()) {
                     if let Some(k) = kernels() { check_i8(k, &c)?; }
                 }
+
+                #[test]
+                fn bits_match_scalar(c in case()) {
+                    if let Some(k) = kernels() { check_bits(k, &c)?; }
+                }
+            }
+
+            #[test]
+            fn bits_extremes_match_exact() {
+                if let Some(k) = kernels() {
+                    extremes_bits(k);
+                }
+            }
+
+            #[test]
+            fn bits_dense_heads_match_scalar() {
+                if let Some(k) = kernels() {
+                    dense_heads(k);
+                }
             }
 
             #[test]
@@ -189,6 +276,16 @@ proptest! {
         let want = crate::testing::dot_f64(&a, &b);
         prop_assert!((f64::from(got) - want).abs() <= f64::from(tolerance(&a, &b)));
     }
+}
+
+#[test]
+fn scalar_hamming_counts_differing_bits() {
+    let q = [0b1011u64, 1 << 63];
+    let rows = [0b0001u64, 1 << 63, 0, 0];
+    let block = BitBlock::new(&q, &rows, 2, 2).unwrap();
+    let mut out = [0u32; 2];
+    Kernels::scalar().hamming(&block, &mut out);
+    assert_eq!(out, [2, 3 + 1]);
 }
 
 #[test]
@@ -236,6 +333,13 @@ fn blocks_reject_short_buffers() {
     assert!(
         F32Block::new(&q, &[0.0; 8], usize::MAX, 2).is_none(),
         "overflow"
+    );
+    let qb = [0u64; 2];
+    assert!(BitBlock::new(&qb, &[0; 3], 2, 2).is_none());
+    assert!(BitBlock::new(&qb, &[0; 4], 2, 2).is_some());
+    assert!(
+        BitMulti::new(2, &qb, 2, 2, &[0; 4], 2, 2).is_none(),
+        "queries too short"
     );
     let qi = [0i8; 4];
     assert!(

@@ -16,9 +16,16 @@
 //!   `r + 128` with one xor and the exact `128 * sum(q)` is subtracted at the end;
 //! - int8 on AVX2: `vpmaddubsw(|q|, sign(r, q))`; with codes in [-127, 127] a pair sum is at
 //!   most 2 * 127 * 127 = 32258, so the i16 saturation never triggers.
+//! - 1-bit on AVX2: no vector popcount, so each nibble of `q ^ r` indexes a 16-entry table
+//!   with `vpshufb`; byte counts (at most 8 per chunk) add up in bytes for up to 31 chunks
+//!   before one `vpsadbw` widens them to u64 lanes; densely packed 4-word code heads go four
+//!   rows per step (`hamming_dense4`).
+//! - 1-bit on AVX-512: `vpopcntq` where the CPU has VPOPCNTDQ (a 512-d code is one load, one
+//!   xor, one popcount and a reduction per row; densely packed 4-word code heads go eight
+//!   rows per step, see `hamming_dense4`); without it the AVX-512 table uses the AVX2 kernel.
 #![allow(unsafe_code)]
 
-use super::{F32Block, F32Multi, I8Block, I8Multi, Isa, Kernels};
+use super::{BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi, Isa, Kernels};
 
 /// The AVX2+FMA table, if the CPU has both.
 pub(super) fn avx2() -> Option<Kernels> {
@@ -30,6 +37,8 @@ pub(super) fn avx2() -> Option<Kernels> {
         score_i8: entry::avx2_score_i8,
         multi_f32: entry::avx2_multi_f32,
         multi_i8: entry::avx2_multi_i8,
+        hamming: entry::avx2_hamming,
+        multi_hamming: entry::avx2_multi_hamming,
     })
 }
 
@@ -39,8 +48,19 @@ pub(super) fn avx512() -> Option<Kernels> {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("fma");
+    let avx2 = is_x86_feature_detected!("avx2");
+    let vpopcnt = is_x86_feature_detected!("avx512vpopcntdq") && avx2;
+    let (hamming, multi_hamming): (super::Hamming, super::MultiHamming) = if vpopcnt {
+        (entry::vpopcnt_hamming, entry::vpopcnt_multi_hamming)
+    } else if avx2 {
+        (entry::avx2_hamming, entry::avx2_multi_hamming)
+    } else {
+        (super::scalar::hamming, super::scalar::multi_hamming)
+    };
     ok.then_some(Kernels {
         isa: Isa::X86Avx512,
+        hamming,
+        multi_hamming,
         dot_f32: entry::avx512_dot_f32,
         score_f32: entry::avx512_score_f32,
         score_i8: entry::avx512_score_i8,
@@ -52,7 +72,7 @@ pub(super) fn avx512() -> Option<Kernels> {
 /// Safe table entries. Each is installed only by the constructor above that detected its
 /// features, which is what every SAFETY comment below relies on.
 mod entry {
-    use super::{F32Block, F32Multi, I8Block, I8Multi, avx2, avx512};
+    use super::{BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi, avx2, avx512, vpopcnt};
 
     macro_rules! entries {
         ($isa:ident: $($name:ident => $f:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
@@ -73,6 +93,8 @@ mod entry {
         avx2_score_i8 => score_i8(b: &I8Block<'_>, out: &mut [i32]);
         avx2_multi_f32 => multi_f32(b: &F32Multi<'_>, out: &mut [f32]);
         avx2_multi_i8 => multi_i8(b: &I8Multi<'_>, out: &mut [i32]);
+        avx2_hamming => hamming(b: &BitBlock<'_>, out: &mut [u32]);
+        avx2_multi_hamming => multi_hamming(b: &BitMulti<'_>, out: &mut [u32]);
     );
     entries!(avx512:
         avx512_dot_f32 => dot_f32(a: &[f32], b: &[f32]) -> f32;
@@ -81,6 +103,18 @@ mod entry {
         avx512_multi_f32 => multi_f32(b: &F32Multi<'_>, out: &mut [f32]);
         avx512_multi_i8 => multi_i8(b: &I8Multi<'_>, out: &mut [i32]);
     );
+
+    pub(super) fn vpopcnt_hamming(b: &BitBlock<'_>, out: &mut [u32]) {
+        // SAFETY: only stored in the table `x86_64::avx512()` built, and only after
+        // detecting AVX-512 F, VPOPCNTDQ and AVX2 there.
+        unsafe { vpopcnt::hamming(b, out) }
+    }
+
+    pub(super) fn vpopcnt_multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
+        // SAFETY: only stored in the table `x86_64::avx512()` built, and only after
+        // detecting AVX-512 F, VPOPCNTDQ and AVX2 there.
+        unsafe { vpopcnt::multi_hamming(b, out) }
+    }
 }
 
 fn scalar_dot_i8(a: &[i8], b: &[i8]) -> i32 {
@@ -90,10 +124,126 @@ fn scalar_dot_i8(a: &[i8], b: &[i8]) -> i32 {
         .sum()
 }
 
+fn scalar_hamming(a: &[u64], b: &[u64]) -> u32 {
+    a.iter().zip(b).map(|(&x, &y)| (x ^ y).count_ones()).sum()
+}
+
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{F32Block, F32Multi, I8Block, I8Multi, scalar_dot_i8};
+    use super::{
+        BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi, scalar_dot_i8, scalar_hamming,
+    };
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load_u64(a: &[u64; 4]) -> __m256i {
+        // SAFETY: `a` is 32 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+    }
+
+    /// Per-byte popcounts of `v` (each at most 8), by nibble lookup.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn byte_popcounts(v: __m256i) -> __m256i {
+        let lut = _mm256_setr_epi8(
+            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2,
+            3, 3, 4,
+        );
+        let low = _mm256_set1_epi8(0x0f);
+        let lo = _mm256_and_si256(v, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+        _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi))
+    }
+
+    /// `popcount(q ^ r)` over the common prefix of two codes.
+    #[target_feature(enable = "avx2,fma")]
+    fn hamming_words(q: &[u64], r: &[u64]) -> u32 {
+        let n = q.len().min(r.len());
+        let (qc, qt) = q[..n].as_chunks::<4>();
+        let (rc, rt) = r[..n].as_chunks::<4>();
+        let zero = _mm256_setzero_si256();
+        let mut total = zero;
+        // Byte counts add up to at most 31 * 8 = 248 before they are widened.
+        for (q31, r31) in qc.chunks(31).zip(rc.chunks(31)) {
+            let mut bytes = zero;
+            for (x, y) in q31.iter().zip(r31) {
+                let v = _mm256_xor_si256(load_u64(x), load_u64(y));
+                bytes = _mm256_add_epi8(bytes, byte_popcounts(v));
+            }
+            total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, zero));
+        }
+        let s = _mm_add_epi64(
+            _mm256_castsi256_si128(total),
+            _mm256_extracti128_si256::<1>(total),
+        );
+        let s = _mm_add_epi64(s, _mm_unpackhi_epi64(s, s));
+        _mm_cvtsi128_si64(s) as u32 + scalar_hamming(qt, rt)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn hamming(b: &BitBlock<'_>, out: &mut [u32]) {
+        let done = if let (Ok(q), true) = (<&[u64; 4]>::try_from(b.query()), b.stride == 4) {
+            hamming_dense4(q, b.rows, out)
+        } else {
+            0
+        };
+        for (i, o) in out.iter_mut().enumerate().skip(done) {
+            *o = hamming_words(b.query(), b.row(i));
+        }
+    }
+
+    /// Densely packed 4-word codes (the code heads at d = 512), four rows per step: the
+    /// rows' `vpsadbw` sums (four u64 each) are added across rows with two unpack/add rounds
+    /// and one cross-lane add, instead of a horizontal sum per row. Returns how many rows it
+    /// scored.
+    #[target_feature(enable = "avx2,fma")]
+    fn hamming_dense4(q: &[u64; 4], rows: &[u64], out: &mut [u32]) -> usize {
+        let qv = load_u64(q);
+        let zero = _mm256_setzero_si256();
+        let low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let steps = (rows.len() / 16).min(out.len() / 4);
+        let (groups, _) = rows[..steps * 16].as_chunks::<16>();
+        let (outs, _) = out[..steps * 4].as_chunks_mut::<4>();
+        for (g, o) in groups.iter().zip(outs) {
+            let (r, _) = g.as_chunks::<4>();
+            let sad = |k: usize| {
+                let v = _mm256_xor_si256(load_u64(&r[k]), qv);
+                _mm256_sad_epu8(byte_popcounts(v), zero)
+            };
+            let (s0, s1, s2, s3) = (sad(0), sad(1), sad(2), sad(3));
+            // [s0.0 + s0.1, s1.0 + s1.1, s0.2 + s0.3, s1.2 + s1.3], and likewise for rows 2, 3.
+            let t01 =
+                _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+            let t23 =
+                _mm256_add_epi64(_mm256_unpacklo_epi64(s2, s3), _mm256_unpackhi_epi64(s2, s3));
+            let sums = _mm256_add_epi64(
+                _mm256_permute2x128_si256::<0x20>(t01, t23),
+                _mm256_permute2x128_si256::<0x31>(t01, t23),
+            );
+            let packed = _mm256_permutevar8x32_epi32(sums, low_dwords);
+            store4(o, _mm256_castsi256_si128(packed));
+        }
+        steps * 4
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn store4(o: &mut [u32; 4], v: __m128i) {
+        // SAFETY: `o` is 16 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), v) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
+        let nq = b.queries();
+        for (i, row_out) in out.chunks_exact_mut(nq.max(1)).enumerate() {
+            let row = b.row(i);
+            for (j, o) in row_out.iter_mut().enumerate() {
+                *o = hamming_words(b.query(j), row);
+            }
+        }
+    }
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -822,5 +972,109 @@ mod avx512 {
     fn store16_epi32(dst: &mut [i32; 16], v: __m512i) {
         // SAFETY: `dst` is 16 writable i32; storeu has no alignment requirement.
         unsafe { _mm512_storeu_epi32(dst.as_mut_ptr(), v) }
+    }
+}
+
+mod vpopcnt {
+    use std::arch::x86_64::*;
+
+    use super::{BitBlock, BitMulti};
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    #[inline]
+    fn load(a: &[u64; 8]) -> __m512i {
+        // SAFETY: `a` is 64 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm512_loadu_epi64(a.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    #[inline]
+    fn load_tail(a: &[u64]) -> __m512i {
+        let k = ((1u32 << a.len().min(7)) - 1) as __mmask8;
+        // SAFETY: the mask enables words 0..a.len() (< 8), all inside `a`; AVX-512 masked
+        // loads suppress faults on masked-off lanes, so nothing past the slice is touched.
+        unsafe { _mm512_maskz_loadu_epi64(k, a.as_ptr().cast()) }
+    }
+
+    /// `popcount(q ^ r)` over the common prefix of two codes.
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    fn hamming_words(q: &[u64], r: &[u64]) -> u32 {
+        let n = q.len().min(r.len());
+        let (qc, qt) = q[..n].as_chunks::<8>();
+        let (rc, rt) = r[..n].as_chunks::<8>();
+        let mut acc = _mm512_setzero_si512();
+        for (x, y) in qc.iter().zip(rc) {
+            let v = _mm512_xor_si512(load(x), load(y));
+            acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(v));
+        }
+        if !qt.is_empty() {
+            let v = _mm512_xor_si512(load_tail(qt), load_tail(rt));
+            acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(v));
+        }
+        _mm512_reduce_add_epi64(acc) as u32
+    }
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    pub(super) fn hamming(b: &BitBlock<'_>, out: &mut [u32]) {
+        let done = if let (Ok(q), true) = (<&[u64; 4]>::try_from(b.query()), b.stride == 4) {
+            hamming_dense4(q, b.rows, out)
+        } else {
+            0
+        };
+        for (i, o) in out.iter_mut().enumerate().skip(done) {
+            *o = hamming_words(b.query(), b.row(i));
+        }
+    }
+
+    /// Densely packed 4-word codes (the code heads at d = 512), eight rows per step: two rows
+    /// per 64-byte load, per-word counts narrowed to bytes (`vpmovqb`), then summed four
+    /// bytes at a time (`vpmaddubsw`, `vpmaddwd`) into eight row distances, stored at once.
+    /// About 3 instructions per row instead of 9. Returns how many rows it scored.
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    fn hamming_dense4(q: &[u64; 4], rows: &[u64], out: &mut [u32]) -> usize {
+        let q2 = _mm512_broadcast_i64x4(load4(q));
+        let ones8 = _mm256_set1_epi8(1);
+        let ones16 = _mm256_set1_epi16(1);
+        let steps = (rows.len() / 32).min(out.len() / 8);
+        let (groups, _) = rows[..steps * 32].as_chunks::<32>();
+        let (outs, _) = out[..steps * 8].as_chunks_mut::<8>();
+        for (g, o) in groups.iter().zip(outs) {
+            let (pairs, _) = g.as_chunks::<8>();
+            let bytes = |k: usize| {
+                let v = _mm512_xor_si512(load(&pairs[k]), q2);
+                _mm512_cvtepi64_epi8(_mm512_popcnt_epi64(v))
+            };
+            let lo = _mm_unpacklo_epi64(bytes(0), bytes(1));
+            let hi = _mm_unpacklo_epi64(bytes(2), bytes(3));
+            let all = _mm256_set_m128i(hi, lo);
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(all, ones8), ones16);
+            store8(o, sums);
+        }
+        steps * 8
+    }
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    #[inline]
+    fn load4(a: &[u64; 4]) -> __m256i {
+        // SAFETY: `a` is 32 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    #[inline]
+    fn store8(o: &mut [u32; 8], v: __m256i) {
+        // SAFETY: `o` is 32 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), v) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,avx2")]
+    pub(super) fn multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
+        let nq = b.queries();
+        for (i, row_out) in out.chunks_exact_mut(nq.max(1)).enumerate() {
+            let row = b.row(i);
+            for (j, o) in row_out.iter_mut().enumerate() {
+                *o = hamming_words(b.query(j), row);
+            }
+        }
     }
 }
