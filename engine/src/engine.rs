@@ -250,17 +250,16 @@ impl Engine {
 
     fn validate_template(&self, model: &str, v: &[f32]) -> Result<(), Error> {
         if model != self.config.model {
-            return Err(Error::Invalid(format!(
-                "template model {model:?} is not the gallery's model {:?}",
-                self.config.model
-            )));
+            return Err(Error::UnknownModel {
+                found: model.to_owned(),
+                expected: self.config.model.clone(),
+            });
         }
         if v.len() != self.config.dim {
-            return Err(Error::Invalid(format!(
-                "template has {} values; the gallery's dimension is {}",
-                v.len(),
-                self.config.dim
-            )));
+            return Err(Error::DimensionMismatch {
+                found: v.len(),
+                expected: self.config.dim,
+            });
         }
         if v.iter().any(|x| !x.is_finite()) || v.iter().all(|x| *x == 0.0) {
             return Err(Error::Invalid(

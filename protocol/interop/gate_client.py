@@ -783,6 +783,13 @@ class Scenario:
                         and again.score == first.score and again.colour == first.colour)
                 r.info(f"replayed verdict identical to the first apart from `replayed`: {same}")
 
+            # 3b. Another event under the recorded (gate, seq) -> seq_reused (section 7): never
+            # the first event's verdict, never a new one.
+            reused = self.event(seq=ev.seq, temperature=37.2)
+            self.expect_error("another event under a recorded (gate, seq) -> seq_reused (106)",
+                              await self.ask(proto, "reused", encode_event(reused)),
+                              ERR["seq_reused"])
+
             # 4. Well-framed Event kind, garbage body -> malformed.
             self.expect_error("event frame with a garbage body -> malformed (100)",
                               await self.ask(proto, "garbage", frame(KIND["event"], b"garbage!!")),

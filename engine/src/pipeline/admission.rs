@@ -77,7 +77,7 @@ impl Admission {
     /// it exceeded the target. While no worker observes (an idle pipeline) the last verdict
     /// stays, which is harmless: an idle queue is shorter than `min_depth`, so it admits.
     ///
-    /// Workers call this concurrently, lock-free; [`Observation`] spells out its atomic steps
+    /// Workers call this concurrently, lock-free; `Observation` spells out its atomic steps
     /// so that a test can run every interleaving of them.
     pub fn observe(&self, wait: Duration, now: Instant) {
         let mut observation = Observation::new(self, wait, now);
