@@ -14,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -243,8 +243,85 @@ pub fn write_f32_matrix(
             got: data.len(),
         });
     }
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-    write_npy(path, &dict, bytemuck::cast_slice(data))
+    let mut writer = F32MatrixWriter::create(path, rows, dim)?;
+    writer.write_rows(data)?;
+    writer.finish()
+}
+
+/// Writes a float32 `(rows, dim)` matrix as a version 1.0 `.npy` file a block of rows at a
+/// time, for matrices too large to hold in memory (a generated population of millions of
+/// templates). The file is owner-only (0600); [`finish`](Self::finish) checks that exactly
+/// `rows` rows arrived and syncs the file to disk.
+#[derive(Debug)]
+pub struct F32MatrixWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    rows: usize,
+    dim: usize,
+    /// Floats written so far.
+    written: usize,
+}
+
+impl F32MatrixWriter {
+    /// Creates (or truncates) `path` and writes the header of a `(rows, dim)` matrix.
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub fn create(path: &Path, rows: usize, dim: usize) -> Result<Self, NpyError> {
+        let dict =
+            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+        Ok(Self {
+            out: create_npy(path, &dict)?,
+            path: path.to_owned(),
+            rows,
+            dim,
+            written: 0,
+        })
+    }
+
+    /// Appends whole rows, row-major: `values.len()` must be a multiple of `dim`, and the rows
+    /// written so far must not exceed `rows`.
+    ///
+    /// # Errors
+    /// A partial row or too many rows (nothing is written then), or an I/O error.
+    pub fn write_rows(&mut self, values: &[f32]) -> Result<(), NpyError> {
+        let total = self.written.saturating_add(values.len());
+        // With `dim` 0 only an empty slice is a whole number of rows.
+        let partial_row = !values.len().is_multiple_of(self.dim);
+        if partial_row || total > self.rows.saturating_mul(self.dim) {
+            return Err(self.bad_matrix(total));
+        }
+        self.out
+            .write_all(bytemuck::cast_slice(values))
+            .map_err(io_err(&self.path))?;
+        self.written = total;
+        Ok(())
+    }
+
+    /// Flushes and syncs the file once every row is written.
+    ///
+    /// # Errors
+    /// Fewer rows than the header announced, or an I/O error.
+    pub fn finish(self) -> Result<(), NpyError> {
+        if self.written != self.rows.saturating_mul(self.dim) {
+            return Err(self.bad_matrix(self.written));
+        }
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| io_err(&self.path)(e.into_error()))?;
+        file.sync_all().map_err(io_err(&self.path))
+    }
+
+    fn bad_matrix(&self, got: usize) -> NpyError {
+        NpyError::BadMatrix {
+            path: self.path.clone(),
+            rows: self.rows,
+            dim: self.dim,
+            expected: self.rows.saturating_mul(self.dim),
+            got,
+        }
+    }
 }
 
 /// Writes 1-D uint64 ids as a version 1.0 `.npy` file, owner-only (0600).
@@ -477,6 +554,16 @@ fn value_after<'a>(dict: &'a str, key: &str) -> Result<&'a str, String> {
 }
 
 fn write_npy(path: &Path, dict: &str, data: &[u8]) -> Result<(), NpyError> {
+    let mut w = create_npy(path, dict)?;
+    let write = |w: &mut BufWriter<File>| -> std::io::Result<()> {
+        w.write_all(data)?;
+        w.flush()
+    };
+    write(&mut w).map_err(io_err(path))
+}
+
+/// Creates (or truncates) `path` owner-only and writes a version 1.0 header holding `dict`.
+fn create_npy(path: &Path, dict: &str) -> Result<BufWriter<File>, NpyError> {
     // Pad so that magic + version + length + dict + '\n' is a multiple of 64 (numpy >= 1.21).
     let unpadded = MAGIC.len() + 2 + 2 + dict.len() + 1;
     let pad = (64 - unpadded % 64) % 64;
@@ -492,16 +579,18 @@ fn write_npy(path: &Path, dict: &str, data: &[u8]) -> Result<(), NpyError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err(path))?;
+    // `mode` applies only when the file is created; an older file would keep its bits.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let write = |w: &mut BufWriter<File>| -> std::io::Result<()> {
         w.write_all(MAGIC)?;
         w.write_all(&[1, 0])?;
         w.write_all(&hlen.to_le_bytes())?;
-        w.write_all(header.as_bytes())?;
-        w.write_all(data)?;
-        w.flush()
+        w.write_all(header.as_bytes())
     };
-    write(&mut w).map_err(io_err(path))
+    write(&mut w).map_err(io_err(path))?;
+    Ok(w)
 }
 
 #[cfg(test)]
@@ -651,8 +740,59 @@ mod tests {
     }
 
     #[test]
+    fn matrix_writer_streams_blocks_and_checks_the_row_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blocks.npy");
+        let data: Vec<f32> = (0..15).map(|i| i as f32 - 7.25).collect();
+        let mut w = F32MatrixWriter::create(&path, 5, 3).unwrap();
+        w.write_rows(&data[..6]).unwrap();
+        w.write_rows(&[]).unwrap();
+        w.write_rows(&data[6..]).unwrap();
+        w.finish().unwrap();
+        let m = read_f32_matrix(&path).unwrap();
+        assert_eq!((m.rows, m.dim), (5, 3));
+        assert_eq!(m.data, data);
+
+        // A partial row, a row past the announced count, and a short matrix are refused.
+        let mut w = F32MatrixWriter::create(&path, 2, 3).unwrap();
+        assert!(matches!(
+            w.write_rows(&data[..4]),
+            Err(NpyError::BadMatrix { got: 4, .. })
+        ));
+        w.write_rows(&data[..6]).unwrap();
+        assert!(matches!(
+            w.write_rows(&data[..3]),
+            Err(NpyError::BadMatrix { got: 9, .. })
+        ));
+        w.finish().unwrap();
+        let mut w = F32MatrixWriter::create(&path, 2, 3).unwrap();
+        w.write_rows(&data[..3]).unwrap();
+        assert!(matches!(
+            w.finish(),
+            Err(NpyError::BadMatrix {
+                expected: 6,
+                got: 3,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn rewriting_a_loose_file_makes_it_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.npy");
+        std::fs::write(&p, b"old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_f32_matrix(&p, 1, 2, &[1.0, 2.0]).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(read_f32_matrix(&p).unwrap().data, vec![1.0, 2.0]);
+    }
+
+    #[test]
     fn written_files_are_owner_only() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.npy");
         write_f32_matrix(&p, 1, 1, &[1.0]).unwrap();

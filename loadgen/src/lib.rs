@@ -12,18 +12,18 @@
 //!   each event's *intended* send time, so a slow server cannot hide its queueing (no
 //!   coordinated omission). Every verdict is checked against the ground truth.
 //!
-//! Everything random comes from one seeded generator (module `rng`: SplitMix64 seeding
-//! xoshiro256**), so a population and a run's event sequence are reproducible from their seeds.
+//! Everything random comes from the engine's seeded generators (`gatewarden::testing`: the
+//! `Rng` streams and `IndexedFaces`), so a population and a run's event sequence are
+//! reproducible from their seeds; `templates.npy` is written by the engine's own `.npy` module,
+//! and the files spell categories, statuses and colours with the protocol's wire names.
 //!
-//! Module map: `rng` (PRNG, Gaussians), `vectors` (identities, templates, probes), `npy`
-//! (NumPy writer), [`population`] (the people and their files), `truth` (the demo policy,
-//! mirrored), [`run`] (arrivals, QUIC client, bad input, report, plot).
+//! Module map: `stream` (the random streams), [`population`] (the people and their files),
+//! `truth` (the demo policy, mirrored), [`run`] (arrivals, QUIC client, bad input, report,
+//! plot).
 #![forbid(unsafe_code)]
 
 pub mod population;
 pub mod run;
 
-mod npy;
-mod rng;
+mod stream;
 mod truth;
-mod vectors;

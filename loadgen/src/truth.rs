@@ -14,7 +14,9 @@
 
 use gatewarden_protocol::Decision;
 
-use crate::population::{CodeColour, Gate, Status, Subject, TestResult};
+use gatewarden_protocol::{CodeColour, SubjectStatus, TestResult};
+
+use crate::population::{DemoCategory, Gate, Subject};
 
 /// Temperature ceiling in °C: a reading above it fails.
 pub(crate) const TEMPERATURE_CEILING_C: f32 = 37.3;
@@ -72,7 +74,7 @@ pub(crate) fn expected(facts: &Facts<'_>) -> Expected {
     if facts.face == Face::Impostor {
         fails.push("face_match");
     }
-    if s.status != Status::Active {
+    if s.status != SubjectStatus::Active {
         fails.push("subject_status");
     }
     let in_window =
@@ -144,7 +146,9 @@ fn health_checks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::population::{Category, Health, Persona};
+    use gatewarden_protocol::Category;
+
+    use crate::population::{Health, Persona};
 
     const NOW: u64 = 1_750_000_000_000;
     const HOUR: u64 = 3_600_000;
@@ -161,7 +165,7 @@ mod tests {
             valid_until: Some(NOW + 1000 * HOUR),
             id_card: "110108195001010011".into(),
             qr_token: None,
-            status: Status::Active,
+            status: SubjectStatus::Active,
             persona: Persona::Eligible,
             health: Some(Health {
                 test_at: Some(NOW - 5 * HOUR),
@@ -211,7 +215,7 @@ mod tests {
         );
 
         let mut s = ok.clone();
-        s.status = Status::Revoked;
+        s.status = SubjectStatus::Revoked;
         assert_eq!(decide(&s, Face::Genuine, HOME, 36.5), Decision::Deny);
         let mut s = ok.clone();
         s.valid_until = Some(NOW - HOUR);

@@ -9,9 +9,19 @@
 //! noise, scaled so that their cosine to the identity is a chosen value; an *impostor* probe
 //! is an unrelated random unit vector. In 512 dimensions two random unit vectors have a
 //! cosine of about 0 ± 0.044, so genuine and impostor scores are well apart, as with a real
-//! face model.
+//! face model. [`FacePopulation`] holds its identities in memory; [`IndexedFaces`] derives
+//! each person's faces from their index alone, for populations too large to hold (the load
+//! generator's millions of people) and so that person 17 is the same in any population size.
 
 use gatewarden_protocol::SubjectId;
+
+/// The SplitMix64 finalizer: a bijective mix of 64 bits, so distinct inputs give distinct
+/// outputs. Also useful to derive seeds and to spread counters.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// SplitMix64: a tiny seeded generator (Steele, Lea and Flood, 2014).
 #[derive(Clone, Debug)]
@@ -25,13 +35,20 @@ impl Rng {
         Self { state: seed }
     }
 
+    /// An independent generator for `(seed, tag, index)`: one tag per kind of randomness, so
+    /// two uses never share a sequence, and one index per item, so item 42 does not depend on
+    /// how items 0..41 were drawn (or on how many items there are).
+    pub fn stream(seed: u64, tag: u64, index: u64) -> Self {
+        // Nested mixing: each layer is a bijection, so distinct indexes under one tag give
+        // distinct seeds, and the tag is folded in before the index, which cannot cancel it.
+        let inner = mix64(tag.wrapping_mul(0xA24B_AED4_963E_E407) ^ mix64(index));
+        Self::new(mix64(seed ^ inner))
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix64(self.state)
     }
 
     /// A uniform float in `[0, 1)`.
@@ -51,6 +68,46 @@ impl Rng {
         }
         // Multiply-shift: unbiased enough for test data and branch-free.
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// A uniform index into a slice of length `len` (0 for an empty one).
+    pub fn index(&mut self, len: usize) -> usize {
+        self.below(len as u64) as usize
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.next_f64() < p
+    }
+
+    /// An exponential sample with the given mean (inter-arrival times of a Poisson process).
+    pub fn exponential(&mut self, mean: f64) -> f64 {
+        let u = 1.0 - self.next_f64(); // (0, 1]: ln is finite
+        -mean * u.ln()
+    }
+
+    /// An index drawn with probability proportional to `weights`. Weights that are negative or
+    /// not finite count as 0; if none is positive, the answer is 0.
+    pub fn weighted(&mut self, weights: &[f64]) -> usize {
+        let usable = |w: f64| w.is_finite() && w > 0.0;
+        let total: f64 = weights.iter().copied().filter(|&w| usable(w)).sum();
+        if total <= 0.0 {
+            return 0;
+        }
+        let mut x = self.next_f64() * total;
+        let mut last = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            if !usable(w) {
+                continue;
+            }
+            last = i;
+            if x < w {
+                return i;
+            }
+            x -= w;
+        }
+        // Rounding can leave `x` a hair above the last weight: it belongs to the last bucket.
+        last
     }
 
     /// A standard normal sample (Box-Muller).
@@ -232,6 +289,71 @@ impl FacePopulation {
     }
 }
 
+/// Faces of a population derived from each person's index alone, never held in memory.
+///
+/// Person `i`'s identity comes from its own random stream, so it is the same in a population
+/// of 100 or of 10 million. An enrolled template has cosine [`TEMPLATE_COS`](Self::TEMPLATE_COS)
+/// to the identity and a gate capture [`PROBE_COS`](Self::PROBE_COS), so a genuine
+/// template-probe pair scores about `0.9 × 0.8 = 0.72` (spread about 0.012 at d = 512), and an
+/// impostor pair about 0 ± 1/√d: far on either side of any sane threshold, so a matcher has no
+/// excuse for a wrong answer.
+///
+/// Streams used, under the population's seed: [`IDENTITY_STREAM`](Self::IDENTITY_STREAM),
+/// [`TEMPLATE_STREAM`](Self::TEMPLATE_STREAM) and [`IMPOSTOR_STREAM`](Self::IMPOSTOR_STREAM).
+/// Other users of [`Rng::stream`] with the same seed must pick other tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexedFaces {
+    seed: u64,
+    dim: usize,
+}
+
+impl IndexedFaces {
+    /// Cosine of an enrolled template (a controlled-light photo) to the identity.
+    pub const TEMPLATE_COS: f64 = 0.9;
+    /// Cosine of a gate capture (uncontrolled light and pose) to the identity.
+    pub const PROBE_COS: f64 = 0.8;
+    /// Stream tag of enrolled people's identities.
+    pub const IDENTITY_STREAM: u64 = 0xFACE_0001;
+    /// Stream tag of the enrolment photos' noise.
+    pub const TEMPLATE_STREAM: u64 = 0xFACE_0002;
+    /// Stream tag of never-enrolled people's identities.
+    pub const IMPOSTOR_STREAM: u64 = 0xFACE_0003;
+
+    /// The faces of the population with this seed, in `dim` dimensions.
+    pub fn new(seed: u64, dim: usize) -> Self {
+        Self { seed, dim }
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The identity (true face, unit length) of enrolled person `index`.
+    pub fn identity(&self, index: u64) -> Vec<f32> {
+        Rng::stream(self.seed, Self::IDENTITY_STREAM, index).unit_vector(self.dim)
+    }
+
+    /// The enrolled template (unit length) of person `index`.
+    pub fn template(&self, index: u64) -> Vec<f32> {
+        let mut rng = Rng::stream(self.seed, Self::TEMPLATE_STREAM, index);
+        around(&mut rng, &self.identity(index), Self::TEMPLATE_COS)
+    }
+
+    /// A gate capture of enrolled person `index`, its noise drawn from `rng` (so each capture
+    /// of one person differs).
+    pub fn genuine_probe(&self, index: u64, rng: &mut Rng) -> Vec<f32> {
+        around(rng, &self.identity(index), Self::PROBE_COS)
+    }
+
+    /// A gate capture of never-enrolled person `index`: an identity from a stream disjoint from
+    /// every enrolled person's, plus capture noise from `rng`.
+    pub fn impostor_probe(&self, index: u64, rng: &mut Rng) -> Vec<f32> {
+        let identity = Rng::stream(self.seed, Self::IMPOSTOR_STREAM, index).unit_vector(self.dim);
+        around(rng, &identity, Self::PROBE_COS)
+    }
+}
+
 /// Exact inner product in f64: the oracle the kernels are checked against.
 pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
@@ -296,6 +418,96 @@ mod tests {
         let imp = pop.impostor(&mut rng);
         assert!(dot_f64(&g.embedding, pop.identity(3)) > 0.55);
         assert!(dot_f64(&imp.embedding, pop.identity(3)).abs() < 0.35);
+    }
+
+    #[test]
+    fn splitmix_matches_the_published_reference() {
+        // First output of SplitMix64 from state 0, from the reference implementation.
+        assert_eq!(Rng::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+    }
+
+    #[test]
+    fn streams_are_independent_and_reproducible() {
+        let first = |seed, tag, index| Rng::stream(seed, tag, index).next_u64();
+        let x = first(1, 2, 5);
+        assert_eq!(x, first(1, 2, 5));
+        assert_ne!(x, first(1, 2, 6));
+        assert_ne!(x, first(1, 3, 5));
+        assert_ne!(x, first(2, 2, 5));
+        // Swapping tag and index must not give the same stream.
+        assert_ne!(first(1, 2, 3), first(1, 3, 2));
+    }
+
+    #[test]
+    fn gaussian_and_exponential_have_their_moments() {
+        let mut rng = Rng::new(3);
+        let n = 200_000;
+        let xs: Vec<f64> = (0..n).map(|_| rng.gaussian()).collect();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.01, "gaussian mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "gaussian variance {var}");
+        let ys: Vec<f64> = (0..n).map(|_| rng.exponential(2.5)).collect();
+        assert!(ys.iter().all(|y| y.is_finite() && *y >= 0.0));
+        let mean = ys.iter().sum::<f64>() / n as f64;
+        assert!((mean - 2.5).abs() < 0.03, "exponential mean {mean}");
+    }
+
+    #[test]
+    fn weighted_and_chance_follow_their_probabilities() {
+        let mut rng = Rng::new(4);
+        let mut counts = [0u32; 4];
+        let mut heads = 0u32;
+        for _ in 0..30_000 {
+            counts[rng.weighted(&[1.0, 0.0, 2.0, f64::NAN])] += 1;
+            heads += u32::from(rng.chance(0.25));
+        }
+        assert_eq!((counts[1], counts[3]), (0, 0));
+        let ratio = f64::from(counts[2]) / f64::from(counts[0]);
+        assert!((ratio - 2.0).abs() < 0.1, "ratio {ratio}");
+        let share = f64::from(heads) / 30_000.0;
+        assert!((share - 0.25).abs() < 0.015, "chance share {share}");
+        assert_eq!(rng.weighted(&[0.0, -1.0]), 0);
+        assert_eq!(rng.weighted(&[]), 0);
+        assert_eq!(rng.index(0), 0);
+        assert!((0..1000).all(|_| rng.index(3) < 3));
+    }
+
+    #[test]
+    fn indexed_faces_depend_on_the_index_alone() {
+        let faces = IndexedFaces::new(9, 128);
+        let t = faces.template(3);
+        assert_eq!(t, faces.template(3));
+        assert_ne!(t, faces.template(4));
+        assert_ne!(t, IndexedFaces::new(10, 128).template(3));
+        assert!((dot_f64(&t, &t) - 1.0).abs() < 1e-5);
+        assert!((dot_f64(&t, &faces.identity(3)) - IndexedFaces::TEMPLATE_COS).abs() < 1e-4);
+        let p = faces.genuine_probe(3, &mut Rng::new(1));
+        assert!((dot_f64(&p, &faces.identity(3)) - IndexedFaces::PROBE_COS).abs() < 1e-4);
+        assert_ne!(p, faces.genuine_probe(3, &mut Rng::new(2)));
+    }
+
+    #[test]
+    fn indexed_genuine_pairs_score_far_above_impostor_pairs() {
+        let faces = IndexedFaces::new(9, 512);
+        let mut rng = Rng::new(7);
+        let (mut genuine_min, mut genuine_sum, mut impostor_max) = (f64::INFINITY, 0.0, 0.0f64);
+        let n = 500u64;
+        for i in 0..n {
+            let t = faces.template(i);
+            let g = dot_f64(&t, &faces.genuine_probe(i, &mut rng));
+            genuine_min = genuine_min.min(g);
+            genuine_sum += g;
+            let imp = dot_f64(&t, &faces.impostor_probe(i, &mut rng));
+            impostor_max = impostor_max.max(imp.abs());
+        }
+        let genuine_mean = genuine_sum / n as f64;
+        assert!(
+            (genuine_mean - 0.72).abs() < 0.01,
+            "genuine mean {genuine_mean}"
+        );
+        assert!(genuine_min > 0.6, "genuine min {genuine_min}");
+        assert!(impostor_max < 0.25, "impostor max {impostor_max}");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   through `Λ⁻¹` (the time-rescaling theorem), so the count in any window is Poisson with
 //!   the right mean. The whole run carries `0.6 · peak · T` events on average.
 
-use crate::rng::{Rng, Stream};
+use gatewarden::testing::Rng;
+
+use crate::stream::Stream;
 
 use super::Profile;
 
@@ -37,7 +39,7 @@ impl Arrivals {
             profile,
             rate,
             duration_s,
-            rng: Rng::stream(seed, Stream::Arrivals, 0),
+            rng: Stream::Arrivals.rng(seed, 0),
             count: 0,
             cursor: 0.0,
             last_t: 0.0,

@@ -17,7 +17,6 @@ use gatewarden_protocol::{
 };
 
 use super::client::ExchangeError;
-use crate::population::decision_str;
 
 /// Cap on the bytes of one oversize frame, in case a server announces a huge limit.
 const OVERSIZE_CAP: usize = 16 << 20;
@@ -171,9 +170,9 @@ pub(crate) fn judge(promise: Promise, reply: &Result<Message, ExchangeError>) ->
         }
         (Promise::Replay(want), Message::Verdict(v)) => BadOutcome::Violation(format!(
             "replay answered {} (replayed {}), stored verdict was {}",
-            decision_str(v.decision),
+            v.decision.name(),
             v.replayed,
-            decision_str(want)
+            want.name()
         )),
         (Promise::Error(_), Message::Verdict(v)) if v.decision == Decision::Admit => {
             BadOutcome::Violation("admitted".into())
@@ -185,7 +184,7 @@ pub(crate) fn judge(promise: Promise, reply: &Result<Message, ExchangeError>) ->
 fn describe(m: &Message) -> String {
     match m {
         Message::Error(e) => format!("error {:?}: {}", e.code, e.message),
-        Message::Verdict(v) => format!("verdict {}", decision_str(v.decision)),
+        Message::Verdict(v) => format!("verdict {}", v.decision.name()),
         Message::Busy(b) => format!("busy {} ms", b.retry_after_ms),
         other => format!("{:?}", other.kind()),
     }

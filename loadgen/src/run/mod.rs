@@ -53,7 +53,7 @@ pub use report::{
 };
 
 use crate::population::{self, Gate, Population, PopulationError, wall_clock};
-use crate::rng::{Rng, Stream};
+use crate::stream::Stream;
 use arrivals::Arrivals;
 use badinput::{Answered, BadKind, BadOutcome};
 use client::{Connected, ExchangeError, GateConn};
@@ -626,7 +626,7 @@ async fn dispatch(
     let (done_tx, done_rx) = watch::channel(false);
     let ticker = tokio::spawn(tick(Arc::clone(shared), cfg.progress, done_rx));
     let mut planner = Planner::new(pop, gates, cfg.seed, cfg.mix, cfg.twists);
-    let mut bad_rng = Rng::stream(cfg.seed, Stream::BadInput, 0);
+    let mut bad_rng = Stream::BadInput.rng(cfg.seed, 0);
     let mut seqs = vec![seq_base; gates.len()];
     let mut tasks = JoinSet::new();
     let (mut index, mut good) = (0u64, 0u64);

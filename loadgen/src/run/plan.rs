@@ -15,14 +15,14 @@
 
 use std::collections::HashMap;
 
+use gatewarden::testing::{IndexedFaces, Rng, mix64};
 use gatewarden_protocol::{
     Credential, Decision, Direction, Event, FaceSample, GateId, Mode, UnixMillis,
 };
 
-use crate::population::{Gate, Persona, Population, Subject};
-use crate::rng::{Rng, Stream, mix64};
+use crate::population::{DemoCategory, Gate, Persona, Population, Subject};
+use crate::stream::Stream;
 use crate::truth::{self, Expected, Face, Facts};
-use crate::vectors;
 
 use super::{Mix, Twists};
 
@@ -139,7 +139,7 @@ impl<'a> Planner<'a> {
 
     /// The plan of event `index`, captured at `at_ms` (unix ms).
     pub(crate) fn plan(&mut self, index: u64, at_ms: u64) -> Plan {
-        let mut rng = Rng::stream(self.run_seed, Stream::Plan, index);
+        let mut rng = Stream::Plan.rng(self.run_seed, index);
         let mut mode =
             [ModeKind::Verify, ModeKind::Identify, ModeKind::SignIn][rng.weighted(&self.mix)];
         if mode == ModeKind::SignIn && self.workers.is_empty() {
@@ -157,11 +157,8 @@ impl<'a> Planner<'a> {
             normal_temperature(&mut rng)
         };
         let credential = credential_for(&mut rng, s, mode);
-        let identity = vectors::identity(self.pop.cfg.seed, s.index, self.pop.cfg.dim);
-        let embedding = vectors::probe(
-            &identity,
-            &mut Rng::stream(self.run_seed, Stream::Probe, index),
-        );
+        let embedding = IndexedFaces::new(self.pop.cfg.seed, self.pop.cfg.dim)
+            .genuine_probe(s.index, &mut Stream::Probe.rng(self.run_seed, index));
         let g = self.gates[gate];
         let facts = Facts {
             subject: Some(s),
@@ -192,13 +189,11 @@ impl<'a> Planner<'a> {
         let holder = (mode == ModeKind::Verify)
             .then(|| &self.pop.subjects[rng.index(self.pop.subjects.len())]);
         let credential = holder.and_then(|s| credential_for(rng, s, ModeKind::Verify));
-        let impostor_seed = mix64(self.run_seed ^ self.pop.cfg.seed);
-        let embedding = vectors::impostor(
-            impostor_seed,
-            index,
-            self.pop.cfg.dim,
-            &mut Rng::stream(self.run_seed, Stream::Probe, index),
-        );
+        // Strangers differ from run to run, and never share a face with the population.
+        let strangers =
+            IndexedFaces::new(mix64(self.run_seed ^ self.pop.cfg.seed), self.pop.cfg.dim);
+        let embedding =
+            strangers.impostor_probe(index, &mut Stream::Probe.rng(self.run_seed, index));
         let temperature = normal_temperature(rng);
         let facts = Facts {
             subject: holder,
@@ -303,8 +298,8 @@ impl<'a> Planner<'a> {
             face: Some(FaceSample {
                 model: self.pop.cfg.model.clone(),
                 embedding,
-                quality: rng.range_f64(0.6, 0.99) as f32,
-                liveness: rng.range_f64(0.8, 0.99) as f32,
+                quality: rng.uniform(0.6, 0.99) as f32,
+                liveness: rng.uniform(0.8, 0.99) as f32,
             }),
             temperature_c: Some(temperature),
         }
@@ -313,7 +308,7 @@ impl<'a> Planner<'a> {
 
 /// A normal reading in 36.0..37.0 °C, to one decimal like a real thermometer.
 fn normal_temperature(rng: &mut Rng) -> f32 {
-    (rng.range_f64(360.0, 370.0).round() / 10.0) as f32
+    (rng.uniform(360.0, 370.0).round() / 10.0) as f32
 }
 
 /// The credential presented: card holders with a staff card use it half the time.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::badinput::{BadKind, BadOutcome};
 use super::plan::{ModeKind, Twist};
 use super::report::{LatencyMs, Mismatch, Report, SecondStats};
-use crate::population::{Persona, decision_str};
+use crate::population::Persona;
 use crate::truth::Expected;
 
 /// Mismatches kept in the report.
@@ -111,7 +111,7 @@ impl Stats {
             log.push(VerdictRecord {
                 gate: v.gate.0,
                 seq: v.seq,
-                decision: decision_str(v.decision),
+                decision: v.decision.name(),
                 subject: v.subject.map(|s| s.0),
                 replayed: v.replayed,
             });
@@ -279,7 +279,7 @@ fn mismatch(v: &Verdict, meta: &EventMeta) -> Mismatch {
         mode: meta.mode.as_str().into(),
         twist: meta.twist.as_str().into(),
         persona: meta.persona.map(|p| p.as_str().to_string()),
-        expected: decision_str(meta.expected.decision).into(),
+        expected: meta.expected.decision.name().into(),
         expected_subject: meta.expected.subject,
         expected_reasons: meta
             .expected
@@ -287,7 +287,7 @@ fn mismatch(v: &Verdict, meta: &EventMeta) -> Mismatch {
             .iter()
             .map(|r| (*r).to_string())
             .collect(),
-        got: decision_str(v.decision).into(),
+        got: v.decision.name().into(),
         got_subject: v.subject.map(|s| s.0),
         got_score: v.score,
         got_reasons: reasons(&v.checks),
