@@ -6,11 +6,12 @@
 //! | `oversize` | a header announcing one byte more than `max_frame_len`, then that many bytes | `Error FrameTooLarge` |
 //! | `nan_embedding` | an event whose embedding holds a NaN | `Error InvalidValue` |
 //! | `wrong_dimension` | an event whose embedding is one element short | `Error DimensionMismatch` |
-//! | `replay` | an already-answered `(gate, seq)` with other content (fever, exit) | the stored verdict, `replayed = true` |
+//! | `reused_seq` | an already-answered `(gate, seq)` with other content (fever, exit) | `Error SeqReused`: never the stored verdict, never a new one |
 //! | `other_gate` | an event naming another gate than the connection's certificate | `Error GateMismatch` |
 //!
-//! Nothing here may be admitted (a replay may repeat a stored Admit, which is correct), and the
-//! connection must stay usable for the good events that share it.
+//! Nothing here may be admitted, a reused `(gate, seq)` may get no verdict at all (the stored one
+//! would be someone else's decision), and the connection must stay usable for the good events
+//! that share it.
 
 use gatewarden_protocol::{
     Decision, Direction, ErrorCode, Event, GateId, HelloAck, Message, encode_frame,
@@ -28,7 +29,7 @@ pub(crate) enum BadKind {
     Oversize,
     NanEmbedding,
     WrongDimension,
-    Replay,
+    ReusedSeq,
     OtherGate,
 }
 
@@ -38,7 +39,7 @@ impl BadKind {
         Self::Oversize,
         Self::NanEmbedding,
         Self::WrongDimension,
-        Self::Replay,
+        Self::ReusedSeq,
         Self::OtherGate,
     ];
 
@@ -48,7 +49,7 @@ impl BadKind {
             Self::Oversize => "oversize",
             Self::NanEmbedding => "nan_embedding",
             Self::WrongDimension => "wrong_dimension",
-            Self::Replay => "replay",
+            Self::ReusedSeq => "reused_seq",
             Self::OtherGate => "other_gate",
         }
     }
@@ -58,14 +59,12 @@ impl BadKind {
 #[derive(Clone, Debug)]
 pub(crate) struct Answered {
     pub(crate) event: Event,
-    pub(crate) decision: Decision,
 }
 
 /// The promised answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Promise {
     Error(ErrorCode),
-    Replay(Decision),
 }
 
 /// How a bad stream was answered.
@@ -73,7 +72,7 @@ pub(crate) enum Promise {
 pub(crate) enum BadOutcome {
     /// As promised.
     Ok,
-    /// Admitted, or a replay answered with something else than the stored verdict.
+    /// Admitted, or a reused key answered with a verdict.
     Violation(String),
     /// Answered, but not as promised.
     Wrong(String),
@@ -82,8 +81,8 @@ pub(crate) enum BadOutcome {
 }
 
 /// The bytes of a bad stream of `kind`, built from a good `event` of the connection's gate.
-/// `Replay` without an answered event falls back to `Malformed`; the kind actually built is
-/// returned.
+/// `ReusedSeq` without an answered event falls back to `Malformed`; the kind actually built
+/// is returned.
 pub(crate) fn build(
     kind: BadKind,
     mut event: Event,
@@ -93,15 +92,15 @@ pub(crate) fn build(
 ) -> (BadKind, Vec<u8>, Promise) {
     let mut frame = Vec::new();
     match (kind, answered) {
-        (BadKind::Replay, Some(previous)) => {
-            let mut replay = previous.event;
-            // Content a fresh evaluation would deny: the server must answer from its record.
-            replay.temperature_c = Some(39.5);
-            replay.direction = Direction::Exit;
-            encode_frame(&Message::Event(replay), &mut frame);
-            (kind, frame, Promise::Replay(previous.decision))
+        (BadKind::ReusedSeq, Some(previous)) => {
+            // Another event under a recorded key, as from a gate whose counter restarted.
+            let mut reused = previous.event;
+            reused.temperature_c = Some(39.5);
+            reused.direction = Direction::Exit;
+            encode_frame(&Message::Event(reused), &mut frame);
+            (kind, frame, Promise::Error(ErrorCode::SeqReused))
         }
-        (BadKind::Malformed | BadKind::Replay, _) => {
+        (BadKind::Malformed | BadKind::ReusedSeq, _) => {
             encode_frame(&Message::Event(event), &mut frame);
             let body = frame.len() - 5;
             let keep = body / 2;
@@ -165,15 +164,13 @@ pub(crate) fn judge(promise: Promise, reply: &Result<Message, ExchangeError>) ->
     };
     match (promise, msg) {
         (Promise::Error(want), Message::Error(e)) if e.code == want => BadOutcome::Ok,
-        (Promise::Replay(want), Message::Verdict(v)) if v.replayed && v.decision == want => {
-            BadOutcome::Ok
+        (Promise::Error(ErrorCode::SeqReused), Message::Verdict(v)) => {
+            BadOutcome::Violation(format!(
+                "a reused (gate, seq) was answered with a verdict ({}, replayed {})",
+                v.decision.name(),
+                v.replayed
+            ))
         }
-        (Promise::Replay(want), Message::Verdict(v)) => BadOutcome::Violation(format!(
-            "replay answered {} (replayed {}), stored verdict was {}",
-            v.decision.name(),
-            v.replayed,
-            want.name()
-        )),
         (Promise::Error(_), Message::Verdict(v)) if v.decision == Decision::Admit => {
             BadOutcome::Violation("admitted".into())
         }
@@ -280,18 +277,15 @@ mod tests {
     }
 
     #[test]
-    fn replay_reuses_the_key_and_falls_back_without_history() {
-        let (kind, _, _) = build(BadKind::Replay, event(), &ack(), None, 4);
+    fn reused_seq_reuses_the_key_and_falls_back_without_history() {
+        let (kind, _, _) = build(BadKind::ReusedSeq, event(), &ack(), None, 4);
         assert_eq!(kind, BadKind::Malformed);
-        let answered = Answered {
-            event: event(),
-            decision: Decision::Admit,
-        };
-        let (kind, bytes, p) = build(BadKind::Replay, event(), &ack(), Some(answered), 4);
-        assert_eq!(kind, BadKind::Replay);
-        assert_eq!(p, Promise::Replay(Decision::Admit));
+        let answered = Answered { event: event() };
+        let (kind, bytes, p) = build(BadKind::ReusedSeq, event(), &ack(), Some(answered), 4);
+        assert_eq!(kind, BadKind::ReusedSeq);
+        assert_eq!(p, Promise::Error(ErrorCode::SeqReused));
         let Ok(Message::Event(e)) = decode_frame(&bytes) else {
-            panic!("replay must decode")
+            panic!("a reused seq must decode")
         };
         assert_eq!((e.gate, e.seq), (GateId(3), 77));
         assert_ne!(e, event());
@@ -323,18 +317,16 @@ mod tests {
             judge(p, &Err(ExchangeError::Transport("reset".into()))),
             BadOutcome::NoReply
         );
-        let r = Promise::Replay(Decision::Admit);
-        assert_eq!(
-            judge(r, &Ok(verdict(Decision::Admit, true))),
-            BadOutcome::Ok
-        );
-        assert!(matches!(
-            judge(r, &Ok(verdict(Decision::Admit, false))),
-            BadOutcome::Violation(_)
-        ));
-        assert!(matches!(
-            judge(r, &Ok(verdict(Decision::Deny, true))),
-            BadOutcome::Violation(_)
-        ));
+        let r = Promise::Error(ErrorCode::SeqReused);
+        assert_eq!(judge(r, &code(ErrorCode::SeqReused)), BadOutcome::Ok);
+        for (decision, replayed) in [(Decision::Admit, true), (Decision::Deny, true)] {
+            assert!(
+                matches!(
+                    judge(r, &Ok(verdict(decision, replayed))),
+                    BadOutcome::Violation(_)
+                ),
+                "any verdict for a reused key fails open"
+            );
+        }
     }
 }

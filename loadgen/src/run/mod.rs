@@ -826,10 +826,7 @@ async fn drive_event(
                 let mut slot = shared.answered[gate]
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                *slot = Some(Answered {
-                    event,
-                    decision: v.decision,
-                });
+                *slot = Some(Answered { event });
             }
         }
         Final::Error(code) => {
@@ -875,7 +872,7 @@ async fn drive_bad(
     let attempt = async {
         let conn = shared.connection(gate).await.ok()?;
         let ack = shared.fleet[gate].ack.get()?.clone();
-        let answered = if kind == BadKind::Replay {
+        let answered = if kind == BadKind::ReusedSeq {
             shared.answered[gate]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
