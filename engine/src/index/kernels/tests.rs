@@ -359,3 +359,21 @@ fn output_shorter_than_block_is_truncated_not_a_panic() {
         assert_eq!(out, [3.0, 3.0]);
     }
 }
+
+/// The per-ISA tests above skip (and say so on stderr) an instruction set this CPU lacks, so a
+/// broken CPU detection would pass them all by testing nothing but the scalar table. CI reads
+/// the host's best instruction set from `/proc/cpuinfo`, independently of this crate, into
+/// `GATEWARDEN_EXPECT_ISA`; this fails unless that is the set the tests above exercised.
+#[test]
+fn the_hosts_best_isa_is_the_one_tested() {
+    let Ok(expected) = std::env::var("GATEWARDEN_EXPECT_ISA") else {
+        eprintln!("GATEWARDEN_EXPECT_ISA is not set: not checking which kernels this host tests");
+        return;
+    };
+    let best = Kernels::available().next().map(|k| k.isa().name());
+    assert_eq!(
+        best,
+        Some(expected.trim()),
+        "the host's CPU has {expected} but the kernel tests exercised {best:?}"
+    );
+}
