@@ -11,5 +11,5 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-(cd "$root" && cargo build --release --locked -p gatewarden -p gatewarden-loadgen)
+(cd "$root" && cargo build --release --locked -p gatewarden-cli -p gatewarden-loadgen)
 exec python3 "$here/overload.py" --bin-dir "$root/target/release" --out "$here/out" "$@"
