@@ -501,25 +501,32 @@ struct RevokeBody {
     reason: String,
 }
 
-pub(super) async fn post_revoke(
-    State(state): State<HttpState>,
-    Path(id): Path<String>,
-    b: Body,
-) -> ApiResult<RevokeAck> {
-    let id = subject_id(&id)?;
-    let request: RevokeBody = json_body(&body(b)?, "revoke object {\"reason\"}")?;
+/// The body of a status change (`revoke`, `reinstate`): a reason for the audit trail, not
+/// blank, within the wire protocol's limits.
+fn audit_request(subject: SubjectId, b: Body, action: &str) -> Result<Revoke, ApiError> {
+    let what = format!("{action} object {{\"reason\"}}");
+    let request: RevokeBody = json_body(&body(b)?, &what)?;
     if request.reason.trim().is_empty() {
-        return Err(ApiError::BadRequest(
-            "reason is empty: say why the subject is revoked, for the audit trail".to_owned(),
-        ));
+        return Err(ApiError::BadRequest(format!(
+            "reason is empty: say why the subject is {action}d, for the audit trail"
+        )));
     }
     let request = Revoke {
-        subject: id,
+        subject,
         reason: request.reason,
     };
     request
         .validate()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(request)
+}
+
+pub(super) async fn post_revoke(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    b: Body,
+) -> ApiResult<RevokeAck> {
+    let request = audit_request(subject_id(&id)?, b, "revoke")?;
     let ack = blocking(&state, move |e| Ok(e.revoke(&request)?)).await?;
     Ok(Json(ack))
 }
@@ -538,12 +545,7 @@ pub(super) async fn post_reinstate(
     b: Body,
 ) -> ApiResult<ReinstateAck> {
     let id = subject_id(&id)?;
-    let request: RevokeBody = json_body(&body(b)?, "reinstate object {\"reason\"}")?;
-    if request.reason.trim().is_empty() {
-        return Err(ApiError::BadRequest(
-            "reason is empty: say why the subject is reinstated, for the audit trail".to_owned(),
-        ));
-    }
+    let request = audit_request(id, b, "reinstate")?;
     let was = blocking(&state, move |e| Ok(e.reinstate(id, &request.reason)?)).await?;
     let was = was.ok_or_else(|| ApiError::NotFound(format!("no subject {id}")))?;
     Ok(Json(ReinstateAck {

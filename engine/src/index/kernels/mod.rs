@@ -120,18 +120,26 @@ pub enum IsaError {
     },
 }
 
-/// One query against `n` rows of f32 (row `i` starts at `i * stride`).
+/// One query against `n` rows of the same element type (row `i` starts at `i * stride`,
+/// and has as many elements as the query): f32 values, int8 codes or 1-bit code words.
 #[derive(Clone, Copy)]
-pub struct F32Block<'a> {
-    query: &'a [f32],
-    rows: &'a [f32],
+pub struct RowBlock<'a, T> {
+    query: &'a [T],
+    rows: &'a [T],
     stride: usize,
     n: usize,
 }
 
-impl<'a> F32Block<'a> {
+/// One f32 query against `n` rows of f32.
+pub type F32Block<'a> = RowBlock<'a, f32>;
+/// One int8 query against `n` rows of int8 codes.
+pub type I8Block<'a> = RowBlock<'a, i8>;
+/// One 1-bit query code against `n` rows of codes (in 64-bit words).
+pub type BitBlock<'a> = RowBlock<'a, u64>;
+
+impl<'a, T> RowBlock<'a, T> {
     /// A block, or `None` unless `stride >= query.len()` and `rows` holds `n` rows.
-    pub fn new(query: &'a [f32], rows: &'a [f32], stride: usize, n: usize) -> Option<Self> {
+    pub fn new(query: &'a [T], rows: &'a [T], stride: usize, n: usize) -> Option<Self> {
         rows_fit(query.len(), rows.len(), stride, n).then_some(Self {
             query,
             rows,
@@ -150,61 +158,13 @@ impl<'a> F32Block<'a> {
         self.n == 0
     }
 
-    /// The query.
-    pub fn query(&self) -> &'a [f32] {
+    /// The query (its length is every row's).
+    pub fn query(&self) -> &'a [T] {
         self.query
     }
 
-    /// Row `i < len()`, `dim` values.
-    pub fn row(&self, i: usize) -> &'a [f32] {
-        &self.rows[i * self.stride..i * self.stride + self.query.len()]
-    }
-
-    fn truncated(self, n: usize) -> Self {
-        Self {
-            n: self.n.min(n),
-            ..self
-        }
-    }
-}
-
-/// One int8 query against `n` rows of int8 codes (row `i` starts at `i * stride`).
-#[derive(Clone, Copy)]
-pub struct I8Block<'a> {
-    query: &'a [i8],
-    rows: &'a [i8],
-    stride: usize,
-    n: usize,
-}
-
-impl<'a> I8Block<'a> {
-    /// A block, or `None` unless `stride >= query.len()` and `rows` holds `n` rows.
-    pub fn new(query: &'a [i8], rows: &'a [i8], stride: usize, n: usize) -> Option<Self> {
-        rows_fit(query.len(), rows.len(), stride, n).then_some(Self {
-            query,
-            rows,
-            stride,
-            n,
-        })
-    }
-
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// True if the block has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// The query codes.
-    pub fn query(&self) -> &'a [i8] {
-        self.query
-    }
-
-    /// Row `i < len()`, `dim` codes.
-    pub fn row(&self, i: usize) -> &'a [i8] {
+    /// Row `i < len()`, as many elements as the query.
+    pub fn row(&self, i: usize) -> &'a [T] {
         &self.rows[i * self.stride..i * self.stride + self.query.len()]
     }
 
@@ -342,54 +302,6 @@ impl<'a> I8Multi<'a> {
     /// Row `i < len()`.
     pub fn row(&self, i: usize) -> &'a [i8] {
         &self.rows[i * self.stride..i * self.stride + self.dim]
-    }
-
-    fn truncated(self, n: usize) -> Self {
-        Self {
-            n: self.n.min(n),
-            ..self
-        }
-    }
-}
-
-/// One 1-bit query code against `n` rows of codes (row `i` starts at word `i * stride`).
-#[derive(Clone, Copy)]
-pub struct BitBlock<'a> {
-    query: &'a [u64],
-    rows: &'a [u64],
-    stride: usize,
-    n: usize,
-}
-
-impl<'a> BitBlock<'a> {
-    /// A block, or `None` unless `stride >= query.len()` and `rows` holds `n` rows.
-    pub fn new(query: &'a [u64], rows: &'a [u64], stride: usize, n: usize) -> Option<Self> {
-        rows_fit(query.len(), rows.len(), stride, n).then_some(Self {
-            query,
-            rows,
-            stride,
-            n,
-        })
-    }
-
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// True if the block has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// The query code (its length in words is every row's).
-    pub fn query(&self) -> &'a [u64] {
-        self.query
-    }
-
-    /// Row `i < len()`, as many words as the query.
-    pub fn row(&self, i: usize) -> &'a [u64] {
-        &self.rows[i * self.stride..i * self.stride + self.query.len()]
     }
 
     fn truncated(self, n: usize) -> Self {
