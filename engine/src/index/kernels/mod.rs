@@ -176,169 +176,42 @@ impl<'a, T> RowBlock<'a, T> {
     }
 }
 
-/// `nq` f32 queries (query `j` at `j * qstride`) against `n` rows; output `out[i * nq + j]`.
-#[derive(Clone, Copy)]
-pub struct F32Multi<'a> {
-    queries: &'a [f32],
-    qstride: usize,
-    nq: usize,
-    rows: &'a [f32],
-    stride: usize,
-    n: usize,
-    dim: usize,
-}
-
-impl<'a> F32Multi<'a> {
-    /// A block, or `None` unless both strides are `>= dim` and both slices hold their rows.
-    pub fn new(
-        dim: usize,
-        queries: &'a [f32],
-        qstride: usize,
-        nq: usize,
-        rows: &'a [f32],
-        stride: usize,
-        n: usize,
-    ) -> Option<Self> {
-        (rows_fit(dim, queries.len(), qstride, nq) && rows_fit(dim, rows.len(), stride, n))
-            .then_some(Self {
-                queries,
-                qstride,
-                nq,
-                rows,
-                stride,
-                n,
-                dim,
-            })
-    }
-
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// True if the block has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// Number of queries.
-    pub fn queries(&self) -> usize {
-        self.nq
-    }
-
-    /// Query `j < queries()`.
-    pub fn query(&self, j: usize) -> &'a [f32] {
-        &self.queries[j * self.qstride..j * self.qstride + self.dim]
-    }
-
-    /// Row `i < len()`.
-    pub fn row(&self, i: usize) -> &'a [f32] {
-        &self.rows[i * self.stride..i * self.stride + self.dim]
-    }
-
-    fn truncated(self, n: usize) -> Self {
-        Self {
-            n: self.n.min(n),
-            ..self
-        }
-    }
-}
-
-/// `nq` int8 queries against `n` rows of int8 codes; output `out[i * nq + j]`.
-#[derive(Clone, Copy)]
-pub struct I8Multi<'a> {
-    queries: &'a [i8],
-    qstride: usize,
-    nq: usize,
-    rows: &'a [i8],
-    stride: usize,
-    n: usize,
-    dim: usize,
-}
-
-impl<'a> I8Multi<'a> {
-    /// A block, or `None` unless both strides are `>= dim` and both slices hold their rows.
-    pub fn new(
-        dim: usize,
-        queries: &'a [i8],
-        qstride: usize,
-        nq: usize,
-        rows: &'a [i8],
-        stride: usize,
-        n: usize,
-    ) -> Option<Self> {
-        (rows_fit(dim, queries.len(), qstride, nq) && rows_fit(dim, rows.len(), stride, n))
-            .then_some(Self {
-                queries,
-                qstride,
-                nq,
-                rows,
-                stride,
-                n,
-                dim,
-            })
-    }
-
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// True if the block has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// Number of queries.
-    pub fn queries(&self) -> usize {
-        self.nq
-    }
-
-    /// Query `j < queries()`.
-    pub fn query(&self, j: usize) -> &'a [i8] {
-        &self.queries[j * self.qstride..j * self.qstride + self.dim]
-    }
-
-    /// Row `i < len()`.
-    pub fn row(&self, i: usize) -> &'a [i8] {
-        &self.rows[i * self.stride..i * self.stride + self.dim]
-    }
-
-    fn truncated(self, n: usize) -> Self {
-        Self {
-            n: self.n.min(n),
-            ..self
-        }
-    }
-}
-
-/// `nq` 1-bit query codes of `words` words against `n` rows; output `out[i * nq + j]`.
+/// `nq` queries (query `j` starts at `j * qstride`) against `n` rows (row `i` at
+/// `i * stride`), each `dim` elements of one type; the kernels write `out[i * nq + j]`.
 ///
 /// The batched scan: a block of rows stays in L1 while every query of the micro-batch is
-/// compared with it, so the codes stream from memory once per batch, not once per query.
+/// compared with it, so the rows stream from memory once per batch, not once per query. For
+/// 1-bit codes, `dim` counts 64-bit words.
 #[derive(Clone, Copy)]
-pub struct BitMulti<'a> {
-    queries: &'a [u64],
+pub struct MultiBlock<'a, T> {
+    queries: &'a [T],
     qstride: usize,
     nq: usize,
-    rows: &'a [u64],
+    rows: &'a [T],
     stride: usize,
     n: usize,
-    words: usize,
+    dim: usize,
 }
 
-impl<'a> BitMulti<'a> {
-    /// A block, or `None` unless both strides are `>= words` and both slices hold their rows.
+/// `nq` f32 queries against `n` rows of f32.
+pub type F32Multi<'a> = MultiBlock<'a, f32>;
+/// `nq` int8 queries against `n` rows of int8 codes.
+pub type I8Multi<'a> = MultiBlock<'a, i8>;
+/// `nq` 1-bit query codes against `n` rows of codes.
+pub type BitMulti<'a> = MultiBlock<'a, u64>;
+
+impl<'a, T> MultiBlock<'a, T> {
+    /// A block, or `None` unless both strides are `>= dim` and both slices hold their rows.
     pub fn new(
-        words: usize,
-        queries: &'a [u64],
+        dim: usize,
+        queries: &'a [T],
         qstride: usize,
         nq: usize,
-        rows: &'a [u64],
+        rows: &'a [T],
         stride: usize,
         n: usize,
     ) -> Option<Self> {
-        (rows_fit(words, queries.len(), qstride, nq) && rows_fit(words, rows.len(), stride, n))
+        (rows_fit(dim, queries.len(), qstride, nq) && rows_fit(dim, rows.len(), stride, n))
             .then_some(Self {
                 queries,
                 qstride,
@@ -346,7 +219,7 @@ impl<'a> BitMulti<'a> {
                 rows,
                 stride,
                 n,
-                words,
+                dim,
             })
     }
 
@@ -366,13 +239,13 @@ impl<'a> BitMulti<'a> {
     }
 
     /// Query `j < queries()`.
-    pub fn query(&self, j: usize) -> &'a [u64] {
-        &self.queries[j * self.qstride..j * self.qstride + self.words]
+    pub fn query(&self, j: usize) -> &'a [T] {
+        &self.queries[j * self.qstride..j * self.qstride + self.dim]
     }
 
     /// Row `i < len()`.
-    pub fn row(&self, i: usize) -> &'a [u64] {
-        &self.rows[i * self.stride..i * self.stride + self.words]
+    pub fn row(&self, i: usize) -> &'a [T] {
+        &self.rows[i * self.stride..i * self.stride + self.dim]
     }
 
     fn truncated(self, n: usize) -> Self {
