@@ -16,9 +16,14 @@
 //! commit_max = 64           # most records per group commit (and the hand-off bound)
 //! busy_retry_ms = 50        # base retry hint in Busy replies
 //! compact_after = 50000     # fold the in-memory gallery delta into a segment past this size
-//! maintenance_interval_ms = 10000  # how often the maintenance thread looks for work
+//! maintenance_interval_ms = 10000  # how often the maintenance thread looks for gallery work
+//! checkpoint_interval_ms = 1000     # how often it checkpoints the entry log (never the writer)
 //! credential_key = "store/credential.key"  # HMAC key of card/QR hashes and fingerprints;
 //!                           # relative to the data folder; keep it apart from store backups
+//!
+//! [retention]
+//! entry_days = 180          # days of entry records kept, today (UTC) included; older days
+//!                           # are deleted as whole files, hourly and by `gatewarden store prune`
 //!
 //! [server]
 //! listen = "127.0.0.1:4433"
@@ -66,6 +71,45 @@ pub struct Config {
     /// The admin HTTP API and console.
     #[serde(default)]
     pub http: HttpConfig,
+    /// How long entry records are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How long personal data is kept. See the module docs.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetentionConfig {
+    /// Days of entry records kept, today (UTC) included. At least 1.
+    pub entry_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { entry_days: 180 }
+    }
+}
+
+impl RetentionConfig {
+    /// Retention keeping `entry_days` days.
+    pub fn keeping(entry_days: u32) -> Self {
+        Self { entry_days }
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for zero days.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.entry_days == 0 {
+            return Err(ConfigError::Invalid {
+                field: "retention.entry_days",
+                reason: "must be at least 1 (today's entries are always kept)".to_owned(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Gallery scan precision as written in the file. 1:1 verification always uses the f32 rows.
@@ -115,6 +159,7 @@ pub struct EngineConfig {
     pub busy_retry_ms: u32,
     pub compact_after: usize,
     pub maintenance_interval_ms: u64,
+    pub checkpoint_interval_ms: u64,
     pub credential_key: Option<PathBuf>,
 }
 
@@ -135,6 +180,7 @@ impl Default for EngineConfig {
             busy_retry_ms: 50,
             compact_after: 50_000,
             maintenance_interval_ms: 10_000,
+            checkpoint_interval_ms: 1_000,
             credential_key: None,
         }
     }
@@ -189,10 +235,15 @@ impl EngineConfig {
                 format!("{} is not in -840..=840", self.utc_offset_minutes),
             );
         }
-        if self.compact_after == 0 || self.maintenance_interval_ms == 0 {
+        if self.compact_after == 0
+            || self.maintenance_interval_ms == 0
+            || self.checkpoint_interval_ms == 0
+        {
             return bad(
                 "engine",
-                "compact_after and maintenance_interval_ms must be at least 1".to_owned(),
+                "compact_after, maintenance_interval_ms and checkpoint_interval_ms must be at \
+                 least 1"
+                    .to_owned(),
             );
         }
         if self.queue_capacity == 0 || self.max_batch == 0 || self.commit_max == 0 {
@@ -328,6 +379,7 @@ impl Config {
     /// The first out-of-range value, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.engine.validate()?;
+        self.retention.validate()?;
         self.http.validate()
     }
 

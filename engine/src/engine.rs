@@ -66,6 +66,8 @@ impl Engine {
     ) -> Result<Self, Error> {
         let data_dir = data_dir.as_ref().to_owned();
         create_private_dir(&data_dir)?;
+        let retention = config.retention;
+        retention.validate()?;
         let cfg = config.engine;
         let store = Arc::new(Store::open_with_key(
             &data_dir.join("store"),
@@ -92,8 +94,12 @@ impl Engine {
         )?;
         let maintenance = Maintenance::start(MaintenanceParts {
             gallery: Arc::clone(&gallery),
+            store: Arc::clone(&store),
+            clock: Arc::clone(&clock),
             compact_after: cfg.compact_after,
             interval: std::time::Duration::from_millis(cfg.maintenance_interval_ms),
+            checkpoint_interval: std::time::Duration::from_millis(cfg.checkpoint_interval_ms),
+            entry_days: retention.entry_days,
         })
         .map_err(crate::pipeline::PipelineError::Spawn)?;
         tracing::info!(

@@ -1,28 +1,46 @@
 //! The engine's maintenance thread: periodic work that must not run on the event path.
 //!
-//! Today it folds the live gallery's in-memory delta (online enrolments) and its tombstones
-//! into a segment file once they reach `compact_after` rows. Without it, every online
-//! enrolment would stay in memory for good: memory grows, each restart replays them from the
-//! store, and every 1:1 verification scans them. Later periodic work (WAL checkpoints,
-//! retention) belongs here too.
+//! - **Checkpoints** of the entry log, every `checkpoint_interval_ms`: the entry writer never
+//!   checkpoints (a checkpoint on the commit path was most of the slowdown of a long history),
+//!   so this thread copies the write-ahead log into the partition from its own connection,
+//!   passively (it never waits for the writer), and keeps the log's size bounded.
+//! - **Retention**, at start-up and then hourly: entry partitions older than
+//!   `[retention] entry_days` are deleted as whole files.
+//! - **Gallery compaction**, checked every `maintenance_interval_ms`: the live gallery's
+//!   in-memory delta (online enrolments) and its tombstones are folded into a segment file
+//!   once they reach `compact_after` rows. Without it every online enrolment would stay in
+//!   memory for good: memory grows, each restart replays them, every 1:1 verification scans
+//!   them.
 //!
-//! The thread wakes every `maintenance_interval_ms`, or at once when asked to stop; a task
-//! that fails is logged and tried again on the next wake, never fatal.
+//! The thread wakes every checkpoint interval, or at once when asked to stop; a task that
+//! fails is logged and tried again on the next wake, never fatal.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::clock::Clock;
 use crate::gallery::LiveGallery;
+use crate::store::{Checkpointer, Store};
+
+/// How often retention looks for expired partitions (and once at start-up).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What the maintenance thread looks after.
 pub(crate) struct MaintenanceParts {
     pub(crate) gallery: Arc<LiveGallery>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Fold the delta once it holds this many rows.
     pub(crate) compact_after: usize,
+    /// How often to look at the gallery's delta.
     pub(crate) interval: Duration,
+    /// How often to checkpoint the entry log.
+    pub(crate) checkpoint_interval: Duration,
+    /// Days of entries kept.
+    pub(crate) entry_days: u32,
 }
 
 /// The running maintenance thread; stops (and is joined) on [`Maintenance::stop`] or drop.
@@ -60,11 +78,45 @@ impl Drop for Maintenance {
 }
 
 fn run(parts: &MaintenanceParts, stop: &Receiver<()>) {
+    let mut checkpointer = Checkpointer::default();
+    let start = Instant::now();
+    let (mut next_prune, mut next_compact) = (start, start + parts.interval);
     loop {
-        match stop.recv_timeout(parts.interval) {
-            Err(RecvTimeoutError::Timeout) => compact_if_due(parts),
+        let now = Instant::now();
+        if now >= next_prune {
+            prune(parts);
+            next_prune = now + PRUNE_EVERY;
+        }
+        checkpoint(parts, &mut checkpointer);
+        if now >= next_compact {
+            compact_if_due(parts);
+            next_compact = now + parts.interval;
+        }
+        match stop.recv_timeout(parts.checkpoint_interval) {
+            Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+/// Deletes the expired entry partitions (each is logged by the store).
+fn prune(parts: &MaintenanceParts) {
+    if let Err(e) = parts
+        .store
+        .prune_entries(parts.clock.now(), parts.entry_days)
+    {
+        tracing::error!(error = %e, "retention failed; will retry");
+    }
+}
+
+fn checkpoint(parts: &MaintenanceParts, checkpointer: &mut Checkpointer) {
+    if let Err(e) = parts
+        .store
+        .checkpoint_entries(checkpointer, parts.clock.now())
+    {
+        // A new connection next time: the old one may be what failed.
+        *checkpointer = Checkpointer::default();
+        tracing::error!(error = %e, "entry log checkpoint failed; will retry");
     }
 }
 

@@ -110,7 +110,7 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
     );
     out.sample(name, &[("reason", "admission")], stats.rejected_busy);
     out.sample(name, &[("reason", "deadline")], stats.expired);
-    let plain: [(&str, &str, u64); 7] = [
+    let plain: [(&str, &str, u64); 11] = [
         (
             "gatewarden_submitted_total",
             "Events accepted into the queue.",
@@ -135,6 +135,26 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
             "gatewarden_commit_failures_total",
             "Group commits that failed.",
             stats.commit_failures,
+        ),
+        (
+            "gatewarden_entry_checkpoints_total",
+            "Checkpoint passes over the entry partitions (by the maintenance thread).",
+            stats.history.checkpoints,
+        ),
+        (
+            "gatewarden_entry_checkpoint_failures_total",
+            "Checkpoint passes that failed (retried on the next pass).",
+            stats.history.checkpoint_failures,
+        ),
+        (
+            "gatewarden_pruned_partitions_total",
+            "Entry partitions (days) deleted by retention.",
+            stats.history.pruned_partitions,
+        ),
+        (
+            "gatewarden_pruned_entries_total",
+            "Entry records deleted by retention.",
+            stats.history.pruned_entries,
         ),
         (
             "gatewarden_server_malformed_total",
@@ -178,6 +198,18 @@ fn gauges(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot) {
     for (name, help, n) in gauges {
         out.single(name, "gauge", help, n);
     }
+    out.single(
+        "gatewarden_entry_wal_bytes",
+        "gauge",
+        "Write-ahead log bytes of the entry partitions after the last checkpoint pass.",
+        stats.history.wal_bytes,
+    );
+    out.single(
+        "gatewarden_entry_wal_peak_bytes",
+        "gauge",
+        "The largest write-ahead log total a checkpoint pass has found since start-up.",
+        stats.history.wal_peak_bytes,
+    );
 }
 
 fn histograms(out: &mut Text, stats: &StatsSnapshot) {

@@ -67,39 +67,37 @@ fn commit_group(
         .commit
         .record(done.saturating_duration_since(started));
     shared.stats.commit_size.record_value(records.len() as u64);
-    match result {
-        Ok(outcomes) => {
-            if outcomes
-                .iter()
-                .any(|o| !matches!(o, CommitOutcome::Inserted))
-            {
-                // A duplicate was counted when decided but is not a new entry.
-                shared.resync_tally();
-            }
-            for ((record, waiter), outcome) in
-                records.drain(..).zip(waiters.drain(..)).zip(outcomes)
-            {
-                let reply = settle(shared, record, &waiter.identity, outcome);
-                shared
-                    .stats
-                    .end_to_end
-                    .record(done.saturating_duration_since(waiter.enqueued));
-                waiter.reply.send(reply);
-            }
-        }
-        Err(err) => {
-            // Nothing is acknowledged that is not on disk: every event of the group gets an
-            // error and the gate retries it with the same seq.
-            tracing::error!(error = %err, records = records.len(), "group commit failed");
-            shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            records.clear();
-            for waiter in waiters.drain(..) {
-                waiter.reply.send(Shared::internal_error(format!(
-                    "could not record the entry ({err}); retry with the same seq"
-                )));
-            }
-            shared.resync_tally();
-        }
+    let (outcomes, failure) = match result {
+        Ok(outcomes) => (outcomes.into_iter().map(Some).collect(), None),
+        Err(e) => (e.recorded, Some(e.error)),
+    };
+    if let Some(err) = &failure {
+        // Nothing is acknowledged that is not on disk: every event of the group that was not
+        // recorded gets an error and the gate retries it with the same seq. (A group that
+        // straddles midnight is two transactions; the first may have been recorded.)
+        let lost = outcomes.iter().filter(|o| o.is_none()).count();
+        tracing::error!(error = %err, records = records.len(), not_recorded = lost, "group commit failed");
+        shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    if failure.is_some() || outcomes.iter().any(|o| *o != Some(CommitOutcome::Inserted)) {
+        // A duplicate or an unrecorded event was counted when decided but is not a new entry.
+        shared.resync_tally();
+    }
+    for ((record, waiter), outcome) in records.drain(..).zip(waiters.drain(..)).zip(outcomes) {
+        let reply = match outcome {
+            Some(outcome) => settle(shared, record, &waiter.identity, outcome),
+            None => Shared::internal_error(format!(
+                "could not record the entry ({}); retry with the same seq",
+                failure
+                    .as_ref()
+                    .map_or_else(String::new, ToString::to_string)
+            )),
+        };
+        shared
+            .stats
+            .end_to_end
+            .record(done.saturating_duration_since(waiter.enqueued));
+        waiter.reply.send(reply);
     }
 }
 

@@ -285,7 +285,10 @@ impl Pipeline {
     /// Pipeline counters.
     pub(crate) fn stats(&self) -> StatsSnapshot {
         let (depth, capacity) = self.queue_fill();
-        self.shared.stats.snapshot(depth, capacity)
+        StatsSnapshot {
+            history: self.shared.store.history_counters(),
+            ..self.shared.stats.snapshot(depth, capacity)
+        }
     }
 
     /// Stops taking events, lets the workers finish what is queued, waits for the last group

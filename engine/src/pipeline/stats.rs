@@ -252,6 +252,8 @@ pub struct StatsSnapshot {
     pub batch_size: HistogramSnapshot,
     /// Records per group commit.
     pub commit_size: HistogramSnapshot,
+    /// The entry history: checkpoints, write-ahead log size, retention.
+    pub history: crate::store::HistoryCounters,
 }
 
 impl PipelineStats {
@@ -275,6 +277,7 @@ impl PipelineStats {
             end_to_end_us: self.end_to_end.snapshot(),
             batch_size: self.batch_size.snapshot(),
             commit_size: self.commit_size.snapshot(),
+            history: crate::store::HistoryCounters::default(),
         }
     }
 }

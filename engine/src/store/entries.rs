@@ -1,20 +1,23 @@
 //! Entry records: every verdict, durable before the gate hears it.
 //!
-//! The pipeline's commit thread owns one [`EntryWriter`] and hands it batches; each batch is
-//! one transaction (group commit), so its cost is one WAL fsync however many records it holds.
-//! `(gate, seq)` is unique: a retried event that raced its original is not recorded twice.
-
-use std::path::{Path, PathBuf};
+//! The pipeline's commit thread owns one [`EntryWriter`](super::EntryWriter) and hands it
+//! batches; each batch is one transaction per day partition (group commit), so its cost is one
+//! WAL fsync however many records it holds. `(gate, seq)` is unique: a retried event that raced
+//! its original is not recorded twice. Where the records live and how they are encoded is the
+//! `history` module's business; this one holds the record types and reads them back.
 
 use gatewarden_protocol::{
-    CheckKind, Decision, Direction, GateId, MarketId, Mode, Outcome, SubjectId, UnixMillis,
-    Verdict, ZoneId,
+    Check, CheckKind, Decision, Direction, Display, GateId, MarketId, Mode, Outcome, SubjectId,
+    UnixMillis, Verdict, ZoneId,
 };
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::codes::{self, Named};
-use super::schema::{self, Role};
+use super::history::partition::Partition;
+use super::history::record;
+use super::history::writer::EntryWriter;
+use super::schema::Role;
 use super::{Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
 
 /// What kind of request an event made: its [`Mode`] without the credential.
@@ -137,118 +140,25 @@ pub struct EntryRow {
 
 /// The columns [`Store::entry_from_row`] reads, in its order.
 pub(super) const ENTRY_COLUMNS: &str = "gate, seq, market, zone, subject, decision, mode, direction, score, captured_at, \
-     decided_at, failed";
+     decided_at, body";
 
-const INSERT: &str = "INSERT INTO entries (gate, seq, market, zone, subject, decision, mode,
-                                           direction, score, captured_at, decided_at, failed,
-                                           verdict, fingerprint)
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                      ON CONFLICT (gate, seq) DO NOTHING";
-
-/// The group-commit writer of entry records. Owns its own connection; `Send`, not shared.
-pub struct EntryWriter {
-    conn: Connection,
-    db: PathBuf,
-    /// Reused encoding buffers: the verdict JSON and the failing-check list.
-    verdict_buf: Vec<u8>,
-    failed_buf: Vec<u8>,
-}
-
-impl std::fmt::Debug for EntryWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntryWriter")
-            .field("db", &self.db)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EntryWriter {
-    fn open(db: &Path) -> Result<Self, StoreError> {
-        Ok(Self {
-            conn: schema::open_connection(db, Role::EntryWriter)?,
-            db: db.to_owned(),
-            verdict_buf: Vec::with_capacity(1024),
-            failed_buf: Vec::with_capacity(64),
-        })
-    }
-
-    /// Records a batch in one transaction with `synchronous=FULL`: when this returns `Ok`,
-    /// every record is durable. A `(gate, seq)` already recorded (earlier, or earlier in the
-    /// same batch) is not inserted and comes back as [`CommitOutcome::Duplicate`]. Outcomes
-    /// are in the order of `records`.
-    ///
-    /// # Errors
-    /// SQLite failures (disk full, I/O error, busy past the timeout) or an unencodable
-    /// verdict; then nothing of the batch is recorded.
-    pub fn commit(&mut self, records: &[EntryRecord]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let db = &self.db;
-        let sql = |e| StoreError::from_sqlite(db, "committing entry records", e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let mut outcomes = Vec::with_capacity(records.len());
-        {
-            let mut stmt = tx.prepare_cached(INSERT).map_err(sql)?;
-            for r in records {
-                let v = &r.verdict;
-                let encode = |source| StoreError::Encode {
-                    gate: v.gate,
-                    seq: v.seq,
-                    source,
-                };
-                self.verdict_buf.clear();
-                serde_json::to_writer(&mut self.verdict_buf, v).map_err(encode)?;
-                self.failed_buf.clear();
-                let failed: Vec<&str> = failed_checks(v).map(CheckKind::name).collect();
-                serde_json::to_writer(&mut self.failed_buf, &failed).map_err(encode)?;
-                // serde_json writes UTF-8, so these borrow the buffers (no copy).
-                let failed = String::from_utf8_lossy(&self.failed_buf);
-                let verdict = String::from_utf8_lossy(&self.verdict_buf);
-                let n = stmt
-                    .execute(params![
-                        v.gate.0,
-                        to_sql_u64(v.seq),
-                        r.market.0,
-                        r.zone.0,
-                        v.subject.map(|s| to_sql_u64(s.0)),
-                        v.decision.name(),
-                        r.mode.name(),
-                        r.direction.name(),
-                        v.score.map(f64::from),
-                        sql_time(r.captured_at),
-                        sql_time(v.decided_at),
-                        &*failed,
-                        &*verdict,
-                        &r.fingerprint.0[..],
-                    ])
-                    .map_err(sql)?;
-                outcomes.push(if n == 0 {
-                    CommitOutcome::Duplicate
-                } else {
-                    CommitOutcome::Inserted
-                });
-            }
-        }
-        tx.commit().map_err(sql)?;
-        Ok(outcomes)
-    }
-}
-
-fn failed_checks(v: &Verdict) -> impl Iterator<Item = CheckKind> + '_ {
-    v.checks
-        .iter()
-        .filter(|c| c.outcome == Outcome::Fail)
-        .map(|c| c.kind)
-}
+/// The columns [`Store::verdict_from_row`] reads after [`ENTRY_COLUMNS`].
+const RECORD_COLUMNS: &str = "fingerprint";
 
 impl Store {
-    /// A new entry writer with its own connection, for the pipeline's commit thread.
+    /// A new entry writer with its own connections, for the pipeline's commit thread.
     ///
     /// # Errors
-    /// SQLite failures opening the connection.
+    /// None today; kept fallible so that a writer can open its files eagerly.
     pub fn entry_writer(&self) -> Result<EntryWriter, StoreError> {
-        EntryWriter::open(&self.db_path)
+        Ok(EntryWriter::new(self.history.clone(), Role::EntryWriter))
+    }
+
+    /// A writer for loading past entries in bulk (the history generator): its transactions
+    /// are not synced one by one, so nothing it writes is durable until
+    /// [`EntryWriter::finish`] returns. Never use it for live events.
+    pub fn bulk_entry_loader(&self) -> EntryWriter {
+        EntryWriter::new(self.history.clone(), Role::BulkLoader)
     }
 
     /// The verdict recorded for `(gate, seq)`, marked `replayed`, or `None` if there is none.
@@ -259,7 +169,8 @@ impl Store {
         Ok(self.recorded_entry(gate, seq)?.map(|r| r.verdict))
     }
 
-    /// What the entry log holds for `(gate, seq)`, or `None` if nothing is recorded.
+    /// What the entry log holds for `(gate, seq)`, or `None` if nothing is recorded. Reads
+    /// only the partitions whose range of the gate's seqs holds `seq`.
     ///
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] if the stored record does not decode.
@@ -268,42 +179,24 @@ impl Store {
         gate: GateId,
         seq: u64,
     ) -> Result<Option<RecordedEntry>, StoreError> {
-        type Raw = (String, Option<Vec<u8>>, i64, String);
-        let conn = self.readers.get()?;
-        let raw: Option<Raw> = conn
-            .prepare_cached(
-                "SELECT verdict, fingerprint, captured_at, mode FROM entries
-                 WHERE gate = ?1 AND seq = ?2",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![gate.0, to_sql_u64(seq)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .optional()
-            })
-            .map_err(|e| self.sql_err("reading a recorded entry", e))?;
-        let Some((json, fingerprint, captured_at, mode)) = raw else {
-            return Ok(None);
-        };
-        let bad = |what: String| self.corrupt(format!("the entry of gate {gate} seq {seq} {what}"));
-        let mut verdict: Verdict =
-            serde_json::from_str(&json).map_err(|e| bad(format!("does not decode: {e}")))?;
-        verdict.replayed = true;
-        let fingerprint = fingerprint
-            .map(|bytes| {
-                <[u8; 16]>::try_from(bytes.as_slice())
-                    .map(EventFingerprint)
-                    .map_err(|_| bad(format!("has a {}-byte fingerprint", bytes.len())))
-            })
-            .transpose()?;
-        let mode =
-            ModeKind::from_name(&mode).ok_or_else(|| bad(format!("has unknown mode {mode:?}")))?;
-        Ok(Some(RecordedEntry {
-            verdict,
-            fingerprint,
-            captured_at: UnixMillis(captured_at.max(0) as u64),
-            mode,
-        }))
+        for day in self.history.seqs.days_holding(gate, seq) {
+            let Some(part) = self.history.get(day) else {
+                continue; // pruned meanwhile
+            };
+            let conn = part.readers.get()?;
+            let sql = |e| StoreError::from_sqlite(&part.path, "reading a recorded entry", e);
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS}, {RECORD_COLUMNS} FROM entries
+                     WHERE gate = ?1 AND seq = ?2"
+                ))
+                .map_err(sql)?;
+            let mut rows = stmt.query(params![gate.0, to_sql_u64(seq)]).map_err(sql)?;
+            if let Some(row) = rows.next().map_err(sql)? {
+                return self.recorded_from_row(&part, &conn, row).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// The keyed fingerprint of an event's canonical bytes (the pipeline builds the bytes).
@@ -315,22 +208,9 @@ impl Store {
     /// start-up so that a gate's new events need no replay lookup.
     ///
     /// # Errors
-    /// SQLite failures.
+    /// None today (the seq directory is in memory); kept fallible for the callers' sake.
     pub fn max_seq_per_gate(&self) -> Result<Vec<(GateId, u64)>, StoreError> {
-        let conn = self.readers.get()?;
-        let mut stmt = conn
-            .prepare_cached("SELECT gate, MAX(seq) FROM entries GROUP BY gate")
-            .map_err(|e| self.sql_err("reading the highest seq per gate", e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(|e| self.sql_err("reading the highest seq per gate", e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (gate, seq) =
-                row.map_err(|e| self.sql_err("reading the highest seq per gate", e))?;
-            out.push((GateId(gate), from_sql_u64(seq)));
-        }
-        Ok(out)
+        Ok(self.history.seqs.max_per_gate())
     }
 
     /// Calls `f` for every entry decided at or after `since`, in decision order. The pipeline
@@ -343,36 +223,103 @@ impl Store {
         since: UnixMillis,
         mut f: impl FnMut(&EntryRow),
     ) -> Result<(), StoreError> {
-        let conn = self.readers.get()?;
-        let sql = |e| self.sql_err("reading entries", e);
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE decided_at >= ?1 ORDER BY decided_at, id"
-            ))
-            .map_err(sql)?;
-        let mut rows = stmt.query([sql_time(since)]).map_err(sql)?;
-        while let Some(row) = rows.next().map_err(sql)? {
-            f(&self.entry_from_row(row)?);
+        for part in self.history.in_range(since, UnixMillis(u64::MAX)) {
+            let conn = part.readers.get()?;
+            let sql = |e| StoreError::from_sqlite(&part.path, "reading entries", e);
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE decided_at >= ?1
+                     ORDER BY decided_at, id"
+                ))
+                .map_err(sql)?;
+            let mut rows = stmt.query([sql_time(since)]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                f(&self.entry_from_row(&part, &conn, row)?);
+            }
         }
         Ok(())
     }
 
-    /// Decodes a row selected with [`ENTRY_COLUMNS`].
-    pub(super) fn entry_from_row(&self, row: &Row<'_>) -> Result<EntryRow, StoreError> {
-        let sql = |e| self.sql_err("reading an entry", e);
-        let failed_json = self.text_column(row, 11)?;
-        let bad = |detail: String| self.corrupt(format!("failed checks {failed_json:?}: {detail}"));
-        let names: Vec<&str> = serde_json::from_str(failed_json).map_err(|e| bad(e.to_string()))?;
-        let failed = names
-            .into_iter()
-            .map(|n| CheckKind::from_label(n).ok_or_else(|| bad(format!("unknown check {n:?}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Decodes a row selected with [`ENTRY_COLUMNS`] from `part` through `conn`.
+    pub(super) fn entry_from_row(
+        &self,
+        part: &Partition,
+        conn: &Connection,
+        row: &Row<'_>,
+    ) -> Result<EntryRow, StoreError> {
+        let (entry, _, checks) = self.decode_row(part, conn, row)?;
+        Ok(EntryRow {
+            failed: failed_checks(&checks).collect(),
+            ..entry
+        })
+    }
+
+    fn recorded_from_row(
+        &self,
+        part: &Partition,
+        conn: &Connection,
+        row: &Row<'_>,
+    ) -> Result<RecordedEntry, StoreError> {
+        let (entry, display, checks) = self.decode_row(part, conn, row)?;
+        let bad = |detail: String| StoreError::Corrupt {
+            path: part.path.clone(),
+            detail: format!(
+                "the entry of gate {} seq {}: {detail}",
+                entry.gate, entry.seq
+            ),
+        };
+        let fingerprint: Option<Vec<u8>> = row
+            .get(12)
+            .map_err(|e| StoreError::from_sqlite(&part.path, "reading an entry", e))?;
+        let fingerprint = fingerprint
+            .map(|bytes| {
+                <[u8; 16]>::try_from(bytes.as_slice())
+                    .map(EventFingerprint)
+                    .map_err(|_| bad(format!("a {}-byte fingerprint", bytes.len())))
+            })
+            .transpose()?;
+        Ok(RecordedEntry {
+            verdict: Verdict {
+                gate: entry.gate,
+                seq: entry.seq,
+                decision: entry.decision,
+                subject: entry.subject,
+                score: entry.score,
+                checks,
+                display,
+                decided_at: entry.decided_at,
+                replayed: true,
+            },
+            fingerprint,
+            captured_at: entry.captured_at,
+            mode: entry.mode,
+        })
+    }
+
+    /// The row's indexed facts (with `failed` left empty), its screen and its checks.
+    fn decode_row(
+        &self,
+        part: &Partition,
+        conn: &Connection,
+        row: &Row<'_>,
+    ) -> Result<(EntryRow, Display, Vec<Check>), StoreError> {
+        let sql = |e| StoreError::from_sqlite(&part.path, "reading an entry", e);
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: part.path.clone(),
+            detail,
+        };
+        let code = |idx: usize| -> Result<u8, StoreError> {
+            let v: i64 = row.get(idx).map_err(sql)?;
+            u8::try_from(v).map_err(|_| corrupt(format!("code {v} in column {idx}")))
+        };
+        let unknown = |what: &str, c: u8| corrupt(format!("unknown {what} code {c} in an entry"));
         let time = |idx| -> Result<UnixMillis, StoreError> {
             Ok(UnixMillis(
                 row.get::<_, i64>(idx).map_err(sql)?.max(0) as u64
             ))
         };
-        Ok(EntryRow {
+        let (d, m, dir) = (code(5)?, code(6)?, code(7)?);
+        let entry = EntryRow {
             gate: GateId(row.get(0).map_err(sql)?),
             seq: from_sql_u64(row.get(1).map_err(sql)?),
             market: MarketId(row.get(2).map_err(sql)?),
@@ -381,29 +328,35 @@ impl Store {
                 .get::<_, Option<i64>>(4)
                 .map_err(sql)?
                 .map(|s| SubjectId(from_sql_u64(s))),
-            decision: self.code_column(row, 5, "decision")?,
-            mode: self.code_column(row, 6, "mode")?,
-            direction: self.code_column(row, 7, "direction")?,
+            decision: Decision::from_code(d).ok_or_else(|| unknown("decision", d))?,
+            mode: ModeKind::from_code(m).ok_or_else(|| unknown("mode", m))?,
+            direction: Direction::from_code(dir).ok_or_else(|| unknown("direction", dir))?,
             score: row.get::<_, Option<f64>>(8).map_err(sql)?.map(|s| s as f32),
             captured_at: time(9)?,
             decided_at: time(10)?,
-            failed,
+            failed: Vec::new(),
+        };
+        let body = row
+            .get_ref(11)
+            .and_then(|v| Ok(v.as_blob()?))
+            .map_err(sql)?;
+        let (display, checks) = record::decode_body(body, |id| {
+            part.form(conn, id)
+                .map_err(|e| record::DecodeError(e.to_string()))
         })
+        .map_err(|e| {
+            corrupt(format!(
+                "the record of gate {} seq {} does not decode: {e}",
+                entry.gate, entry.seq
+            ))
+        })?;
+        Ok((entry, display, checks))
     }
+}
 
-    fn text_column<'r>(&self, row: &'r Row<'_>, idx: usize) -> Result<&'r str, StoreError> {
-        row.get_ref(idx)
-            .and_then(|v| Ok(v.as_str()?))
-            .map_err(|e| self.sql_err("reading an entry", e))
-    }
-
-    fn code_column<T: Named>(
-        &self,
-        row: &Row<'_>,
-        idx: usize,
-        what: &str,
-    ) -> Result<T, StoreError> {
-        let s = self.text_column(row, idx)?;
-        T::from_label(s).ok_or_else(|| self.corrupt(format!("unknown {what} {s:?} in an entry")))
-    }
+fn failed_checks(checks: &[Check]) -> impl Iterator<Item = CheckKind> + '_ {
+    checks
+        .iter()
+        .filter(|c| c.outcome == Outcome::Fail)
+        .map(|c| c.kind)
 }

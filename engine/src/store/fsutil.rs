@@ -22,7 +22,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// Creates `dir` and any missing parents with mode 0700, and tightens `dir` itself to 0700 if
 /// it already existed with looser permissions.
-pub(super) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -33,7 +33,7 @@ pub(super) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Creates `path` empty with mode 0600 if it does not exist (so that SQLite, which gives its
 /// -wal and -shm files the database's mode, creates those owner-only too), or tightens it.
-pub(super) fn ensure_private_file(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn ensure_private_file(path: &Path) -> Result<(), StoreError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(false);
     #[cfg(unix)]
@@ -43,7 +43,7 @@ pub(super) fn ensure_private_file(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Tightens the database's -wal and -shm files, where they exist.
-pub(super) fn tighten_sidecars(db: &Path) -> Result<(), StoreError> {
+pub(crate) fn tighten_sidecars(db: &Path) -> Result<(), StoreError> {
     for suffix in ["-wal", "-shm"] {
         let mut name = db.as_os_str().to_owned();
         name.push(suffix);
@@ -57,7 +57,7 @@ pub(super) fn tighten_sidecars(db: &Path) -> Result<(), StoreError> {
 
 /// Writes a new file with mode 0600 and makes it durable (file and directory fsynced), failing
 /// if it already exists.
-pub(super) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -71,15 +71,27 @@ pub(super) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Syncs a file's contents and the directory entry that names it.
+pub(crate) fn sync_file_and_dir(path: &Path) -> Result<(), StoreError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))?;
+    match path.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+/// Syncs a directory, so that files created or deleted in it stay so after a crash.
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 

@@ -88,6 +88,7 @@ pub(super) fn load_or_create(
     conn: &Connection,
     db: &Path,
     path: &Path,
+    history_has_entries: bool,
 ) -> Result<CredentialKey, StoreError> {
     let sql = |op| move |e| StoreError::from_sqlite(db, op, e);
     let recorded: Option<String> = conn
@@ -105,7 +106,7 @@ pub(super) fn load_or_create(
             });
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if recorded.is_some() && has_id_cards(conn, db)? {
+            if recorded.is_some() && (history_has_entries || has_id_cards(conn, db)?) {
                 return Err(StoreError::KeyMissing {
                     path: path.to_owned(),
                 });
@@ -122,7 +123,7 @@ pub(super) fn load_or_create(
     let check = key.check_value();
     match recorded {
         Some(r) if r == check => {}
-        Some(_) if has_id_cards(conn, db)? => {
+        Some(_) if history_has_entries || has_id_cards(conn, db)? => {
             return Err(StoreError::KeyMismatch {
                 path: path.to_owned(),
             });
@@ -140,12 +141,12 @@ pub(super) fn load_or_create(
     Ok(key)
 }
 
-/// Whether anything in the store was made with the key: credential hashes (ID cards, staff QR
-/// tokens) or event fingerprints. Then a lost or different key cannot be replaced silently.
+/// Whether the registry holds credential hashes (ID cards, staff QR tokens) made with the key.
+/// With those, or with entries (whose fingerprints are keyed), a lost or different key cannot
+/// be replaced silently.
 fn has_id_cards(conn: &Connection, db: &Path) -> Result<bool, StoreError> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM credentials WHERE kind IN ('id_card', 'staff_qr_hmac'))
-             OR EXISTS (SELECT 1 FROM entries WHERE fingerprint IS NOT NULL)",
+        "SELECT EXISTS (SELECT 1 FROM credentials WHERE kind IN ('id_card', 'staff_qr_hmac'))",
         [],
         |r| r.get(0),
     )

@@ -1,23 +1,32 @@
-//! The store: the engine's durable state in one SQLite file, plus the in-memory registry cache.
+//! The store: the engine's durable state in SQLite files, plus the in-memory registry cache.
 //!
 //! ```text
-//! DATA/store/gatewarden.db (+ -wal, -shm)   SQLite, WAL mode, synchronous=FULL, owner-only
+//! DATA/store/gatewarden.db (+ -wal, -shm)   the registry: SQLite, WAL, synchronous=FULL
+//! DATA/store/entries/YYYY-MM-DD.db          entry records, one file per UTC day (`history`)
 //! DATA/store/credential.key                 32 random bytes: the key of the credential hashes
 //!                                           (`engine.credential_key` can put it elsewhere)
 //! ```
 //!
 //! What lives here: the registry (subjects, their credentials, health records, gates), face
-//! templates (the truth from which the gallery is derived), every entry record (each verdict
-//! with its checks, keyed by `(gate, seq)`), and the revocation audit trail. The schema and its
-//! versioned migrations are in `schema`; a store written by a newer gatewarden, or a file that
-//! is not a gatewarden store, is refused at [`Store::open`] with a message that says what to do.
+//! templates (the truth from which the gallery is derived), the revocation audit trail, and
+//! every entry record (each verdict with its checks, keyed by `(gate, seq)`) in day partitions.
+//! The schema and its versioned migrations are in `schema`; a store written by a newer
+//! gatewarden, or a file that is not a gatewarden store, is refused at [`Store::open`] with a
+//! message that says what to do.
+//!
+//! Modules: `schema` (migrations, connections), `registry`, `templates`, `cache`, `key`
+//! (credential hashing), `entries` (record types, reading records back), `queries`
+//! (trajectories, frequency, sign-ins, contacts), `history` (partitions, the compact record,
+//! the entry writer, checkpoints, retention), [`import`] (CSV and JSON files).
 //!
 //! Connections:
 //! - one registry writer (a `Mutex<Connection>`) for subjects, health, gates and templates;
 //!   every write goes to SQLite first and then to the cache (write-through);
 //! - one [`EntryWriter`] per caller (the pipeline's commit thread), which commits entry records
-//!   in groups: one transaction, one fsync, per batch;
-//! - a small pool of read connections for queries; WAL lets them read while the writers write.
+//!   in groups: one transaction, one fsync, per batch, into today's partition only; it never
+//!   checkpoints (the maintenance thread does, see [`Store::checkpoint_entries`]);
+//! - small pools of read connections for queries, per file; WAL lets them read while the
+//!   writers write.
 //!
 //! The hot data the pipeline reads per event (subjects, credentials, health, gates) is served
 //! from `dashmap` caches loaded at open, so deciding an event never touches SQLite.
@@ -30,6 +39,7 @@ mod cache;
 mod codes;
 mod entries;
 mod fsutil;
+mod history;
 pub mod import;
 mod key;
 mod queries;
@@ -41,17 +51,24 @@ mod templates;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use gatewarden_protocol::{GateId, SubjectId};
 use rusqlite::Connection;
 
 pub use entries::{
-    CommitOutcome, EntryRecord, EntryRow, EntryWriter, EventFingerprint, ModeKind, RecordedEntry,
+    CommitOutcome, EntryRecord, EntryRow, EventFingerprint, ModeKind, RecordedEntry,
 };
+pub use history::ENTRIES_DIR;
+pub use history::upkeep::{
+    CheckpointReport, Checkpointer, HistoryCounters, HistoryStats, PartitionStats, PrunedPartition,
+    history_stats_in,
+};
+pub use history::writer::{CommitError, EntryWriter};
 pub use queries::{ContactRow, FrequencyRow, SignInRow};
 
 use cache::Cache;
+use history::History;
 use key::CredentialKey;
 use schema::ReadPool;
 
@@ -68,6 +85,7 @@ pub struct Store {
     writer: Mutex<Connection>,
     readers: ReadPool,
     cache: Cache,
+    history: Arc<History>,
 }
 
 impl std::fmt::Debug for Store {
@@ -108,8 +126,22 @@ impl Store {
         schema::check_file(&db_path)?;
         fsutil::ensure_private_file(&db_path)?;
         let mut writer = schema::open_connection(&db_path, schema::Role::Writer)?;
-        schema::migrate(&writer, &db_path)?;
-        let key = key::load_or_create(&writer, &db_path, key_path)?;
+        let history = Arc::new(History::open(&dir.join(ENTRIES_DIR))?);
+        let mut moved = 0;
+        schema::migrate(&writer, &db_path, |to| {
+            if to == 3 {
+                moved = history::legacy::move_entries(&writer, &db_path, &history)?;
+            }
+            Ok(())
+        })?;
+        if moved > 0 {
+            // The old entries table's pages are free now; give them back to the file system.
+            writer
+                .execute_batch("VACUUM")
+                .map_err(|e| StoreError::from_sqlite(&db_path, "compacting after the move", e))?;
+            tracing::info!(entries = moved, "entry records moved into day partitions");
+        }
+        let key = key::load_or_create(&writer, &db_path, key_path, !history.is_empty())?;
         let hashed = key::hash_clear_qr_tokens(&mut writer, &db_path, &key)?;
         if hashed > 0 {
             tracing::info!(
@@ -128,6 +160,7 @@ impl Store {
             key,
             writer: Mutex::new(writer),
             cache,
+            history,
         })
     }
 

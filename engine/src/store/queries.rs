@@ -3,14 +3,21 @@
 //!
 //! Every query filters and orders by `decided_at` (the server's clock, which is the same for
 //! every gate, unlike the gates' own capture times); ranges are half-open, `[since, until)`.
+//! A query reads only the day partitions its range touches, one after the other, and merges
+//! what each returns.
 
-use gatewarden_protocol::{Category, GateId, MarketId, SubjectId, UnixMillis, ZoneId};
+use std::collections::{HashMap, HashSet};
+
+use gatewarden_protocol::{
+    Category, Decision, Direction, GateId, MarketId, SubjectId, UnixMillis, ZoneId,
+};
 use rusqlite::params;
 use serde::Serialize;
 
 use super::codes;
 use super::entries::ENTRY_COLUMNS;
-use super::{EntryRow, Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
+use super::history::partition::Partition;
+use super::{EntryRow, ModeKind, Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
 
 /// How often one subject was admitted into a market in a period.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -65,6 +72,13 @@ pub struct ContactRow {
     pub closest_ms: u64,
 }
 
+/// `decision = admit`, as partitions store it.
+const ADMIT: u8 = Decision::Admit.code();
+/// `direction = entry`.
+const ENTRY: u8 = Direction::Entry.code();
+/// `mode = sign_in`.
+const SIGN_IN: u8 = ModeKind::SignIn.code();
+
 impl Store {
     /// Every entry record of `subject` decided in `[since, until)`, in time order: admitted or
     /// not, at every market.
@@ -77,25 +91,27 @@ impl Store {
         since: UnixMillis,
         until: UnixMillis,
     ) -> Result<Vec<EntryRow>, StoreError> {
-        let conn = self.readers.get()?;
-        let sql = |e| self.sql_err("querying a trajectory", e);
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries
-                 WHERE subject = ?1 AND decided_at >= ?2 AND decided_at < ?3
-                 ORDER BY decided_at, id"
-            ))
-            .map_err(sql)?;
-        let mut rows = stmt
-            .query(params![
-                to_sql_u64(subject.0),
-                sql_time(since),
-                sql_time(until)
-            ])
-            .map_err(sql)?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(sql)? {
-            out.push(self.entry_from_row(row)?);
+        for part in self.history.in_range(since, until) {
+            let conn = part.readers.get()?;
+            let sql = |e| StoreError::from_sqlite(&part.path, "querying a trajectory", e);
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries
+                     WHERE subject = ?1 AND decided_at >= ?2 AND decided_at < ?3
+                     ORDER BY decided_at, id"
+                ))
+                .map_err(sql)?;
+            let mut rows = stmt
+                .query(params![
+                    to_sql_u64(subject.0),
+                    sql_time(since),
+                    sql_time(until)
+                ])
+                .map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                out.push(self.entry_from_row(&part, &conn, row)?);
+            }
         }
         Ok(out)
     }
@@ -113,43 +129,48 @@ impl Store {
         until: UnixMillis,
         min: u32,
     ) -> Result<Vec<FrequencyRow>, StoreError> {
-        let conn = self.readers.get()?;
-        let sql = |e| self.sql_err("querying entry frequency", e);
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT subject, count(*) AS n, min(decided_at), max(decided_at) FROM entries
-                 WHERE market = ?1 AND decided_at >= ?2 AND decided_at < ?3
-                   AND decision = 'admit' AND direction = 'entry' AND mode != 'sign_in'
-                   AND subject IS NOT NULL
-                 GROUP BY subject HAVING n >= ?4
-                 ORDER BY n DESC, subject",
-            )
-            .map_err(sql)?;
-        let rows = stmt
-            .query_map(
-                params![market.0, sql_time(since), sql_time(until), min],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                },
-            )
-            .map_err(sql)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (subject, n, first, last) = row.map_err(sql)?;
-            let subject = SubjectId(from_sql_u64(subject));
-            out.push(FrequencyRow {
-                subject,
-                category: self.category_of(subject),
-                entries: u32::try_from(n).unwrap_or(u32::MAX),
-                first_at: millis(first),
-                last_at: millis(last),
-            });
+        // Each day is counted in its own partition, then the days are added up here.
+        let mut counts: HashMap<u64, (u32, i64, i64)> = HashMap::new();
+        for part in self.history.in_range(since, until) {
+            let conn = part.readers.get()?;
+            let sql = |e| StoreError::from_sqlite(&part.path, "querying entry frequency", e);
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT subject, count(*), min(decided_at), max(decided_at) FROM entries
+                     WHERE market = ?1 AND decided_at >= ?2 AND decided_at < ?3
+                       AND decision = {ADMIT} AND direction = {ENTRY} AND mode != {SIGN_IN}
+                       AND subject IS NOT NULL
+                     GROUP BY subject"
+                ))
+                .map_err(sql)?;
+            let mut rows = stmt
+                .query(params![market.0, sql_time(since), sql_time(until)])
+                .map_err(sql)?;
+            while let Some(r) = rows.next().map_err(sql)? {
+                let subject = from_sql_u64(r.get(0).map_err(sql)?);
+                let n = u32::try_from(r.get::<_, i64>(1).map_err(sql)?).unwrap_or(u32::MAX);
+                let (first, last): (i64, i64) = (r.get(2).map_err(sql)?, r.get(3).map_err(sql)?);
+                let c = counts.entry(subject).or_insert((0, first, last));
+                c.0 = c.0.saturating_add(n);
+                c.1 = c.1.min(first);
+                c.2 = c.2.max(last);
+            }
         }
+        let mut out: Vec<FrequencyRow> = counts
+            .into_iter()
+            .filter(|(_, (n, _, _))| *n >= min)
+            .map(|(subject, (n, first, last))| {
+                let subject = SubjectId(subject);
+                FrequencyRow {
+                    subject,
+                    category: self.category_of(subject),
+                    entries: n,
+                    first_at: millis(first),
+                    last_at: millis(last),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.entries.cmp(&a.entries).then(a.subject.cmp(&b.subject)));
         Ok(out)
     }
 
@@ -163,39 +184,48 @@ impl Store {
         since: UnixMillis,
         until: UnixMillis,
     ) -> Result<Vec<SignInRow>, StoreError> {
-        let conn = self.readers.get()?;
-        let sql = |e| self.sql_err("querying sign-ins", e);
-        // With min(), SQLite takes the bare columns gate and zone from the row holding the
-        // minimum: the gate of the first sign-in.
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT subject, min(decided_at) AS first, gate, zone FROM signins
-                 WHERE market = ?1 AND decided_at >= ?2 AND decided_at < ?3
-                 GROUP BY subject ORDER BY first, subject",
-            )
-            .map_err(sql)?;
-        let rows = stmt
-            .query_map(params![market.0, sql_time(since), sql_time(until)], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
+        let mut first: HashMap<u64, (i64, u32, u32)> = HashMap::new();
+        for part in self.history.in_range(since, until) {
+            let conn = part.readers.get()?;
+            let sql = |e| StoreError::from_sqlite(&part.path, "querying sign-ins", e);
+            // With min(), SQLite takes the bare columns gate and zone from the row holding
+            // the minimum: the gate of the first sign-in.
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT subject, min(decided_at), gate, zone FROM entries
+                     WHERE market = ?1 AND decided_at >= ?2 AND decided_at < ?3
+                       AND mode = {SIGN_IN} AND decision = {ADMIT} AND subject IS NOT NULL
+                     GROUP BY subject"
                 ))
-            })
-            .map_err(sql)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (subject, first, gate, zone) = row.map_err(sql)?;
-            let subject = SubjectId(from_sql_u64(subject));
-            out.push(SignInRow {
-                subject,
-                category: self.category_of(subject),
-                first_at: millis(first),
-                gate: GateId(gate),
-                zone: ZoneId(zone),
-            });
+                .map_err(sql)?;
+            let mut rows = stmt
+                .query(params![market.0, sql_time(since), sql_time(until)])
+                .map_err(sql)?;
+            while let Some(r) = rows.next().map_err(sql)? {
+                let subject = from_sql_u64(r.get(0).map_err(sql)?);
+                let seen = (
+                    r.get(1).map_err(sql)?,
+                    r.get(2).map_err(sql)?,
+                    r.get(3).map_err(sql)?,
+                );
+                // Partitions come oldest first, so the first one seen is the earliest.
+                first.entry(subject).or_insert(seen);
+            }
         }
+        let mut out: Vec<SignInRow> = first
+            .into_iter()
+            .map(|(subject, (at, gate, zone))| {
+                let subject = SubjectId(subject);
+                SignInRow {
+                    subject,
+                    category: self.category_of(subject),
+                    first_at: millis(at),
+                    gate: GateId(gate),
+                    zone: ZoneId(zone),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.first_at.cmp(&b.first_at).then(a.subject.cmp(&b.subject)));
         Ok(out)
     }
 
@@ -212,65 +242,105 @@ impl Store {
         since: UnixMillis,
         until: UnixMillis,
     ) -> Result<Vec<ContactRow>, StoreError> {
-        let conn = self.readers.get()?;
-        let sql = |e| self.sql_err("querying contacts", e);
-        // `s` walks the subject's passages through (subject, decided_at); for each, `o` is a
-        // range scan of (market, decided_at).
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT o.subject, o.market, min(o.decided_at) AS first, max(o.decided_at),
-                        count(DISTINCT o.id), min(abs(o.decided_at - s.decided_at))
-                 FROM entries AS s JOIN entries AS o
-                   ON o.market = s.market
-                  AND o.decided_at BETWEEN s.decided_at - ?2 AND s.decided_at + ?2
-                 WHERE s.subject = ?1 AND s.decision = 'admit'
-                   AND s.decided_at >= ?3 AND s.decided_at < ?4
-                   AND o.decision = 'admit' AND o.subject IS NOT NULL AND o.subject != ?1
-                 GROUP BY o.subject, o.market
-                 ORDER BY first, o.subject",
-            )
-            .map_err(sql)?;
-        let window = i64::try_from(window_ms).unwrap_or(i64::MAX / 4);
-        let rows = stmt
-            .query_map(
-                params![
-                    to_sql_u64(subject.0),
-                    window,
-                    sql_time(since),
-                    sql_time(until)
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, u32>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                    ))
-                },
-            )
-            .map_err(sql)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (other, market, first, last, n, closest) = row.map_err(sql)?;
-            let other = SubjectId(from_sql_u64(other));
-            out.push(ContactRow {
-                subject: other,
-                category: self.category_of(other),
-                market: MarketId(market),
-                first_at: millis(first),
-                last_at: millis(last),
-                passages: u32::try_from(n).unwrap_or(u32::MAX),
-                closest_ms: closest.max(0) as u64,
-            });
+        // The subject's admitted passages, then for each a range scan of (market, decided_at)
+        // in every partition the window touches: a window may straddle midnight.
+        let passages: Vec<(MarketId, UnixMillis)> = self
+            .trajectory(subject, since, until)?
+            .into_iter()
+            .filter(|e| e.decision == Decision::Admit)
+            .map(|e| (e.market, e.decided_at))
+            .collect();
+        let mut met: HashMap<(u64, u32), Meeting> = HashMap::new();
+        for (market, at) in passages {
+            let lo = UnixMillis(at.0.saturating_sub(window_ms));
+            let hi = UnixMillis(at.0.saturating_add(window_ms));
+            for part in self
+                .history
+                .in_range(lo, UnixMillis(hi.0.saturating_add(1)))
+            {
+                self.meetings_in(&part, subject, market, at, (lo, hi), &mut met)?;
+            }
         }
+        let mut out: Vec<ContactRow> = met
+            .into_iter()
+            .map(|((other, market), m)| {
+                let other = SubjectId(other);
+                ContactRow {
+                    subject: other,
+                    category: self.category_of(other),
+                    market: MarketId(market),
+                    first_at: millis(m.first),
+                    last_at: millis(m.last),
+                    passages: u32::try_from(m.ids.len()).unwrap_or(u32::MAX),
+                    closest_ms: m.closest,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.first_at.cmp(&b.first_at).then(a.subject.cmp(&b.subject)));
         Ok(out)
+    }
+
+    /// Adds to `met` the admitted passages of others at `market` in `[lo, hi]` of one
+    /// partition.
+    fn meetings_in(
+        &self,
+        part: &Partition,
+        subject: SubjectId,
+        market: MarketId,
+        at: UnixMillis,
+        (lo, hi): (UnixMillis, UnixMillis),
+        met: &mut HashMap<(u64, u32), Meeting>,
+    ) -> Result<(), StoreError> {
+        let conn = part.readers.get()?;
+        let sql = |e| StoreError::from_sqlite(&part.path, "querying contacts", e);
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT subject, decided_at, gate, seq FROM entries
+                 WHERE market = ?1 AND decided_at BETWEEN ?2 AND ?3
+                   AND decision = {ADMIT} AND subject IS NOT NULL AND subject != ?4"
+            ))
+            .map_err(sql)?;
+        let mut rows = stmt
+            .query(params![
+                market.0,
+                sql_time(lo),
+                sql_time(hi),
+                to_sql_u64(subject.0)
+            ])
+            .map_err(sql)?;
+        while let Some(r) = rows.next().map_err(sql)? {
+            let other = from_sql_u64(r.get(0).map_err(sql)?);
+            let t: i64 = r.get(1).map_err(sql)?;
+            let key = (
+                r.get::<_, u32>(2).map_err(sql)?,
+                r.get::<_, i64>(3).map_err(sql)?,
+            );
+            let m = met.entry((other, market.0)).or_insert(Meeting {
+                first: t,
+                last: t,
+                closest: u64::MAX,
+                ids: HashSet::new(),
+            });
+            m.first = m.first.min(t);
+            m.last = m.last.max(t);
+            m.closest = m.closest.min(t.abs_diff(sql_time(at)));
+            m.ids.insert(key);
+        }
+        Ok(())
     }
 
     fn category_of(&self, subject: SubjectId) -> Option<Category> {
         self.cache.subjects.get(&subject).map(|r| r.category)
     }
+}
+
+/// Another person's passages near the subject's, at one market.
+struct Meeting {
+    first: i64,
+    last: i64,
+    closest: u64,
+    /// Their passages by `(gate, seq)`: one passage near two of the subject's counts once.
+    ids: HashSet<(u32, i64)>,
 }
 
 fn millis(t: i64) -> UnixMillis {

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use super::StoreError;
 
 /// The schema version this build writes and understands.
-pub(super) const SCHEMA_VERSION: u32 = 2;
+pub(super) const SCHEMA_VERSION: u32 = 3;
 
 /// `PRAGMA application_id` of a gatewarden store: "GWRD".
 pub(super) const APPLICATION_ID: i32 = 0x4757_5244;
@@ -138,15 +138,30 @@ ALTER TABLE entries ADD COLUMN fingerprint BLOB;
 ALTER TABLE revocations ADD COLUMN action TEXT NOT NULL DEFAULT 'revoke';
 ";
 
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+/// Version 2 → 3: entry records move out of this file into day partitions
+/// (`store/entries/YYYY-MM-DD.db`, see `history`), in a compact encoding. Moving them takes
+/// Rust (each JSON verdict is re-encoded), so `migrate` runs the move just before this SQL,
+/// which only drops what was moved.
+const V3: &str = "
+DROP VIEW signins;
+DROP TABLE entries;
+";
+
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// What a connection is for; each role gets its own pragmas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Role {
+pub(crate) enum Role {
     /// Registry and template writes, migrations.
     Writer,
-    /// Entry records (group commit).
+    /// Entry records (group commit) in a history partition. It never checkpoints: the
+    /// maintenance thread does, so that no commit waits for a checkpoint.
     EntryWriter,
+    /// The maintenance thread's connection to a partition: checkpoints, schema checks.
+    Checkpointer,
+    /// Bulk loading of past entries (the history generator, the v2 migration): no fsync per
+    /// transaction; the loader syncs the file once at the end.
+    BulkLoader,
     /// Queries only.
     Reader,
 }
@@ -157,7 +172,7 @@ pub(super) enum Role {
 /// after start-up; the header's page count lets us refuse it at once. The count is trusted only
 /// when SQLite marks it valid, and only when no write-ahead log is pending (a crash during a
 /// checkpoint may leave the file short, and replaying the log repairs it).
-pub(super) fn check_file(db: &Path) -> Result<(), StoreError> {
+pub(crate) fn check_file(db: &Path) -> Result<(), StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: db.to_owned(),
         detail,
@@ -211,7 +226,7 @@ fn wal_pending(db: &Path) -> bool {
 }
 
 /// Opens a connection with the pragmas of `role`.
-pub(super) fn open_connection(db: &Path, role: Role) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(db: &Path, role: Role) -> Result<Connection, StoreError> {
     let err = |op| move |e| StoreError::from_sqlite(db, op, e);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -220,7 +235,7 @@ pub(super) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(err("setting the busy timeout"))?;
     conn.set_prepared_statement_cache_capacity(32);
-    if role == Role::Writer {
+    if matches!(role, Role::Writer | Role::EntryWriter | Role::BulkLoader) {
         // The journal mode is stored in the file; setting it once, from the first connection,
         // is enough. It is also the first statement that reads the file, so a file SQLite
         // cannot read fails here.
@@ -235,11 +250,11 @@ pub(super) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
         }
     }
     // synchronous is per connection: FULL makes every commit durable before it returns.
-    // The entry writer gets a 128 MiB page cache (SQLite's default is 2 MiB): each record
-    // lands at a random place in the (gate, seq) and subject indexes, and once a few days of
-    // entries outgrow the default cache every commit re-reads those index pages. On a store
-    // of 1.4 M entries (3.4 GB) the default sustained about 2,400 ev/s; with this, one run
-    // 3,500. The rest of the slowdown is the WAL checkpoint on the commit path (issue 5 notes).
+    // The entry writer gets a 64 MiB page cache (SQLite's default is 2 MiB): each record lands
+    // at a random place in the (gate, seq) and subject indexes; a day's partition of 150,000
+    // entries keeps all of its index pages in that. It never checkpoints (wal_autocheckpoint
+    // = 0): the maintenance thread does, from its own connection, so no commit pays for one.
+    // journal_size_limit truncates the log back to 64 MiB whenever it restarts.
     let pragmas = match role {
         // secure_delete: the registry holds personal data, and a deleted or replaced row
         // (a credential, a clear QR token being hashed) must not linger in free pages.
@@ -247,7 +262,13 @@ pub(super) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
         }
         Role::EntryWriter => {
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -131072;"
+            "PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; \
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;"
+        }
+        Role::Checkpointer => "PRAGMA synchronous = FULL; PRAGMA journal_size_limit = 67108864;",
+        Role::BulkLoader => {
+            "PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; \
+             PRAGMA journal_size_limit = 67108864;"
         }
         Role::Reader => "PRAGMA query_only = ON;",
     };
@@ -257,7 +278,13 @@ pub(super) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
 }
 
 /// Brings the schema up to [`SCHEMA_VERSION`], or refuses a store it cannot understand.
-pub(super) fn migrate(conn: &Connection, db: &Path) -> Result<(), StoreError> {
+/// `before(to)` runs before the migration to version `to`, outside its transaction: the
+/// steps SQL cannot do (moving entries into partitions before version 3 drops them).
+pub(super) fn migrate(
+    conn: &Connection,
+    db: &Path,
+    mut before: impl FnMut(u32) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let err = |op| move |e| StoreError::from_sqlite(db, op, e);
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -278,6 +305,7 @@ pub(super) fn migrate(conn: &Connection, db: &Path) -> Result<(), StoreError> {
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = from + 1;
+        before(to as u32)?;
         // A migration must not half-apply: it runs in one transaction with its version bump.
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
             .map_err(err("starting a migration"))?;
@@ -322,21 +350,29 @@ fn check_identity(
 
 /// Read connections, reused across calls. A caller takes one for the length of a query and
 /// it returns to the pool when dropped, so concurrent queries never share a connection.
-pub(super) struct ReadPool {
+pub(crate) struct ReadPool {
     db: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
 }
 
 impl ReadPool {
     pub(super) fn new(db: PathBuf) -> Self {
+        Self::with_idle(db, MAX_IDLE_READERS)
+    }
+
+    /// A pool that keeps at most `max_idle` idle connections (a history partition keeps few:
+    /// there may be hundreds of them).
+    pub(crate) fn with_idle(db: PathBuf, max_idle: usize) -> Self {
         Self {
             db,
             idle: Mutex::new(Vec::new()),
+            max_idle,
         }
     }
 
     /// A read connection: an idle one, or a new one.
-    pub(super) fn get(&self) -> Result<PooledReader<'_>, StoreError> {
+    pub(crate) fn get(&self) -> Result<PooledReader<'_>, StoreError> {
         let idle = self
             .idle
             .lock()
@@ -354,7 +390,7 @@ impl ReadPool {
 }
 
 /// A read connection borrowed from the pool.
-pub(super) struct PooledReader<'a> {
+pub(crate) struct PooledReader<'a> {
     pool: &'a ReadPool,
     conn: Option<Connection>,
 }
@@ -378,7 +414,7 @@ impl Drop for PooledReader<'_> {
                 .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_IDLE_READERS {
+            if idle.len() < self.pool.max_idle {
                 idle.push(conn);
             }
         }

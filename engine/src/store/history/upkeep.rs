@@ -1,0 +1,347 @@
+//! Keeping the history in shape while it is written: checkpoints (off the commit path),
+//! retention (whole partitions deleted), and statistics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::partition::{self, Day};
+use super::{History, day_of};
+use crate::store::schema::{self, Role};
+use crate::store::{Store, StoreError};
+
+/// A partition deleted by retention.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PrunedPartition {
+    /// Its UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// How many entries it held.
+    pub entries: u64,
+    /// How many bytes its files took.
+    pub bytes: u64,
+}
+
+/// One partition in [`HistoryStats`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PartitionStats {
+    /// Its UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Entries in it.
+    pub entries: u64,
+    /// Bytes of its database file (indexes included).
+    pub bytes: u64,
+    /// Bytes of its write-ahead log.
+    pub wal_bytes: u64,
+}
+
+/// What the history holds, as `gatewarden store stats` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistoryStats {
+    /// Every partition, oldest first.
+    pub partitions: Vec<PartitionStats>,
+    /// Entries in all of them.
+    pub entries: u64,
+    /// Bytes of their database files.
+    pub bytes: u64,
+    /// Bytes on disk per entry, indexes and dictionaries included (`None` with no entries).
+    pub bytes_per_entry: Option<f64>,
+    /// Bytes of their write-ahead logs.
+    pub wal_bytes: u64,
+    /// The oldest day held.
+    pub oldest_day: Option<String>,
+    /// The newest day held.
+    pub newest_day: Option<String>,
+}
+
+/// The size of a file, 0 if it does not exist.
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The first day retention keeps when it keeps `entry_days` days, today included.
+pub(crate) fn first_kept_day(today: Day, entry_days: u32) -> Day {
+    today - Day::from(entry_days.max(1)) + 1
+}
+
+impl History {
+    /// Deletes every partition older than the `entry_days` days ending today (UTC), as whole
+    /// files. Logs and counts each.
+    ///
+    /// # Errors
+    /// File-system failures; partitions deleted before the failure stay deleted.
+    pub(crate) fn prune(
+        &self,
+        today: Day,
+        entry_days: u32,
+    ) -> Result<Vec<PrunedPartition>, StoreError> {
+        let keep_from = first_kept_day(today, entry_days);
+        let expired: Vec<Day> = self
+            .all()
+            .iter()
+            .map(|p| p.day)
+            .filter(|d| *d < keep_from)
+            .collect();
+        let mut pruned = Vec::with_capacity(expired.len());
+        for day in expired {
+            let Some(part) = self.get(day) else { continue };
+            let entries = part.entry_count()?;
+            let files = [
+                part.path.clone(),
+                sidecar(&part.path, "-wal"),
+                sidecar(&part.path, "-shm"),
+            ];
+            let bytes = files.iter().map(|f| file_len(f)).sum();
+            // Unregistered first: no new query or lookup reaches it. Queries already reading
+            // it finish on their open file.
+            self.unregister(day);
+            drop(part);
+            for f in &files {
+                match std::fs::remove_file(f) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(StoreError::Io {
+                            path: f.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            let day = crate::clock::format_day(day);
+            tracing::info!(day, entries, bytes, "entry partition deleted by retention");
+            self.counters
+                .pruned_partitions
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .pruned_entries
+                .fetch_add(entries, Ordering::Relaxed);
+            pruned.push(PrunedPartition {
+                day,
+                entries,
+                bytes,
+            });
+        }
+        if !pruned.is_empty() {
+            crate::store::fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(pruned)
+    }
+}
+
+/// The maintenance thread's checkpointing connections, one per partition with a log.
+#[derive(Default)]
+pub struct Checkpointer {
+    conns: BTreeMap<Day, Connection>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("open_days", &self.conns.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What one checkpoint pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Partitions checkpointed.
+    pub partitions: usize,
+    /// Total log bytes before the pass.
+    pub wal_bytes_before: u64,
+    /// Total log bytes after it.
+    pub wal_bytes_after: u64,
+}
+
+impl History {
+    /// Checkpoints every partition that has a write-ahead log. The newest (the one being
+    /// written) gets a passive checkpoint: it copies what it can without waiting for the
+    /// writer or any reader. Older ones are no longer written: their log is folded in and
+    /// truncated to nothing, and their connection closed.
+    fn checkpoint(
+        &self,
+        cp: &mut Checkpointer,
+        newest: Day,
+    ) -> Result<CheckpointReport, StoreError> {
+        cp.conns.retain(|day, _| self.get(*day).is_some());
+        let mut report = CheckpointReport::default();
+        for part in self.all() {
+            let wal = sidecar(&part.path, "-wal");
+            let before = file_len(&wal);
+            report.wal_bytes_before += before;
+            if before == 0 {
+                continue;
+            }
+            let conn = match cp.conns.entry(part.day) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(schema::open_connection(&part.path, Role::Checkpointer)?)
+                }
+            };
+            let mode = if part.day >= newest {
+                "PASSIVE"
+            } else {
+                "TRUNCATE"
+            };
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                .map_err(|e| StoreError::from_sqlite(&part.path, "checkpointing", e))?;
+            if part.day < newest {
+                cp.conns.remove(&part.day);
+            }
+            report.partitions += 1;
+            report.wal_bytes_after += file_len(&wal);
+        }
+        let c = &self.counters;
+        c.checkpoints.fetch_add(1, Ordering::Relaxed);
+        c.wal_bytes.store(report.wal_bytes_after, Ordering::Relaxed);
+        c.wal_peak_bytes
+            .fetch_max(report.wal_bytes_before, Ordering::Relaxed);
+        Ok(report)
+    }
+}
+
+/// Statistics of the partitions in `entries_dir`, read without opening the store (so that
+/// `gatewarden store stats` works while the server runs).
+///
+/// # Errors
+/// A partition that cannot be read.
+pub fn history_stats_in(entries_dir: &Path) -> Result<HistoryStats, StoreError> {
+    let mut files: Vec<(Day, PathBuf)> = Vec::new();
+    match std::fs::read_dir(entries_dir) {
+        Ok(dir) => {
+            for entry in dir {
+                let entry = entry.map_err(|source| StoreError::Io {
+                    path: entries_dir.to_owned(),
+                    source,
+                })?;
+                if let Some(day) = entry.file_name().to_str().and_then(partition::day_of_file) {
+                    files.push((day, entry.path()));
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: entries_dir.to_owned(),
+                source,
+            });
+        }
+    }
+    files.sort();
+    let mut partitions = Vec::with_capacity(files.len());
+    for (day, path) in files {
+        let part = partition::Partition::new(day, path.clone());
+        partitions.push(PartitionStats {
+            day: crate::clock::format_day(day),
+            entries: part.entry_count()?,
+            bytes: file_len(&path),
+            wal_bytes: file_len(&sidecar(&path, "-wal")),
+        });
+    }
+    Ok(summarise(partitions))
+}
+
+fn summarise(partitions: Vec<PartitionStats>) -> HistoryStats {
+    let entries = partitions.iter().map(|p| p.entries).sum();
+    let bytes = partitions.iter().map(|p| p.bytes).sum();
+    HistoryStats {
+        entries,
+        bytes,
+        bytes_per_entry: (entries > 0).then(|| bytes as f64 / entries as f64),
+        wal_bytes: partitions.iter().map(|p| p.wal_bytes).sum(),
+        oldest_day: partitions.first().map(|p| p.day.clone()),
+        newest_day: partitions.last().map(|p| p.day.clone()),
+        partitions,
+    }
+}
+
+/// The history's counters, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HistoryCounters {
+    /// Partitions deleted by retention since start-up.
+    pub pruned_partitions: u64,
+    /// Entries in them.
+    pub pruned_entries: u64,
+    /// Checkpoint passes run.
+    pub checkpoints: u64,
+    /// Checkpoint passes that failed.
+    pub checkpoint_failures: u64,
+    /// Total write-ahead log bytes after the last pass.
+    pub wal_bytes: u64,
+    /// The largest total seen before a pass.
+    pub wal_peak_bytes: u64,
+}
+
+impl Store {
+    /// Deletes the entry partitions older than the `entry_days` days ending on `now`'s UTC day
+    /// (today included): see `[retention] entry_days`.
+    ///
+    /// # Errors
+    /// File-system failures; partitions deleted before the failure stay deleted.
+    pub fn prune_entries(
+        &self,
+        now: gatewarden_protocol::UnixMillis,
+        entry_days: u32,
+    ) -> Result<Vec<PrunedPartition>, StoreError> {
+        self.history.prune(day_of(now), entry_days)
+    }
+
+    /// One checkpoint pass over the partitions (the maintenance thread calls it; nothing on
+    /// the commit path does).
+    ///
+    /// # Errors
+    /// SQLite failures; counted, and the next pass tries again.
+    pub fn checkpoint_entries(
+        &self,
+        cp: &mut Checkpointer,
+        now: gatewarden_protocol::UnixMillis,
+    ) -> Result<CheckpointReport, StoreError> {
+        let result = self.history.checkpoint(cp, day_of(now));
+        if result.is_err() {
+            self.history
+                .counters
+                .checkpoint_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Entries per partition, bytes per entry, log sizes, oldest and newest day.
+    ///
+    /// # Errors
+    /// A partition that cannot be read.
+    pub fn history_stats(&self) -> Result<HistoryStats, StoreError> {
+        let mut partitions = Vec::new();
+        for part in self.history.all() {
+            partitions.push(PartitionStats {
+                day: crate::clock::format_day(part.day),
+                entries: part.entry_count()?,
+                bytes: file_len(&part.path),
+                wal_bytes: file_len(&sidecar(&part.path, "-wal")),
+            });
+        }
+        Ok(summarise(partitions))
+    }
+
+    /// The history's counters since start-up.
+    pub fn history_counters(&self) -> HistoryCounters {
+        let c = &self.history.counters;
+        HistoryCounters {
+            pruned_partitions: c.pruned_partitions.load(Ordering::Relaxed),
+            pruned_entries: c.pruned_entries.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            checkpoint_failures: c.checkpoint_failures.load(Ordering::Relaxed),
+            wal_bytes: c.wal_bytes.load(Ordering::Relaxed),
+            wal_peak_bytes: c.wal_peak_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
