@@ -90,7 +90,8 @@ impl Clock for ManualClock {
 pub struct UtcOffset(pub i32);
 
 impl UtcOffset {
-    fn offset_ms(self) -> i64 {
+    /// The offset in milliseconds (local = UTC + this).
+    pub fn offset_ms(self) -> i64 {
         i64::from(self.0) * 60_000
     }
 

@@ -22,6 +22,7 @@
 //! plot).
 #![forbid(unsafe_code)]
 
+pub mod history;
 pub mod population;
 pub mod run;
 

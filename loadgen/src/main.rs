@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use gatewarden_loadgen::history;
 use gatewarden_loadgen::population::{self, PopulationConfig};
 use gatewarden_loadgen::run::{self, Mix, Profile, RunConfig, Twists};
 use gatewarden_protocol::UnixMillis;
@@ -45,6 +46,31 @@ enum Command {
     /// Connect N gates over QUIC and send an open-loop schedule of events; report latency,
     /// throughput and accuracy against the ground truth.
     Run(RunArgs),
+    /// Write months of past entry records into an existing site (stopped), decided by the
+    /// site's own policy, for benchmarks that start from a store that has lived.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    /// Data folder of the site (made by gatewarden init, with gates and subjects imported).
+    #[arg(long)]
+    data: PathBuf,
+    /// Days of history, ending yesterday (UTC) unless --last-day says otherwise.
+    #[arg(long, default_value_t = 180)]
+    days: u32,
+    /// Entries per day.
+    #[arg(long, default_value_t = 150_000)]
+    per_day: u64,
+    /// The newest day written, YYYY-MM-DD (UTC); default yesterday.
+    #[arg(long)]
+    last_day: Option<String>,
+    /// Seed of everything random.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -184,7 +210,41 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => run_fleet(a),
+        Command::History(a) => write_history(a),
     }
+}
+
+fn write_history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
+    use gatewarden::clock::{Clock, SystemClock, parse_day};
+    let last_day = match &a.last_day {
+        Some(day) => parse_day(day).with_context(|| format!("--last-day {day}"))?,
+        None => (SystemClock.now().0 / gatewarden::clock::DAY_MS) as i64 - 1,
+    };
+    let cfg = history::HistoryConfig {
+        days: a.days,
+        per_day: a.per_day,
+        last_day,
+        seed: a.seed,
+    };
+    let quiet = a.quiet;
+    let total = u64::from(a.days) * a.per_day;
+    let progress = move |days: u32, entries: u64| {
+        if !quiet {
+            eprintln!("history: {days}/{} days, {entries}/{total} entries", a.days);
+        }
+    };
+    let summary = history::generate(&a.data, &cfg, &progress)
+        .with_context(|| format!("history into {}", a.data.display()))?;
+    println!(
+        "wrote {} entries ({} admitted) over {} days into {} in {:.1} s ({:.0} entries/s)",
+        summary.entries,
+        summary.admitted,
+        summary.days,
+        a.data.display(),
+        summary.seconds,
+        summary.entries as f64 / summary.seconds.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_fleet(a: RunArgs) -> anyhow::Result<ExitCode> {

@@ -81,6 +81,14 @@ impl Store {
         staff
     }
 
+    /// Every subject id, ascending. A scan of the cache, for tools (the history generator),
+    /// not for the per-event path.
+    pub fn subject_ids(&self) -> Vec<SubjectId> {
+        let mut ids: Vec<SubjectId> = self.cache.subjects.iter().map(|r| *r.key()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// How many subjects the registry holds.
     pub fn subject_count(&self) -> usize {
         self.cache.subjects.len()

@@ -15,6 +15,7 @@ mod query;
 mod search;
 mod serve;
 mod site;
+mod store;
 
 /// gatewarden: face-gate ingestion and matching engine.
 #[derive(Debug, Parser)]
@@ -48,6 +49,8 @@ enum Command {
     Health(import::HealthArgs),
     /// Query entry records: trajectories, frequency, sign-ins, contacts.
     Query(query::QueryArgs),
+    /// The entry history: statistics per day partition, and retention by hand.
+    Store(store::StoreArgs),
     /// Revoke a person everywhere (audited; refused while a server runs on the site: use its
     /// admin API).
     Revoke(admin::StatusArgs),
@@ -82,6 +85,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Search(args) => search::run(args),
         Command::Import(args) => import::run(args),
         Command::Query(args) => query::run(args),
+        Command::Store(args) => store::run(args),
         Command::Revoke(args) => admin::run_revoke(args),
         Command::Reinstate(args) => admin::run_reinstate(args),
     };
