@@ -483,3 +483,129 @@ impl SiteLock {
         Ok(Self { _file: file })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatewarden_protocol::{CodeColour, GateId, MarketId, SubjectStatus, TestResult, ZoneId};
+
+    const DAY: i64 = 20_000; // 2024-10-04
+
+    /// A site with 4 gates over 2 markets, 40 people (every fourth a merchant), health records.
+    fn site(dir: &Path) {
+        std::fs::write(dir.join("gatewarden.toml"), "").unwrap();
+        let store = Store::open(&dir.join("store")).unwrap();
+        let gates: Vec<GateInfo> = (1..=4)
+            .map(|g| GateInfo {
+                gate: GateId(g),
+                market: MarketId(1 + g % 2),
+                zone: ZoneId(1),
+                name: String::new(),
+            })
+            .collect();
+        store.upsert_gates(&gates).unwrap();
+        let people: Vec<SubjectRecord> = (1..=40u64)
+            .map(|id| SubjectRecord {
+                subject: SubjectId(id),
+                category: if id % 4 == 0 {
+                    Category::Merchant
+                } else {
+                    Category::Shopper
+                },
+                home_market: MarketId(1 + (id % 2) as u32),
+                markets: vec![],
+                zones: vec![],
+                valid_from: None,
+                valid_until: None,
+                id_card: None,
+                qr_tokens: vec![],
+                status: SubjectStatus::Active,
+            })
+            .collect();
+        store.upsert_subjects(&people).unwrap();
+        let now = (DAY as u64) * DAY_MS;
+        let health: Vec<HealthRecord> = (1..=40u64)
+            .map(|id| HealthRecord {
+                subject: SubjectId(id),
+                test_at: Some(UnixMillis(now - 5 * HOUR_MS)),
+                test_result: Some(TestResult::Negative),
+                vaccine_doses: 3,
+                health_code: CodeColour::Green,
+                travel_code: CodeColour::Green,
+                updated_at: UnixMillis(now),
+            })
+            .collect();
+        store.upsert_health(&health).unwrap();
+    }
+
+    #[test]
+    fn writes_decided_days_that_the_store_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        site(dir.path());
+        let cfg = HistoryConfig {
+            days: 3,
+            per_day: 500,
+            last_day: DAY,
+            seed: 1,
+        };
+        let calls = std::sync::Mutex::new(Vec::new());
+        let summary =
+            generate(dir.path(), &cfg, &|d, n| calls.lock().unwrap().push((d, n))).unwrap();
+        assert_eq!(summary.entries, 1_500);
+        assert!(
+            summary.admitted > 0 && summary.admitted < 1_500,
+            "{summary:?}"
+        );
+        assert_eq!(calls.lock().unwrap().len(), 3, "progress after every day");
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let stats = store.history_stats().unwrap();
+        assert_eq!(stats.entries, 1_500);
+        // Every entry was decided by the policy: all its checks are there.
+        let mut rows = 0;
+        let mut signins = 0;
+        store
+            .for_each_entry_since(UnixMillis(0), |row| {
+                rows += 1;
+                signins += usize::from(row.mode == ModeKind::SignIn);
+                assert!(row.decided_at.0 < (DAY as u64 + 2) * DAY_MS);
+            })
+            .unwrap();
+        assert_eq!(rows, 1_500);
+        assert!(signins > 0);
+        let (gate, seq) = store.max_seq_per_gate().unwrap()[0];
+        let v = store.verdict_for(gate, seq).unwrap().unwrap();
+        assert!(v.checks.len() >= 18, "{} checks", v.checks.len());
+        // Keys stay below what `run` would use today.
+        assert!(seq < (DAY as u64 + 2) * DAY_MS * 1000);
+        // The same days again: nothing is written twice.
+        drop(store);
+        generate(dir.path(), &cfg, &|_, _| {}).unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        assert_eq!(store.history_stats().unwrap().entries, 1_500);
+    }
+
+    #[test]
+    fn refuses_a_site_in_use_or_without_people() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = HistoryConfig {
+            days: 1,
+            per_day: 10,
+            last_day: DAY,
+            seed: 1,
+        };
+        let err = generate(dir.path(), &cfg, &|_, _| {}).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a gatewarden site"),
+            "{err:#}"
+        );
+        std::fs::write(dir.path().join("gatewarden.toml"), "").unwrap();
+        let err = generate(dir.path(), &cfg, &|_, _| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("no gates"), "{err:#}");
+        site(dir.path());
+        let held = SiteLock::acquire(dir.path()).unwrap();
+        let err = generate(dir.path(), &cfg, &|_, _| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("locked"), "{err:#}");
+        drop(held);
+        assert!(generate(dir.path(), &cfg, &|_, _| {}).is_ok());
+    }
+}

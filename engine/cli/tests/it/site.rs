@@ -252,3 +252,85 @@ fn query_uses_the_sites_utc_offset() {
     let flagged = trajectory(&["--utc-offset", "-300"]);
     assert!(flagged.contains("2025-12-31 19:30"), "{flagged}");
 }
+
+/// `store stats` reads the day partitions (also while a server holds the site); `store prune`
+/// deletes the days past retention as whole files, never keeps more than the configuration
+/// says, and waits for the server like every CLI write.
+#[test]
+fn store_stats_and_prune_work_on_day_partitions() {
+    use gatewarden::clock::{Clock, SystemClock};
+    use gatewarden::store::{EntryRecord, EventFingerprint, ModeKind, Store};
+    use gatewarden_protocol::{
+        Decision, Direction, Display, DisplayColour, GateId, MarketId, UnixMillis, Verdict, ZoneId,
+    };
+
+    const DAY_MS: u64 = 86_400_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    init(&site, "022");
+    let today = SystemClock.now().0 / DAY_MS * DAY_MS;
+    {
+        let store = Store::open(&site.join("store")).unwrap();
+        let records: Vec<EntryRecord> = (0..10u64)
+            .map(|days_ago| {
+                let at = UnixMillis(today - days_ago * DAY_MS + 1_000);
+                EntryRecord {
+                    verdict: Verdict {
+                        gate: GateId(1),
+                        seq: 100 - days_ago,
+                        decision: Decision::Deny,
+                        subject: None,
+                        score: None,
+                        checks: vec![],
+                        display: Display {
+                            colour: DisplayColour::Red,
+                            text: "Not identified".to_owned(),
+                        },
+                        decided_at: at,
+                        replayed: false,
+                    },
+                    market: MarketId(1),
+                    zone: ZoneId(1),
+                    mode: ModeKind::Identify,
+                    direction: Direction::Entry,
+                    captured_at: at,
+                    fingerprint: EventFingerprint([3; 16]),
+                }
+            })
+            .collect();
+        store.entry_writer().unwrap().commit(&records).unwrap();
+    }
+    let stats = |site: &Path| -> serde_json::Value {
+        let out = gw(&["store", "stats", "--json"], site);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let s = stats(&site);
+    assert_eq!(s["entries"], 10);
+    assert_eq!(s["partitions"].as_array().unwrap().len(), 10);
+    assert!(s["bytes_per_entry"].as_f64().unwrap() > 0.0);
+    let table = gw(&["store", "stats"], &site);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("10 partitions"));
+
+    // Longer than the configuration allows, or zero: refused, nothing deleted.
+    for days in ["0", "181"] {
+        let out = gw(&["store", "prune", "--entry-days", days], &site);
+        assert!(!out.status.success(), "--entry-days {days} was accepted");
+    }
+    {
+        let _server = Serving::start(&site);
+        let out = gw(&["store", "prune", "--entry-days", "3"], &site);
+        assert!(!out.status.success(), "pruned behind the server");
+        assert_eq!(stats(&site)["entries"], 10, "stats works beside the server");
+    }
+    let out = gw(&["store", "prune", "--entry-days", "3"], &site);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("7 partitions deleted"),
+        "{out:?}"
+    );
+    let s = stats(&site);
+    assert_eq!(s["entries"], 3);
+    let out = gw(&["store", "prune"], &site);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing deleted"));
+}

@@ -387,3 +387,34 @@ fn a_v2_store_moves_its_entries_into_day_partitions() {
     let store = Store::open(&store_dir).unwrap();
     assert_eq!(store.history_stats().unwrap().entries, 50);
 }
+
+#[test]
+fn two_writers_of_one_day_share_its_forms_and_seq_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (mut a, mut b) = (store.entry_writer().unwrap(), store.bulk_entry_loader());
+    let mut deny = entry(1, 10, 1, Some(2), Decision::Deny, ModeKind::Verify, 1);
+    deny.verdict.checks[1].detail = "a form only the first writer has seen".to_owned();
+    let mut own = admit(1, 20, 8, 2);
+    own.verdict.display.text = "a screen only the second writer has seen".to_owned();
+    a.commit(&[admit(1, 5, 7, 0)]).unwrap();
+    b.commit(&[own.clone()]).unwrap(); // b numbers its new form after a's
+    a.commit(&[deny.clone()]).unwrap(); // a new form of a's, after b added its own
+    b.commit(&[admit(1, 3, 9, 3)]).unwrap();
+    b.finish().unwrap();
+    drop((a, b));
+    let store = open(dir.path());
+    for seq in [3, 5, 10, 20] {
+        assert!(
+            store.recorded_entry(GateId(1), seq).unwrap().is_some(),
+            "seq {seq}"
+        );
+    }
+    let mut want = deny.verdict.clone();
+    want.replayed = true;
+    assert_eq!(store.verdict_for(GateId(1), 10).unwrap(), Some(want));
+    let mut want = own.verdict.clone();
+    want.replayed = true;
+    assert_eq!(store.verdict_for(GateId(1), 20).unwrap(), Some(want));
+    assert_eq!(store.max_seq_per_gate().unwrap(), vec![(GateId(1), 20)]);
+}

@@ -228,15 +228,6 @@ impl SeqDirectory {
         }
     }
 
-    /// The range of `gate`'s seqs that `day` holds, if any.
-    pub(crate) fn span_of(&self, gate: GateId, day: Day) -> Option<(u64, u64)> {
-        self.lock()
-            .get(&gate)?
-            .iter()
-            .find(|s| s.day == day)
-            .map(|s| (s.min, s.max))
-    }
-
     /// The days whose range of `gate` holds `seq`, newest first.
     pub(crate) fn days_holding(&self, gate: GateId, seq: u64) -> Vec<Day> {
         self.lock().get(&gate).map_or_else(Vec::new, |list| {

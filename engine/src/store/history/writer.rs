@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use gatewarden_protocol::{Check, GateId, Verdict};
-use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::partition::{self, Day};
 use super::{History, day_of, record};
 use crate::store::schema::Role;
 use crate::store::{
-    CommitOutcome, EntryRecord, EventFingerprint, ModeKind, StoreError, sql_time, to_sql_u64,
+    CommitOutcome, EntryRecord, EventFingerprint, ModeKind, StoreError, from_sql_u64, sql_time,
+    to_sql_u64,
 };
 
 const INSERT: &str = "INSERT INTO entries (gate, seq, market, zone, subject, decision, mode,
@@ -173,6 +174,15 @@ impl EntryWriter {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
+        // Another writer of the same day (a second bulk loader, a second writer in a program
+        // embedding the engine) may have added forms since this one loaded them: under the
+        // transaction's write lock, catch up before numbering new ones.
+        let stored: Option<u32> = tx
+            .query_row("SELECT max(id) FROM dict", [], |r| r.get(0))
+            .map_err(sql)?;
+        if stored.map_or(0, |m| m as usize + 1) != writer.forms.len() {
+            writer.forms = load_forms(&tx, &path)?;
+        }
         let mut batch = Batch {
             forms: &writer.forms,
             new_forms: Vec::new(),
@@ -197,14 +207,21 @@ impl EntryWriter {
             )
             .map_err(sql)?;
         }
-        // Each gate's range in this partition, widened by the batch; the directory holds the
-        // range as committed so far (only this writer writes this day).
+        // Each gate's range in this partition, widened by the batch. Read under the write
+        // lock (another writer may have widened it) and merged here, where seqs compare as
+        // u64 (SQLite would compare their i64 bit patterns).
         let mut spans = Vec::with_capacity(gates.len());
         for (gate, (lo, hi)) in gates {
-            let (lo, hi) = history
-                .seqs
-                .span_of(gate, day)
-                .map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi)));
+            let stored: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT min_seq, max_seq FROM gate_seqs WHERE gate = ?1")
+                .and_then(|mut s| {
+                    s.query_row([gate.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(sql)?;
+            let (lo, hi) = stored.map_or((lo, hi), |(a, b)| {
+                (from_sql_u64(a).min(lo), from_sql_u64(b).max(hi))
+            });
             tx.prepare_cached(UPSERT_GATE_SEQS)
                 .and_then(|mut s| s.execute(params![gate.0, to_sql_u64(lo), to_sql_u64(hi)]))
                 .map_err(sql)?;
