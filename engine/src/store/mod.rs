@@ -65,6 +65,9 @@ pub use history::upkeep::{
     history_stats_in,
 };
 pub use history::writer::{CommitError, EntryWriter};
+
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use history::record::decode_for_fuzzing as decode_record_for_fuzzing;
 pub use queries::{ContactRow, FrequencyRow, SignInRow};
 
 use cache::Cache;

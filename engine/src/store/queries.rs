@@ -295,7 +295,7 @@ impl Store {
         let sql = |e| StoreError::from_sqlite(&part.path, "querying contacts", e);
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT subject, decided_at, gate, seq FROM entries
+                "SELECT subject, decided_at, id FROM entries
                  WHERE market = ?1 AND decided_at BETWEEN ?2 AND ?3
                    AND decision = {ADMIT} AND subject IS NOT NULL AND subject != ?4"
             ))
@@ -311,10 +311,7 @@ impl Store {
         while let Some(r) = rows.next().map_err(sql)? {
             let other = from_sql_u64(r.get(0).map_err(sql)?);
             let t: i64 = r.get(1).map_err(sql)?;
-            let key = (
-                r.get::<_, u32>(2).map_err(sql)?,
-                r.get::<_, i64>(3).map_err(sql)?,
-            );
+            let key = (part.day, r.get::<_, i64>(2).map_err(sql)?);
             let m = met.entry((other, market.0)).or_insert(Meeting {
                 first: t,
                 last: t,
@@ -339,8 +336,8 @@ struct Meeting {
     first: i64,
     last: i64,
     closest: u64,
-    /// Their passages by `(gate, seq)`: one passage near two of the subject's counts once.
-    ids: HashSet<(u32, i64)>,
+    /// Their passages by (day, row id): one passage near two of the subject's counts once.
+    ids: HashSet<(i64, i64)>,
 }
 
 fn millis(t: i64) -> UnixMillis {

@@ -164,6 +164,9 @@ pub(crate) enum Role {
     BulkLoader,
     /// Queries only.
     Reader,
+    /// Queries of one day partition: a small page cache, since a long history has hundreds of
+    /// them open (the operating system caches the files anyway).
+    PartitionReader,
 }
 
 /// Cheap checks on the raw file before SQLite sees it: the header magic, and truncation.
@@ -271,6 +274,7 @@ pub(crate) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
              PRAGMA journal_size_limit = 67108864;"
         }
         Role::Reader => "PRAGMA query_only = ON;",
+        Role::PartitionReader => "PRAGMA query_only = ON; PRAGMA cache_size = -256;",
     };
     conn.execute_batch(pragmas)
         .map_err(err("setting connection pragmas"))?;
@@ -354,20 +358,27 @@ pub(crate) struct ReadPool {
     db: PathBuf,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
+    role: Role,
 }
 
 impl ReadPool {
     pub(super) fn new(db: PathBuf) -> Self {
-        Self::with_idle(db, MAX_IDLE_READERS)
-    }
-
-    /// A pool that keeps at most `max_idle` idle connections (a history partition keeps few:
-    /// there may be hundreds of them).
-    pub(crate) fn with_idle(db: PathBuf, max_idle: usize) -> Self {
         Self {
             db,
             idle: Mutex::new(Vec::new()),
-            max_idle,
+            max_idle: MAX_IDLE_READERS,
+            role: Role::Reader,
+        }
+    }
+
+    /// The pool of a day partition: at most two idle connections with small caches (there may
+    /// be hundreds of partitions).
+    pub(crate) fn for_partition(db: PathBuf) -> Self {
+        Self {
+            db,
+            idle: Mutex::new(Vec::new()),
+            max_idle: 2,
+            role: Role::PartitionReader,
         }
     }
 
@@ -380,7 +391,7 @@ impl ReadPool {
             .pop();
         let conn = match idle {
             Some(c) => c,
-            None => open_connection(&self.db, Role::Reader)?,
+            None => open_connection(&self.db, self.role)?,
         };
         Ok(PooledReader {
             pool: self,

@@ -517,3 +517,10 @@ mod tests {
         assert_eq!(rng.below(0), 0);
     }
 }
+
+/// Decodes fuzzer bytes as a partition's dictionary and one compact entry record (the
+/// `entry_record` fuzz target): `n:u8`, then `n` forms each as `len:u8 bytes`, then the body.
+/// Returns whether it decoded; it must never panic.
+pub fn decode_entry_record(data: &[u8]) -> bool {
+    crate::store::decode_record_for_fuzzing(data)
+}

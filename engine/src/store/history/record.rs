@@ -288,6 +288,34 @@ impl Reader<'_> {
     }
 }
 
+/// See `testing::decode_entry_record`.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn decode_for_fuzzing(data: &[u8]) -> bool {
+    let mut rest = data;
+    let Some((&n, tail)) = rest.split_first() else {
+        return false;
+    };
+    rest = tail;
+    let mut forms = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let Some((&len, tail)) = rest.split_first() else {
+            return false;
+        };
+        let Some((form, tail)) = tail.split_at_checked(usize::from(len)) else {
+            return false;
+        };
+        forms.push(form);
+        rest = tail;
+    }
+    decode_body(rest, |id| {
+        forms
+            .get(id as usize)
+            .ok_or_else(|| bad(format!("no form {id}")))
+            .and_then(|b| decode_form(b))
+    })
+    .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +376,24 @@ mod tests {
             assert_eq!(c[0].value.unwrap().to_bits(), v.to_bits(), "value {v}");
             assert_eq!(c, checks);
         }
+    }
+
+    #[test]
+    fn the_fuzzing_entry_decodes_a_real_record() {
+        let display = Display {
+            colour: DisplayColour::Yellow,
+            text: "Wait".into(),
+        };
+        let c = check(CheckKind::Liveness, Some(0.5), Some(0.6), "low");
+        let (d, f) = (display_form(&display), check_form(&c));
+        let mut input = vec![2, d.len() as u8];
+        input.extend_from_slice(&d);
+        input.push(f.len() as u8);
+        input.extend_from_slice(&f);
+        encode_body(&mut input, 0, &[(1, &c)]);
+        assert!(decode_for_fuzzing(&input));
+        assert!(!decode_for_fuzzing(&input[..input.len() - 1]));
+        assert!(!decode_for_fuzzing(&[]));
     }
 
     #[test]

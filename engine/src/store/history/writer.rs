@@ -148,11 +148,7 @@ impl EntryWriter {
     /// SQLite and file-system failures.
     pub fn finish(&mut self) -> Result<(), StoreError> {
         for (_, day) in std::mem::take(&mut self.days) {
-            day.conn
-                .execute_batch("PRAGMA synchronous = FULL; PRAGMA wal_checkpoint(TRUNCATE);")
-                .map_err(|e| StoreError::from_sqlite(&day.path, "checkpointing a partition", e))?;
-            drop(day.conn);
-            crate::store::fsutil::sync_file_and_dir(&day.path)?;
+            day.close()?;
         }
         Ok(())
     }
@@ -249,12 +245,26 @@ impl EntryWriter {
             self.history.register(day);
             self.days.insert(day, DayWriter { conn, path, forms });
             while self.days.len() > OPEN_DAYS {
-                self.days.pop_first();
+                if let Some((_, done)) = self.days.pop_first() {
+                    done.close()?;
+                }
             }
         }
         self.days
             .get_mut(&day)
             .ok_or_else(|| unreachable!("the day writer was just inserted"))
+    }
+}
+
+impl DayWriter {
+    /// Folds the log into the file and syncs both: a bulk loader's transactions were not
+    /// synced one by one, and a day it leaves behind must be durable all the same.
+    fn close(self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(|e| StoreError::from_sqlite(&self.path, "checkpointing a partition", e))?;
+        drop(self.conn);
+        crate::store::fsutil::sync_file_and_dir(&self.path)
     }
 }
 
