@@ -17,7 +17,7 @@ use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
 use crate::maintenance::{Maintenance, MaintenanceParts};
 pub use crate::pipeline::Submission;
 use crate::pipeline::{Pipeline, PipelineParts, Reply, StatsSnapshot};
-use crate::policy::PolicyBook;
+use crate::policy::{PolicyBook, PolicyError, PolicyVersion};
 use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow, Store};
 
 /// Templates inserted into the gallery per snapshot swap when loading from the store.
@@ -43,6 +43,9 @@ pub struct Engine {
     data_dir: PathBuf,
     /// Serializes enrollments so the duplicate check sees every earlier template.
     enroll_lock: Mutex<()>,
+    /// Serializes policy reloads, so the "previous" version each one reports is the one it
+    /// replaced.
+    reload_lock: Mutex<()>,
 }
 
 impl Engine {
@@ -100,6 +103,7 @@ impl Engine {
             subjects = store.subject_count(),
             templates = gallery.len(),
             workers = cfg.worker_count(),
+            policy_version = %policies.load().version(),
             "engine open"
         );
         Ok(Self {
@@ -112,6 +116,7 @@ impl Engine {
             config: cfg,
             data_dir,
             enroll_lock: Mutex::new(()),
+            reload_lock: Mutex::new(()),
         })
     }
 
@@ -379,9 +384,68 @@ impl Engine {
         &self.data_dir
     }
 
-    /// Replaces the policy book (a reload); events already deciding keep the old one.
+    /// Replaces the policy book; events already deciding keep the old one.
     pub fn set_policies(&self, policies: PolicyBook) {
+        tracing::info!(version = %policies.version(), "policy replaced");
         self.policies.store(Arc::new(policies));
+    }
+
+    /// The version of the policy in force. Each matcher batch decides all its events under
+    /// one policy snapshot, so a verdict's version is the one in force when its batch began.
+    pub fn policy_version(&self) -> PolicyVersion {
+        self.policies.load().version().clone()
+    }
+
+    /// The version of the policy in force and what it does in plain words
+    /// ([`PolicyBook::summary`]), from one snapshot.
+    pub fn policy_summary(&self) -> (PolicyVersion, String) {
+        let book = self.policies.load();
+        (book.version().clone(), book.summary())
+    }
+
+    /// Rereads the configured policy file and puts it in force, atomically: the whole book
+    /// is swapped at once, so every event (every matcher batch) is decided by either the old
+    /// policy or the new one, never a mix; a file that is refused changes nothing.
+    ///
+    /// # Errors
+    /// [`PolicyError::NotConfigured`] when the engine runs the embedded demo policy;
+    /// [`PolicyError::WritableByOthers`] when group or others may write the file; otherwise
+    /// what [`PolicyBook::load`] refuses, with every problem of the file.
+    pub fn reload_policy(&self) -> Result<PolicyReload, PolicyError> {
+        let _guard = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = self.policy_version();
+        let result =
+            self.config
+                .policy
+                .as_ref()
+                .map_or(Err(PolicyError::NotConfigured), |relative| {
+                    let path = self.data_dir.join(relative);
+                    refuse_writable_by_others(&path)?;
+                    Ok((PolicyBook::load(&path)?, path))
+                });
+        match result {
+            Ok((book, path)) => {
+                let version = book.version().clone();
+                self.policies.store(Arc::new(book));
+                tracing::info!(%version, %previous, path = %path.display(), "policy reloaded");
+                Ok(PolicyReload {
+                    changed: version != previous,
+                    version,
+                    previous,
+                    path,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(
+                    version = %previous,
+                    "policy reload refused, the policy in force is unchanged:\n{e}"
+                );
+                Err(e)
+            }
+        }
     }
 
     /// Pipeline counters.
@@ -404,6 +468,51 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// What [`Engine::reload_policy`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct PolicyReload {
+    /// The version now in force.
+    #[serde(serialize_with = "display")]
+    pub version: PolicyVersion,
+    /// The version it replaced.
+    #[serde(serialize_with = "display")]
+    pub previous: PolicyVersion,
+    /// False when the file's meaning did not change (same version).
+    pub changed: bool,
+    /// The file read.
+    pub path: PathBuf,
+}
+
+fn display<S: serde::Serializer>(v: &PolicyVersion, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_str())
+}
+
+/// Refuses a policy file that group or others may write: whoever can write it decides who is
+/// admitted.
+fn refuse_writable_by_others(path: &Path) -> Result<(), PolicyError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| PolicyError::Read {
+                path: path.to_owned(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(PolicyError::WritableByOthers {
+                path: path.to_owned(),
+                mode: mode & 0o777,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// The result of a bulk enrollment.

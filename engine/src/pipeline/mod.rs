@@ -285,7 +285,9 @@ impl Pipeline {
     /// Pipeline counters.
     pub(crate) fn stats(&self) -> StatsSnapshot {
         let (depth, capacity) = self.queue_fill();
-        self.shared.stats.snapshot(depth, capacity)
+        let mut stats = self.shared.stats.snapshot(depth, capacity);
+        stats.policy_version = self.shared.policies.load().version().to_string();
+        stats
     }
 
     /// Stops taking events, lets the workers finish what is queued, waits for the last group
