@@ -439,10 +439,23 @@ impl Engine {
                 })
             }
             Err(e) => {
-                tracing::warn!(
-                    version = %previous,
-                    "policy reload refused, the policy in force is unchanged:\n{e}"
-                );
+                match e.problems() {
+                    [] => tracing::warn!(
+                        version = %previous,
+                        error = %e,
+                        "policy reload refused; the policy in force is unchanged"
+                    ),
+                    problems => {
+                        tracing::warn!(
+                            version = %previous,
+                            problems = problems.len(),
+                            "policy reload refused; the policy in force is unchanged"
+                        );
+                        for p in problems {
+                            tracing::warn!("policy problem: {p}");
+                        }
+                    }
+                }
                 Err(e)
             }
         }

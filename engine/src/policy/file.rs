@@ -316,6 +316,36 @@ impl<'a> Problems<'a> {
     }
 }
 
+/// What to say about an unknown `key` among `known`: the likely intended key if one is close
+/// (a typo, a missing suffix), else the whole list.
+fn suggest(key: &str, known: &[&str]) -> String {
+    let close = known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2 || (key.len() >= 4 && k.starts_with(key)))
+        .min();
+    match close {
+        Some((_, k)) => format!("did you mean `{k}`?"),
+        None => format!("the keys are {}", key_list(known)),
+    }
+}
+
+/// Levenshtein distance in characters (keys are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// A readable list of keys for a message.
 fn key_list(keys: &[&str]) -> String {
     keys.iter()
@@ -335,10 +365,7 @@ fn read_market(table: DeTable<'_>, name: &str, p: &mut Problems<'_>) -> RawMarke
                 raw.categories = read_categories(t, name, p);
             }
         } else if !raw.read(&key, value, p) {
-            let reason = format!(
-                "unknown key `{key}` in {name}; the keys are {}",
-                key_list(MARKET_KEYS)
-            );
+            let reason = format!("unknown key `{key}` in {name}; {}", suggest(&key, MARKET_KEYS));
             p.at(key_span, reason);
         }
     }
@@ -352,8 +379,8 @@ fn read_categories(table: DeTable<'_>, name: &str, p: &mut Problems<'_>) -> RawC
         let key = key.into_inner();
         let Some(i) = CATEGORY_NAMES.iter().position(|c| *c == key) else {
             let reason = format!(
-                "unknown category `{key}` in {name}.categories; the categories are {}",
-                key_list(&CATEGORY_NAMES)
+                "unknown category `{key}` in {name}.categories; {}",
+                suggest(&key, &CATEGORY_NAMES).replace("the keys are", "the categories are")
             );
             p.at(key_span, reason);
             continue;
@@ -376,10 +403,7 @@ fn read_categories(table: DeTable<'_>, name: &str, p: &mut Problems<'_>) -> RawC
                     key_list(RULE_KEYS)
                 )
             } else {
-                format!(
-                    "unknown key `{k}` in {what}; a category may set {}",
-                    key_list(RULE_KEYS)
-                )
+                format!("unknown key `{k}` in {what}; {}", suggest(&k, RULE_KEYS))
             };
             p.at(span, reason);
         }
@@ -552,6 +576,21 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_keys_get_the_closest_known_key() {
+        assert_eq!(suggest("liveness", MARKET_KEYS), "did you mean `liveness_min`?");
+        assert_eq!(
+            suggest("identfy_threshold", MARKET_KEYS),
+            "did you mean `identify_threshold`?"
+        );
+        assert_eq!(suggest("shoper", &CATEGORY_NAMES), "did you mean `shopper`?");
+        let far = suggest("colour", RULE_KEYS);
+        assert!(far.starts_with("the keys are `zones_enforced`"), "{far}");
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
 
     #[test]
     fn line_col_counts_lines_and_chars() {

@@ -167,9 +167,15 @@ impl PolicyBook {
     /// let err = PolicyBook::from_toml(&bad, "bad.toml").unwrap_err();
     /// let lines: Vec<String> = err.to_string().lines().map(str::to_owned).collect();
     /// assert_eq!(lines.len(), 3, "{err}");
-    /// assert_eq!(lines[0], "bad.toml:7:1: missing key `liveness_min` in [default]; [default] must set every key");
-    /// assert_eq!(lines[1], "bad.toml:11:10: match margin 3 is outside [0, 2]");
-    /// assert!(lines[2].starts_with("bad.toml:12:1: unknown key `liveness` in [default]"));
+    /// assert_eq!(
+    ///     lines[0],
+    ///     "bad.toml:7:2: missing key `liveness_min` in [default]; [default] must set every key"
+    /// );
+    /// assert_eq!(lines[1], "bad.toml:13:10: match margin 3 is outside [0, 2]");
+    /// assert_eq!(
+    ///     lines[2],
+    ///     "bad.toml:14:1: unknown key `liveness` in [default]; did you mean `liveness_min`?"
+    /// );
     /// # Ok::<(), gatewarden::policy::PolicyError>(())
     /// ```
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, PolicyError> {

@@ -12,6 +12,7 @@ mod engine_api;
 mod front;
 mod http;
 mod http_client;
+mod policy;
 mod quic;
 mod server;
 mod site;
