@@ -178,6 +178,31 @@ impl Engine {
         rows: &[(SubjectId, &[f32])],
         duplicates_in: Option<&GallerySnapshot>,
     ) -> Result<BulkEnrollReport, Error> {
+        self.enroll_checked(rows, duplicates_in, false)
+    }
+
+    /// [`Engine::enroll_templates`] against the live gallery (every face enrolled so far, the
+    /// earlier batches of a file included), and also against the earlier rows of `rows`
+    /// itself: of two rows with one face and different people, the later one is refused and
+    /// reported with the earlier one's index ([`Duplicate::existing_index`]). Feeding a file
+    /// in batches of a few hundred rows catches every duplicate within it at the cost of a
+    /// search per row over the gallery as it grows.
+    ///
+    /// # Errors
+    /// As [`Engine::enroll_templates`].
+    pub fn enroll_templates_unique(
+        &self,
+        rows: &[(SubjectId, &[f32])],
+    ) -> Result<BulkEnrollReport, Error> {
+        self.enroll_checked(rows, None, true)
+    }
+
+    fn enroll_checked(
+        &self,
+        rows: &[(SubjectId, &[f32])],
+        duplicates_in: Option<&GallerySnapshot>,
+        within: bool,
+    ) -> Result<BulkEnrollReport, Error> {
         let _guard = self
             .enroll_lock
             .lock()
@@ -190,7 +215,68 @@ impl Engine {
                 )));
             }
         }
+        if within {
+            let mut report = BulkEnrollReport::default();
+            let keep = self.drop_duplicates_within(rows, &mut report);
+            // Taken under the lock: every face enrolled so far, earlier batches included.
+            let live = self.gallery.snapshot();
+            let mut more =
+                self.add_templates_checked(&keep, Some(duplicates_in.unwrap_or(&live)))?;
+            // Indices of the second pass are into `keep`; map them back to `rows`.
+            let positions: Vec<usize> = (0..rows.len())
+                .filter(|i| !report.duplicates.iter().any(|d| d.index == *i))
+                .collect();
+            for d in &mut more.duplicates {
+                d.index = positions.get(d.index).copied().unwrap_or(d.index);
+            }
+            report.added = more.added;
+            report.duplicates.extend(more.duplicates);
+            report.duplicates.sort_by_key(|d| d.index);
+            return Ok(report);
+        }
         self.add_templates_checked(rows, duplicates_in)
+    }
+
+    /// The identify threshold a duplicate face is judged by (the default policy's).
+    fn duplicate_threshold(&self) -> f32 {
+        self.policies
+            .load()
+            .for_market(MarketId(0))
+            .identify_threshold()
+    }
+
+    /// Splits off rows whose face matches an earlier kept row of another person (cosine
+    /// similarity at or above the identify threshold), pairwise.
+    fn drop_duplicates_within<'a>(
+        &self,
+        rows: &[(SubjectId, &'a [f32])],
+        report: &mut BulkEnrollReport,
+    ) -> Vec<(SubjectId, &'a [f32])> {
+        let threshold = self.duplicate_threshold();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mut kept: Vec<(usize, SubjectId, &'a [f32], f32)> = Vec::with_capacity(rows.len());
+        for (i, (subject, v)) in rows.iter().enumerate() {
+            let n = norm(v);
+            let clash = kept.iter().find_map(|(j, other, w, m)| {
+                if other == subject {
+                    return None;
+                }
+                let dot: f32 = v.iter().zip(*w).map(|(a, b)| a * b).sum();
+                let score = dot / (n * m);
+                (score >= threshold).then_some((*j, *other, score))
+            });
+            match clash {
+                Some((j, existing, score)) => report.duplicates.push(Duplicate {
+                    subject: *subject,
+                    existing,
+                    score,
+                    index: i,
+                    existing_index: Some(j),
+                }),
+                None => kept.push((i, *subject, v, n)),
+            }
+        }
+        kept.into_iter().map(|(_, s, v, _)| (s, v)).collect()
     }
 
     fn add_templates_checked(
@@ -227,15 +313,12 @@ impl Engine {
         if snapshot.is_empty() {
             return rows.to_vec();
         }
-        let threshold = self
-            .policies
-            .load()
-            .for_market(MarketId(0))
-            .identify_threshold();
+        let threshold = self.duplicate_threshold();
         let mut keep = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(256) {
+        for (c, chunk) in rows.chunks(256).enumerate() {
             let queries: Vec<&[f32]> = chunk.iter().map(|(_, v)| *v).collect();
-            for ((subject, v), found) in chunk.iter().zip(snapshot.identify_batch(&queries)) {
+            let found = snapshot.identify_batch(&queries);
+            for (i, ((subject, v), found)) in chunk.iter().zip(found).enumerate() {
                 let clash = [found.best, found.runner_up]
                     .into_iter()
                     .flatten()
@@ -245,6 +328,8 @@ impl Engine {
                         subject: *subject,
                         existing,
                         score,
+                        index: c * 256 + i,
+                        existing_index: None,
                     }),
                     None => keep.push((*subject, *v)),
                 }
@@ -546,6 +631,11 @@ pub struct Duplicate {
     pub existing: SubjectId,
     /// Their similarity.
     pub score: f32,
+    /// The refused template's index in the rows passed in.
+    pub index: usize,
+    /// When the face matched is another row of the same call
+    /// ([`Engine::enroll_templates_unique`]): that row's index.
+    pub existing_index: Option<usize>,
 }
 
 /// Replays templates the gallery does not have yet from the store (the truth).

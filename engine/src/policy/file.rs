@@ -365,7 +365,10 @@ fn read_market(table: DeTable<'_>, name: &str, p: &mut Problems<'_>) -> RawMarke
                 raw.categories = read_categories(t, name, p);
             }
         } else if !raw.read(&key, value, p) {
-            let reason = format!("unknown key `{key}` in {name}; {}", suggest(&key, MARKET_KEYS));
+            let reason = format!(
+                "unknown key `{key}` in {name}; {}",
+                suggest(&key, MARKET_KEYS)
+            );
             p.at(key_span, reason);
         }
     }
@@ -579,12 +582,18 @@ mod tests {
 
     #[test]
     fn unknown_keys_get_the_closest_known_key() {
-        assert_eq!(suggest("liveness", MARKET_KEYS), "did you mean `liveness_min`?");
+        assert_eq!(
+            suggest("liveness", MARKET_KEYS),
+            "did you mean `liveness_min`?"
+        );
         assert_eq!(
             suggest("identfy_threshold", MARKET_KEYS),
             "did you mean `identify_threshold`?"
         );
-        assert_eq!(suggest("shoper", &CATEGORY_NAMES), "did you mean `shopper`?");
+        assert_eq!(
+            suggest("shoper", &CATEGORY_NAMES),
+            "did you mean `shopper`?"
+        );
         let far = suggest("colour", RULE_KEYS);
         assert!(far.starts_with("the keys are `zones_enforced`"), "{far}");
         assert_eq!(edit_distance("", "abc"), 3);

@@ -148,7 +148,9 @@ mod tests {
             format!("cannot start: cannot bind 127.0.0.1:4433: {os_text}")
         );
         // Causes that add something are all kept.
-        let plain = anyhow::anyhow!("disk full").context("cannot write").context("import");
+        let plain = anyhow::anyhow!("disk full")
+            .context("cannot write")
+            .context("import");
         assert_eq!(report(&plain), "import: cannot write: disk full");
     }
 }

@@ -860,12 +860,16 @@ fn serve_prints_the_http_address_and_stops_on_sigterm() {
     let line = out.next("`console on`");
     let token_file = dir.path().join("admin.token");
     assert!(
-        line.starts_with(&format!("console on http://{addr}/ (open http://{addr}/#token="))
-            && line.contains(&token_file.display().to_string()),
+        line.starts_with(&format!(
+            "console on http://{addr}/ (open http://{addr}/#token="
+        )) && line.contains(&token_file.display().to_string()),
         "line 3 is {line:?}"
     );
     let token = std::fs::read_to_string(&token_file).unwrap();
-    assert!(!line.contains(token.trim()), "the token must stay out of stdout");
+    assert!(
+        !line.contains(token.trim()),
+        "the token must stay out of stdout"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

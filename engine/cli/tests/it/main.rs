@@ -9,6 +9,7 @@ mod admin_errors;
 mod console;
 mod crash;
 mod engine_api;
+mod enroll;
 mod front;
 mod http;
 mod http_client;

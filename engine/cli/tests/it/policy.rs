@@ -61,8 +61,14 @@ fn policy_check_lists_every_problem_or_says_what_the_policy_does() {
     let err = text(&out.stderr);
     let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("bad.toml:")).collect();
     assert_eq!(problems.len(), 4, "{err}");
-    assert!(problems.iter().any(|l| l.contains("match margin 7")), "{err}");
-    assert!(problems.iter().any(|l| l.contains("`liveness_min`")), "{err}");
+    assert!(
+        problems.iter().any(|l| l.contains("match margin 7")),
+        "{err}"
+    );
+    assert!(
+        problems.iter().any(|l| l.contains("`liveness_min`")),
+        "{err}"
+    );
     assert!(problems.iter().any(|l| l.contains("`staf`")), "{err}");
     assert!(err.contains("bad.toml has 4 problems"), "{err}");
     assert!(text(&out.stdout).is_empty());
@@ -92,7 +98,14 @@ impl Served {
         let out = gw(&["init", site.to_str().unwrap(), "--gates", "2"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data",
+            ])
             .arg(&site)
             .env("RUST_LOG", "off")
             .stdin(Stdio::null())
@@ -273,7 +286,10 @@ fn no_event_is_decided_by_a_mix_of_two_policies() {
     let dir = tempfile::tempdir().unwrap();
     let a = DEMO_POLICY_TOML.to_owned();
     let b = DEMO_POLICY_TOML
-        .replace("temperature_ceiling_c = 37.3", "temperature_ceiling_c = 38.0")
+        .replace(
+            "temperature_ceiling_c = 37.3",
+            "temperature_ceiling_c = 38.0",
+        )
         .replace("liveness_min = 0.5", "liveness_min = 0.6");
     let policy = dir.path().join("policy.toml");
     write_private(&policy, &a);
@@ -311,10 +327,16 @@ fn no_event_is_decided_by_a_mix_of_two_policies() {
     flipper.join().unwrap();
     let whole = [(37.3, 0.5), (38.0, 0.6)];
     let mixed: Vec<_> = seen.iter().filter(|p| !whole.contains(p)).collect();
-    assert!(mixed.is_empty(), "verdicts decided by a mix of policies: {mixed:?}");
+    assert!(
+        mixed.is_empty(),
+        "verdicts decided by a mix of policies: {mixed:?}"
+    );
     assert_eq!(seen.len(), 600);
     // Both policies decided some of them: the reloads really happened under load.
-    assert!(whole.iter().all(|w| seen.contains(w)), "one policy decided everything");
+    assert!(
+        whole.iter().all(|w| seen.contains(w)),
+        "one policy decided everything"
+    );
     // The last file written (i = 59: a) is in force.
     assert_eq!(engine.policy_version().to_string(), version_of(&a));
 }
