@@ -74,10 +74,14 @@ impl Engine {
             &data_dir.join("store"),
             &cfg.credential_key_path(&data_dir),
         )?);
-        let gallery = Arc::new(LiveGallery::open(
-            &data_dir.join("gallery"),
-            GalleryOptions::new(cfg.dim, cfg.precision.into()),
-        )?);
+        let gallery_dir = data_dir.join("gallery");
+        let gallery = Arc::new(
+            LiveGallery::open(
+                &gallery_dir,
+                GalleryOptions::new(cfg.dim, cfg.precision.into()),
+            )
+            .map_err(|e| rebuild_hint(e, gallery_dir))?,
+        );
         load_templates(&store, &gallery)?;
         let policies = match &cfg.policy {
             Some(path) => PolicyBook::load(&data_dir.join(path))?,
@@ -636,6 +640,26 @@ pub struct Duplicate {
     /// When the face matched is another row of the same call
     /// ([`Engine::enroll_templates_unique`]): that row's index.
     pub existing_index: Option<usize>,
+}
+
+/// Adds "delete the folder to rebuild it" to the gallery errors that deleting it cures.
+fn rebuild_hint(e: crate::gallery::GalleryError, dir: PathBuf) -> Error {
+    use crate::gallery::GalleryError as G;
+    match e {
+        G::Corrupt { .. }
+        | G::DimMismatch { .. }
+        | G::DuplicateTemplate { .. }
+        | G::Incompatible { .. }
+        | G::Manifest { .. }
+        | G::NonFinite { .. }
+        | G::NotAGallery { .. }
+        | G::Truncated { .. }
+        | G::WrongDimension { .. }
+        | G::ZeroVector { .. } => Error::GalleryRebuild { dir, source: e },
+        // A segment the manifest lists but the folder lacks (or cannot read).
+        G::Io { ref path, .. } if path != &dir => Error::GalleryRebuild { dir, source: e },
+        other => Error::Gallery(other),
+    }
 }
 
 /// Replays templates the gallery does not have yet from the store (the truth).
