@@ -138,6 +138,24 @@ mod tests {
     }
 
     #[test]
+    fn the_load_generators_manual_steps_are_valid_commands() {
+        let mut parsed = 0;
+        for line in gatewarden_loadgen::BY_HAND.lines() {
+            for command in line.split("&&").map(str::trim) {
+                if !command.starts_with("gatewarden ") || command.contains("...") {
+                    continue;
+                }
+                let words: Vec<&str> = command.split_whitespace().collect();
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("`{command}` from gatewarden-loadgen --help does not parse:\n{e}");
+                }
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 5, "only {parsed} commands found");
+    }
+
+    #[test]
     fn report_prints_each_cause_once() {
         let os = std::io::Error::from_raw_os_error(98);
         let os_text = os.to_string();
