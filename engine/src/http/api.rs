@@ -595,8 +595,10 @@ pub(super) async fn post_policy_reload(
                 problems,
                 kept: e.policy_version().to_string(),
             },
-            PolicyError::NotConfigured => ApiError::Conflict(error.to_string()),
-            other => ApiError::Internal(other.to_string()),
+            PolicyError::Incomplete { .. } => ApiError::Internal(error.to_string()),
+            // No file configured, or one the server cannot read or will not trust: the
+            // server's state, not the request, is what needs fixing.
+            other => ApiError::Conflict(other.to_string()),
         })
     })
     .await?;

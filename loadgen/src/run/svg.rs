@@ -264,8 +264,10 @@ mod tests {
         assert_eq!(pts.len(), 3, "the 0.1 s sliver is left out");
         assert!(pts.iter().all(|p| (p.verdicts_per_s - 1000.0).abs() < 1e-9));
         assert_eq!(pts[1].busy_per_s, 300.0);
-        let mut r = Report::default();
-        r.per_second = per_second;
+        let r = Report {
+            per_second,
+            ..Report::default()
+        };
         let svg = r.plot_svg();
         // The verdict line is flat: every point at the same height.
         let line = svg

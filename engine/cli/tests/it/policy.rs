@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use gatewarden::clock::{Clock, SystemClock};
 use gatewarden::policy::{DEMO_POLICY_TOML, PolicyBook};
 use gatewarden::{Engine, Reply};
 use gatewarden_protocol::{CheckKind, Verdict};
@@ -155,7 +156,7 @@ impl Served {
 
     /// Polls until the version in force is not `old` (a SIGHUP is handled asynchronously).
     fn wait_for_new_version(&self, old: &str) -> String {
-        let start = Instant::now();
+        let start = SystemClock.instant();
         loop {
             let v = self.version();
             if v != old {
@@ -252,6 +253,33 @@ fn serve_reloads_on_sighup_and_api_and_keeps_its_policy_when_the_file_is_refused
     assert_eq!(served.reload(None).status, 401);
     assert_eq!(served.reload(Some("wrong")).status, 401);
 
+    // A file the server cannot read, or must not trust, changes nothing either.
+    let file = served.site.join("policy.toml");
+    std::fs::remove_file(&file).unwrap();
+    let r = served.reload(Some(&served.token));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read policy file")
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        served.write_policy(&tighter);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let r = served.reload(Some(&served.token));
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("chmod go-w"),
+            "{}",
+            r.body
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert_eq!(served.version(), v1);
+
     // A good file through the API: the answer names both versions.
     let looser = DEMO_POLICY_TOML.replace("occupancy_cap = 1_000_000", "occupancy_cap = 5000");
     served.write_policy(&looser);
@@ -300,7 +328,7 @@ fn no_event_is_decided_by_a_mix_of_two_policies() {
 
     let flipper = {
         let engine = Arc::clone(&engine);
-        let (a, b, policy) = (a.clone(), b.clone(), policy.clone());
+        let a = a.clone();
         std::thread::spawn(move || {
             for i in 0..60 {
                 write_private(&policy, if i % 2 == 0 { &b } else { &a });
