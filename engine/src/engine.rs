@@ -17,7 +17,7 @@ use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
 use crate::maintenance::{Maintenance, MaintenanceParts};
 pub use crate::pipeline::Submission;
 use crate::pipeline::{Pipeline, PipelineParts, Reply, StatsSnapshot};
-use crate::policy::PolicyBook;
+use crate::policy::{PolicyBook, PolicyError, PolicyVersion};
 use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow, Store};
 
 /// Templates inserted into the gallery per snapshot swap when loading from the store.
@@ -43,6 +43,9 @@ pub struct Engine {
     data_dir: PathBuf,
     /// Serializes enrollments so the duplicate check sees every earlier template.
     enroll_lock: Mutex<()>,
+    /// Serializes policy reloads, so the "previous" version each one reports is the one it
+    /// replaced.
+    reload_lock: Mutex<()>,
 }
 
 impl Engine {
@@ -73,10 +76,14 @@ impl Engine {
             &data_dir.join("store"),
             &cfg.credential_key_path(&data_dir),
         )?);
-        let gallery = Arc::new(LiveGallery::open(
-            &data_dir.join("gallery"),
-            GalleryOptions::new(cfg.dim, cfg.precision.into()),
-        )?);
+        let gallery_dir = data_dir.join("gallery");
+        let gallery = Arc::new(
+            LiveGallery::open(
+                &gallery_dir,
+                GalleryOptions::new(cfg.dim, cfg.precision.into()),
+            )
+            .map_err(|e| rebuild_hint(e, gallery_dir))?,
+        );
         load_templates(&store, &gallery)?;
         let policies = match &cfg.policy {
             Some(path) => PolicyBook::load(&data_dir.join(path))?,
@@ -106,6 +113,7 @@ impl Engine {
             subjects = store.subject_count(),
             templates = gallery.len(),
             workers = cfg.worker_count(),
+            policy_version = %policies.load().version(),
             "engine open"
         );
         Ok(Self {
@@ -118,6 +126,7 @@ impl Engine {
             config: cfg,
             data_dir,
             enroll_lock: Mutex::new(()),
+            reload_lock: Mutex::new(()),
         })
     }
 
@@ -179,6 +188,31 @@ impl Engine {
         rows: &[(SubjectId, &[f32])],
         duplicates_in: Option<&GallerySnapshot>,
     ) -> Result<BulkEnrollReport, Error> {
+        self.enroll_checked(rows, duplicates_in, false)
+    }
+
+    /// [`Engine::enroll_templates`] against the live gallery (every face enrolled so far, the
+    /// earlier batches of a file included), and also against the earlier rows of `rows`
+    /// itself: of two rows with one face and different people, the later one is refused and
+    /// reported with the earlier one's index ([`Duplicate::existing_index`]). Feeding a file
+    /// in batches of a few hundred rows catches every duplicate within it at the cost of a
+    /// search per row over the gallery as it grows.
+    ///
+    /// # Errors
+    /// As [`Engine::enroll_templates`].
+    pub fn enroll_templates_unique(
+        &self,
+        rows: &[(SubjectId, &[f32])],
+    ) -> Result<BulkEnrollReport, Error> {
+        self.enroll_checked(rows, None, true)
+    }
+
+    fn enroll_checked(
+        &self,
+        rows: &[(SubjectId, &[f32])],
+        duplicates_in: Option<&GallerySnapshot>,
+        within: bool,
+    ) -> Result<BulkEnrollReport, Error> {
         let _guard = self
             .enroll_lock
             .lock()
@@ -191,7 +225,68 @@ impl Engine {
                 )));
             }
         }
+        if within {
+            let mut report = BulkEnrollReport::default();
+            let keep = self.drop_duplicates_within(rows, &mut report);
+            // Taken under the lock: every face enrolled so far, earlier batches included.
+            let live = self.gallery.snapshot();
+            let mut more =
+                self.add_templates_checked(&keep, Some(duplicates_in.unwrap_or(&live)))?;
+            // Indices of the second pass are into `keep`; map them back to `rows`.
+            let positions: Vec<usize> = (0..rows.len())
+                .filter(|i| !report.duplicates.iter().any(|d| d.index == *i))
+                .collect();
+            for d in &mut more.duplicates {
+                d.index = positions.get(d.index).copied().unwrap_or(d.index);
+            }
+            report.added = more.added;
+            report.duplicates.extend(more.duplicates);
+            report.duplicates.sort_by_key(|d| d.index);
+            return Ok(report);
+        }
         self.add_templates_checked(rows, duplicates_in)
+    }
+
+    /// The identify threshold a duplicate face is judged by (the default policy's).
+    fn duplicate_threshold(&self) -> f32 {
+        self.policies
+            .load()
+            .for_market(MarketId(0))
+            .identify_threshold()
+    }
+
+    /// Splits off rows whose face matches an earlier kept row of another person (cosine
+    /// similarity at or above the identify threshold), pairwise.
+    fn drop_duplicates_within<'a>(
+        &self,
+        rows: &[(SubjectId, &'a [f32])],
+        report: &mut BulkEnrollReport,
+    ) -> Vec<(SubjectId, &'a [f32])> {
+        let threshold = self.duplicate_threshold();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mut kept: Vec<(usize, SubjectId, &'a [f32], f32)> = Vec::with_capacity(rows.len());
+        for (i, (subject, v)) in rows.iter().enumerate() {
+            let n = norm(v);
+            let clash = kept.iter().find_map(|(j, other, w, m)| {
+                if other == subject {
+                    return None;
+                }
+                let dot: f32 = v.iter().zip(*w).map(|(a, b)| a * b).sum();
+                let score = dot / (n * m);
+                (score >= threshold).then_some((*j, *other, score))
+            });
+            match clash {
+                Some((j, existing, score)) => report.duplicates.push(Duplicate {
+                    subject: *subject,
+                    existing,
+                    score,
+                    index: i,
+                    existing_index: Some(j),
+                }),
+                None => kept.push((i, *subject, v, n)),
+            }
+        }
+        kept.into_iter().map(|(_, s, v, _)| (s, v)).collect()
     }
 
     fn add_templates_checked(
@@ -228,15 +323,12 @@ impl Engine {
         if snapshot.is_empty() {
             return rows.to_vec();
         }
-        let threshold = self
-            .policies
-            .load()
-            .for_market(MarketId(0))
-            .identify_threshold();
+        let threshold = self.duplicate_threshold();
         let mut keep = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(256) {
+        for (c, chunk) in rows.chunks(256).enumerate() {
             let queries: Vec<&[f32]> = chunk.iter().map(|(_, v)| *v).collect();
-            for ((subject, v), found) in chunk.iter().zip(snapshot.identify_batch(&queries)) {
+            let found = snapshot.identify_batch(&queries);
+            for (i, ((subject, v), found)) in chunk.iter().zip(found).enumerate() {
                 let clash = [found.best, found.runner_up]
                     .into_iter()
                     .flatten()
@@ -246,6 +338,8 @@ impl Engine {
                         subject: *subject,
                         existing,
                         score,
+                        index: c * 256 + i,
+                        existing_index: None,
                     }),
                     None => keep.push((*subject, *v)),
                 }
@@ -385,9 +479,81 @@ impl Engine {
         &self.data_dir
     }
 
-    /// Replaces the policy book (a reload); events already deciding keep the old one.
+    /// Replaces the policy book; events already deciding keep the old one.
     pub fn set_policies(&self, policies: PolicyBook) {
+        tracing::info!(version = %policies.version(), "policy replaced");
         self.policies.store(Arc::new(policies));
+    }
+
+    /// The version of the policy in force. Each matcher batch decides all its events under
+    /// one policy snapshot, so a verdict's version is the one in force when its batch began.
+    pub fn policy_version(&self) -> PolicyVersion {
+        self.policies.load().version().clone()
+    }
+
+    /// The version of the policy in force and what it does in plain words
+    /// ([`PolicyBook::summary`]), from one snapshot.
+    pub fn policy_summary(&self) -> (PolicyVersion, String) {
+        let book = self.policies.load();
+        (book.version().clone(), book.summary())
+    }
+
+    /// Rereads the configured policy file and puts it in force, atomically: the whole book
+    /// is swapped at once, so every event (every matcher batch) is decided by either the old
+    /// policy or the new one, never a mix; a file that is refused changes nothing.
+    ///
+    /// # Errors
+    /// [`PolicyError::NotConfigured`] when the engine runs the embedded demo policy;
+    /// [`PolicyError::WritableByOthers`] when group or others may write the file; otherwise
+    /// what [`PolicyBook::load`] refuses, with every problem of the file.
+    pub fn reload_policy(&self) -> Result<PolicyReload, PolicyError> {
+        let _guard = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = self.policy_version();
+        let result =
+            self.config
+                .policy
+                .as_ref()
+                .map_or(Err(PolicyError::NotConfigured), |relative| {
+                    let path = self.data_dir.join(relative);
+                    refuse_writable_by_others(&path)?;
+                    Ok((PolicyBook::load(&path)?, path))
+                });
+        match result {
+            Ok((book, path)) => {
+                let version = book.version().clone();
+                self.policies.store(Arc::new(book));
+                tracing::info!(%version, %previous, path = %path.display(), "policy reloaded");
+                Ok(PolicyReload {
+                    changed: version != previous,
+                    version,
+                    previous,
+                    path,
+                })
+            }
+            Err(e) => {
+                match e.problems() {
+                    [] => tracing::warn!(
+                        version = %previous,
+                        error = %e,
+                        "policy reload refused; the policy in force is unchanged"
+                    ),
+                    problems => {
+                        tracing::warn!(
+                            version = %previous,
+                            problems = problems.len(),
+                            "policy reload refused; the policy in force is unchanged"
+                        );
+                        for p in problems {
+                            tracing::warn!("policy problem: {p}");
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Pipeline counters.
@@ -412,6 +578,51 @@ impl Drop for Engine {
     }
 }
 
+/// What [`Engine::reload_policy`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct PolicyReload {
+    /// The version now in force.
+    #[serde(serialize_with = "display")]
+    pub version: PolicyVersion,
+    /// The version it replaced.
+    #[serde(serialize_with = "display")]
+    pub previous: PolicyVersion,
+    /// False when the file's meaning did not change (same version).
+    pub changed: bool,
+    /// The file read.
+    pub path: PathBuf,
+}
+
+fn display<S: serde::Serializer>(v: &PolicyVersion, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_str())
+}
+
+/// Refuses a policy file that group or others may write: whoever can write it decides who is
+/// admitted.
+fn refuse_writable_by_others(path: &Path) -> Result<(), PolicyError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| PolicyError::Read {
+                path: path.to_owned(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(PolicyError::WritableByOthers {
+                path: path.to_owned(),
+                mode: mode & 0o777,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// The result of a bulk enrollment.
 #[derive(Clone, Debug, Default)]
 pub struct BulkEnrollReport {
@@ -430,6 +641,31 @@ pub struct Duplicate {
     pub existing: SubjectId,
     /// Their similarity.
     pub score: f32,
+    /// The refused template's index in the rows passed in.
+    pub index: usize,
+    /// When the face matched is another row of the same call
+    /// ([`Engine::enroll_templates_unique`]): that row's index.
+    pub existing_index: Option<usize>,
+}
+
+/// Adds "delete the folder to rebuild it" to the gallery errors that deleting it cures.
+fn rebuild_hint(e: crate::gallery::GalleryError, dir: PathBuf) -> Error {
+    use crate::gallery::GalleryError as G;
+    match e {
+        G::Corrupt { .. }
+        | G::DimMismatch { .. }
+        | G::DuplicateTemplate { .. }
+        | G::Incompatible { .. }
+        | G::Manifest { .. }
+        | G::NonFinite { .. }
+        | G::NotAGallery { .. }
+        | G::Truncated { .. }
+        | G::WrongDimension { .. }
+        | G::ZeroVector { .. } => Error::GalleryRebuild { dir, source: e },
+        // A segment the manifest lists but the folder lacks (or cannot read).
+        G::Io { ref path, .. } if path != &dir => Error::GalleryRebuild { dir, source: e },
+        other => Error::Gallery(other),
+    }
 }
 
 /// Replays templates the gallery does not have yet from the store (the truth).

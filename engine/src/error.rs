@@ -21,6 +21,19 @@ pub enum Error {
     /// The policy file is invalid.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// The gallery folder cannot be used as it is: a segment or its manifest is missing,
+    /// cut short, corrupt or of another version. It is derived data, rebuilt from the store.
+    #[error(
+        "{source}; the gallery is only a copy of the templates in the store: stop gatewarden, \
+         delete {} and start again to rebuild it from the store",
+        dir.display()
+    )]
+    GalleryRebuild {
+        /// The gallery folder.
+        dir: PathBuf,
+        /// What is wrong with it.
+        source: crate::gallery::GalleryError,
+    },
     /// The pipeline could not start.
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
@@ -67,6 +80,7 @@ impl Error {
             Self::Config(_)
             | Self::Store(_)
             | Self::Gallery(_)
+            | Self::GalleryRebuild { .. }
             | Self::Policy(_)
             | Self::Pipeline(_)
             | Self::Io { .. } => ErrorCode::Internal,

@@ -28,3 +28,16 @@ pub mod run;
 
 mod stream;
 mod truth;
+
+/// What `gatewarden demo` does, step by step with the two binaries (shown by
+/// `gatewarden-loadgen --help`; the `gatewarden` command's tests parse each of its lines).
+pub const BY_HAND: &str = "\
+  gatewarden-loadgen population --subjects 100000 --out pop
+  gatewarden init data && gatewarden cert --data data --gates 1000
+  gatewarden import gates pop/gates.jsonl --data data
+  gatewarden import subjects pop/subjects.jsonl --data data
+  gatewarden import health pop/health.jsonl --data data
+  gatewarden enroll --vectors pop/templates.npy --subjects pop/template_subjects.txt --data data
+  gatewarden serve ...
+  gatewarden-loadgen run --certs data/certs --population pop --rate 2000 --profile rush \\
+      --duration 60s --json report.json --plot latency.svg";

@@ -16,25 +16,19 @@ use gatewarden_protocol::UnixMillis;
 
 /// Simulated gate fleet for gatewarden, with ground truth.
 #[derive(Debug, Parser)]
-#[command(name = "gatewarden-loadgen", version, about, long_about = LONG_ABOUT)]
+#[command(name = "gatewarden-loadgen", version, about, long_about = long_about())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-const LONG_ABOUT: &str = "\
-Simulated gate fleet for gatewarden, with ground truth.
-
-`gatewarden demo` runs all of this in one command. By hand:
-  gatewarden-loadgen population --subjects 100000 --out pop
-  gatewarden init data && gatewarden cert --data data --gates 1000
-  gatewarden import gates pop/gates.jsonl --data data
-  gatewarden import subjects pop/subjects.jsonl --data data
-  gatewarden import health pop/health.jsonl --data data
-  gatewarden enroll --vectors pop/templates.npy --ids pop/template_subjects.txt --data data
-  gatewarden serve ...
-  gatewarden-loadgen run --certs data/certs --population pop --rate 2000 --profile rush \\
-      --duration 60s --json report.json --plot latency.svg";
+fn long_about() -> String {
+    format!(
+        "Simulated gate fleet for gatewarden, with ground truth.\n\n\
+         `gatewarden demo` runs all of this in one command. By hand:\n{}",
+        gatewarden_loadgen::BY_HAND
+    )
+}
 
 // Parsed once per process: the size difference between the variants does not matter.
 #[allow(clippy::large_enum_variant)]

@@ -21,7 +21,9 @@ use super::error::ApiError;
 use super::params::{DAY_MS, MAX_LIMIT, MAX_WINDOW_S, Params, TimeRange, day_text, path_id};
 use super::{HttpState, MAX_BODY_BYTES, OPENAPI_JSON, metrics, views};
 use crate::Engine;
+use crate::engine::PolicyReload;
 use crate::pipeline::StatsSnapshot;
+use crate::policy::PolicyError;
 use crate::server::ServerStatsSnapshot;
 use crate::store::import::{ImportFormat, ImportRecord, read_all};
 use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow};
@@ -552,4 +554,53 @@ pub(super) async fn post_reinstate(
         subject: id,
         was: was.name(),
     }))
+}
+
+#[derive(Serialize)]
+pub(super) struct PolicyView {
+    /// The version in force.
+    version: String,
+    /// What it does, in plain words (as `gatewarden policy check` prints it).
+    summary: String,
+}
+
+/// The policy in force.
+pub(super) async fn policy(State(state): State<HttpState>) -> ApiResult<PolicyView> {
+    let view = blocking(&state, |e| {
+        let (version, summary) = e.policy_summary();
+        Ok(PolicyView {
+            version: version.to_string(),
+            summary,
+        })
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// Rereads the policy file: the new version on success; a refused file changes nothing and
+/// the answer lists every problem.
+pub(super) async fn post_policy_reload(
+    State(state): State<HttpState>,
+    b: Body,
+) -> ApiResult<PolicyReload> {
+    let bytes = body(b)?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "a reload takes no body: the server rereads its configured policy file".to_owned(),
+        ));
+    }
+    let done = blocking(&state, |e| {
+        e.reload_policy().map_err(|error| match error {
+            PolicyError::Invalid { problems } => ApiError::PolicyRefused {
+                problems,
+                kept: e.policy_version().to_string(),
+            },
+            PolicyError::Incomplete { .. } => ApiError::Internal(error.to_string()),
+            // No file configured, or one the server cannot read or will not trust: the
+            // server's state, not the request, is what needs fixing.
+            other => ApiError::Conflict(other.to_string()),
+        })
+    })
+    .await?;
+    Ok(Json(done))
 }

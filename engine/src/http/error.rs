@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::policy::Problem;
 use crate::store::StoreError;
 
 /// Why a request failed. Messages are lowercase, name the offending value and say what to do.
@@ -33,6 +34,20 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A policy reload was refused: the file has problems, and the policy in force stays.
+    #[error(
+        "the policy file was refused ({} problem{}); the policy in force (version {kept}) is \
+         unchanged: {}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.first().map(ToString::to_string).unwrap_or_default()
+    )]
+    PolicyRefused {
+        /// Every problem, in file order.
+        problems: Vec<Problem>,
+        /// The version still in force.
+        kept: String,
+    },
     /// The engine is shutting down or overloaded.
     #[error("{0}")]
     Unavailable(String),
@@ -50,6 +65,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::PolicyRefused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy_refused"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -60,6 +76,12 @@ impl ApiError {
 struct Body<'a> {
     error: &'a str,
     code: &'a str,
+    /// A refused policy's problems, one object each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problems: Option<&'a [Problem]>,
+    /// The policy version still in force after a refused reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
 }
 
 impl IntoResponse for ApiError {
@@ -69,9 +91,17 @@ impl IntoResponse for ApiError {
             tracing::warn!(error = %self, "admin api request failed");
         }
         let message = self.to_string();
+        let (problems, version) = match &self {
+            Self::PolicyRefused { problems, kept } => {
+                (Some(problems.as_slice()), Some(kept.as_str()))
+            }
+            _ => (None, None),
+        };
         let mut response = axum::Json(Body {
             error: &message,
             code,
+            problems,
+            version,
         })
         .into_response();
         *response.status_mut() = status;

@@ -18,6 +18,13 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Renders every metric. Pure: the same snapshots give the same text.
 pub fn render(stats: &StatsSnapshot, server: &ServerStatsSnapshot) -> String {
     let mut out = Text(String::with_capacity(16 * 1024));
+    let name = "gatewarden_policy_info";
+    out.family(
+        name,
+        "gauge",
+        "The policy in force: its version (hash of the policy file's canonical content).",
+    );
+    out.sample(name, &[("version", &stats.policy_version)], 1);
     decisions(&mut out, stats);
     counters(&mut out, stats, server);
     gauges(&mut out, stats, server);
@@ -345,6 +352,7 @@ mod tests {
 
     fn example() -> (StatsSnapshot, ServerStatsSnapshot) {
         let mut stats = StatsSnapshot {
+            policy_version: "0123456789ab".to_owned(),
             submitted: 12,
             rejected_busy: 2,
             expired: 1,
@@ -392,6 +400,15 @@ mod tests {
         let (samples, types) = parse(&text);
         assert_eq!(types["gatewarden_events_total"], "counter");
         assert_eq!(types["gatewarden_queue_depth"], "gauge");
+        assert_eq!(types["gatewarden_policy_info"], "gauge");
+        assert_eq!(
+            value(
+                &samples,
+                "gatewarden_policy_info",
+                &[("version", "0123456789ab")]
+            ),
+            1.0
+        );
         assert_eq!(types["gatewarden_stage_seconds"], "histogram");
         assert_eq!(
             value(

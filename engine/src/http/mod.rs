@@ -161,6 +161,8 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/markets/{id}/frequency", true, api::market_frequency),
     route!(GET "/api/v1/markets/{id}/signins", true, api::signins),
     route!(GET "/api/v1/markets/{id}/hall", true, api::hall),
+    route!(GET "/api/v1/policy", true, api::policy),
+    route!(POST "/api/v1/policy/reload", true, api::post_policy_reload),
 ];
 
 /// The OpenAPI 3.1 description of [`ROUTES`].

@@ -216,6 +216,8 @@ pub struct MarketStats {
 /// A point-in-time copy of the pipeline's counters.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StatsSnapshot {
+    /// The version of the policy in force (see [`PolicyVersion`](crate::policy::PolicyVersion)).
+    pub policy_version: String,
     /// Events accepted into the queue.
     pub submitted: u64,
     /// Events refused with `Busy` on arrival: the queue was full, or standing (admission
@@ -260,6 +262,7 @@ impl PipelineStats {
     pub(crate) fn snapshot(&self, queue_depth: usize, queue_capacity: usize) -> StatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
+            policy_version: String::new(),
             submitted: get(&self.submitted),
             rejected_busy: get(&self.rejected_busy),
             expired: get(&self.expired),

@@ -176,6 +176,8 @@ fn decide_all(shared: &Shared, jobs: &[Job]) -> Vec<Verdict> {
     let now = shared.clock.now();
     let attempt = catch_unwind(AssertUnwindSafe(|| {
         let snapshot = shared.gallery.snapshot();
+        // One policy snapshot for the whole batch: a reload swaps the book between batches,
+        // never within one, so `policies.version()` is the version of every verdict below.
         let policies = shared.policies.load();
         let lookups: Vec<CredentialLookup> = jobs
             .iter()

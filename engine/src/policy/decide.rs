@@ -11,7 +11,9 @@ use gatewarden_protocol::{
 
 use super::MarketPolicy;
 use super::file::{CategoryRules, MarketSettings};
-use super::values::{CodeRule, CodeVerdict, OverCap, Schedule, Threshold, local_minute};
+use super::values::{
+    CodeAge, CodeRule, CodeVerdict, OffOr, Refusal, Schedule, Threshold, local_minute,
+};
 use crate::clock::{HOUR_MS, UnixMillis, UtcOffset};
 use crate::model::GateInfo;
 
@@ -608,41 +610,79 @@ fn health_checks(
     };
     // A record filed under someone else is no record for this person.
     let health = input.health.filter(|h| h.subject == p.subject);
-    let health_colour = health.map(|h| h.health_code);
-    code_check(
-        CheckKind::HealthCode,
-        s.health_code.on(),
-        health_colour,
-        sheet,
-    );
-    let travel_colour = health.map(|h| h.travel_code);
-    code_check(
-        CheckKind::TravelCode,
-        s.travel_code.on(),
-        travel_colour,
-        sheet,
-    );
+    let codes = [
+        (
+            CheckKind::HealthCode,
+            s.health_code,
+            s.health_code_max_age,
+            health.map(|h| h.health_code),
+        ),
+        (
+            CheckKind::TravelCode,
+            s.travel_code,
+            s.travel_code_max_age,
+            health.map(|h| h.travel_code),
+        ),
+    ];
+    for (kind, rule, max_age, colour) in codes {
+        let code = Code {
+            kind,
+            rule,
+            max_age,
+            stale: s.stale_code,
+        };
+        code.check(colour.zip(health.map(|h| h.updated_at)), sheet, now);
+    }
     test_check(rules, health, sheet, now);
     vaccination_check(rules, health, sheet);
 }
 
-fn code_check(
+/// One code check's settings: the colours, the oldest record accepted, what a stale one gets.
+struct Code {
     kind: CheckKind,
-    rule: Option<CodeRule>,
-    colour: Option<CodeColour>,
-    sheet: &mut Sheet,
-) {
-    let Some(rule) = rule else {
-        return sheet.not_checked(kind, "Not required");
-    };
-    let Some(colour) = colour else {
-        return sheet.fail(kind, "No health record");
-    };
-    let detail = code_text(kind, colour);
-    match rule.judge(colour) {
-        CodeVerdict::Pass => sheet.push(kind, Outcome::Pass, None, None, detail),
-        CodeVerdict::Escalate => sheet.push(kind, Outcome::Escalate, None, None, detail),
-        CodeVerdict::Fail => sheet.push(kind, Outcome::Fail, None, None, detail),
+    rule: OffOr<CodeRule>,
+    max_age: OffOr<CodeAge>,
+    stale: Refusal,
+}
+
+impl Code {
+    /// Judges the colour, then the record's age (hours since its update, the check's value;
+    /// the maximum age is its threshold). A refused colour fails whatever its age; an
+    /// accepted or escalated colour that is too old gets what `stale_code` says, whichever
+    /// is worse. A record stamped in the future (clock skew at the authority) is zero hours
+    /// old. The detail always names the colour.
+    fn check(&self, record: Option<(CodeColour, UnixMillis)>, sheet: &mut Sheet, now: UnixMillis) {
+        let kind = self.kind;
+        let Some(rule) = self.rule.on() else {
+            return sheet.not_checked(kind, "Not required");
+        };
+        let Some((colour, updated_at)) = record else {
+            return sheet.fail(kind, "No health record");
+        };
+        let age_ms = now.saturating_since(updated_at);
+        let value = Some(age_ms as f64 / HOUR_MS as f64);
+        let max_hours = self.max_age.on().map(|m| m.0);
+        let threshold = max_hours.map(f64::from);
+        let by_colour = match rule.judge(colour) {
+            CodeVerdict::Pass => Outcome::Pass,
+            CodeVerdict::Escalate => Outcome::Escalate,
+            CodeVerdict::Fail => Outcome::Fail,
+        };
+        let detail = code_text(kind, colour);
+        let stale_hours = max_hours.filter(|&h| age_ms > u64::from(h) * HOUR_MS);
+        match (by_colour, stale_hours) {
+            (Outcome::Fail, _) | (_, None) => sheet.push(kind, by_colour, value, threshold, detail),
+            (_, Some(h)) => {
+                let by_age = match self.stale {
+                    Refusal::Deny => Outcome::Fail,
+                    Refusal::Escalate => Outcome::Escalate,
+                };
+                // Formatted only on this path; the screen must say why a good colour is
+                // not enough.
+                let detail = format!("{detail}, older than {h} h");
+                sheet.push(kind, by_age, value, threshold, detail);
+            }
+        }
     }
 }
 
@@ -793,8 +833,8 @@ fn occupancy_check(input: &DecisionInput<'_>, s: &MarketSettings, entry: bool, s
         return sheet.pass(kind, value, threshold);
     }
     let outcome = match s.over_occupancy {
-        OverCap::Deny => Outcome::Fail,
-        OverCap::Escalate => Outcome::Escalate,
+        Refusal::Deny => Outcome::Fail,
+        Refusal::Escalate => Outcome::Escalate,
     };
     sheet.push(kind, outcome, value, threshold, "Market full");
 }

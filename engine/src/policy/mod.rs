@@ -18,7 +18,10 @@
 //! require_credential = true        # face alone is not enough: an ID card or QR is needed
 //! temperature_ceiling_c = 37.3     # above: deny; or "off"                        [30, 45]
 //! health_code = { pass = ["green"], escalate = ["yellow"] }   # other colours deny; or "off"
+//! health_code_max_age = 24         # hours since the record's update; or "off"     [1, 2160]
 //! travel_code = { pass = ["green"], escalate = ["yellow"] }
+//! travel_code_max_age = 72         # as health_code_max_age
+//! stale_code = "escalate"          # a code older than its max age: "deny" or "escalate"
 //! occupancy_cap = 5000             # entries stop at this many inside; or "off"
 //! over_occupancy = "escalate"      # at the cap: "deny" or "escalate"
 //! # Rules per person; each may be overridden per category (below).
@@ -46,7 +49,13 @@
 //! replace the rule keys that the merged `categories.C` table sets. Unknown keys, unknown
 //! categories, values out of range, empty or malformed schedule windows, a colour listed
 //! under both `pass` and `escalate`, and market ids that are not plain numbers are refused
-//! with the file, line, column and reason ([`PolicyError::Invalid`]).
+//! with the file, line, column and reason ([`PolicyError::Invalid`]); every problem in the
+//! file is reported at once, not only the first.
+//!
+//! **Version.** Every book has a [`PolicyVersion`]: the first 12 hex digits of the SHA-256 of
+//! the file's canonical form (keys sorted, comments and layout gone), so reformatting a file
+//! keeps its version and any change of meaning changes it. [`PolicyBook::summary`] says in
+//! plain words what the policy does per market and category (`gatewarden policy check`).
 //!
 //! # The checks, in verdict order
 //!
@@ -67,8 +76,8 @@
 //! | Zone | | `zones_enforced` and the person's zones are not empty and lack the gate's zone |
 //! | Schedule | local minute of day | now outside every window (local time via the input's UTC offset) |
 //! | Temperature | °C / ceiling | above the ceiling, or a non-finite reading; no reading: NotChecked |
-//! | HealthCode | | colour not in `pass` (escalates if in `escalate`); no health record |
-//! | TravelCode | | as HealthCode |
+//! | HealthCode | age in hours / max age | colour not in `pass` (escalates if in `escalate`); no health record; record older than `health_code_max_age` (`stale_code`: fail or escalate); the detail names the colour |
+//! | TravelCode | age in hours / max age | as HealthCode, with `travel_code_max_age` |
 //! | TestAge | hours / max hours | no test, result not negative, or older than the max |
 //! | Vaccination | doses / min | fewer doses than the minimum (minimum 0: NotChecked) |
 //! | SignIn | | `sign_in_required`, an entry, and no sign-in today (a sign-in event is exempt) |
@@ -98,6 +107,7 @@
 
 mod decide;
 mod file;
+mod summary;
 mod values;
 
 #[cfg(test)]
@@ -108,6 +118,7 @@ mod testkit;
 mod tests;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use gatewarden_protocol::{Category, MarketId};
@@ -132,13 +143,14 @@ pub const DEMO_POLICY_TOML: &str = include_str!("../../policies/demo.toml");
 pub struct PolicyBook {
     default: MarketPolicy,
     markets: HashMap<MarketId, MarketPolicy>,
+    version: PolicyVersion,
 }
 
 impl PolicyBook {
     /// Parses a policy file's text; `origin` (the file name) prefixes error messages.
     ///
     /// # Errors
-    /// [`PolicyError::Invalid`] with the line, column and reason for the first problem.
+    /// [`PolicyError::Invalid`] with the line, column and reason of every problem found.
     ///
     /// # Examples
     /// ```
@@ -151,8 +163,19 @@ impl PolicyBook {
     /// assert_eq!(book.for_market(MarketId(3)).identify_threshold(), 0.6);
     /// assert_eq!(book.for_market(MarketId(4)).identify_threshold(), 0.5);
     ///
-    /// let err = PolicyBook::from_toml("[default]\nmargin = 3.0\n", "bad.toml").unwrap_err();
-    /// assert_eq!(err.to_string(), "bad.toml:2:10: match margin 3 is outside [0, 2]");
+    /// let bad = text.replace("margin = 0.05", "margin = 3.0").replace("liveness_min", "liveness");
+    /// let err = PolicyBook::from_toml(&bad, "bad.toml").unwrap_err();
+    /// let lines: Vec<String> = err.to_string().lines().map(str::to_owned).collect();
+    /// assert_eq!(lines.len(), 3, "{err}");
+    /// assert_eq!(
+    ///     lines[0],
+    ///     "bad.toml:7:2: missing key `liveness_min` in [default]; [default] must set every key"
+    /// );
+    /// assert_eq!(lines[1], "bad.toml:13:10: match margin 3 is outside [0, 2]");
+    /// assert_eq!(
+    ///     lines[2],
+    ///     "bad.toml:14:1: unknown key `liveness` in [default]; did you mean `liveness_min`?"
+    /// );
     /// # Ok::<(), gatewarden::policy::PolicyError>(())
     /// ```
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, PolicyError> {
@@ -210,6 +233,67 @@ impl PolicyBook {
         ids.sort_unstable();
         ids
     }
+
+    /// The version of the file this book was read from (see the module docs).
+    pub fn version(&self) -> &PolicyVersion {
+        &self.version
+    }
+
+    /// What the policy does, in plain words: the market-wide settings and a line per
+    /// category, for the default and for each market with its own table.
+    pub fn summary(&self) -> String {
+        summary::render(self)
+    }
+}
+
+/// A policy's version: the first 12 hex digits of the SHA-256 of its canonical form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyVersion(String);
+
+impl PolicyVersion {
+    /// The 12 hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PolicyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One problem in a policy file: where, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The file name (or whatever the caller passed as origin).
+    pub origin: String,
+    /// 1-based line of the offending key or value.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What is wrong, and the accepted range or form where there is one.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.origin, self.line, self.column, self.reason
+        )
+    }
+}
+
+/// The problems, one per line.
+fn lines(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One market's resolved policy: market-wide settings and the rules for each category.
@@ -284,16 +368,51 @@ pub enum PolicyError {
         /// The limit.
         max: u64,
     },
-    /// The content is refused: syntax, an unknown key, a missing key or a bad value.
-    #[error("{origin}:{line}:{column}: {reason}")]
+    /// The content is refused: syntax, unknown keys, missing keys or bad values. Displays
+    /// as one `file:line:column: reason` line per problem.
+    #[error("{}", lines(.problems))]
     Invalid {
-        /// The file name (or whatever the caller passed as origin).
-        origin: String,
-        /// 1-based line of the offending key or value.
-        line: usize,
-        /// 1-based column, in characters.
-        column: usize,
-        /// What is wrong, and the accepted range or form where there is one.
-        reason: String,
+        /// Every problem found, in file order (never empty).
+        problems: Vec<Problem>,
     },
+    /// The engine runs the embedded demo policy, so there is no file to reload.
+    #[error(
+        "this engine runs the embedded demo policy, so there is no file to reload; set \
+         `policy = \"policy.toml\"` under [engine] in gatewarden.toml and restart"
+    )]
+    NotConfigured,
+    /// Group or others may write the policy file.
+    #[error(
+        "policy file {} is writable by group or others (mode {mode:o}): whoever can write it \
+         decides who is admitted; run `chmod go-w {}` and reload again",
+        path.display(),
+        path.display()
+    )]
+    WritableByOthers {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A resolved market policy lacks a key although `[default]` sets them all: a bug in
+    /// this build, never the file's fault.
+    #[error(
+        "internal error: the policy for {} is incomplete after a complete [default]; please \
+         report this with the policy file",
+        market.map_or_else(|| "[default]".to_owned(), |m| format!("market {}", m.0))
+    )]
+    Incomplete {
+        /// The market, `None` for the default.
+        market: Option<MarketId>,
+    },
+}
+
+impl PolicyError {
+    /// The problems of an [`Invalid`](Self::Invalid) file; none for the other errors.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Invalid { problems } => problems,
+            _ => &[],
+        }
+    }
 }

@@ -95,14 +95,31 @@ fn policy() -> impl Strategy<Value = MarketPolicy> {
         code_rule(),
         off_or(1u32..=300),
         prop_oneof![Just("deny"), Just("escalate")],
+        (
+            off_or(1u32..=200),
+            off_or(1u32..=200),
+            prop_oneof![Just("deny"), Just("escalate")],
+        ),
     );
     (market, rules(), rules(), rules()).prop_map(|(m, base, merchant, buyer)| {
-        let ((identify, verify, band, margin, liveness), card, temp, health, travel, cap, over) = m;
+        let (
+            (identify, verify, band, margin, liveness),
+            card,
+            temp,
+            health,
+            travel,
+            cap,
+            over,
+            ages,
+        ) = m;
+        let (health_age, travel_age, stale) = ages;
         let text = format!(
             "[default]\nidentify_threshold = {identify:?}\nverify_threshold = {verify:?}\n\
              borderline_band = {band:?}\nmargin = {margin:?}\nliveness_min = {liveness:?}\n\
              require_credential = {card}\ntemperature_ceiling_c = {temp}\n\
              health_code = {health}\ntravel_code = {travel}\noccupancy_cap = {cap}\n\
+             health_code_max_age = {health_age}\ntravel_code_max_age = {travel_age}\n\
+             stale_code = \"{stale}\"\n\
              over_occupancy = \"{over}\"\n{base}\n\
              [default.categories.merchant]\n{merchant}\n\
              [default.categories.buyer]\n{buyer}\n"
@@ -229,9 +246,10 @@ fn health(now: u64) -> impl Strategy<Value = HealthRecord> {
         0u8..=4,
         colour(),
         colour(),
+        instant(now),
     )
         .prop_map(
-            move |(subject, test_at, test_result, vaccine_doses, health_code, travel_code)| {
+            move |(subject, test_at, test_result, vaccine_doses, health_code, travel_code, at)| {
                 HealthRecord {
                     subject,
                     test_at,
@@ -239,7 +257,7 @@ fn health(now: u64) -> impl Strategy<Value = HealthRecord> {
                     vaccine_doses,
                     health_code,
                     travel_code,
-                    updated_at: UnixMillis(now),
+                    updated_at: at,
                 }
             },
         )

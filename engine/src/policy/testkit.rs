@@ -25,6 +25,9 @@ require_credential = false
 temperature_ceiling_c = 37.3
 health_code = { pass = ["green"], escalate = ["yellow"] }
 travel_code = { pass = ["green"], escalate = ["yellow"] }
+health_code_max_age = 24
+travel_code_max_age = 72
+stale_code = "deny"
 occupancy_cap = 100
 over_occupancy = "deny"
 zones_enforced = true

@@ -7,7 +7,7 @@ use gatewarden_protocol::{
 };
 
 use super::testkit::{ALICE, BOB, Fixture, MARKET, STRICT, check, strict};
-use super::{CredentialLookup, FaceResult, PolicyBook, PolicyError, internal_error};
+use super::{CredentialLookup, FaceResult, PolicyBook, PolicyError, Problem, internal_error};
 use crate::clock::{HOUR_MS, UtcOffset};
 
 fn outcome(f: &Fixture, kind: CheckKind) -> Outcome {
@@ -23,19 +23,24 @@ fn strict_with(extra: &str) -> super::MarketPolicy {
         .clone()
 }
 
-fn invalid(text: &str) -> (usize, usize, String) {
+/// Every problem `text` has, in file order.
+fn problems(text: &str) -> Vec<Problem> {
     match PolicyBook::from_toml(text, "bad.toml") {
-        Err(PolicyError::Invalid {
-            origin,
-            line,
-            column,
-            reason,
-        }) => {
-            assert_eq!(origin, "bad.toml");
-            (line, column, reason)
+        Err(PolicyError::Invalid { problems }) => {
+            assert!(!problems.is_empty());
+            assert!(problems.iter().all(|p| p.origin == "bad.toml"));
+            problems
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
+}
+
+/// The one problem `text` has: line, column and reason.
+fn invalid(text: &str) -> (usize, usize, String) {
+    let mut all = problems(text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let p = all.remove(0);
+    (p.line, p.column, p.reason)
 }
 
 // ---- the baseline and the shape of a verdict ----
@@ -534,6 +539,117 @@ fn travel_code_colours() {
 }
 
 #[test]
+fn code_checks_report_colour_age_and_max_age() {
+    let mut f = Fixture::new();
+    f.health_mut().updated_at = UnixMillis(f.now.0 - 6 * HOUR_MS);
+    let v = f.decide(&strict());
+    let health = check(&v, CheckKind::HealthCode);
+    assert_eq!(health.outcome, Outcome::Pass);
+    assert_eq!(health.detail, "Health code green");
+    assert_eq!((health.value, health.threshold), (Some(6.0), Some(24.0)));
+    let travel = check(&v, CheckKind::TravelCode);
+    assert_eq!(travel.detail, "Travel code green");
+    assert_eq!((travel.value, travel.threshold), (Some(6.0), Some(72.0)));
+    // With no maximum age the age is still reported, against no threshold.
+    let any_age = strict_with("health_code_max_age = \"off\"");
+    let health = check(&f.decide(&any_age), CheckKind::HealthCode).clone();
+    assert_eq!(health.outcome, Outcome::Pass);
+    assert_eq!((health.value, health.threshold), (Some(6.0), None));
+}
+
+#[test]
+fn stale_health_code_is_refused_as_the_policy_says() {
+    let mut f = Fixture::new();
+    // Ten days old: the green code of the issue that was still admitted.
+    f.health_mut().updated_at = UnixMillis(f.now.0 - 240 * HOUR_MS);
+    let v = f.decide(&strict());
+    let health = check(&v, CheckKind::HealthCode);
+    assert_eq!(health.outcome, Outcome::Fail);
+    assert_eq!(health.detail, "Health code green, older than 24 h");
+    assert_eq!((health.value, health.threshold), (Some(240.0), Some(24.0)));
+    assert_eq!(v.decision, Decision::Deny);
+    assert_eq!(v.display.text, "Health code green, older than 24 h");
+    // The travel code's own maximum (72 h) is passed too.
+    assert_eq!(check(&v, CheckKind::TravelCode).outcome, Outcome::Fail);
+
+    let escalate = strict_with("stale_code = \"escalate\"");
+    let v = f.decide(&escalate);
+    assert_eq!(check(&v, CheckKind::HealthCode).outcome, Outcome::Escalate);
+    assert_eq!(v.decision, Decision::Escalate);
+
+    // At the limit exactly is still fresh; a millisecond past it is not.
+    f.health_mut().updated_at = UnixMillis(f.now.0 - 24 * HOUR_MS);
+    assert_eq!(outcome(&f, CheckKind::HealthCode), Outcome::Pass);
+    f.health_mut().updated_at = UnixMillis(f.now.0 - 24 * HOUR_MS - 1);
+    assert_eq!(outcome(&f, CheckKind::HealthCode), Outcome::Fail);
+    assert_eq!(outcome(&f, CheckKind::TravelCode), Outcome::Pass);
+}
+
+#[test]
+fn stale_code_never_softens_a_refused_colour() {
+    let mut f = Fixture::new();
+    f.health_mut().updated_at = UnixMillis(f.now.0 - 100 * HOUR_MS);
+    f.health_mut().health_code = CodeColour::Red;
+    let escalate = strict_with("stale_code = \"escalate\"");
+    let v = f.decide(&escalate);
+    let health = check(&v, CheckKind::HealthCode);
+    assert_eq!(health.outcome, Outcome::Fail);
+    assert_eq!(health.detail, "Health code red");
+    // A yellow code that is also stale gets the worse of escalate and deny.
+    f.health_mut().health_code = CodeColour::Yellow;
+    let health = check(&f.decide(&strict()), CheckKind::HealthCode).clone();
+    assert_eq!(health.outcome, Outcome::Fail);
+    assert_eq!(health.detail, "Health code yellow, older than 24 h");
+    let health = check(&f.decide(&escalate), CheckKind::HealthCode).clone();
+    assert_eq!(health.outcome, Outcome::Escalate);
+}
+
+#[test]
+fn code_updated_in_the_future_is_zero_hours_old() {
+    let mut f = Fixture::new();
+    f.health_mut().updated_at = UnixMillis(f.now.0 + 5 * HOUR_MS);
+    let v = f.decide(&strict());
+    let health = check(&v, CheckKind::HealthCode);
+    assert_eq!(health.outcome, Outcome::Pass);
+    assert_eq!(health.value, Some(0.0));
+}
+
+#[test]
+fn code_max_age_is_per_market() {
+    let mut f = Fixture::new();
+    f.health_mut().updated_at = UnixMillis(f.now.0 - 30 * HOUR_MS);
+    assert_eq!(outcome(&f, CheckKind::HealthCode), Outcome::Fail);
+    let relaxed = strict_with("health_code_max_age = 48");
+    let health = check(&f.decide(&relaxed), CheckKind::HealthCode).clone();
+    assert_eq!(health.outcome, Outcome::Pass);
+    assert_eq!(health.threshold, Some(48.0));
+}
+
+#[test]
+fn bad_code_ages_are_refused() {
+    for bad in ["0", "2161", "1.5", "\"24h\"", "-3"] {
+        let text = STRICT.replace(
+            "health_code_max_age = 24",
+            &format!("health_code_max_age = {bad}"),
+        );
+        let (line, _, reason) = invalid(&text);
+        let expected = STRICT
+            .lines()
+            .position(|l| l.starts_with("health_code_max_age"))
+            .unwrap()
+            + 1;
+        assert_eq!(line, expected, "{bad}: {reason}");
+    }
+    let text = STRICT.replace("stale_code = \"deny\"", "stale_code = \"warn\"");
+    let (_, _, reason) = invalid(&text);
+    assert!(reason.contains("warn"), "{reason}");
+    let text = STRICT.replace("travel_code_max_age = 72\n", "");
+    let (line, _, reason) = invalid(&text);
+    assert_eq!(line, 2);
+    assert!(reason.contains("`travel_code_max_age`"), "{reason}");
+}
+
+#[test]
 fn no_health_record_fails_every_health_check() {
     let mut f = Fixture::new();
     f.health = None;
@@ -922,7 +1038,7 @@ fn unknown_key_is_refused() {
     let (line, column, reason) = invalid(&text);
     assert_eq!((line, column), (STRICT.lines().count() + 3, 1));
     assert!(
-        reason.starts_with("unknown field `identfy_threshold`"),
+        reason.starts_with("unknown key `identfy_threshold` in [markets.7]"),
         "{reason}"
     );
 }
@@ -931,14 +1047,20 @@ fn unknown_key_is_refused() {
 fn unknown_category_is_refused() {
     let text = format!("{STRICT}\n[default.categories.visitor]\nzones_enforced = true\n");
     let (_, _, reason) = invalid(&text);
-    assert!(reason.starts_with("unknown field `visitor`"), "{reason}");
+    assert!(
+        reason.starts_with("unknown category `visitor` in [default].categories"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn market_only_key_in_category_is_refused() {
     let text = format!("{STRICT}\n[default.categories.staff]\nmargin = 0.1\n");
     let (_, _, reason) = invalid(&text);
-    assert!(reason.starts_with("unknown field `margin`"), "{reason}");
+    assert!(
+        reason.starts_with("`margin` applies to a whole market and cannot be set per category"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -946,7 +1068,10 @@ fn missing_default_key_is_refused() {
     let text = STRICT.replace("liveness_min = 0.5\n", "");
     let (line, _, reason) = invalid(&text);
     assert_eq!(line, 2, "points at [default]");
-    assert_eq!(reason, "missing field `liveness_min`");
+    assert_eq!(
+        reason,
+        "missing key `liveness_min` in [default]; [default] must set every key"
+    );
 }
 
 #[test]
@@ -962,7 +1087,7 @@ fn bad_schedules_are_refused() {
             &format!("schedule = {schedule}"),
         );
         let (line, _, reason) = invalid(&text);
-        assert_eq!(line, 17, "{schedule}");
+        assert_eq!(line, 20, "{schedule}");
         assert!(reason.contains(needle), "{schedule}: {reason}");
     }
 }
@@ -1007,8 +1132,129 @@ fn bad_integers_are_refused() {
 
 #[test]
 fn syntax_error_names_line() {
-    let (line, _, _) = invalid("[default]\nmargin = = 1\n");
-    assert_eq!(line, 2);
+    let found = problems("[default]\nmargin = = 1\n");
+    assert_eq!(found[0].line, 2, "{found:#?}");
+    // A broken document is not also checked key by key: no "missing key" noise.
+    assert!(
+        found.iter().all(|p| !p.reason.contains("missing key")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_file_order() {
+    let text = format!(
+        "{}\n[markets.7]\nidentfy_threshold = 0.6\nmargin = 9\n\
+         [markets.7.categories.staff]\nmargin = 0.1\nschedule = []\n\
+         [markets.x]\nmargin = 0.1\n",
+        STRICT
+            .replace("verify_threshold = 0.45", "verify_threshold = 1.45")
+            .replace("liveness_min = 0.5\n", "")
+    );
+    let found = problems(&text);
+    let reasons: Vec<&str> = found.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(found.len(), 7, "{reasons:#?}");
+    let lines: Vec<usize> = found.iter().map(|p| p.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort_unstable();
+    assert_eq!(lines, sorted, "not in file order");
+    assert!(
+        reasons[0].starts_with("missing key `liveness_min`"),
+        "{reasons:#?}"
+    );
+    assert!(reasons[1].starts_with("cosine score 1.45"), "{reasons:#?}");
+    assert!(
+        reasons[2].starts_with("unknown key `identfy_threshold`"),
+        "{reasons:#?}"
+    );
+    assert!(reasons[3].starts_with("match margin 9"), "{reasons:#?}");
+    assert!(
+        reasons[4].starts_with("`margin` applies to a whole market"),
+        "{reasons:#?}"
+    );
+    assert!(reasons[5].contains("never open"), "{reasons:#?}");
+    assert!(reasons[6].starts_with("market id \"x\""), "{reasons:#?}");
+    // The error's text is one `file:line:column: reason` line per problem.
+    let err = PolicyBook::from_toml(&text, "bad.toml").unwrap_err();
+    assert_eq!(err.to_string().lines().count(), 7);
+    assert_eq!(err.problems().len(), 7);
+    assert!(err.to_string().lines().all(|l| l.starts_with("bad.toml:")));
+}
+
+#[test]
+fn version_follows_meaning_not_layout() {
+    let book = PolicyBook::from_toml(STRICT, "a.toml").unwrap();
+    let v = book.version().as_str();
+    assert_eq!(v.len(), 12);
+    assert!(
+        v.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{v}"
+    );
+    // Comments, blank lines, key order and number spelling do not change it.
+    let relaid = format!(
+        "# a comment\n\n{}",
+        STRICT
+            .replace("occupancy_cap = 100", "occupancy_cap = 1_00 # people")
+            .replace("margin = 0.05\n", "")
+            .replace(
+                "liveness_min = 0.5\n",
+                "liveness_min = 0.5\nmargin = 5e-2\n"
+            )
+    );
+    let same = PolicyBook::from_toml(&relaid, "b.toml").unwrap();
+    assert_eq!(same.version(), book.version());
+    // Any change of meaning does.
+    let changed = PolicyBook::from_toml(
+        &STRICT.replace("occupancy_cap = 100", "occupancy_cap = 101"),
+        "c.toml",
+    )
+    .unwrap();
+    assert_ne!(changed.version(), book.version());
+    assert_ne!(PolicyBook::demo().version(), book.version());
+}
+
+#[test]
+fn summary_describes_each_market_and_category() {
+    let text = format!(
+        "{STRICT}\n[markets.7]\noccupancy_cap = \"off\"\n[markets.7.categories.buyer]\n\
+         schedule = [\"04:00-10:00\"]\n[markets.9]\n"
+    );
+    let book = PolicyBook::from_toml(&text, "s.toml").unwrap();
+    let summary = book.summary();
+    assert!(
+        summary.starts_with(&format!("policy version {}\n", book.version())),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("default (every market except 7, 9):"),
+        "{summary}"
+    );
+    assert!(summary.contains("market 7:"), "{summary}");
+    assert!(summary.contains("market 9: as the default"), "{summary}");
+    assert!(summary.contains("health code: green pass, yellow escalate, red deny; no record: deny; older than 24 h: deny"), "{summary}");
+    assert!(
+        summary.contains("occupancy: at 100 people inside, entries are denied"),
+        "{summary}"
+    );
+    assert!(summary.contains("occupancy: not capped"), "{summary}");
+    // One line per category in each market, the buyer's market-7 schedule among them.
+    let buyer: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.trim_start().starts_with("buyer "))
+        .collect();
+    assert_eq!(buyer.len(), 2, "{summary}");
+    assert!(buyer[0].contains("only 06:00-20:00"), "{summary}");
+    assert!(buyer[1].contains("only 04:00-10:00"), "{summary}");
+    assert!(buyer[1].contains("no vaccination needed"), "{summary}");
+    let merchant = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("merchant "))
+        .unwrap();
+    assert!(
+        merchant.contains("2 vaccine doses; own zones only; sign in before entering"),
+        "{merchant}"
+    );
 }
 
 #[test]

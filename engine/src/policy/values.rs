@@ -103,6 +103,11 @@ ranged_int!(
     Hours(u32), 1, 720, "test age (hours)"
 );
 ranged_int!(
+    /// The oldest health or travel code accepted, in hours since the record's update (at most
+    /// 90 days).
+    CodeAge(u32), 1, 2160, "code age (hours)"
+);
+ranged_int!(
     /// Vaccine doses.
     Doses(u8), 0, 10, "vaccine doses"
 );
@@ -252,6 +257,19 @@ impl TryFrom<RawCodeRule> for CodeRule {
 }
 
 impl CodeRule {
+    /// The colours that lead to `verdict`, as the policy file names them.
+    pub(crate) fn colours(&self, verdict: CodeVerdict) -> Vec<&'static str> {
+        [
+            (CodeColour::Green, "green"),
+            (CodeColour::Yellow, "yellow"),
+            (CodeColour::Red, "red"),
+        ]
+        .into_iter()
+        .filter(|(c, _)| self.judge(*c) == verdict)
+        .map(|(_, name)| name)
+        .collect()
+    }
+
     /// What `colour` leads to under this rule.
     pub(crate) fn judge(&self, colour: CodeColour) -> CodeVerdict {
         let bit = colour_bit(colour);
@@ -265,14 +283,25 @@ impl CodeRule {
     }
 }
 
-/// What happens to an entry when the market is at its occupancy cap.
+/// What a soft failure leads to: an entry at the occupancy cap, a stale health or travel
+/// code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum OverCap {
+pub(crate) enum Refusal {
     /// Refuse the entry.
     Deny,
     /// Send the entry to staff.
     Escalate,
+}
+
+impl Refusal {
+    /// The word the policy file uses.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Escalate => "escalate",
+        }
+    }
 }
 
 /// Minutes in a day; a window may end at `24:00`.
@@ -295,6 +324,14 @@ impl Window {
         } else {
             minute >= self.start_min || minute < self.end_min
         }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hm = |m: u16| (m / 60, m % 60);
+        let ((sh, sm), (eh, em)) = (hm(self.start_min), hm(self.end_min));
+        write!(f, "{sh:02}:{sm:02}-{eh:02}:{em:02}")
     }
 }
 
@@ -471,6 +508,14 @@ mod tests {
     }
 
     #[test]
+    fn window_displays_as_written() {
+        for text in ["06:00-20:00", "22:30-06:05", "12:00-24:00"] {
+            let w = Window::try_from(text.to_owned()).unwrap();
+            assert_eq!(w.to_string(), text);
+        }
+    }
+
+    #[test]
     fn code_rule_rejects_colour_in_both_lists() {
         let raw = RawCodeRule {
             pass: vec![ColourName::Green, ColourName::Yellow],
@@ -489,6 +534,9 @@ mod tests {
         assert!(Cap::try_from(0).is_err());
         assert!(Hours::try_from(721).is_err());
         assert!(Doses::try_from(11).is_err());
+        assert!(CodeAge::try_from(0).is_err());
+        assert!(CodeAge::try_from(2161).is_err());
+        assert!(CodeAge::try_from(168).is_ok());
     }
 
     #[test]

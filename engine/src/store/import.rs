@@ -113,6 +113,10 @@ pub trait ImportRecord: Sized {
     const REQUIRED: &'static [&'static str];
     /// The key that must not repeat within one file, if there is one.
     fn unique_key(&self) -> Option<u64>;
+    /// Credentials that must not belong to two records of one file: (kind, value).
+    fn credentials(&self) -> Vec<(&'static str, &str)> {
+        Vec::new()
+    }
     /// Builds the record from a row, or says what is wrong with it.
     ///
     /// # Errors
@@ -274,6 +278,15 @@ impl ImportRecord for SubjectRecord {
 
     fn unique_key(&self) -> Option<u64> {
         Some(self.subject.0)
+    }
+
+    fn credentials(&self) -> Vec<(&'static str, &str)> {
+        let card = self.id_card.iter().map(|c| ("ID card", c.as_str()));
+        let qr = self
+            .qr_tokens
+            .iter()
+            .map(|t| ("staff QR token", t.as_str()));
+        card.chain(qr).collect()
     }
 
     fn from_row(row: &Row<'_>) -> Result<Self, String> {
@@ -702,14 +715,99 @@ fn json_cell(name: &str, value: serde_json::Value) -> Result<Cell, String> {
 pub struct ParsedFile<T> {
     /// The records of the good rows, in file order.
     pub records: Vec<T>,
+    /// The 1-based line of each record (parallel to `records`).
+    pub lines: Vec<usize>,
     /// The first [`MAX_LISTED_ERRORS`] bad rows.
     pub errors: Vec<RowError>,
     /// How many rows were bad in all.
     pub bad_rows: usize,
+    /// The bad rows grouped by reason, in order of first appearance: up to
+    /// [`MAX_LISTED_ERRORS`] distinct reasons, each counted over the whole file. A file of
+    /// the wrong kind fails every row the same way; this says so once.
+    pub problems: Vec<BadRows>,
+}
+
+/// Bad rows that share one reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRows {
+    /// What is wrong with them.
+    pub reason: String,
+    /// How many rows.
+    pub count: usize,
+    /// The first such row's line.
+    pub first_line: usize,
+    /// The last such row's line.
+    pub last_line: usize,
+}
+
+impl std::fmt::Display for BadRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.count == 1 {
+            write!(f, "line {}: {}", self.first_line, self.reason)
+        } else {
+            write!(
+                f,
+                "{} rows, lines {} to {}: {}",
+                self.count, self.first_line, self.last_line, self.reason
+            )
+        }
+    }
+}
+
+impl<T> ParsedFile<T> {
+    /// Records a bad row.
+    fn refuse(&mut self, e: RowError) {
+        self.bad_rows += 1;
+        let room = self.problems.len() < MAX_LISTED_ERRORS;
+        match self.problems.iter_mut().find(|p| p.reason == e.reason) {
+            Some(p) => {
+                p.count += 1;
+                p.last_line = e.line;
+            }
+            None if room => self.problems.push(BadRows {
+                reason: e.reason.clone(),
+                count: 1,
+                first_line: e.line,
+                last_line: e.line,
+            }),
+            None => {}
+        }
+        if self.errors.len() < MAX_LISTED_ERRORS {
+            self.errors.push(e);
+        }
+    }
+
+    /// Drops the good records of the `refused` rows (refused after parsing, e.g. by the
+    /// registry), counting them as bad rows with their reasons.
+    pub fn refuse_lines(&mut self, refused: Vec<RowError>) {
+        let lines: std::collections::HashSet<usize> = refused.iter().map(|e| e.line).collect();
+        let mut kept_lines = Vec::with_capacity(self.lines.len());
+        let mut kept = Vec::with_capacity(self.records.len());
+        for (record, line) in std::mem::take(&mut self.records)
+            .into_iter()
+            .zip(&self.lines)
+        {
+            if !lines.contains(line) {
+                kept.push(record);
+                kept_lines.push(*line);
+            }
+        }
+        self.records = kept;
+        self.lines = kept_lines;
+        for e in refused {
+            self.refuse(e);
+        }
+    }
+
+    /// Rows that parsed plus rows that did not.
+    pub fn rows(&self) -> usize {
+        self.records.len() + self.bad_rows
+    }
 }
 
 /// Reads every row of `input`. Records repeating the unique key of an earlier row (the same
-/// subject or gate twice) are bad rows. `progress(rows, bytes)` is called every 1,024 rows.
+/// subject or gate twice), or a credential that an earlier row gives someone else, are bad
+/// rows. `progress(rows, bytes)` is called every 1,024 rows.
 ///
 /// # Errors
 /// A bad CSV header or an unreadable input; row errors are collected, not returned.
@@ -721,10 +819,15 @@ pub fn read_all<T: ImportRecord, R: BufRead>(
     let mut reader = RowReader::<R, T>::new(input, format)?;
     let mut parsed = ParsedFile {
         records: Vec::new(),
+        lines: Vec::new(),
         errors: Vec::new(),
         bad_rows: 0,
+        problems: Vec::new(),
     };
     let mut seen: HashMap<u64, usize> = HashMap::new();
+    // Credential -> (line, owner's unique key). Only the kind and the line are ever shown:
+    // an ID card number is personal data and never repeated in a message.
+    let mut credentials: HashMap<(&'static str, String), (usize, Option<u64>)> = HashMap::new();
     let mut rows = 0usize;
     while let Some(result) = reader.next_record()? {
         rows += 1;
@@ -742,14 +845,32 @@ pub fn read_all<T: ImportRecord, R: BufRead>(
             },
             None => Ok(record),
         });
-        match checked {
-            Ok(record) => parsed.records.push(record),
-            Err(e) => {
-                parsed.bad_rows += 1;
-                if parsed.errors.len() < MAX_LISTED_ERRORS {
-                    parsed.errors.push(e);
+        let checked = checked.and_then(|record| {
+            let owner = record.unique_key();
+            for (kind, value) in record.credentials() {
+                let entry = credentials
+                    .entry((kind, value.to_owned()))
+                    .or_insert((line, owner));
+                if entry.1 != owner {
+                    return Err(RowError {
+                        line,
+                        reason: format!(
+                            "its {kind} is also on line {} (another {}); each belongs to one \
+                             person only",
+                            entry.0,
+                            T::NAME
+                        ),
+                    });
                 }
             }
+            Ok(record)
+        });
+        match checked {
+            Ok(record) => {
+                parsed.records.push(record);
+                parsed.lines.push(line);
+            }
+            Err(e) => parsed.refuse(e),
         }
         if rows.is_multiple_of(1024) {
             progress(rows, reader.bytes_read());
@@ -980,6 +1101,65 @@ mod tests {
                 .reason
                 .contains("twice")
         );
+    }
+
+    #[test]
+    fn an_id_card_on_two_rows_is_a_bad_row_naming_the_first() {
+        let parsed = subjects_csv(
+            "subject,category,home_market,id_card\n7,buyer,1,110101199001011234\n\
+             8,buyer,1,110101199001015678\n9,buyer,1,110101199001011234\n",
+        );
+        let (line, reason) = only_error(&parsed);
+        assert_eq!(line, 4);
+        assert!(reason.contains("also on line 2"), "{reason}");
+        assert!(
+            !reason.contains("1234"),
+            "the number must not be repeated: {reason}"
+        );
+        assert_eq!(parsed.lines, vec![2, 3]);
+    }
+
+    #[test]
+    fn the_same_problem_on_every_row_is_one_group() {
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!("{{\"gate\": {i}, \"market\": 1, \"zone\": 1}}\n"));
+        }
+        text.push_str("{\"subject\": 3, \"category\": \"nobody\", \"home_market\": 1}\n");
+        let parsed = subjects_jsonl(&text);
+        assert_eq!(parsed.bad_rows, 51);
+        assert_eq!(parsed.problems.len(), 2, "{:?}", parsed.problems);
+        let wrong_kind = &parsed.problems[0];
+        assert_eq!(
+            (
+                wrong_kind.count,
+                wrong_kind.first_line,
+                wrong_kind.last_line
+            ),
+            (50, 1, 50)
+        );
+        assert!(
+            wrong_kind
+                .to_string()
+                .starts_with("50 rows, lines 1 to 50: unknown field \"gate\"")
+        );
+        assert_eq!(parsed.problems[1].count, 1);
+        assert!(parsed.problems[1].to_string().starts_with("line 51: "));
+    }
+
+    #[test]
+    fn refused_lines_leave_the_records_and_count_as_bad() {
+        let mut parsed =
+            subjects_csv("subject,category,home_market\n7,buyer,1\n8,buyer,1\n9,buyer,1\n");
+        parsed.refuse_lines(vec![RowError {
+            line: 3,
+            reason: "taken".to_owned(),
+        }]);
+        let ids: Vec<u64> = parsed.records.iter().map(|r| r.subject.0).collect();
+        assert_eq!(ids, vec![7, 9]);
+        assert_eq!(parsed.lines, vec![2, 4]);
+        assert_eq!(parsed.bad_rows, 1);
+        assert_eq!(parsed.rows(), 3);
     }
 
     #[test]

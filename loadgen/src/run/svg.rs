@@ -1,5 +1,10 @@
 //! A dependency-free SVG line chart of a run: p50 and p99 latency on the left axis,
-//! answered events per second on the right axis, seconds on the x axis.
+//! verdicts and Busy replies per second on the right axis, seconds on the x axis.
+//!
+//! Counts are drawn as rates over each interval's real length: the last interval of a run is
+//! usually shorter than a second, and its raw count would draw a drop to zero that never
+//! happened. A last interval shorter than [`MIN_INTERVAL_S`] is left out (too short to give
+//! a rate).
 
 use std::fmt::Write as _;
 
@@ -12,16 +17,53 @@ const RIGHT: f64 = 80.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 
+/// The shortest interval drawn as a rate.
+const MIN_INTERVAL_S: f64 = 0.25;
+
+/// One interval as drawn: its end, per-second rates and latencies.
+struct Point {
+    t: f64,
+    verdicts_per_s: f64,
+    busy_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// The intervals as rates over their real lengths.
+fn points(per_second: &[SecondStats]) -> Vec<Point> {
+    let mut out = Vec::with_capacity(per_second.len());
+    let mut start = 0.0;
+    for p in per_second {
+        let len = p.t - start;
+        start = p.t;
+        if !(len >= MIN_INTERVAL_S && len.is_finite()) {
+            continue;
+        }
+        out.push(Point {
+            t: p.t,
+            verdicts_per_s: p.verdicts as f64 / len,
+            busy_per_s: p.busy as f64 / len,
+            p50_ms: p.p50_ms,
+            p99_ms: p.p99_ms,
+        });
+    }
+    out
+}
+
 /// The chart as an SVG document.
 pub(crate) fn plot(r: &Report) -> String {
-    let pts = &r.per_second;
+    let pts = points(&r.per_second);
     let t_max = pts.iter().map(|p| p.t).fold(1.0, f64::max);
     let lat_max = nice_ceiling(
         pts.iter()
             .map(|p| p.p99_ms.max(p.p50_ms))
             .fold(1.0, f64::max),
     );
-    let eps_max = nice_ceiling(pts.iter().map(|p| p.verdicts as f64).fold(1.0, f64::max));
+    let eps_max = nice_ceiling(
+        pts.iter()
+            .map(|p| p.verdicts_per_s.max(p.busy_per_s))
+            .fold(1.0, f64::max),
+    );
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let x = |t: f64| LEFT + pw * t / t_max;
     let y_lat = |v: f64| TOP + ph * (1.0 - v / lat_max);
@@ -97,19 +139,21 @@ pub(crate) fn plot(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="{0}" y="{1}" text-anchor="middle" transform="rotate(90 {0} {1})">verdicts per second</text>"#,
+        r#"<text x="{0}" y="{1}" text-anchor="middle" transform="rotate(90 {0} {1})">replies per second</text>"#,
         W - 18.0,
         TOP + ph / 2.0
     );
     let series = [
-        ("throughput", "#2a9d8f"),
+        ("verdicts/s", "#2a9d8f"),
+        ("busy/s", "#f4a261"),
         ("p50", "#457b9d"),
         ("p99", "#e63946"),
     ];
     for (i, (name, colour)) in series.iter().enumerate() {
-        let y = |p: &SecondStats| match i {
-            0 => y_eps(p.verdicts as f64),
-            1 => y_lat(p.p50_ms),
+        let y = |p: &Point| match i {
+            0 => y_eps(p.verdicts_per_s),
+            1 => y_eps(p.busy_per_s),
+            2 => y_lat(p.p50_ms),
             _ => y_lat(p.p99_ms),
         };
         if !pts.is_empty() {
@@ -186,7 +230,8 @@ mod tests {
         let svg = r.plot_svg();
         assert!(svg.starts_with("<svg "));
         assert!(svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains(">busy/s</text>"));
         assert!(svg.contains("rush &lt;&amp;&gt;"));
         // Every opened element closes: count tags that are neither self-closing nor closing.
         let opens = svg.matches("<text").count() + svg.matches("<svg").count();
@@ -195,6 +240,56 @@ mod tests {
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
         // An empty run still renders.
         assert!(Report::default().plot_svg().ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn busy_is_drawn_and_a_partial_last_second_is_a_rate_not_a_drop() {
+        let second = |t: f64, verdicts: u64, busy: u64| SecondStats {
+            t,
+            sent: verdicts + busy,
+            verdicts,
+            busy,
+            p50_ms: 2.0,
+            p99_ms: 9.0,
+        };
+        // 1,000 verdicts/s throughout; the run ends 0.5 s into its third second, and a last
+        // sliver of 0.1 s follows.
+        let per_second = vec![
+            second(1.0, 1000, 0),
+            second(2.0, 1000, 300),
+            second(2.5, 500, 0),
+            second(2.6, 3, 0),
+        ];
+        let pts = points(&per_second);
+        assert_eq!(pts.len(), 3, "the 0.1 s sliver is left out");
+        assert!(pts.iter().all(|p| (p.verdicts_per_s - 1000.0).abs() < 1e-9));
+        assert_eq!(pts[1].busy_per_s, 300.0);
+        let r = Report {
+            per_second,
+            ..Report::default()
+        };
+        let svg = r.plot_svg();
+        // The verdict line is flat: every point at the same height.
+        let line = svg
+            .lines()
+            .find(|l| l.contains("#2a9d8f") && l.starts_with("<polyline"))
+            .unwrap();
+        let ys: Vec<&str> = line
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("\"/>")
+            .split(' ')
+            .map(|p| p.split(',').nth(1).unwrap())
+            .collect();
+        assert_eq!(ys.len(), 3);
+        assert!(ys.iter().all(|y| *y == ys[0]), "{ys:?}");
+        // The Busy line rises where Busy replies came.
+        let busy = svg
+            .lines()
+            .find(|l| l.contains("#f4a261") && l.starts_with("<polyline"))
+            .unwrap();
+        assert!(busy.contains("points="), "{busy}");
     }
 
     #[test]

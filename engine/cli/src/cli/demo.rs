@@ -374,7 +374,9 @@ fn import_population(dir: &Path, population: &Path) -> anyhow::Result<()> {
         &engine,
         &population.join("templates.npy"),
         &population.join("template_subjects.txt"),
-        true,
+        // The population's ground truth is built against the faces as generated, lookalikes
+        // included: only faces enrolled before are checked (none, on a fresh site).
+        super::enroll::DuplicateCheck::Enrolled,
     )?;
     engine.shutdown();
     Ok(())

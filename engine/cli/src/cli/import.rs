@@ -18,8 +18,8 @@ use clap::Subcommand;
 use gatewarden::clock::{Clock, SystemClock};
 use gatewarden::model::GateInfo;
 use gatewarden::store::Store;
-use gatewarden::store::import::{ImportFormat, ImportRecord, ParsedFile, read_all};
-use gatewarden_protocol::{HealthRecord, SubjectRecord};
+use gatewarden::store::import::{ImportFormat, ImportRecord, ParsedFile, RowError, read_all};
+use gatewarden_protocol::{Credential, HealthRecord, SubjectRecord};
 
 /// Arguments of `gatewarden import`.
 #[derive(Debug, clap::Args)]
@@ -108,32 +108,35 @@ pub(crate) fn import_file(store: &Store, kind: Kind, path: &Path) -> anyhow::Res
     let format = format_of(path, None)?;
     let mut progress = Progress::off();
     match kind {
-        Kind::Subjects => import_typed(store, path, format, false, &mut progress, apply_subjects),
-        Kind::Gates => import_typed(store, path, format, false, &mut progress, apply_gates),
-        Kind::Health => import_typed(store, path, format, false, &mut progress, apply_health),
+        Kind::Subjects => import_typed(store, path, format, &mut progress, SUBJECTS),
+        Kind::Gates => import_typed(store, path, format, &mut progress, GATES),
+        Kind::Health => import_typed(store, path, format, &mut progress, HEALTH),
     }
 }
 
 fn run_file(kind: Kind, args: &FileArgs) -> anyhow::Result<()> {
     let summary = match kind {
-        Kind::Subjects => run_typed(args, apply_subjects)?,
-        Kind::Gates => run_typed(args, apply_gates)?,
-        Kind::Health => run_typed(args, apply_health)?,
+        Kind::Subjects => run_typed(args, SUBJECTS)?,
+        Kind::Gates => run_typed(args, GATES)?,
+        Kind::Health => run_typed(args, HEALTH)?,
     };
     println!("{summary}");
     Ok(())
 }
 
-fn run_typed<T: ImportRecord>(args: &FileArgs, apply_fn: Apply<T>) -> anyhow::Result<String> {
+fn run_typed<T: ImportRecord>(args: &FileArgs, steps: Steps<T>) -> anyhow::Result<String> {
     let format = format_of(&args.file, args.format)?;
     let mut progress = Progress::new(std::io::stderr().is_terminal());
-    // Parse before opening the store, so that a bad file leaves no trace, not even a new
-    // empty store.
+    // The site is checked first: a mistyped --data is refused before anything is read.
     let config = super::site::open(&args.data)?;
-    let parsed = parse_checked(&args.file, format, args.skip_bad, &mut progress)?;
+    let mut parsed = parse(&args.file, format, &mut progress)?;
+    // Rows the registry refuses are listed with the file's own bad rows, all at once.
     let _lock = super::site::SiteLock::acquire(&args.data, "gatewarden import")?;
     let store = super::site::open_store(&args.data, &config)?;
-    apply(&store, &args.file, &parsed, &mut progress, apply_fn)
+    let refused = (steps.screen)(&store, &parsed);
+    parsed.refuse_lines(refused);
+    report_bad(&args.file, &parsed, args.skip_bad)?;
+    apply(&store, &args.file, &parsed, &mut progress, steps.apply)
 }
 
 fn format_of(path: &Path, arg: Option<FormatArg>) -> anyhow::Result<ImportFormat> {
@@ -152,23 +155,47 @@ fn format_of(path: &Path, arg: Option<FormatArg>) -> anyhow::Result<ImportFormat
 
 type Apply<T> = fn(&Store, &[T]) -> anyhow::Result<String>;
 
+/// Rows the registry refuses although they parsed (a credential that belongs to someone
+/// else), checked before anything is written.
+type Screen<T> = fn(&Store, &ParsedFile<T>) -> Vec<RowError>;
+
+/// What importing one kind of record takes besides parsing.
+struct Steps<T> {
+    screen: Screen<T>,
+    apply: Apply<T>,
+}
+
+const SUBJECTS: Steps<SubjectRecord> = Steps {
+    screen: screen_subjects,
+    apply: apply_subjects,
+};
+const GATES: Steps<GateInfo> = Steps {
+    screen: |_, _| Vec::new(),
+    apply: apply_gates,
+};
+const HEALTH: Steps<HealthRecord> = Steps {
+    screen: |_, _| Vec::new(),
+    apply: apply_health,
+};
+
 fn import_typed<T: ImportRecord>(
     store: &Store,
     path: &Path,
     format: ImportFormat,
-    skip_bad: bool,
     progress: &mut Progress,
-    apply_fn: Apply<T>,
+    steps: Steps<T>,
 ) -> anyhow::Result<String> {
-    let parsed = parse_checked(path, format, skip_bad, progress)?;
-    apply(store, path, &parsed, progress, apply_fn)
+    let mut parsed = parse(path, format, progress)?;
+    let refused = (steps.screen)(store, &parsed);
+    parsed.refuse_lines(refused);
+    report_bad(path, &parsed, false)?;
+    apply(store, path, &parsed, progress, steps.apply)
 }
 
-/// Parses the whole file and reports its bad rows; fails unless they may be skipped.
-fn parse_checked<T: ImportRecord>(
+/// Parses the whole file; bad rows are collected, not reported.
+fn parse<T: ImportRecord>(
     path: &Path,
     format: ImportFormat,
-    skip_bad: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<ParsedFile<T>> {
     let file =
@@ -180,17 +207,34 @@ fn parse_checked<T: ImportRecord>(
     })
     .with_context(|| format!("cannot import {}", path.display()))?;
     progress.finish();
+    Ok(parsed)
+}
+
+/// Lists the bad rows, one line per distinct problem; fails unless they may be skipped.
+fn report_bad<T: ImportRecord>(
+    path: &Path,
+    parsed: &ParsedFile<T>,
+    skip_bad: bool,
+) -> anyhow::Result<()> {
     if parsed.bad_rows == 0 {
-        return Ok(parsed);
+        return Ok(());
     }
-    for e in &parsed.errors {
-        eprintln!("{}: {e}", path.display());
+    for p in &parsed.problems {
+        eprintln!("{}: {p}", path.display());
     }
-    if parsed.bad_rows > parsed.errors.len() {
+    let listed: usize = parsed.problems.iter().map(|p| p.count).sum();
+    if parsed.bad_rows > listed {
         eprintln!(
             "{}: ... and {} more bad rows",
             path.display(),
-            parsed.bad_rows - parsed.errors.len()
+            parsed.bad_rows - listed
+        );
+    }
+    if parsed.records.is_empty() && parsed.bad_rows > 1 && parsed.problems.len() == 1 {
+        eprintln!(
+            "{}: every row has the same problem: is it a {} file?",
+            path.display(),
+            T::NAME
         );
     }
     anyhow::ensure!(
@@ -206,7 +250,38 @@ fn parse_checked<T: ImportRecord>(
         parsed.bad_rows,
         parsed.records.len()
     );
-    Ok(parsed)
+    Ok(())
+}
+
+/// A subject whose ID card or QR token the registry gives to someone else.
+fn screen_subjects(store: &Store, parsed: &ParsedFile<SubjectRecord>) -> Vec<RowError> {
+    let mut refused = Vec::new();
+    for (record, line) in parsed.records.iter().zip(&parsed.lines) {
+        let cards = record
+            .id_card
+            .iter()
+            .map(|c| ("ID card", Credential::IdCard(c.clone())));
+        let qrs = record
+            .qr_tokens
+            .iter()
+            .map(|t| ("staff QR token", Credential::StaffQr(t.clone())));
+        for (kind, credential) in cards.chain(qrs) {
+            match store.resolve_credential(&credential) {
+                Some(holder) if holder != record.subject => {
+                    refused.push(RowError {
+                        line: *line,
+                        reason: format!(
+                            "its {kind} already belongs to subject {holder}; fix or revoke one \
+                             of the two records"
+                        ),
+                    });
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    refused
 }
 
 fn apply<T: ImportRecord>(

@@ -11,6 +11,7 @@ mod demo;
 mod enroll;
 mod gallery;
 mod import;
+mod policy;
 mod query;
 mod search;
 mod serve;
@@ -51,6 +52,8 @@ enum Command {
     Query(query::QueryArgs),
     /// The entry history: statistics per day partition, and retention by hand.
     Store(store::StoreArgs),
+    /// Check a policy file: every problem at once, or what it does per market and category.
+    Policy(policy::PolicyArgs),
     /// Revoke a person everywhere (audited; refused while a server runs on the site: use its
     /// admin API).
     Revoke(admin::StatusArgs),
@@ -86,14 +89,90 @@ pub(crate) fn main() -> ExitCode {
         Command::Import(args) => import::run(args),
         Command::Query(args) => query::run(args),
         Command::Store(args) => store::run(args),
+        Command::Policy(args) => policy::run(args),
         Command::Revoke(args) => admin::run_revoke(args),
         Command::Reinstate(args) => admin::run_reinstate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, like `{:#}`, but without a cause whose text the
+/// message before it already includes: many errors name their OS error in their own text and
+/// also return it as their source, which would print "(os error 98)" twice.
+fn report(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that names its cause in its message and also returns it as its source, as
+    /// the library's `#[error("cannot bind {addr}: {source}")]` errors do.
+    #[derive(Debug)]
+    struct Bind(std::io::Error);
+
+    impl std::fmt::Display for Bind {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot bind 127.0.0.1:4433: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Bind {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_load_generators_manual_steps_are_valid_commands() {
+        let mut parsed = 0;
+        for line in gatewarden_loadgen::BY_HAND.lines() {
+            for command in line.split("&&").map(str::trim) {
+                if !command.starts_with("gatewarden ") || command.contains("...") {
+                    continue;
+                }
+                let words: Vec<&str> = command.split_whitespace().collect();
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("`{command}` from gatewarden-loadgen --help does not parse:\n{e}");
+                }
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 5, "only {parsed} commands found");
+    }
+
+    #[test]
+    fn report_prints_each_cause_once() {
+        let os = std::io::Error::from_raw_os_error(98);
+        let os_text = os.to_string();
+        let err = anyhow::Error::new(Bind(os)).context("cannot start");
+        assert_eq!(format!("{err:#}").matches(&os_text).count(), 2);
+        assert_eq!(
+            report(&err),
+            format!("cannot start: cannot bind 127.0.0.1:4433: {os_text}")
+        );
+        // Causes that add something are all kept.
+        let plain = anyhow::anyhow!("disk full")
+            .context("cannot write")
+            .context("import");
+        assert_eq!(report(&plain), "import: cannot write: disk full");
     }
 }

@@ -88,12 +88,14 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Handlers first: whoever reads the banner may signal at once, and a signal before
         // the handlers exist would kill the server without its drain and `stats` line.
         let signals = ShutdownSignals::install()?;
+        let reloads = ReloadSignal::install()?;
         // The demo and scripts wait for these exact lines on stdout. One write, so a reader
         // that takes the first line and closes the pipe cannot make the second one fail; and
         // a closed stdout is no reason to stop serving.
         let mut banner = format!("listening on {addr}\n");
         if let Some((http_addr, _, _)) = &http {
             banner.push_str(&format!("http on {http_addr}\n"));
+            banner.push_str(&console_line(*http_addr, &args.data.join(&http_config.token_file)));
         }
         let mut stdout = std::io::stdout();
         let _ = std::io::Write::write_all(&mut stdout, banner.as_bytes());
@@ -108,6 +110,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             signals.recv().await;
             let _ = stop_tx.send(true);
         });
+        tokio::spawn(reloads.serve(Arc::clone(&engine)));
         server.run(stopped(stop_rx)).await;
         if let Some(task) = http_task {
             // The HTTP side got the same signal; give its last requests a moment.
@@ -149,6 +152,52 @@ async fn bind_http(
     tracing::info!(token_file = %token_path.display(), "admin api token file");
     let state = HttpState::new(Arc::clone(engine), server.stats(), token);
     Ok((addr, listener, state))
+}
+
+/// The banner's console line: the address to open, and where its token is. The token itself
+/// stays out of stdout, which often ends up in a shared log.
+fn console_line(http: SocketAddr, token_file: &Path) -> String {
+    format!(
+        "console on http://{http}/ (open http://{http}/#token=<token>, the token being the \
+         content of {})\n",
+        token_file.display()
+    )
+}
+
+/// SIGHUP: reread the policy file. Listened for from [`ReloadSignal::install`], so a SIGHUP
+/// never kills a running server.
+struct ReloadSignal {
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl ReloadSignal {
+    /// Registers the handler now (must run inside the runtime).
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Reloads the policy on every SIGHUP, for as long as the runtime runs. The engine logs
+    /// the outcome: the new version, or every problem of a refused file (the policy in force
+    /// then stays).
+    async fn serve(mut self, engine: Arc<gatewarden::Engine>) {
+        #[cfg(unix)]
+        while self.hangup.recv().await.is_some() {
+            let engine = Arc::clone(&engine);
+            // The file is read and parsed off the async threads that serve the gates.
+            let _ = tokio::task::spawn_blocking(move || engine.reload_policy()).await;
+        }
+        #[cfg(not(unix))]
+        let _ = (&mut self, engine);
+    }
 }
 
 /// Completes once the shutdown flag is raised (or its sender is gone).

@@ -372,10 +372,14 @@ fn check_wrong_token(browser: &Browser) {
     );
     let error = body.attrs.get("data-error").cloned().unwrap_or_default();
     assert!(error.contains("token missing or wrong"), "error: {error:?}");
+    // The advice fits `serve` as well as the demo.
+    let advice = one(&dom, "error").text();
     assert!(
-        one(&dom, "error")
-            .text()
-            .contains("open the URL the demo printed")
+        advice.contains("/#token=TOKEN")
+            && advice.contains("admin.token")
+            && advice.contains("gatewarden serve")
+            && advice.contains("gatewarden demo --console"),
+        "{advice}"
     );
     assert!(elements(&dom, "live-admit").is_empty());
 }

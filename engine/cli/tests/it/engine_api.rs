@@ -388,3 +388,41 @@ fn the_maintenance_thread_folds_online_enrolments_into_a_segment() {
     let found = verdict(engine.submit_blocking(identify_event(1, 1, probe_of(21, 3), now())));
     assert_eq!(found.subject, Some(SubjectId(21)));
 }
+
+#[test]
+fn a_missing_or_corrupt_gallery_segment_says_how_to_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = open_populated(dir.path(), now());
+        engine.gallery().compact().unwrap();
+        engine.shutdown();
+    }
+    let gallery = dir.path().join("gallery");
+    let segment = std::fs::read_dir(&gallery)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().contains("seg"))
+        .expect("a segment file after compaction");
+    let original = std::fs::read(&segment).unwrap();
+    let advice = |err: &str| {
+        assert!(
+            err.contains(&format!("delete {}", gallery.display()))
+                && err.contains("rebuild it from the store"),
+            "{err}"
+        );
+    };
+    // Cut short.
+    std::fs::write(&segment, &original[..original.len() / 2]).unwrap();
+    let err = Engine::open(dir.path(), support::config()).err().unwrap();
+    advice(&err.to_string());
+    // Gone.
+    std::fs::remove_file(&segment).unwrap();
+    let err = Engine::open(dir.path(), support::config()).err().unwrap();
+    advice(&err.to_string());
+    // Following the advice works: every template comes back from the store.
+    std::fs::remove_dir_all(&gallery).unwrap();
+    let engine = Engine::open(dir.path(), support::config()).unwrap();
+    assert_eq!(engine.gallery().len(), support::PEOPLE as usize);
+    let v = verdict(engine.submit_blocking(verify_event(1, 1, 7, now())));
+    assert_eq!(v.decision, Decision::Admit, "{v:?}");
+}

@@ -857,7 +857,19 @@ fn serve_prints_the_http_address_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("line 2 is {line:?}"))
         .parse()
         .unwrap();
-    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let line = out.next("`console on`");
+    let token_file = dir.path().join("admin.token");
+    assert!(
+        line.starts_with(&format!(
+            "console on http://{addr}/ (open http://{addr}/#token="
+        )) && line.contains(&token_file.display().to_string()),
+        "line 3 is {line:?}"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        !line.contains(token.trim()),
+        "the token must stay out of stdout"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -926,4 +938,21 @@ fn serve_refuses_a_taken_http_port() {
     let addr = taken.local_addr().unwrap().to_string();
     let (_dir, err) = serve_refusal("[server]\nlisten = \"127.0.0.1:0\"\n", &["--http", &addr]);
     assert!(err.contains(&addr) && err.contains("--no-http"), "{err}");
+}
+
+#[test]
+fn serve_prints_each_os_error_once() {
+    // A taken QUIC port.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (_dir, err) = serve_refusal("", &["--no-http", "--listen", &addr]);
+    assert!(err.contains(&addr), "{err}");
+    assert_eq!(err.matches("(os error").count(), 1, "{err}");
+    // A missing policy file.
+    let (_dir, err) = serve_refusal(
+        "[engine]\npolicy = \"missing.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n",
+        &["--no-http"],
+    );
+    assert!(err.contains("missing.toml"), "{err}");
+    assert_eq!(err.matches("(os error").count(), 1, "{err}");
 }

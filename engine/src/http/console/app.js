@@ -183,7 +183,7 @@ async function api(path) {
   }
   if (response.ok) return body;
   if (response.status === 401) {
-    throw new ApiError(401, 'unauthorized', 'token missing or wrong: open the URL the demo printed (it ends in #token=...)');
+    throw new ApiError(401, 'unauthorized', 'token missing or wrong: open this page as http://' + location.host + '/#token=TOKEN, where TOKEN is the content of admin.token in the data folder (gatewarden serve prints where it is; gatewarden demo --console prints the whole URL)');
   }
   const detail = body && body.error ? body.error : response.statusText;
   throw new ApiError(response.status, body && body.code, `${path}: ${response.status} ${detail}`);

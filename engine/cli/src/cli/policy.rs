@@ -1,0 +1,51 @@
+//! `gatewarden policy check FILE`: every problem of a policy file at once, or what it does.
+
+use std::path::PathBuf;
+
+use gatewarden::policy::{PolicyBook, PolicyError};
+
+/// Arguments of `gatewarden policy`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file without loading it anywhere: every problem as file:line:column
+    /// (exit 1), or its version and what it does per market and category (exit 0). A server
+    /// rereads its policy on SIGHUP or `POST /api/v1/policy/reload`.
+    Check {
+        /// The policy file (e.g. site/policy.toml).
+        file: PathBuf,
+    },
+}
+
+pub(crate) fn run(args: PolicyArgs) -> anyhow::Result<()> {
+    match args.command {
+        PolicyCommand::Check { file } => check(&file),
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    match PolicyBook::load(file) {
+        Ok(book) => {
+            println!("{}: ok", file.display());
+            print!("{}", book.summary());
+            Ok(())
+        }
+        Err(PolicyError::Invalid { problems }) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            let n = problems.len();
+            anyhow::bail!(
+                "{} has {n} problem{}; nothing was loaded",
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
