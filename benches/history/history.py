@@ -130,9 +130,9 @@ def query_load(args, last_day_ms):
         people = args.subjects
         day = time.strftime("%Y-%m-%d", time.gmtime((last_day_ms - DAY_MS) / 1000))
         kinds = {
-            "trajectory_90d": lambda: f"{http}/api/v1/subjects/{1 + int(rng.random() ** 2 * people)}"
+            "trajectory_90d": lambda: f"{http}/api/v1/subjects/{1 + rng.randrange(people)}"
                                       f"/trajectory?since={last_day_ms - 90 * DAY_MS}&until={last_day_ms}",
-            "contacts_1d": lambda: f"{http}/api/v1/subjects/{1 + int(rng.random() ** 2 * people)}"
+            "contacts_1d": lambda: f"{http}/api/v1/subjects/{1 + rng.randrange(people)}"
                                    f"/contacts?day={day}",
             "hall": lambda: f"{http}/api/v1/markets/{1 + rng.randrange(10)}/hall",
             "frequency_30d": lambda: f"{http}/api/v1/markets/{1 + rng.randrange(10)}"
@@ -152,8 +152,18 @@ def query_load(args, last_day_ms):
                     rows[k] += len(json.loads(body)) if body.startswith(b"[") else 1
                 except ValueError:
                     pass
-        return {k: {"n": len(v), "p50_ms": statistics.median(v), "p99_ms": pct(v, 0.99),
-                    "max_ms": max(v), "rows": rows[k]} for k, v in times.items() if v}
+        out = {k: {"n": len(v), "p50_ms": statistics.median(v), "p99_ms": pct(v, 0.99),
+                   "max_ms": max(v), "rows": rows[k]} for k, v in times.items() if v}
+        # The write-ahead log's peak, as /metrics reports it, after a minute of load.
+        req = urllib.request.Request(f"{http}/metrics")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(("gatewarden_entry_wal_peak_bytes ",
+                                    "gatewarden_entry_wal_bytes ",
+                                    "gatewarden_entry_checkpoints_total ")):
+                    name, value = line.split()
+                    out[name] = float(value)
+        return out
     return during
 
 
@@ -202,11 +212,15 @@ def main() -> int:
         result["queries"] = run_step(args, aged, args.query_rate, keep_all, seed=2000, http=True,
                                      during=query_load(args, now_ms - now_ms % DAY_MS))
         for k, q in result["queries"]["queries"].items():
+            if not isinstance(q, dict):
+                log(f"    {k} {q:.0f}")
+                continue
             log(f"    {k:<15} n {q['n']:>4}  p50 {q['p50_ms']:7.1f} ms  p99 {q['p99_ms']:7.1f} ms"
                 f"  max {q['max_ms']:7.1f} ms")
         log(f"  pruning 30 days at start-up while the fleet sends {args.query_rate:.0f} ev/s:")
+        # The partitions are consecutive days up to today: keeping 30 fewer deletes 30.
         before = stats(args.bin_dir, aged)["partitions"]
-        result["prune"] = run_step(args, aged, args.query_rate, args.days - 30 + 1, seed=3000)
+        result["prune"] = run_step(args, aged, args.query_rate, before - 30, seed=3000)
         result["prune"]["partitions_before"] = before
         result["prune"]["partitions_after"] = stats(args.bin_dir, aged)["partitions"]
         log(f"    partitions {before} -> {result['prune']['partitions_after']}")

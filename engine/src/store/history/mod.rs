@@ -57,6 +57,10 @@ pub(crate) struct History {
     parts: RwLock<BTreeMap<Day, Arc<Partition>>>,
     pub(crate) seqs: SeqDirectory,
     pub(crate) counters: Counters,
+    /// Held by an entry writer for each transaction, and by the checkpointer while it makes
+    /// the log start over (which needs a moment without a writer). Without it a writer that
+    /// commits back to back would starve the restart, and the log would grow without end.
+    pub(crate) commit_gate: Mutex<()>,
 }
 
 /// What the history did since start-up, for `/metrics`.
@@ -85,6 +89,7 @@ impl History {
             parts: RwLock::new(BTreeMap::new()),
             seqs: SeqDirectory::default(),
             counters: Counters::default(),
+            commit_gate: Mutex::new(()),
         };
         for (day, path) in partition_files(dir)? {
             crate::store::schema::check_file(&path)?;

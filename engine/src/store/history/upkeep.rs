@@ -56,6 +56,10 @@ pub struct HistoryStats {
     pub newest_day: Option<String>,
 }
 
+/// The longest a checkpoint waits for readers of an older snapshot (and, meanwhile, holds
+/// new commits back) before it gives up until the next pass.
+const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The size of a file, 0 if it does not exist.
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
@@ -163,9 +167,17 @@ pub struct CheckpointReport {
 }
 
 impl History {
-    /// Checkpoints every partition that has a write-ahead log. The newest (the one being
-    /// written) gets a passive checkpoint: it copies what it can without waiting for the
-    /// writer or any reader. Older ones are no longer written: their log is folded in and
+    /// Checkpoints every partition that has a write-ahead log.
+    ///
+    /// The newest (the one being written) first gets a passive checkpoint, which copies what
+    /// it can without waiting for the writer or any reader. That alone never lets the log
+    /// start over under steady load: by the time it finishes the writer has appended more, and
+    /// SQLite restarts the log only once every frame is copied. So a restart checkpoint
+    /// follows, which copies the few frames appended meanwhile while holding new commits back
+    /// (the history's commit gate) for that short while, and lets the writer's next commit
+    /// start the log from the top (`journal_size_limit` then cuts the file back). It waits at most `CHECKPOINT_WAIT` for
+    /// readers of an older snapshot; if they are still there it gives up, and the next pass
+    /// tries again. Older partitions are no longer written: their log is folded in and
     /// truncated to nothing, and their connection closed.
     fn checkpoint(
         &self,
@@ -184,16 +196,29 @@ impl History {
             let conn = match cp.conns.entry(part.day) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(schema::open_connection(&part.path, Role::Checkpointer)?)
+                    let conn = schema::open_connection(&part.path, Role::Checkpointer)?;
+                    conn.busy_timeout(CHECKPOINT_WAIT)
+                        .map_err(|e| StoreError::from_sqlite(&part.path, "checkpointing", e))?;
+                    v.insert(conn)
                 }
             };
-            let mode = if part.day >= newest {
-                "PASSIVE"
+            let modes: &[&str] = if part.day >= newest {
+                &["PASSIVE", "RESTART"]
             } else {
-                "TRUNCATE"
+                &["TRUNCATE"]
             };
-            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-                .map_err(|e| StoreError::from_sqlite(&part.path, "checkpointing", e))?;
+            for mode in modes {
+                // The restart needs a moment without a writer: the gate holds the next commit
+                // back while it copies what the passive pass could not.
+                let _gate = (*mode == "RESTART").then(|| {
+                    self.commit_gate
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                });
+                // The pragma reports a checkpoint that could not finish (busy) in its row.
+                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                    .map_err(|e| StoreError::from_sqlite(&part.path, "checkpointing", e))?;
+            }
             if part.day < newest {
                 cp.conns.remove(&part.day);
             }

@@ -166,6 +166,10 @@ impl EntryWriter {
         let writer = self.day_writer(day)?;
         let path = writer.path.clone();
         let sql = |e| StoreError::from_sqlite(&path, "committing entry records", e);
+        let _gate = history
+            .commit_gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = writer
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
