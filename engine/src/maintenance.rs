@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
@@ -79,10 +79,10 @@ impl Drop for Maintenance {
 
 fn run(parts: &MaintenanceParts, stop: &Receiver<()>) {
     let mut checkpointer = Checkpointer::default();
-    let start = Instant::now();
+    let start = parts.clock.instant();
     let (mut next_prune, mut next_compact) = (start, start + parts.interval);
     loop {
-        let now = Instant::now();
+        let now = parts.clock.instant();
         if now >= next_prune {
             prune(parts);
             next_prune = now + PRUNE_EVERY;

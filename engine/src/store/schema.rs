@@ -257,7 +257,8 @@ pub(crate) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
     // at a random place in the (gate, seq) and subject indexes; a day's partition of 150,000
     // entries keeps all of its index pages in that. It never checkpoints (wal_autocheckpoint
     // = 0): the maintenance thread does, from its own connection, so no commit pays for one.
-    // journal_size_limit cuts the log back to 16 MiB whenever it restarts.
+    // journal_size_limit: a restarted log keeps up to 64 MiB of its file, so that commits
+    // overwrite it rather than grow the file again (an fsync that allocates costs more).
     let pragmas = match role {
         // secure_delete: the registry holds personal data, and a deleted or replaced row
         // (a credential, a clear QR token being hashed) must not linger in free pages.
@@ -266,9 +267,9 @@ pub(crate) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
         }
         Role::EntryWriter => {
             "PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; \
-             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 16777216;"
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;"
         }
-        Role::Checkpointer => "PRAGMA synchronous = FULL; PRAGMA journal_size_limit = 16777216;",
+        Role::Checkpointer => "PRAGMA synchronous = FULL; PRAGMA journal_size_limit = 67108864;",
         Role::BulkLoader => {
             "PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; \
              PRAGMA journal_size_limit = 67108864;"

@@ -386,6 +386,13 @@ pub fn naive_top_k(
     all.into_iter().map(|(i, s)| (i, s as f32)).collect()
 }
 
+/// Decodes fuzzer bytes as a partition's dictionary and one compact entry record (the
+/// `entry_record` fuzz target): `n:u8`, then `n` forms each as `len:u8 bytes`, then the body.
+/// Returns whether it decoded; it must never panic.
+pub fn decode_entry_record(data: &[u8]) -> bool {
+    crate::store::decode_record_for_fuzzing(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,11 +523,4 @@ mod tests {
         assert!((0..1000).all(|_| rng.below(7) < 7));
         assert_eq!(rng.below(0), 0);
     }
-}
-
-/// Decodes fuzzer bytes as a partition's dictionary and one compact entry record (the
-/// `entry_record` fuzz target): `n:u8`, then `n` forms each as `len:u8 bytes`, then the body.
-/// Returns whether it decoded; it must never panic.
-pub fn decode_entry_record(data: &[u8]) -> bool {
-    crate::store::decode_record_for_fuzzing(data)
 }

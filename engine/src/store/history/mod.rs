@@ -184,10 +184,9 @@ fn partition_files(dir: &Path) -> Result<Vec<(Day, PathBuf)>, StoreError> {
             .strip_suffix("-wal")
             .or_else(|| name.strip_suffix("-shm"))
             .filter(|db| partition::day_of_file(db).is_some())
+            && !dir.join(db).exists()
         {
-            if !dir.join(db).exists() {
-                orphans.push(entry.path());
-            }
+            orphans.push(entry.path());
         }
     }
     for path in orphans {

@@ -55,7 +55,7 @@ impl ValueKind {
             return Self::None;
         };
         // 2^53: every whole number below it is exact in an f64.
-        let whole = v >= 0.0 && v < 9_007_199_254_740_992.0 && v.fract() == 0.0;
+        let whole = (0.0..9_007_199_254_740_992.0).contains(&v) && v.fract() == 0.0;
         if whole && !(v == 0.0 && v.is_sign_negative()) {
             Self::Varint
         } else if f64::from(v as f32).to_bits() == v.to_bits() {

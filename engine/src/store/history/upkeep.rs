@@ -60,6 +60,12 @@ pub struct HistoryStats {
 /// new commits back) before it gives up until the next pass.
 const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Passive rounds before the restart, at most.
+const PASSIVE_ROUNDS: usize = 4;
+
+/// The restart goes ahead once at most this many frames (of 4 KiB) are left to copy.
+const RESTART_BACKLOG_FRAMES: i64 = 256;
+
 /// The size of a file, 0 if it does not exist.
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
@@ -169,13 +175,13 @@ pub struct CheckpointReport {
 impl History {
     /// Checkpoints every partition that has a write-ahead log.
     ///
-    /// The newest (the one being written) first gets a passive checkpoint, which copies what
-    /// it can without waiting for the writer or any reader. That alone never lets the log
-    /// start over under steady load: by the time it finishes the writer has appended more, and
-    /// SQLite restarts the log only once every frame is copied. So a restart checkpoint
-    /// follows, which copies the few frames appended meanwhile while holding new commits back
-    /// (the history's commit gate) for that short while, and lets the writer's next commit
-    /// start the log from the top (`journal_size_limit` then cuts the file back). It waits at most `CHECKPOINT_WAIT` for
+    /// The newest (the one being written) first gets passive checkpoints, which copy what
+    /// they can without waiting for the writer or any reader. That alone never lets the log
+    /// start over under steady load: by the time one finishes the writer has appended more,
+    /// and SQLite restarts the log only once every frame is copied. So once the backlog is
+    /// small a restart checkpoint follows, which copies the rest while holding new commits
+    /// back (the history's commit gate) for that short while, and lets the writer's next
+    /// commit start the log from the top. It waits at most `CHECKPOINT_WAIT` for
     /// readers of an older snapshot; if they are still there it gives up, and the next pass
     /// tries again. Older partitions are no longer written: their log is folded in and
     /// truncated to nothing, and their connection closed.
@@ -202,22 +208,10 @@ impl History {
                     v.insert(conn)
                 }
             };
-            let modes: &[&str] = if part.day >= newest {
-                &["PASSIVE", "RESTART"]
+            if part.day >= newest {
+                catch_up_and_restart(conn, &part.path, &self.commit_gate)?;
             } else {
-                &["TRUNCATE"]
-            };
-            for mode in modes {
-                // The restart needs a moment without a writer: the gate holds the next commit
-                // back while it copies what the passive pass could not.
-                let _gate = (*mode == "RESTART").then(|| {
-                    self.commit_gate
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                });
-                // The pragma reports a checkpoint that could not finish (busy) in its row.
-                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-                    .map_err(|e| StoreError::from_sqlite(&part.path, "checkpointing", e))?;
+                checkpoint_once(conn, &part.path, "TRUNCATE")?;
             }
             if part.day < newest {
                 cp.conns.remove(&part.day);
@@ -232,6 +226,36 @@ impl History {
             .fetch_max(report.wal_bytes_before, Ordering::Relaxed);
         Ok(report)
     }
+}
+
+/// Passive checkpoints (which never hold the writer back) until what is left to copy is
+/// small, then a restart checkpoint behind the commit gate for the rest, so that commits wait
+/// only for that rest to be copied and synced.
+fn catch_up_and_restart(
+    conn: &Connection,
+    path: &Path,
+    commit_gate: &std::sync::Mutex<()>,
+) -> Result<(), StoreError> {
+    for _ in 0..PASSIVE_ROUNDS {
+        let (log, copied) = checkpoint_once(conn, path, "PASSIVE")?;
+        if log - copied <= RESTART_BACKLOG_FRAMES {
+            break;
+        }
+    }
+    let _gate = commit_gate
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    checkpoint_once(conn, path, "RESTART").map(drop)
+}
+
+/// One checkpoint; returns (frames in the log, frames copied). A checkpoint that could not
+/// finish (readers in the way past `CHECKPOINT_WAIT`) is not an error: its row says busy, and
+/// the next pass goes on.
+fn checkpoint_once(conn: &Connection, path: &Path, mode: &str) -> Result<(i64, i64), StoreError> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })
+    .map_err(|e| StoreError::from_sqlite(path, "checkpointing", e))
 }
 
 /// Statistics of the partitions in `entries_dir`, read without opening the store (so that
