@@ -16,9 +16,12 @@
 //!   neither decided nor recorded. Returning the old verdict there would admit a stranger
 //!   under someone else's decision.
 //!
-//! The store's `UNIQUE (gate, seq)` is the last line: a record that loses the race to an
-//! earlier one comes back `Duplicate` from the committer, which settles it by the same
-//! comparison ([`look_up`]).
+//! The store's `UNIQUE (gate, seq)` is the last line, within one day partition: a record that
+//! loses the race to an earlier one of the same day comes back `Duplicate` from the committer,
+//! which settles it by the same comparison ([`look_up`]). Across days (a retry decided after
+//! midnight) nothing in SQLite stops a second record: there the claim and the high-water mark
+//! with the store's seq directory, which knows every day holding a gate's seq, are what keep
+//! a key recorded once.
 
 use std::sync::Arc;
 

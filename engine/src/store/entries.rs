@@ -2,8 +2,8 @@
 //!
 //! The pipeline's commit thread owns one [`EntryWriter`](super::EntryWriter) and hands it
 //! batches; each batch is one transaction per day partition (group commit), so its cost is one
-//! WAL fsync however many records it holds. `(gate, seq)` is unique: a retried event that raced
-//! its original is not recorded twice. Where the records live and how they are encoded is the
+//! WAL fsync however many records it holds. `(gate, seq)` is unique within a day partition;
+//! across days the pipeline's exactly-once (with the seq directory) keeps a key recorded once. Where the records live and how they are encoded is the
 //! `history` module's business; this one holds the record types and reads them back.
 
 use gatewarden_protocol::{

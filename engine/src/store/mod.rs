@@ -138,11 +138,12 @@ impl Store {
             Ok(())
         })?;
         if moved > 0 {
-            // The old entries table's pages are free now; give them back to the file system.
-            writer
-                .execute_batch("VACUUM")
-                .map_err(|e| StoreError::from_sqlite(&db_path, "compacting after the move", e))?;
             tracing::info!(entries = moved, "entry records moved into day partitions");
+            // The old entries table's pages are free now; give them back to the file system.
+            // The move is committed: a failure here costs disk space, not the start.
+            if let Err(e) = writer.execute_batch("VACUUM") {
+                tracing::warn!(error = %e, "cannot compact the store after the move; will use more disk");
+            }
         }
         let key = key::load_or_create(&writer, &db_path, key_path, !history.is_empty())?;
         let hashed = key::hash_clear_qr_tokens(&mut writer, &db_path, &key)?;

@@ -160,7 +160,7 @@ pub(crate) enum Role {
     /// The maintenance thread's connection to a partition: checkpoints, schema checks.
     Checkpointer,
     /// Bulk loading of past entries (the history generator, the v2 migration): no fsync per
-    /// transaction; the loader syncs the file once at the end.
+    /// transaction (`synchronous = NORMAL`); the loader syncs each day when it leaves it.
     BulkLoader,
     /// Queries only.
     Reader,
@@ -231,14 +231,22 @@ fn wal_pending(db: &Path) -> bool {
 /// Opens a connection with the pragmas of `role`.
 pub(crate) fn open_connection(db: &Path, role: Role) -> Result<Connection, StoreError> {
     let err = |op| move |e| StoreError::from_sqlite(db, op, e);
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // Readers never create: a reader of a day partition deleted by retention meanwhile must
+    // fail, not leave an empty file behind.
+    let create = if matches!(role, Role::Reader | Role::PartitionReader) {
+        OpenFlags::empty()
+    } else {
+        OpenFlags::SQLITE_OPEN_CREATE
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | create | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(db, flags).map_err(err("opening the database"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(err("setting the busy timeout"))?;
     conn.set_prepared_statement_cache_capacity(32);
-    if matches!(role, Role::Writer | Role::EntryWriter | Role::BulkLoader) {
+    if matches!(
+        role,
+        Role::Writer | Role::EntryWriter | Role::BulkLoader | Role::Checkpointer
+    ) {
         // The journal mode is stored in the file; setting it once, from the first connection,
         // is enough. It is also the first statement that reads the file, so a file SQLite
         // cannot read fails here.
@@ -270,8 +278,10 @@ pub(crate) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;"
         }
         Role::Checkpointer => "PRAGMA synchronous = FULL; PRAGMA journal_size_limit = 67108864;",
+        // NORMAL, not OFF: in WAL mode it syncs at checkpoints, so a crash mid-load loses the
+        // last transactions but never damages the file.
         Role::BulkLoader => {
-            "PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; \
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; \
              PRAGMA journal_size_limit = 67108864;"
         }
         Role::Reader => "PRAGMA query_only = ON;",
@@ -279,6 +289,15 @@ pub(crate) fn open_connection(db: &Path, role: Role) -> Result<Connection, Store
     };
     conn.execute_batch(pragmas)
         .map_err(err("setting connection pragmas"))?;
+    if role == Role::EntryWriter {
+        // The last connection to close checkpoints by default; the entry writer must never
+        // checkpoint, even when it leaves a day.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(err("setting connection options"))?;
+    }
     Ok(conn)
 }
 
@@ -372,13 +391,13 @@ impl ReadPool {
         }
     }
 
-    /// The pool of a day partition: at most two idle connections with small caches (there may
-    /// be hundreds of partitions).
+    /// The pool of a day partition: at most one idle connection, with a small cache (there may
+    /// be hundreds of partitions, and each connection holds file descriptors).
     pub(crate) fn for_partition(db: PathBuf) -> Self {
         Self {
             db,
             idle: Mutex::new(Vec::new()),
-            max_idle: 2,
+            max_idle: 1,
             role: Role::PartitionReader,
         }
     }

@@ -95,14 +95,13 @@ impl History {
             crate::store::schema::check_file(&path)?;
             // Opening it for writing creates the schema of a file left empty by a crash, and
             // refuses a file that is not a partition.
-            drop(partition::open_for_writing(
-                &path,
-                crate::store::schema::Role::Checkpointer,
-            )?);
+            let conn =
+                partition::open_for_writing(&path, crate::store::schema::Role::Checkpointer)?;
             let part = Arc::new(Partition::new(day, path));
-            for (gate, min, max) in part.gate_seqs()? {
+            for (gate, min, max) in part.gate_seqs(&conn)? {
                 history.seqs.note(GateId(gate), day, min, max);
             }
+            drop(conn);
             history.write_parts().insert(day, part);
         }
         Ok(history)
@@ -301,5 +300,15 @@ mod tests {
         assert_eq!(partition::day_of_file("2025-12-04.db"), Some(20_426));
         assert_eq!(partition::day_of_file("2025-12-04.db-wal"), None);
         assert_eq!(partition::day_of_file("notes.db"), None);
+        assert_eq!(
+            partition::day_of_file("2025-12-4.db"),
+            None,
+            "not canonical"
+        );
+        assert_eq!(
+            partition::day_of_file("02025-12-04.db"),
+            None,
+            "not canonical"
+        );
     }
 }

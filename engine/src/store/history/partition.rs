@@ -84,7 +84,10 @@ pub(crate) fn file_name(day: Day) -> String {
 /// The day of a partition file name, if it is one.
 pub(crate) fn day_of_file(name: &str) -> Option<Day> {
     let stem = name.strip_suffix(".db")?;
-    crate::clock::parse_day(stem).ok()
+    let day = crate::clock::parse_day(stem).ok()?;
+    // Only the canonical spelling: `2025-12-4.db` beside `2025-12-04.db` would be one day in
+    // two files, and the writer writes only the canonical one.
+    (file_name(day) == name).then_some(day)
 }
 
 /// A partition known to the store: its file, its read connections and a cache of its forms.
@@ -143,9 +146,9 @@ impl Partition {
         self.forms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reads every gate's seq range (for the seq directory).
-    pub(crate) fn gate_seqs(&self) -> Result<Vec<(u32, u64, u64)>, StoreError> {
-        let conn = self.readers.get()?;
+    /// Reads every gate's seq range (for the seq directory) through `conn`, a connection that
+    /// is closed afterwards (at open, hundreds of partitions must not each keep one).
+    pub(crate) fn gate_seqs(&self, conn: &Connection) -> Result<Vec<(u32, u64, u64)>, StoreError> {
         let sql = |e| StoreError::from_sqlite(&self.path, "reading a partition's seq ranges", e);
         let mut stmt = conn
             .prepare("SELECT gate, min_seq, max_seq FROM gate_seqs")

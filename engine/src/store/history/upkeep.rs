@@ -71,7 +71,7 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sidecar(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -103,15 +103,24 @@ impl History {
         let mut pruned = Vec::with_capacity(expired.len());
         for day in expired {
             let Some(part) = self.get(day) else { continue };
-            let entries = part.entry_count()?;
+            // A count that fails must not keep expired personal data: delete it all the same.
+            let entries = part.entry_count().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot count an expired partition; deleting it anyway");
+                0
+            });
             let files = [
                 part.path.clone(),
                 sidecar(&part.path, "-wal"),
                 sidecar(&part.path, "-shm"),
             ];
             let bytes = files.iter().map(|f| file_len(f)).sum();
-            // Unregistered first: no new query or lookup reaches it. Queries already reading
+            // Under the commit gate, so that no writer commits into it while it goes; then
+            // unregistered, so that no new query or lookup reaches it. Queries already reading
             // it finish on their open file.
+            let gate = self
+                .commit_gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             self.unregister(day);
             drop(part);
             for f in &files {
@@ -126,6 +135,7 @@ impl History {
                     }
                 }
             }
+            drop(gate);
             let day = crate::clock::format_day(day);
             tracing::info!(day, entries, bytes, "entry partition deleted by retention");
             self.counters
@@ -289,9 +299,15 @@ pub fn history_stats_in(entries_dir: &Path) -> Result<HistoryStats, StoreError> 
     let mut partitions = Vec::with_capacity(files.len());
     for (day, path) in files {
         let part = partition::Partition::new(day, path.clone());
+        let entries = match part.entry_count() {
+            Ok(n) => n,
+            // Deleted by retention since the listing.
+            Err(_) if !path.exists() => continue,
+            Err(e) => return Err(e),
+        };
         partitions.push(PartitionStats {
             day: crate::clock::format_day(day),
-            entries: part.entry_count()?,
+            entries,
             bytes: file_len(&path),
             wal_bytes: file_len(&sidecar(&path, "-wal")),
         });

@@ -148,7 +148,7 @@ impl EntryWriter {
     /// SQLite and file-system failures.
     pub fn finish(&mut self) -> Result<(), StoreError> {
         for (_, day) in std::mem::take(&mut self.days) {
-            day.close()?;
+            day.close(self.role)?;
         }
         Ok(())
     }
@@ -170,6 +170,14 @@ impl EntryWriter {
             .commit_gate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Retention deletes a day under the same gate: a day deleted since it was opened above
+        // must not take records into a file that is gone.
+        if history.get(day).is_none() {
+            return Err(StoreError::Io {
+                path,
+                source: std::io::Error::other("the day was deleted by retention meanwhile"),
+            });
+        }
         let tx = writer
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -236,39 +244,66 @@ impl EntryWriter {
         Ok(outcomes)
     }
 
-    /// The open partition of `day`, opening (or creating) it on first use.
+    /// The open partition of `day`, opening (or creating) it on first use. At most
+    /// `OPEN_DAYS` stay open; the oldest other than `day` is closed to make room (a migration
+    /// or a clock stepped back may ask for an older day than those open).
     fn day_writer(&mut self, day: Day) -> Result<&mut DayWriter, StoreError> {
         // A partition deleted by retention while this writer held it is created afresh.
         if self.days.contains_key(&day) && self.history.get(day).is_none() {
             self.days.remove(&day);
         }
         if !self.days.contains_key(&day) {
+            while self.days.len() >= OPEN_DAYS {
+                let Some(&oldest) = self.days.keys().next() else {
+                    break;
+                };
+                if let Some(done) = self.days.remove(&oldest) {
+                    done.close(self.role)?;
+                }
+            }
             let path = self.history.path_of(day);
             let conn = partition::open_for_writing(&path, self.role)?;
             let forms = load_forms(&conn, &path)?;
             self.history.register(day);
             self.days.insert(day, DayWriter { conn, path, forms });
-            while self.days.len() > OPEN_DAYS {
-                if let Some((_, done)) = self.days.pop_first() {
-                    done.close()?;
-                }
-            }
         }
-        self.days
-            .get_mut(&day)
-            .ok_or_else(|| unreachable!("the day writer was just inserted"))
+        self.days.get_mut(&day).ok_or_else(|| StoreError::Corrupt {
+            path: self.history.path_of(day),
+            detail: "the day's writer vanished while it was opened".to_owned(),
+        })
     }
 }
 
 impl DayWriter {
-    /// Folds the log into the file and syncs both: a bulk loader's transactions were not
-    /// synced one by one, and a day it leaves behind must be durable all the same.
-    fn close(self) -> Result<(), StoreError> {
+    /// Closes a day this writer is done with. The bulk loader's transactions were not synced
+    /// one by one, so it folds the log into the file and syncs both first. The pipeline's
+    /// writer only drops its connection: it leaves a day two days after its last record, when
+    /// the maintenance thread has long folded that day's log in, and its connection does not
+    /// checkpoint on close (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`).
+    fn close(self, role: Role) -> Result<(), StoreError> {
+        if role != Role::BulkLoader {
+            return Ok(());
+        }
+        let sql = |e| StoreError::from_sqlite(&self.path, "checkpointing a partition", e);
         self.conn
-            .execute_batch("PRAGMA synchronous = FULL; PRAGMA wal_checkpoint(TRUNCATE);")
-            .map_err(|e| StoreError::from_sqlite(&self.path, "checkpointing a partition", e))?;
+            .execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(sql)?;
+        // Nothing else reads or writes a day being loaded; if something does (busy), the log
+        // stays for the maintenance thread, and both files are synced as they stand.
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(sql)?;
+        if busy != 0 {
+            tracing::warn!(path = %self.path.display(), "a loaded day's log could not be folded in");
+        }
         drop(self.conn);
-        crate::store::fsutil::sync_file_and_dir(&self.path)
+        crate::store::fsutil::sync_file_and_dir(&self.path)?;
+        let wal = super::upkeep::sidecar(&self.path, "-wal");
+        if wal.exists() {
+            crate::store::fsutil::sync_file_and_dir(&wal)?;
+        }
+        Ok(())
     }
 }
 
