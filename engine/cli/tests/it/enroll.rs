@@ -2,23 +2,13 @@
 //! refusals and the exit code, bad vectors named by file and row) and `gatewarden import
 //! subjects` (duplicate ID cards, a file of the wrong kind).
 
+use crate::support::gw;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatewarden");
 /// `gatewarden init`'s dimension.
 const DIM: usize = 512;
-
-fn gw(args: &[&str], data: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

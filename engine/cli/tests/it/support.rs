@@ -168,3 +168,15 @@ pub(crate) fn identify_event(gate: u32, seq: u64, embedding: Vec<f32>, now: Unix
         temperature_c: None,
     }
 }
+
+/// Runs the `gatewarden` binary with `args` and `--data data`, without logs or input.
+pub(crate) fn gw(args: &[&str], data: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gatewarden"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
