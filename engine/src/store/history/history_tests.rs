@@ -480,3 +480,29 @@ fn a_day_older_than_those_open_is_written_too() {
         }
     }
 }
+
+/// Two writers creating the same new day at once (the history generator's two threads): one
+/// creates it, the other finds it made.
+#[test]
+fn two_writers_creating_one_day_at_once_both_succeed() {
+    for round in 0..20u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(open(dir.path()));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2u32)
+            .map(|t| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut w = store.bulk_entry_loader();
+                    barrier.wait();
+                    w.commit(&[admit(1 + t, round + 1, 7, 10)]).unwrap();
+                    w.finish().unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.history_stats().unwrap().entries, 2);
+    }
+}

@@ -61,6 +61,9 @@ pub(crate) struct History {
     /// the log start over (which needs a moment without a writer). Without it a writer that
     /// commits back to back would starve the restart, and the log would grow without end.
     pub(crate) commit_gate: Mutex<()>,
+    /// Held while a writer opens (and maybe creates) a day's file: two writers creating the
+    /// same new day at once would race on its schema and its switch to WAL.
+    pub(crate) open_lock: Mutex<()>,
 }
 
 /// What the history did since start-up, for `/metrics`.
@@ -90,6 +93,7 @@ impl History {
             seqs: SeqDirectory::default(),
             counters: Counters::default(),
             commit_gate: Mutex::new(()),
+            open_lock: Mutex::new(()),
         };
         for (day, path) in partition_files(dir)? {
             crate::store::schema::check_file(&path)?;

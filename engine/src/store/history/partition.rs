@@ -208,7 +208,21 @@ pub(crate) fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), StoreE
             supported: VERSION as u32,
         }),
         (0, 0) => {
-            let objects: i64 = conn
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )
+            .map_err(sql("creating a partition"))?;
+            // Under the write lock, look again: another writer of the same new day (two bulk
+            // loader threads) may have created it while this one waited for the lock.
+            let marked: i32 = tx
+                .query_row("PRAGMA application_id", [], |r| r.get(0))
+                .map_err(sql("reading a partition's mark"))?;
+            if marked == APPLICATION_ID {
+                drop(tx); // rolls back; nothing was written
+                return ensure_schema(conn, path);
+            }
+            let objects: i64 = tx
                 .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
                 .map_err(sql("reading a partition's schema"))?;
             if objects > 0 {
@@ -216,11 +230,6 @@ pub(crate) fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), StoreE
                     "not an entry partition ({objects} schema objects, no gatewarden mark)"
                 )));
             }
-            let tx = rusqlite::Transaction::new_unchecked(
-                conn,
-                rusqlite::TransactionBehavior::Immediate,
-            )
-            .map_err(sql("creating a partition"))?;
             tx.execute_batch(SCHEMA)
                 .and_then(|()| tx.execute_batch(INDEXES))
                 .map_err(sql("creating a partition"))?;

@@ -262,9 +262,15 @@ impl EntryWriter {
                 }
             }
             let path = self.history.path_of(day);
+            let opening = self
+                .history
+                .open_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let conn = partition::open_for_writing(&path, self.role)?;
             let forms = load_forms(&conn, &path)?;
             self.history.register(day);
+            drop(opening);
             self.days.insert(day, DayWriter { conn, path, forms });
         }
         self.days.get_mut(&day).ok_or_else(|| StoreError::Corrupt {
