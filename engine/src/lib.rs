@@ -28,6 +28,7 @@
 //!   micro-batching, workers, group commit, stats.
 //! - `maintenance`: the engine's background thread (gallery compaction).
 //! - [`model`]: small domain records shared across modules.
+//! - [`site_lock`]: the exclusive lock every writer of a data folder takes.
 //! - [`npy`]: NumPy `.npy` reading and writing for the tools.
 //! - `server` (feature `server`, on by default): the QUIC front (quinn, rustls), mutual-TLS
 //!   identity rules and development certificates. It only translates streams to
@@ -51,6 +52,7 @@ pub mod model;
 pub mod npy;
 pub mod pipeline;
 pub mod policy;
+pub mod site_lock;
 pub mod store;
 
 #[cfg(feature = "server")]

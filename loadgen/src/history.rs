@@ -22,21 +22,18 @@
 //! not be served meanwhile: the generator takes the site lock as every writer does.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::Context;
 use gatewarden::clock::{DAY_MS, HOUR_MS, UtcOffset};
 use gatewarden::config::Config;
 use gatewarden::model::GateInfo;
 use gatewarden::policy::{
     CredentialLookup, DecisionInput, FaceResult, MarketState, PersonState, PolicyBook, decide,
 };
+use gatewarden::site_lock::{SiteLock, SiteLockError};
 use gatewarden::store::{EntryRecord, EventFingerprint, ModeKind, Store};
 use gatewarden::testing::Rng;
 use gatewarden_protocol::{
@@ -103,7 +100,7 @@ pub fn generate(
 ) -> anyhow::Result<HistorySummary> {
     anyhow::ensure!(cfg.days > 0, "--days must be at least 1");
     anyhow::ensure!(cfg.per_day > 0, "--per-day must be at least 1");
-    let _lock = SiteLock::acquire(data)?;
+    let _lock = lock_site(data)?;
     let config = Config::load_from_data_dir(data)?;
     let store = Store::open_with_key(
         &data.join("store"),
@@ -445,50 +442,23 @@ fn identified(site: &Site, id: SubjectId, score: f32, rng: &mut Rng) -> FaceResu
     }
 }
 
-/// The site lock every gatewarden writer takes (`DATA/site.lock`): the history must not be
-/// written while a server runs on the site.
-struct SiteLock {
-    _file: File,
-}
-
-impl SiteLock {
-    fn acquire(data: &Path) -> anyhow::Result<Self> {
-        let path = data.join("site.lock");
-        anyhow::ensure!(
-            data.join("gatewarden.toml").exists(),
-            "{} is not a gatewarden site (no gatewarden.toml): create it with gatewarden init",
-            data.display()
-        );
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open the site lock {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                anyhow::bail!(
-                    "{} is locked by {}: stop it before writing history",
-                    data.display(),
-                    holder.trim()
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-            }
+/// Takes the site lock every gatewarden writer takes (`DATA/site.lock`): the history must not
+/// be written while a server runs on the site.
+fn lock_site(data: &Path) -> anyhow::Result<SiteLock> {
+    anyhow::ensure!(
+        data.join(gatewarden::config::CONFIG_FILE).exists(),
+        "{} is not a gatewarden site (no gatewarden.toml): create it with gatewarden init",
+        data.display()
+    );
+    SiteLock::acquire(data, "gatewarden-loadgen history").map_err(|e| match e {
+        SiteLockError::Held { .. } => {
+            anyhow::anyhow!(
+                "{} is locked: {e}; stop it before writing history",
+                data.display()
+            )
         }
-        let note = format!("gatewarden-loadgen history (pid {})\n", std::process::id());
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(note.as_bytes()))
-            .with_context(|| format!("cannot write the site lock {}", path.display()))?;
-        Ok(Self { _file: file })
-    }
+        e => e.into(),
+    })
 }
 
 #[cfg(test)]
@@ -609,7 +579,7 @@ mod tests {
         let err = generate(dir.path(), &cfg, &|_, _| {}).unwrap_err();
         assert!(format!("{err:#}").contains("no gates"), "{err:#}");
         site(dir.path());
-        let held = SiteLock::acquire(dir.path()).unwrap();
+        let held = SiteLock::acquire(dir.path(), "a test").unwrap();
         let err = generate(dir.path(), &cfg, &|_, _| {}).unwrap_err();
         assert!(format!("{err:#}").contains("locked"), "{err:#}");
         drop(held);

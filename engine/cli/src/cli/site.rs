@@ -11,8 +11,8 @@
 //! in the store but not in the server's caches (a revoked person still admitted until a
 //! restart), so it is refused, naming the server's admin API as the way to make it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -22,8 +22,6 @@ use gatewarden::config::CONFIG_FILE;
 #[cfg(unix)]
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-/// The lock file inside a data folder.
-const LOCK_FILE: &str = "site.lock";
 /// Owner-only modes for what the engine creates.
 pub(crate) const PRIVATE_DIR: u32 = 0o700;
 pub(crate) const PRIVATE_FILE: u32 = 0o600;
@@ -159,41 +157,24 @@ pub(crate) fn write_new_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// An exclusive lock on a site, held while a command writes to it (or, for `serve`, while it
-/// runs). Released when dropped, or by the kernel when the process dies.
+/// runs): the engine's [`gatewarden::site_lock::SiteLock`], with the CLI's advice when it is
+/// taken.
 #[derive(Debug)]
 pub(crate) struct SiteLock {
-    _file: File,
+    _lock: gatewarden::site_lock::SiteLock,
 }
 
 impl SiteLock {
-    /// Locks the site for `holder` (a short description kept in the lock file, shown to
-    /// whoever finds the site locked), or says who holds it.
+    /// Locks the site for `holder`, or says who holds it and what to do instead.
     pub(crate) fn acquire(data: &Path, holder: &str) -> anyhow::Result<Self> {
-        let path = data.join(LOCK_FILE);
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        options.mode(PRIVATE_FILE);
-        let mut file = options
-            .open(&path)
-            .with_context(|| format!("cannot open the site lock {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut other = String::new();
-                let _ = file.read_to_string(&mut other);
-                anyhow::bail!("{}", locked_message(data, other.trim()));
+        use gatewarden::site_lock::SiteLockError;
+        match gatewarden::site_lock::SiteLock::acquire(data, holder) {
+            Ok(lock) => Ok(Self { _lock: lock }),
+            Err(SiteLockError::Held { holder }) => {
+                anyhow::bail!("{}", locked_message(data, &holder))
             }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-            }
+            Err(e) => Err(e.into()),
         }
-        let note = format!("{holder} (pid {})\n", std::process::id());
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(note.as_bytes()))
-            .with_context(|| format!("cannot write the site lock {}", path.display()))?;
-        Ok(Self { _file: file })
     }
 }
 

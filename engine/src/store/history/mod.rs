@@ -43,7 +43,7 @@ use partition::{Day, Partition};
 /// Name of the partition directory inside the store directory.
 pub const ENTRIES_DIR: &str = "entries";
 
-const DAY_MS: u64 = 86_400_000;
+pub(crate) const DAY_MS: u64 = 86_400_000;
 
 /// The UTC day of `t`.
 pub(crate) fn day_of(t: UnixMillis) -> Day {

@@ -114,9 +114,8 @@ impl Partition {
         since: gatewarden_protocol::UnixMillis,
         until: gatewarden_protocol::UnixMillis,
     ) -> bool {
-        let day_ms = 86_400_000u64;
-        let start = (self.day.max(0) as u64).saturating_mul(day_ms);
-        since.0 <= start && start.saturating_add(day_ms) <= until.0
+        let start = (self.day.max(0) as u64).saturating_mul(super::DAY_MS);
+        since.0 <= start && start.saturating_add(super::DAY_MS) <= until.0
     }
 
     /// The form with dictionary id `id`, read through `conn` on a cache miss. `conn` must be the

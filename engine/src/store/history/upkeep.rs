@@ -298,21 +298,27 @@ pub fn history_stats_in(entries_dir: &Path) -> Result<HistoryStats, StoreError> 
     files.sort();
     let mut partitions = Vec::with_capacity(files.len());
     for (day, path) in files {
-        let part = partition::Partition::new(day, path.clone());
-        let entries = match part.entry_count() {
-            Ok(n) => n,
-            // Deleted by retention since the listing.
-            Err(_) if !path.exists() => continue,
-            Err(e) => return Err(e),
-        };
-        partitions.push(PartitionStats {
-            day: crate::clock::format_day(day),
-            entries,
-            bytes: file_len(&path),
-            wal_bytes: file_len(&sidecar(&path, "-wal")),
-        });
+        let part = partition::Partition::new(day, path);
+        if let Some(stats) = partition_stats(&part)? {
+            partitions.push(stats);
+        }
     }
     Ok(summarise(partitions))
+}
+
+/// One partition's figures; `None` if retention deleted it since it was listed.
+fn partition_stats(part: &partition::Partition) -> Result<Option<PartitionStats>, StoreError> {
+    let entries = match part.entry_count() {
+        Ok(n) => n,
+        Err(_) if !part.path.exists() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(PartitionStats {
+        day: crate::clock::format_day(part.day),
+        entries,
+        bytes: file_len(&part.path),
+        wal_bytes: file_len(&sidecar(&part.path, "-wal")),
+    }))
 }
 
 fn summarise(partitions: Vec<PartitionStats>) -> HistoryStats {
@@ -387,12 +393,9 @@ impl Store {
     pub fn history_stats(&self) -> Result<HistoryStats, StoreError> {
         let mut partitions = Vec::new();
         for part in self.history.all() {
-            partitions.push(PartitionStats {
-                day: crate::clock::format_day(part.day),
-                entries: part.entry_count()?,
-                bytes: file_len(&part.path),
-                wal_bytes: file_len(&sidecar(&part.path, "-wal")),
-            });
+            if let Some(stats) = partition_stats(&part)? {
+                partitions.push(stats);
+            }
         }
         Ok(summarise(partitions))
     }
