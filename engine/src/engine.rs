@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use gatewarden_protocol::{
-    Enroll, EnrollAck, Event, MarketId, Revoke, RevokeAck, SubjectId, UnixMillis, UpdateHealth,
-    UpdateHealthAck,
+    Decision, Enroll, EnrollAck, Event, GateId, MarketId, Revoke, RevokeAck, SubjectId, UnixMillis,
+    UpdateHealth, UpdateHealthAck,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -18,7 +18,9 @@ use crate::maintenance::{Maintenance, MaintenanceParts};
 pub use crate::pipeline::Submission;
 use crate::pipeline::{Pipeline, PipelineParts, Reply, StatsSnapshot};
 use crate::policy::{PolicyBook, PolicyError, PolicyVersion};
-use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow, Store};
+use crate::store::{
+    ContactRow, EntryRow, Escalation, FrequencyRow, Resolution, ResolvedAs, SignInRow, Store,
+};
 
 /// Templates inserted into the gallery per snapshot swap when loading from the store.
 const LOAD_CHUNK: usize = 4096;
@@ -459,6 +461,73 @@ impl Engine {
         Ok(self.store.contacts(subject, window_ms, since, until)?)
     }
 
+    /// The escalations at a market in a time range, newest first (at most `limit`), with how
+    /// staff resolved each one that is resolved.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn escalations(
+        &self,
+        market: MarketId,
+        since: UnixMillis,
+        until: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<Escalation>, Error> {
+        Ok(self.store.escalations(market, since, until, limit)?)
+    }
+
+    /// Records how staff resolved the escalation recorded as `(gate, seq)`: who, when, what
+    /// they decided and why. A resolution is written once; a second one is refused with the
+    /// first in the answer.
+    ///
+    /// # Errors
+    /// An empty or oversize name or note ([`Error::Invalid`]), or a store failure.
+    pub fn resolve_escalation(&self, request: &ResolveEscalation) -> Result<Resolved, Error> {
+        request.validate()?;
+        let Some(entry) = self.store.recorded_entry(request.gate, request.seq)? else {
+            return Ok(Resolved::NoSuchEntry);
+        };
+        if entry.verdict.decision != Decision::Escalate {
+            return Ok(Resolved::NotEscalated(entry.verdict.decision));
+        }
+        let resolution = Resolution {
+            gate: request.gate,
+            seq: request.seq,
+            subject: entry.verdict.subject,
+            market: entry.market,
+            escalated_at: entry.verdict.decided_at,
+            outcome: request.outcome,
+            by: request.by.trim().to_owned(),
+            note: request.note.trim().to_owned(),
+            at: self.clock.now(),
+        };
+        Ok(match self.store.resolve_escalation(&resolution)? {
+            None => {
+                tracing::info!(
+                    gate = %resolution.gate,
+                    seq = resolution.seq,
+                    outcome = resolution.outcome.name(),
+                    "escalation resolved"
+                );
+                Resolved::Recorded(resolution)
+            }
+            Some(first) => Resolved::AlreadyResolved(first),
+        })
+    }
+
+    /// How staff resolved the escalations about a person in a time range, in time order.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn resolutions_of(
+        &self,
+        subject: SubjectId,
+        since: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Vec<Resolution>, Error> {
+        Ok(self.store.resolutions_of(subject, since, until)?)
+    }
+
     /// The registry and entry log, for imports and ad-hoc queries.
     pub fn store(&self) -> &Store {
         &self.store
@@ -709,4 +778,61 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
         path: dir.to_owned(),
         source,
     })
+}
+
+/// The longest staff name a resolution keeps, in characters.
+pub const MAX_RESOLVER_CHARS: usize = 64;
+/// The longest note a resolution keeps, in characters.
+pub const MAX_NOTE_CHARS: usize = 500;
+
+/// Staff's resolution of one escalation ([`Engine::resolve_escalation`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolveEscalation {
+    /// The escalation's gate.
+    pub gate: GateId,
+    /// The escalation's seq at that gate.
+    pub seq: u64,
+    /// What staff decided.
+    pub outcome: ResolvedAs,
+    /// Who resolved it: not blank, at most [`MAX_RESOLVER_CHARS`] characters.
+    pub by: String,
+    /// Why; may be empty, at most [`MAX_NOTE_CHARS`] characters.
+    pub note: String,
+}
+
+impl ResolveEscalation {
+    fn validate(&self) -> Result<(), Error> {
+        let by = self.by.trim();
+        if by.is_empty() {
+            return Err(Error::Invalid(
+                "by is empty: give the name of the staff member who resolved the escalation"
+                    .to_owned(),
+            ));
+        }
+        if by.chars().count() > MAX_RESOLVER_CHARS {
+            return Err(Error::Invalid(format!(
+                "by is longer than {MAX_RESOLVER_CHARS} characters"
+            )));
+        }
+        if self.note.trim().chars().count() > MAX_NOTE_CHARS {
+            return Err(Error::Invalid(format!(
+                "note is longer than {MAX_NOTE_CHARS} characters"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What [`Engine::resolve_escalation`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolved {
+    /// The resolution is recorded (durably: the registry database is synced on commit).
+    Recorded(Resolution),
+    /// The escalation was already resolved; the first resolution stands.
+    AlreadyResolved(Resolution),
+    /// Nothing is recorded under that `(gate, seq)`.
+    NoSuchEntry,
+    /// The entry was not an escalation (its decision is given).
+    NotEscalated(Decision),
 }

@@ -64,6 +64,8 @@ pub mod server;
 pub mod testing;
 
 pub use config::Config;
-pub use engine::{Engine, Submission};
+pub use engine::{
+    Engine, MAX_NOTE_CHARS, MAX_RESOLVER_CHARS, ResolveEscalation, Resolved, Submission,
+};
 pub use error::Error;
 pub use pipeline::Reply;

@@ -420,6 +420,7 @@ fn decide_draft(
         direction: d.direction,
         captured_at: event.captured_at,
         fingerprint: EventFingerprint(fingerprint),
+        policy: Some(site.policies.version().clone()),
     }
 }
 

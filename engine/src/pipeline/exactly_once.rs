@@ -242,7 +242,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 #[cfg(test)]
 mod tests {
-    use gatewarden_protocol::{Direction, FaceSample, UnixMillis};
+    use gatewarden_protocol::{Direction, FaceSample, MarketId, UnixMillis};
 
     use super::*;
 
@@ -335,6 +335,8 @@ mod tests {
             fingerprint: None,
             captured_at: UnixMillis(1000),
             mode: ModeKind::Identify,
+            market: MarketId(1),
+            policy: None,
         };
         assert!(identity.matches(&recorded));
         recorded.captured_at = UnixMillis(1001);

@@ -14,7 +14,7 @@ use super::exactly_once::{self, Recorded};
 use super::tally::Observation;
 use super::{BatchPolicy, Job, Reply, Shared};
 use crate::gallery::{GallerySnapshot, Identification};
-use crate::policy::{self, CredentialLookup, DecisionInput, FaceResult, PolicyBook};
+use crate::policy::{self, CredentialLookup, DecisionInput, FaceResult, PolicyBook, PolicyVersion};
 use crate::store::{EntryRecord, ModeKind};
 
 /// The worker loop; returns when the queue is closed and drained.
@@ -89,12 +89,15 @@ fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
             continue;
         }
         let t = shared.clock.instant();
-        let verdicts = decide_all(shared, &group);
+        // One policy snapshot for the whole group: a reload swaps the book between groups,
+        // never within one, so its version is the version of every verdict decided here.
+        let policies = shared.policies.load();
+        let verdicts = decide_all(shared, &policies, &group);
         shared
             .stats
             .matching
             .record(shared.clock.instant().saturating_duration_since(t));
-        send_to_commit(group, verdicts, commit);
+        send_to_commit(group, verdicts, policies.version(), commit);
     }
 }
 
@@ -136,7 +139,12 @@ fn needs_search(job: &Job) -> bool {
     by_face_alone && job.event.face.is_some()
 }
 
-fn send_to_commit(jobs: Vec<Job>, verdicts: Vec<Verdict>, commit: &Sender<Decided>) {
+fn send_to_commit(
+    jobs: Vec<Job>,
+    verdicts: Vec<Verdict>,
+    policy: &PolicyVersion,
+    commit: &Sender<Decided>,
+) {
     for (job, verdict) in jobs.into_iter().zip(verdicts) {
         let record = EntryRecord {
             market: job.gate.market,
@@ -145,6 +153,7 @@ fn send_to_commit(jobs: Vec<Job>, verdicts: Vec<Verdict>, commit: &Sender<Decide
             direction: job.event.direction,
             captured_at: job.event.captured_at,
             fingerprint: job.identity.fingerprint,
+            policy: Some(policy.clone()),
             verdict,
         };
         let decided = Decided {
@@ -172,13 +181,10 @@ enum FaceNeed {
 }
 
 /// Decides every live job; a panic anywhere fails the affected events closed.
-fn decide_all(shared: &Shared, jobs: &[Job]) -> Vec<Verdict> {
+fn decide_all(shared: &Shared, policies: &PolicyBook, jobs: &[Job]) -> Vec<Verdict> {
     let now = shared.clock.now();
     let attempt = catch_unwind(AssertUnwindSafe(|| {
         let snapshot = shared.gallery.snapshot();
-        // One policy snapshot for the whole batch: a reload swaps the book between batches,
-        // never within one, so `policies.version()` is the version of every verdict below.
-        let policies = shared.policies.load();
         let lookups: Vec<CredentialLookup> = jobs
             .iter()
             .map(|j| lookup_credential(shared, &j.event))
@@ -194,7 +200,7 @@ fn decide_all(shared: &Shared, jobs: &[Job]) -> Vec<Verdict> {
             .zip(needs.iter().zip(identified))
             .map(|((job, lookup), (need, ident))| {
                 let face = face_result(&snapshot, &job.event, *need, ident);
-                decide_one(shared, &policies, job, lookup, face, now)
+                decide_one(shared, policies, job, lookup, face, now)
             })
             .collect::<Vec<_>>()
     }));

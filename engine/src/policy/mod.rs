@@ -255,6 +255,11 @@ impl PolicyVersion {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A version as the entry log stored it.
+    pub(crate) fn from_stored(text: String) -> Self {
+        Self(text)
+    }
 }
 
 impl fmt::Display for PolicyVersion {

@@ -7,8 +7,8 @@
 //! `history` module's business; this one holds the record types and reads them back.
 
 use gatewarden_protocol::{
-    Check, CheckKind, Decision, Direction, Display, GateId, MarketId, Mode, Outcome, SubjectId,
-    UnixMillis, Verdict, ZoneId,
+    Check, CheckKind, Decision, Direction, GateId, MarketId, Mode, Outcome, SubjectId, UnixMillis,
+    Verdict, ZoneId,
 };
 use rusqlite::{Connection, Row, params};
 use serde::Serialize;
@@ -19,6 +19,7 @@ use super::history::record;
 use super::history::writer::EntryWriter;
 use super::schema::Role;
 use super::{Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
+use crate::policy::PolicyVersion;
 
 /// What kind of request an event made: its [`Mode`] without the credential.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -75,6 +76,11 @@ pub struct RecordedEntry {
     pub captured_at: UnixMillis,
     /// What the event asked for.
     pub mode: ModeKind,
+    /// The gate's market when the entry was recorded.
+    pub market: MarketId,
+    /// The version of the policy that decided; `None` for entries recorded before versions
+    /// were.
+    pub policy: Option<PolicyVersion>,
 }
 
 /// One verdict to record, with where and how the event happened.
@@ -94,6 +100,9 @@ pub struct EntryRecord {
     pub captured_at: UnixMillis,
     /// The event's fingerprint, stored so that a retry can be told from a reused key.
     pub fingerprint: EventFingerprint,
+    /// The version of the policy that decided (`None` when no policy did, e.g. an entry moved
+    /// from an older store).
+    pub policy: Option<PolicyVersion>,
 }
 
 /// What [`EntryWriter::commit`] did with one record.
@@ -247,9 +256,9 @@ impl Store {
         conn: &Connection,
         row: &Row<'_>,
     ) -> Result<EntryRow, StoreError> {
-        let (entry, _, checks) = self.decode_row(part, conn, row)?;
+        let (entry, body) = self.decode_row(part, conn, row)?;
         Ok(EntryRow {
-            failed: failed_checks(&checks).collect(),
+            failed: failed_checks(&body.checks).collect(),
             ..entry
         })
     }
@@ -260,7 +269,7 @@ impl Store {
         conn: &Connection,
         row: &Row<'_>,
     ) -> Result<RecordedEntry, StoreError> {
-        let (entry, display, checks) = self.decode_row(part, conn, row)?;
+        let (entry, body) = self.decode_row(part, conn, row)?;
         let bad = |detail: String| StoreError::Corrupt {
             path: part.path.clone(),
             detail: format!(
@@ -285,24 +294,26 @@ impl Store {
                 decision: entry.decision,
                 subject: entry.subject,
                 score: entry.score,
-                checks,
-                display,
+                checks: body.checks,
+                display: body.display,
                 decided_at: entry.decided_at,
                 replayed: true,
             },
             fingerprint,
             captured_at: entry.captured_at,
             mode: entry.mode,
+            market: entry.market,
+            policy: body.policy.map(PolicyVersion::from_stored),
         })
     }
 
-    /// The row's indexed facts (with `failed` left empty), its screen and its checks.
-    fn decode_row(
+    /// The row's indexed facts (with `failed` left empty) and its decoded body.
+    pub(super) fn decode_row(
         &self,
         part: &Partition,
         conn: &Connection,
         row: &Row<'_>,
-    ) -> Result<(EntryRow, Display, Vec<Check>), StoreError> {
+    ) -> Result<(EntryRow, record::Body), StoreError> {
         let sql = |e| StoreError::from_sqlite(&part.path, "reading an entry", e);
         let corrupt = |detail: String| StoreError::Corrupt {
             path: part.path.clone(),
@@ -340,7 +351,7 @@ impl Store {
             .get_ref(11)
             .and_then(|v| Ok(v.as_blob()?))
             .map_err(sql)?;
-        let (display, checks) = record::decode_body(body, |id| {
+        let body = record::decode_body(body, |id| {
             part.form(conn, id)
                 .map_err(|e| record::DecodeError(e.to_string()))
         })
@@ -350,7 +361,7 @@ impl Store {
                 entry.gate, entry.seq
             ))
         })?;
-        Ok((entry, display, checks))
+        Ok((entry, body))
     }
 }
 

@@ -38,6 +38,7 @@
 mod cache;
 mod codes;
 mod entries;
+mod escalations;
 mod fsutil;
 mod history;
 pub mod import;
@@ -66,6 +67,7 @@ pub use history::upkeep::{
 };
 pub use history::writer::{CommitError, EntryWriter};
 
+pub use escalations::{Escalation, Resolution, ResolvedAs};
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use history::record::decode_for_fuzzing as decode_record_for_fuzzing;
 pub use queries::{ContactRow, FrequencyRow, SignInRow};

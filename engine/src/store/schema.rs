@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use super::StoreError;
 
 /// The schema version this build writes and understands.
-pub(super) const SCHEMA_VERSION: u32 = 3;
+pub(super) const SCHEMA_VERSION: u32 = 4;
 
 /// `PRAGMA application_id` of a gatewarden store: "GWRD".
 pub(super) const APPLICATION_ID: i32 = 0x4757_5244;
@@ -147,7 +147,26 @@ DROP VIEW signins;
 DROP TABLE entries;
 ";
 
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+/// Version 3 → 4: how staff resolved escalations (see `store::escalations`), one row per
+/// escalated `(gate, seq)`, written once.
+const V4: &str = "
+CREATE TABLE resolutions (
+    gate         INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    subject      INTEGER,
+    market       INTEGER NOT NULL,
+    escalated_at INTEGER NOT NULL,
+    outcome      TEXT NOT NULL CHECK (outcome IN ('admitted', 'turned_away')),
+    resolved_by  TEXT NOT NULL,
+    note         TEXT NOT NULL,
+    resolved_at  INTEGER NOT NULL,
+    PRIMARY KEY (gate, seq)
+) WITHOUT ROWID;
+CREATE INDEX resolutions_market ON resolutions (market, escalated_at);
+CREATE INDEX resolutions_subject ON resolutions (subject, escalated_at);
+";
+
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// What a connection is for; each role gets its own pragmas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -77,6 +77,11 @@ fn a_batch_across_midnight_lands_in_two_partitions_and_reads_back_whole() {
     // if exactly-once misses it; the lookup finds the original in yesterday's partition.
     let recorded = store.recorded_entry(GateId(1), 1).unwrap().unwrap();
     assert_eq!(recorded.verdict.decided_at, batch[1].verdict.decided_at);
+    // Each record keeps the version of the policy that decided it, in either day's dictionary.
+    for r in &batch {
+        let got = store.recorded_entry(r.verdict.gate, r.verdict.seq).unwrap();
+        assert_eq!(got.unwrap().policy, r.policy);
+    }
 }
 
 #[test]

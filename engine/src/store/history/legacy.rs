@@ -107,6 +107,8 @@ fn legacy_record(row: &rusqlite::Row<'_>) -> Result<(EntryRecord, Option<EventFi
         captured_at: UnixMillis(captured_at.max(0) as u64),
         // Not written: the partition stores `fingerprint` (None for schema-1 rows).
         fingerprint: EventFingerprint([0; 16]),
+        // The old table did not record which policy decided.
+        policy: None,
         verdict: Verdict {
             replayed: false,
             ..verdict

@@ -7,13 +7,16 @@
 //! values:
 //!
 //! ```text
-//! body   = version:u8 (1)  display:varint  checks:varint  check*
+//! body   = version:u8 (2)  display:varint  policy:varint  checks:varint  check*
+//!          (version 1, written before policy versions were recorded, has no policy field)
+//! policy = 0 (no policy version) | 1 + the dictionary id of a policy form
 //! check  = form:varint  value            (value as the form's value kind says)
 //! value  = nothing | varint (a whole number) | f32 LE | f64 LE
 //!
 //! form (dictionary bytes) =
 //!   'C' kind:u8 outcome:u8 value_kind:u8 threshold_kind:u8 [threshold:f64 LE] detail:utf8
 //!   'D' colour:u8 text:utf8
+//!   'P' version:utf8             (the version of the policy that decided)
 //! ```
 //!
 //! Every value round-trips exactly: a value is stored as a varint or an f32 only when that
@@ -23,11 +26,15 @@
 use gatewarden_protocol::{Check, CheckKind, Display, DisplayColour, Outcome};
 
 /// Version byte of the body layout above.
-const BODY_VERSION: u8 = 1;
+const BODY_VERSION: u8 = 2;
+/// The first layout, without the policy field; still read.
+const BODY_VERSION_1: u8 = 1;
 /// Tag of a check form.
 const FORM_CHECK: u8 = b'C';
 /// Tag of a screen form.
 const FORM_DISPLAY: u8 = b'D';
+/// Tag of a policy-version form.
+const FORM_POLICY: u8 = b'P';
 
 /// How a check's value is stored in the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +109,14 @@ pub(crate) fn display_form(display: &Display) -> Vec<u8> {
     out
 }
 
+/// The dictionary bytes of a policy version.
+pub(crate) fn policy_form(version: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + version.len());
+    out.push(FORM_POLICY);
+    out.extend_from_slice(version.as_bytes());
+    out
+}
+
 /// A decoded form.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Form {
@@ -115,6 +130,8 @@ pub(crate) enum Form {
     },
     /// A screen.
     Display(Display),
+    /// The version of the policy that decided.
+    Policy(String),
 }
 
 /// A [`ValueKind`], opaque outside this module.
@@ -156,15 +173,22 @@ pub(crate) fn decode_form(bytes: &[u8]) -> Result<Form, DecodeError> {
                 text: r.rest_utf8()?,
             }))
         }
+        FORM_POLICY => Ok(Form::Policy(r.rest_utf8()?)),
         tag => Err(bad(format!("form tag {tag}"))),
     }
 }
 
-/// Encodes a body: `display` and `checks` are the dictionary ids of the verdict's forms, in
-/// order; the values come from the checks themselves.
-pub(crate) fn encode_body(out: &mut Vec<u8>, display: u32, checks: &[(u32, &Check)]) {
+/// Encodes a body: `display`, `policy` and `checks` are the dictionary ids of the verdict's
+/// forms, in order; the values come from the checks themselves.
+pub(crate) fn encode_body(
+    out: &mut Vec<u8>,
+    display: u32,
+    policy: Option<u32>,
+    checks: &[(u32, &Check)],
+) {
     out.push(BODY_VERSION);
     put_varint(out, u64::from(display));
+    put_varint(out, policy.map_or(0, |id| u64::from(id) + 1));
     put_varint(out, checks.len() as u64);
     for &(form, check) in checks {
         put_varint(out, u64::from(form));
@@ -177,19 +201,43 @@ pub(crate) fn encode_body(out: &mut Vec<u8>, display: u32, checks: &[(u32, &Chec
     }
 }
 
+/// A decoded body.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Body {
+    /// What the gate screen showed.
+    pub(crate) display: Display,
+    /// The checks, in policy order.
+    pub(crate) checks: Vec<Check>,
+    /// The version of the policy that decided; `None` for version-1 bodies and for verdicts
+    /// recorded without one.
+    pub(crate) policy: Option<String>,
+}
+
 /// Decodes a body; `form` resolves a dictionary id.
 pub(crate) fn decode_body(
     body: &[u8],
     mut form: impl FnMut(u32) -> Result<Form, DecodeError>,
-) -> Result<(Display, Vec<Check>), DecodeError> {
+) -> Result<Body, DecodeError> {
     let mut r = Reader(body);
     let version = r.u8()?;
-    if version != BODY_VERSION {
+    if version != BODY_VERSION && version != BODY_VERSION_1 {
         return Err(bad(format!("body version {version}")));
     }
-    let display = match form(r.id()?)? {
-        Form::Display(d) => d,
-        Form::Check { .. } => return Err(bad("a check form where the screen belongs")),
+    let Form::Display(display) = form(r.id()?)? else {
+        return Err(bad("another form where the screen belongs"));
+    };
+    let policy = match version {
+        BODY_VERSION_1 => None,
+        _ => match r.varint()? {
+            0 => None,
+            n => {
+                let id = u32::try_from(n - 1).map_err(|_| bad(format!("form id {}", n - 1)))?;
+                let Form::Policy(v) = form(id)? else {
+                    return Err(bad("another form where the policy version belongs"));
+                };
+                Some(v)
+            }
+        },
     };
     let n = r.varint()?;
     // Each check takes at least one byte; a larger count is a lie, not an allocation.
@@ -206,7 +254,7 @@ pub(crate) fn decode_body(
             detail,
         } = form(r.id()?)?
         else {
-            return Err(bad("a screen form where a check belongs"));
+            return Err(bad("another form where a check belongs"));
         };
         let value = match value.0 {
             ValueKind::None => None,
@@ -225,7 +273,11 @@ pub(crate) fn decode_body(
     if !r.0.is_empty() {
         return Err(bad(format!("{} bytes after the last check", r.0.len())));
     }
-    Ok((display, checks))
+    Ok(Body {
+        display,
+        checks,
+        policy,
+    })
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -341,11 +393,38 @@ mod tests {
             (dict.len() - 1) as u32
         };
         let display_id = intern(display_form(display));
+        let policy_id = intern(policy_form("0123456789ab"));
         let ids: Vec<(u32, &Check)> = checks.iter().map(|c| (intern(check_form(c)), c)).collect();
         let mut body = Vec::new();
-        encode_body(&mut body, display_id, &ids);
-        let (d, c) = decode_body(&body, |id| decode_form(&dict[id as usize])).unwrap();
-        (d, c, body.len())
+        encode_body(&mut body, display_id, Some(policy_id), &ids);
+        let decoded = decode_body(&body, |id| decode_form(&dict[id as usize])).unwrap();
+        assert_eq!(decoded.policy.as_deref(), Some("0123456789ab"));
+        (decoded.display, decoded.checks, body.len())
+    }
+
+    #[test]
+    fn version_1_bodies_still_decode_without_a_policy() {
+        let display = Display {
+            colour: DisplayColour::Red,
+            text: "Denied".into(),
+        };
+        let c = check(CheckKind::Temperature, Some(38.0), Some(37.3), "");
+        let dict = [display_form(&display), check_form(&c)];
+        // Written by the first layout: version 1, display 0, one check of form 1, varint 38.
+        let body = [BODY_VERSION_1, 0, 1, 1, 38];
+        let decoded = decode_body(&body, |id| decode_form(&dict[id as usize])).unwrap();
+        assert_eq!(decoded.display, display);
+        assert_eq!(decoded.checks, vec![c.clone()]);
+        assert_eq!(decoded.policy, None);
+        // A version-2 body without a policy version.
+        let mut v2 = Vec::new();
+        encode_body(&mut v2, 0, None, &[(1, &c)]);
+        let decoded = decode_body(&v2, |id| decode_form(&dict[id as usize])).unwrap();
+        assert_eq!((decoded.policy, decoded.checks), (None, vec![c.clone()]));
+        // A policy field naming a screen form is damage, not a version.
+        let mut wrong = Vec::new();
+        encode_body(&mut wrong, 0, Some(0), &[(1, &c)]);
+        assert!(decode_body(&wrong, |id| decode_form(&dict[id as usize])).is_err());
     }
 
     #[test]
@@ -390,7 +469,7 @@ mod tests {
         input.extend_from_slice(&d);
         input.push(f.len() as u8);
         input.extend_from_slice(&f);
-        encode_body(&mut input, 0, &[(1, &c)]);
+        encode_body(&mut input, 0, None, &[(1, &c)]);
         assert!(decode_for_fuzzing(&input));
         assert!(!decode_for_fuzzing(&input[..input.len() - 1]));
         assert!(!decode_for_fuzzing(&[]));
@@ -446,7 +525,7 @@ mod tests {
         };
         let c = check(CheckKind::Temperature, Some(37.9), Some(37.3), "fever");
         let mut body = Vec::new();
-        encode_body(&mut body, 0, &[(1, &c)]);
+        encode_body(&mut body, 0, None, &[(1, &c)]);
         assert!(decode_body(&body, lookup).is_ok());
         // Every truncation, and every single-byte change, decodes or fails cleanly.
         for cut in 0..body.len() {
@@ -473,6 +552,7 @@ mod tests {
             b"C\x63\x01\x00\x00",
             b"C\x01\x01\x09\x00",
             b"D\x09",
+            b"P\xff",
         ] {
             assert!(decode_form(form).is_err(), "{form:?}");
         }
@@ -481,5 +561,9 @@ mod tests {
             "short threshold"
         );
         assert!(decode_form(b"D\x01\xff").is_err(), "not UTF-8");
+        assert!(
+            decode_form(b"P\xff").is_err(),
+            "a policy version that is not UTF-8"
+        );
     }
 }

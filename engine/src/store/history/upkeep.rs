@@ -363,7 +363,13 @@ impl Store {
         now: gatewarden_protocol::UnixMillis,
         entry_days: u32,
     ) -> Result<Vec<PrunedPartition>, StoreError> {
-        self.history.prune(day_of(now), entry_days)
+        let pruned = self.history.prune(day_of(now), entry_days)?;
+        // Staff resolutions of escalations expire with the entries they resolve.
+        let keep_from = first_kept_day(day_of(now), entry_days);
+        let cutoff =
+            gatewarden_protocol::UnixMillis(u64::try_from(keep_from).unwrap_or(0) * super::DAY_MS);
+        self.prune_resolutions(cutoff)?;
+        Ok(pruned)
     }
 
     /// One checkpoint pass over the partitions (the maintenance thread calls it; nothing on

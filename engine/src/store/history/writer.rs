@@ -346,13 +346,17 @@ fn insert(
     let rec = r.record;
     let v: &Verdict = &rec.verdict;
     let display = batch.intern(record::display_form(&v.display));
+    let policy = rec
+        .policy
+        .as_ref()
+        .map(|p| batch.intern(record::policy_form(p.as_str())));
     let checks: Vec<(u32, &Check)> = v
         .checks
         .iter()
         .map(|c| (batch.intern(record::check_form(c)), c))
         .collect();
     body.clear();
-    record::encode_body(body, display, &checks);
+    record::encode_body(body, display, policy, &checks);
     let n = tx.prepare_cached(INSERT)?.execute(params![
         v.gate.0,
         to_sql_u64(v.seq),
