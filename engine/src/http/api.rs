@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method as HttpMethod, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use gatewarden_protocol::{
-    EnrollAck, HealthRecord, MarketId, Revoke, RevokeAck, SubjectId, SubjectRecord, UnixMillis,
-    UpdateHealth, UpdateHealthAck,
+    EnrollAck, GateId, HealthRecord, MarketId, Revoke, RevokeAck, SubjectId, SubjectRecord,
+    UnixMillis, UpdateHealth, UpdateHealthAck,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -20,13 +20,13 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::params::{DAY_MS, MAX_LIMIT, MAX_WINDOW_S, Params, TimeRange, day_text, path_id};
 use super::{HttpState, MAX_BODY_BYTES, OPENAPI_JSON, metrics, views};
-use crate::Engine;
 use crate::engine::PolicyReload;
 use crate::pipeline::StatsSnapshot;
 use crate::policy::PolicyError;
 use crate::server::ServerStatsSnapshot;
 use crate::store::import::{ImportFormat, ImportRecord, read_all};
-use crate::store::{ContactRow, EntryRow, FrequencyRow, SignInRow};
+use crate::store::{ContactRow, EntryRow, FrequencyRow, Resolution, ResolvedAs, SignInRow};
+use crate::{Engine, ResolveEscalation, Resolved};
 
 type Query_ = Result<Query<HashMap<String, String>>, QueryRejection>;
 type Body = Result<Bytes, BytesRejection>;
@@ -186,6 +186,20 @@ pub(super) async fn stats(State(state): State<HttpState>) -> ApiResult<StatsResp
     }))
 }
 
+#[derive(Serialize)]
+pub(super) struct StatsHistory {
+    interval_ms: u64,
+    samples: Vec<super::recent::Sample>,
+}
+
+/// The last five minutes of rates, one sample a second, oldest first.
+pub(super) async fn stats_history(State(state): State<HttpState>) -> ApiResult<StatsHistory> {
+    Ok(Json(StatsHistory {
+        interval_ms: super::recent::INTERVAL_MS,
+        samples: state.0.recent.samples(),
+    }))
+}
+
 pub(super) async fn markets(State(state): State<HttpState>) -> ApiResult<Vec<views::MarketView>> {
     let gates = blocking(&state, |e| Ok(e.store().gates())).await?;
     Ok(Json(views::markets(&gates)))
@@ -270,8 +284,8 @@ pub(super) async fn verdicts(
         let rows = e.trajectory(id, r.since, r.until)?;
         let mut out = Vec::with_capacity(limit.min(rows.len()));
         for row in rows.into_iter().rev().take(limit) {
-            let verdict = e.store().verdict_for(row.gate, row.seq)?;
-            out.push(views::VerdictView::new(row, verdict.as_ref()));
+            let recorded = e.store().recorded_entry(row.gate, row.seq)?;
+            out.push(views::VerdictView::new(row, recorded.as_ref()));
         }
         Ok(out)
     })
@@ -292,6 +306,21 @@ pub(super) async fn subject_frequency(
     })
     .await?;
     Ok(Json(found))
+}
+
+/// How staff resolved the person's escalations (default: today).
+pub(super) async fn resolutions(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    q: Query_,
+) -> ApiResult<Vec<Resolution>> {
+    let (id, r) = subject_range(&state, &id, &query(q)?, &[])?;
+    let rows = blocking(&state, move |e| {
+        require_subject(e, id)?;
+        Ok(e.resolutions_of(id, r.since, r.until)?)
+    })
+    .await?;
+    Ok(Json(rows))
 }
 
 pub(super) async fn contacts(
@@ -377,6 +406,28 @@ pub(super) async fn hall(
     })
     .await?;
     Ok(Json(hall))
+}
+
+/// A market's escalations (default: today), newest first, open and resolved.
+pub(super) async fn escalations(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    q: Query_,
+) -> ApiResult<Vec<views::EscalationView>> {
+    let q = query(q)?;
+    let (id, r) = market_range(&state, &id, &q, &["limit"])?;
+    let limit = Params::new(&q, &["since", "until", "day", "limit"])?.number(
+        "limit",
+        200,
+        1..=MAX_LIMIT as u64,
+    )? as usize;
+    let rows = blocking(&state, move |e| {
+        Ok(e.escalations(id, r.since, r.until, limit)?)
+    })
+    .await?;
+    Ok(Json(
+        rows.into_iter().map(views::EscalationView::new).collect(),
+    ))
 }
 
 // ---- writes ----
@@ -554,6 +605,62 @@ pub(super) async fn post_reinstate(
         subject: id,
         was: was.name(),
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    outcome: String,
+    by: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// Records how staff resolved an escalation: once; a second resolution is a conflict that
+/// names the first.
+pub(super) async fn post_resolve(
+    State(state): State<HttpState>,
+    Path((gate, seq)): Path<(String, String)>,
+    b: Body,
+) -> ApiResult<Resolution> {
+    let gate = GateId(path_id("gate", &gate)?);
+    let seq: u64 = path_id("seq", &seq)?;
+    let body: ResolveBody = json_body(
+        &body(b)?,
+        "resolution object {\"outcome\": \"admitted\" | \"turned_away\", \"by\", \"note\"}",
+    )?;
+    let outcome = ResolvedAs::from_name(&body.outcome).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "outcome {:?} is not \"admitted\" or \"turned_away\"",
+            body.outcome
+        ))
+    })?;
+    let request = ResolveEscalation {
+        gate,
+        seq,
+        outcome,
+        by: body.by,
+        note: body.note,
+    };
+    let done = blocking(&state, move |e| Ok(e.resolve_escalation(&request)?)).await?;
+    match done {
+        Resolved::Recorded(r) => Ok(Json(r)),
+        Resolved::AlreadyResolved(first) => Err(ApiError::Conflict(format!(
+            "gate {gate} seq {seq} was already resolved as {} by {} at {} ms; a resolution is \
+             never changed",
+            first.outcome.name(),
+            first.by,
+            first.at.0
+        ))),
+        Resolved::NoSuchEntry => Err(ApiError::NotFound(format!(
+            "nothing is recorded for gate {gate} seq {seq}"
+        ))),
+        Resolved::NotEscalated(d) => Err(ApiError::Conflict(format!(
+            "gate {gate} seq {seq} was not escalated (its verdict was {}): only escalations \
+             are resolved by staff",
+            d.name()
+        ))),
+    }
 }
 
 #[derive(Serialize)]

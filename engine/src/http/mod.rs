@@ -15,6 +15,7 @@ mod api;
 mod error;
 pub mod metrics;
 mod params;
+mod recent;
 pub mod token;
 mod views;
 
@@ -49,6 +50,7 @@ struct Inner {
     token: AdminToken,
     clock: Arc<dyn Clock>,
     started: UnixMillis,
+    recent: recent::Recent,
 }
 
 impl HttpState {
@@ -73,11 +75,19 @@ impl HttpState {
             token,
             clock,
             started,
+            recent: recent::Recent::default(),
         }))
     }
 
     fn now(&self) -> UnixMillis {
         self.0.clock.now()
+    }
+
+    /// Adds one sample to the recent history (`GET /api/v1/stats/history`). [`serve`] calls
+    /// it every second; a program serving [`router`] some other way calls it itself.
+    pub fn sample_recent(&self) {
+        let stats = self.0.engine.stats();
+        self.0.recent.record(self.now(), &stats);
     }
 }
 
@@ -147,6 +157,7 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/metrics", false, api::metrics),
     route!(GET "/api/v1/openapi.json", false, api::openapi),
     route!(GET "/api/v1/stats", true, api::stats),
+    route!(GET "/api/v1/stats/history", true, api::stats_history),
     route!(GET "/api/v1/markets", true, api::markets),
     route!(POST "/api/v1/subjects", true, api::post_subjects),
     route!(GET "/api/v1/subjects/{id}", true, api::subject),
@@ -157,10 +168,13 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/subjects/{id}/verdicts", true, api::verdicts),
     route!(GET "/api/v1/subjects/{id}/frequency", true, api::subject_frequency),
     route!(GET "/api/v1/subjects/{id}/contacts", true, api::contacts),
+    route!(GET "/api/v1/subjects/{id}/resolutions", true, api::resolutions),
     route!(POST "/api/v1/health", true, api::post_health),
     route!(GET "/api/v1/markets/{id}/frequency", true, api::market_frequency),
     route!(GET "/api/v1/markets/{id}/signins", true, api::signins),
     route!(GET "/api/v1/markets/{id}/hall", true, api::hall),
+    route!(GET "/api/v1/markets/{id}/escalations", true, api::escalations),
+    route!(POST "/api/v1/escalations/{gate}/{seq}/resolve", true, api::post_resolve),
     route!(GET "/api/v1/policy", true, api::policy),
     route!(POST "/api/v1/policy/reload", true, api::post_policy_reload),
 ];
@@ -188,7 +202,7 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
+/// finish. Samples the engine's rates every second meanwhile, for the console's sparklines.
 ///
 /// # Errors
 /// The listener failed.
@@ -197,9 +211,28 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let sampler = tokio::spawn(sample_every_second(state.clone()));
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    sampler.abort();
+    served
+}
+
+async fn sample_every_second(state: HttpState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(recent::INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        // The snapshot takes the stats locks briefly; keep it off the async threads.
+        if tokio::task::spawn_blocking(move || s.sample_recent())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Refuses requests without the right `Authorization: Bearer` token.

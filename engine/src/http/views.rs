@@ -6,13 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gatewarden_protocol::{
-    Decision, Direction, GateId, HealthRecord, MarketId, SubjectId, SubjectRecord, SubjectStatus,
-    TestResult, UnixMillis, Verdict, ZoneId,
+    Check, Decision, Direction, GateId, HealthRecord, MarketId, SubjectId, SubjectRecord,
+    SubjectStatus, TestResult, UnixMillis, ZoneId,
 };
 use serde::Serialize;
 
 use crate::model::GateInfo;
-use crate::store::{EntryRow, ModeKind, SignInRow};
+use crate::store::{EntryRow, Escalation, ModeKind, RecordedEntry, Resolution, SignInRow};
 
 /// A registry record without its credentials.
 #[derive(Debug, Serialize)]
@@ -116,40 +116,62 @@ struct DisplayView {
     text: String,
 }
 
+fn check_views(checks: &[Check]) -> Vec<CheckView> {
+    checks
+        .iter()
+        .map(|c| CheckView {
+            kind: c.kind.name(),
+            outcome: c.outcome.name(),
+            value: c.value,
+            threshold: c.threshold,
+            detail: c.detail.clone(),
+        })
+        .collect()
+}
+
 /// `GET /api/v1/subjects/{id}/verdicts`: an entry and its full verdict.
 #[derive(Debug, Serialize)]
 pub(crate) struct VerdictView {
     entry: EntryRow,
     checks: Vec<CheckView>,
     display: Option<DisplayView>,
+    /// The version of the policy that decided; `None` for verdicts recorded before versions
+    /// were.
+    policy_version: Option<String>,
 }
 
 impl VerdictView {
-    /// An entry with its stored verdict (`None` if the record has none: checks empty, no
-    /// display).
-    pub(crate) fn new(entry: EntryRow, verdict: Option<&Verdict>) -> Self {
-        let checks = verdict
-            .map(|v| {
-                v.checks
-                    .iter()
-                    .map(|c| CheckView {
-                        kind: c.kind.name(),
-                        outcome: c.outcome.name(),
-                        value: c.value,
-                        threshold: c.threshold,
-                        detail: c.detail.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// An entry with its stored record (`None` if there is none: checks empty, no display).
+    pub(crate) fn new(entry: EntryRow, recorded: Option<&RecordedEntry>) -> Self {
+        let verdict = recorded.map(|r| &r.verdict);
         let display = verdict.map(|v| DisplayView {
             colour: v.display.colour.name(),
             text: v.display.text.clone(),
         });
         Self {
             entry,
-            checks,
+            checks: verdict.map(|v| check_views(&v.checks)).unwrap_or_default(),
             display,
+            policy_version: recorded.and_then(|r| r.policy.as_ref().map(ToString::to_string)),
+        }
+    }
+}
+
+/// `GET /api/v1/markets/{id}/escalations`: an escalated entry, the checks that escalated or
+/// failed, and how staff resolved it (`null` while open).
+#[derive(Debug, Serialize)]
+pub(crate) struct EscalationView {
+    entry: EntryRow,
+    checks: Vec<CheckView>,
+    resolution: Option<Resolution>,
+}
+
+impl EscalationView {
+    pub(crate) fn new(e: Escalation) -> Self {
+        Self {
+            checks: check_views(&e.checks),
+            entry: e.entry,
+            resolution: e.resolution,
         }
     }
 }

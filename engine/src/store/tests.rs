@@ -1199,18 +1199,39 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
     let records = [
         entry(1, 1, 5, Some(10), Decision::Escalate, ModeKind::Verify, 10),
         entry(1, 2, 5, Some(11), Decision::Admit, ModeKind::Verify, 20),
-        entry(2, 1, 5, Some(12), Decision::Escalate, ModeKind::Identify, 30),
+        entry(
+            2,
+            1,
+            5,
+            Some(12),
+            Decision::Escalate,
+            ModeKind::Identify,
+            30,
+        ),
         entry(3, 1, 6, Some(10), Decision::Escalate, ModeKind::Verify, 40),
     ];
     w.commit(&records).unwrap();
     let all = (UnixMillis(0), UnixMillis(u64::MAX));
     let listed = store.escalations(MarketId(5), all.0, all.1, 100).unwrap();
-    let keys: Vec<(u32, u64)> = listed.iter().map(|e| (e.entry.gate.0, e.entry.seq)).collect();
-    assert_eq!(keys, vec![(2, 1), (1, 1)], "market 5's escalations, newest first");
+    let keys: Vec<(u32, u64)> = listed
+        .iter()
+        .map(|e| (e.entry.gate.0, e.entry.seq))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![(2, 1), (1, 1)],
+        "market 5's escalations, newest first"
+    );
     assert!(listed.iter().all(|e| e.resolution.is_none()));
     // Only the checks that failed or escalated come with an escalation.
     assert!(listed[0].checks.iter().all(|c| c.outcome != Outcome::Pass));
-    assert_eq!(store.escalations(MarketId(5), all.0, all.1, 1).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .escalations(MarketId(5), all.0, all.1, 1)
+            .unwrap()
+            .len(),
+        1
+    );
 
     let resolution = Resolution {
         gate: GateId(1),
@@ -1245,11 +1266,24 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
     drop(store);
     let store = open(dir.path());
     assert_eq!(
-        store.resolutions_of(SubjectId(10), all.0, all.1).unwrap().len(),
+        store
+            .resolutions_of(SubjectId(10), all.0, all.1)
+            .unwrap()
+            .len(),
         1
     );
     let much_later = UnixMillis(T0 + 400 * 86_400_000);
     store.prune_entries(much_later, 30).unwrap();
-    assert!(store.resolutions_of(SubjectId(10), all.0, all.1).unwrap().is_empty());
-    assert!(store.escalations(MarketId(5), all.0, all.1, 100).unwrap().is_empty());
+    assert!(
+        store
+            .resolutions_of(SubjectId(10), all.0, all.1)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .escalations(MarketId(5), all.0, all.1, 100)
+            .unwrap()
+            .is_empty()
+    );
 }
