@@ -52,8 +52,178 @@ fn console_views_show_what_the_api_answers() {
     check_person(&browser, &api, subject, &day);
     check_contacts(&browser, &api, subject, &day);
     check_wrong_token(&browser);
+    check_wall(&browser, &api);
+    check_sparklines(&browser, &api);
+    check_revoke_and_reinstate(&browser, &api, subject);
+    check_resolving_an_escalation(&browser, &api, &day);
 
     demo.stop(tmp.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acting from the console, in a browser driven over the DevTools protocol.
+
+/// Wall mode: no navigation, large type, and the next market after `rotate` seconds (virtual
+/// time in the dump: one rotation within its 10 s).
+fn check_wall(browser: &Browser, api: &Api) {
+    let markets: Vec<u64> = api
+        .get("/api/v1/markets")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["market"].as_u64().unwrap())
+        .collect();
+    assert!(markets.len() >= 2, "the demo has several markets");
+    let dom = browser.dump(&format!("view=hall&wall=1&rotate=6&market={}", markets[0]));
+    expect_ready(&dom, "hall");
+    assert!(
+        body(&dom)
+            .attr("class")
+            .split_whitespace()
+            .any(|c| c == "wall"),
+        "wall mode styles the page"
+    );
+    assert_eq!(
+        one(&dom, "hall-title").text(),
+        format!("Market {}", markets[1]),
+        "the wall moved on to the next market"
+    );
+}
+
+/// The live view's sparklines start from the server's history, not empty.
+fn check_sparklines(browser: &Browser, api: &Api) {
+    let kept = api.get("/api/v1/stats/history")["samples"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(kept >= 2, "the server kept {kept} samples of a demo run");
+    let mut page = browser.page("view=live");
+    page.wait_for("document.body.dataset.ready === 'live'");
+    let shown =
+        page.eval("Number(document.querySelector('[data-testid=spark-eps]').dataset.samples)");
+    assert!(
+        shown.as_u64().unwrap() >= kept as u64,
+        "sparkline of {shown} samples, the server had {kept}"
+    );
+    let version = api.get("/api/v1/policy")["version"].clone();
+    let tile = page.eval("document.querySelector('[data-testid=live-policy-version]').textContent");
+    assert_eq!(tile, version, "the policy in force");
+}
+
+/// Revoke and reinstate from the person view, with a reason; the registry follows.
+fn check_revoke_and_reinstate(browser: &Browser, api: &Api, subject: u64) {
+    let status =
+        |api: &Api| api.get(&format!("/api/v1/subjects/{subject}"))["subject"]["status"].clone();
+    assert_eq!(status(api), "active");
+    let mut page = browser.page(&format!("view=person&subject={subject}"));
+    for (action, after) in [("revoke", "revoked"), ("reinstate", "active")] {
+        page.wait_for(&format!(
+            "document.body.dataset.ready === 'person' && \
+             document.querySelector('[data-testid=status-form]').dataset.action === '{action}'"
+        ));
+        page.eval(&format!(
+            "document.querySelector('[data-testid=status-reason]').value = 'console test: {action}'; \
+             document.querySelector('[data-testid=status-action]').click(); true"
+        ));
+        page.wait_for(&format!(
+            "document.body.dataset.ready === 'person' && \
+             document.querySelector('[data-testid=person-status]').textContent === '{after}'"
+        ));
+        assert_eq!(status(api), after, "after {action} from the console");
+    }
+    // Every verdict shows the version of the policy that decided it.
+    let version = api.get("/api/v1/policy")["version"].clone();
+    let shown = page.eval(
+        "[...document.querySelectorAll('[data-testid=verdict-policy]')].map((e) => e.textContent)",
+    );
+    let shown = shown.as_array().unwrap();
+    assert!(!shown.is_empty(), "no verdicts shown");
+    assert!(
+        shown.iter().all(|v| *v == version),
+        "{shown:?} against {version}"
+    );
+}
+
+/// The escalation queue: an open escalation is resolved by a named staff member, once; the
+/// resolution shows in the queue, the API and the person's timeline.
+fn check_resolving_an_escalation(browser: &Browser, api: &Api, day: &str) {
+    let open = api
+        .get("/api/v1/markets")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["market"].as_u64().unwrap())
+        .find_map(|m| {
+            let rows = api.get(&format!("/api/v1/markets/{m}/escalations?day={day}"));
+            let row = rows
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["resolution"].is_null() && r["entry"]["subject"].is_u64())?
+                .clone();
+            Some((m, row))
+        });
+    let (market, row) = open.expect("the demo escalated nobody with a known face or card");
+    let (gate, seq) = (&row["entry"]["gate"], &row["entry"]["seq"]);
+    let subject = row["entry"]["subject"].as_u64().unwrap();
+    let selector = format!("tr[data-testid=escalation][data-gate=\"{gate}\"][data-seq=\"{seq}\"]");
+    let mut page = browser.page(&format!("view=escalations&market={market}&day={day}"));
+    page.wait_for(&format!(
+        "document.body.dataset.ready === 'escalations' && document.querySelector('{selector}')"
+    ));
+    // Without a name the console refuses to send: every resolution records who made it.
+    page.eval(&format!(
+        "document.querySelector('{selector} [data-testid=resolve-admitted]').click(); true"
+    ));
+    let error = page.wait_for("document.body.dataset.error");
+    assert!(error.as_str().unwrap().contains("your name"), "{error}");
+    page.eval(&format!(
+        "const name = document.querySelector('[data-testid=staff-name]'); \
+         name.value = 'Wang Fang'; name.dispatchEvent(new Event('change')); \
+         document.querySelector('{selector} [data-testid=resolve-note]').value = 'paper test shown'; \
+         document.querySelector('{selector} [data-testid=resolve-admitted]').click(); true"
+    ));
+    page.wait_for(&format!(
+        "document.querySelector('{selector}')?.dataset.state === 'admitted'"
+    ));
+    let listed = api.get(&format!("/api/v1/markets/{market}/escalations?day={day}"));
+    let resolution = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["entry"]["gate"] == *gate && r["entry"]["seq"] == *seq)
+        .unwrap()["resolution"]
+        .clone();
+    assert_eq!(resolution["outcome"], "admitted");
+    assert_eq!(resolution["by"], "Wang Fang");
+    assert_eq!(resolution["note"], "paper test shown");
+    // A second resolution is refused and the first stands.
+    let again = crate::http_client::post_json(
+        api.addr,
+        &format!("/api/v1/escalations/{gate}/{seq}/resolve"),
+        Some(&api.token),
+        r#"{"outcome": "turned_away", "by": "Li Wei"}"#,
+    );
+    assert_eq!(again.status, 409);
+    // The person's timeline shows it.
+    let dom = browser.dump(&format!("view=person&subject={subject}&day={day}"));
+    expect_ready(&dom, "person");
+    let resolved: Vec<_> = elements(&dom, "resolution")
+        .into_iter()
+        .filter(|r| {
+            r.attr("data-gate") == gate.to_string() && r.attr("data-seq") == seq.to_string()
+        })
+        .collect();
+    assert_eq!(resolved.len(), 1, "the resolution in the person view");
+    assert_eq!(resolved[0].attr("data-outcome"), "admitted");
+    assert!(
+        elements(&dom, "timeline-dot").iter().any(|d| d
+            .attrs
+            .get("data-resolved")
+            .map(String::as_str)
+            == Some("admitted")),
+        "the timeline marks the resolved escalation"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -569,6 +739,16 @@ struct Browser {
 }
 
 impl Browser {
+    /// A page at `#token=...&<fragment>` to act in, in a fresh profile.
+    fn page(&self, fragment: &str) -> crate::cdp::Page {
+        static PAGE: AtomicU32 = AtomicU32::new(0);
+        let profile = self
+            .profiles
+            .join(format!("cdp-{}", PAGE.fetch_add(1, Ordering::Relaxed)));
+        let url = format!("{}#token={}&{fragment}", self.base, self.token);
+        crate::cdp::Page::open(&self.exe, &profile, &url)
+    }
+
     /// The DOM of the console at `#token=...&<fragment>` with the demo's token.
     fn dump(&self, fragment: &str) -> String {
         self.dump_with_token(&self.token, fragment)

@@ -219,6 +219,7 @@ fn write_expired_days(dir: &Path, now: UnixMillis, entries: &Path) {
                     direction: e.direction,
                     captured_at: e.captured_at,
                     fingerprint: gatewarden::store::EventFingerprint([7; 16]),
+                    policy: None,
                 }
             })
             .collect();

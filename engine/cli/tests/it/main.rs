@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin_errors;
+mod cdp;
 mod console;
 mod crash;
 mod engine_api;

@@ -212,6 +212,7 @@ fn query_uses_the_sites_utc_offset() {
             direction: Direction::Entry,
             captured_at: at,
             fingerprint: EventFingerprint([1; 16]),
+            policy: None,
         };
         store.entry_writer().unwrap().commit(&[record]).unwrap();
     }
@@ -285,6 +286,7 @@ fn store_stats_and_prune_work_on_day_partitions() {
                     direction: Direction::Entry,
                     captured_at: at,
                     fingerprint: EventFingerprint([3; 16]),
+                    policy: None,
                 }
             })
             .collect();

@@ -1,4 +1,5 @@
-// gatewarden market console: four views over the admin HTTP API (/api/v1).
+// gatewarden market console: five views over the admin HTTP API (/api/v1), and the two things
+// staff do from it: revoke or reinstate a person, and resolve an escalation.
 //
 // Plain ES2020, no framework and no build step, so the engine can embed this file as is.
 // Routing lives in the URL fragment (#view=hall&market=1&...), so every screen has a URL a
@@ -12,7 +13,11 @@ const LIVE_POLL_MS = 1000;
 const HALL_POLL_MS = 5000;
 // Five minutes of one-second samples for the sparklines.
 const HISTORY_SAMPLES = 300;
-const VIEWS = ['live', 'hall', 'person', 'contacts'];
+const ESCALATIONS_POLL_MS = 10000;
+// A hall display in wall mode moves to the next market after this many seconds by default.
+const WALL_ROTATE_S = 20;
+const STAFF_NAME_KEY = 'gatewarden.staff';
+const VIEWS = ['live', 'hall', 'escalations', 'person', 'contacts'];
 
 // ---------------------------------------------------------------------------------------------
 // Small DOM helpers. Everything goes through textContent: API strings never become markup.
@@ -64,6 +69,8 @@ const state = {
   // Bumped on every navigation; late answers of an older view check it and are dropped.
   generation: 0,
   timer: null,
+  // The wall display's move to the next market.
+  rotation: null,
 };
 
 function fmtInt(n) {
@@ -163,15 +170,20 @@ class ApiError extends Error {
   }
 }
 
-/** GET `path` with the admin token; the parsed JSON, or an ApiError with a message for people. */
-async function api(path) {
+/** GET `path` with the admin token (or POST `body` as JSON); the parsed JSON, or an ApiError
+ *  with a message for people. */
+async function api(path, payload) {
   const token = sessionStorage.getItem(TOKEN_KEY) || '';
+  const headers = { Authorization: `Bearer ${token}`, Accept: 'application/json' };
+  const init = { headers, cache: 'no-store' };
+  if (payload !== undefined) {
+    init.method = 'POST';
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(payload);
+  }
   let response;
   try {
-    response = await fetch(path, {
-      headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
-      cache: 'no-store',
-    });
+    response = await fetch(path, init);
   } catch (e) {
     throw new ApiError(0, 'network', `cannot reach the engine at ${location.host}: is gatewarden serve running? (${e.message})`);
   }
@@ -236,6 +248,8 @@ function startTimer(fn, ms) {
 function route() {
   clearInterval(state.timer);
   state.timer = null;
+  clearTimeout(state.rotation);
+  state.rotation = null;
   state.generation += 1;
   delete document.body.dataset.ready;
   clearError();
@@ -245,7 +259,10 @@ function route() {
   const main = document.getElementById('main');
   main.replaceChildren();
   const generation = state.generation;
-  const render = { live: liveView, hall: hallView, person: personView, contacts: contactsView }[view];
+  document.body.classList.toggle('wall', view === 'hall' && params.get('wall') === '1');
+  const render = {
+    live: liveView, hall: hallView, escalations: escalationsView, person: personView, contacts: contactsView,
+  }[view];
   render(main, params, generation).catch((err) => {
     if (current(generation)) showError(err);
   });
@@ -296,6 +313,16 @@ async function liveView(main, params, generation) {
   liveHistory.length = 0;
   const body = h('div', { class: 'live' });
   fill(main, h('h2', {}, 'Live'), body);
+  // The server keeps the last five minutes, so the sparklines start full, not empty.
+  try {
+    const recent = await api('/api/v1/stats/history');
+    if (!current(generation)) return;
+    for (const x of recent.samples.slice(-HISTORY_SAMPLES)) {
+      liveHistory.push({ eps: x.verdicts_per_s, p99: x.p99_ms === null ? null : x.p99_ms * 1000 });
+    }
+  } catch (err) {
+    // A server without the history: the sparklines fill as the page polls.
+  }
   const poll = async () => {
     try {
       const stats = await api('/api/v1/stats');
@@ -311,7 +338,7 @@ async function liveView(main, params, generation) {
       }
       fill(body, renderLive(stats, rates, prevMarkets));
       clearError();
-      setStatus(`engine time ${fmtDateTime(stats.now_ms)} · up ${fmtNum(stats.uptime_s, 0)} s`);
+      setStatus(`engine time ${fmtDateTime(stats.now_ms)} · up ${fmtNum(stats.uptime_s, 0)} s · policy ${policyOf(stats)}`);
       markReady('live');
     } catch (err) {
       // Keep the last figures on screen; the banner says they are stale and why.
@@ -320,6 +347,10 @@ async function liveView(main, params, generation) {
   };
   await poll();
   if (current(generation)) startTimer(poll, LIVE_POLL_MS);
+}
+
+function policyOf(stats) {
+  return stats.engine.policy_version || '—';
 }
 
 function renderLive(stats, rates, prevMarkets) {
@@ -332,7 +363,9 @@ function renderLive(stats, rates, prevMarkets) {
       tile('p99 end to end (last poll)', p99ms === null ? '—' : `≤ ${fmtNum(p99ms, 1)} ms`, 'live-p99-ms', p99ms,
         p99ms !== null && p99ms >= 100 ? 'bad' : ''),
       tile('Queue', `${fmtInt(e.queue_depth)} / ${fmtInt(e.queue_capacity)}`, 'live-queue', e.queue_depth),
-      tile('Busy / s', fmtNum(rates.busyPerS, 1), 'live-busy-per-s', rates.busyPerS)),
+      tile('Busy / s', fmtNum(rates.busyPerS, 1), 'live-busy-per-s', rates.busyPerS),
+      h('div', { class: 'tile' }, h('div', { class: 'tile-title' }, 'Policy version'),
+        h('div', { class: 'tile-value mono', 'data-testid': 'live-policy-version' }, policyOf(stats)))),
     h('section', { class: 'sparks' },
       sparkline('verdicts / s', liveHistory.map((x) => x.eps), 'spark-eps', ''),
       sparkline('p99 ms', liveHistory.map((x) => (x.p99 === null ? null : x.p99 / 1000)), 'spark-p99', 'ms')),
@@ -447,15 +480,18 @@ async function hallView(main, params, generation) {
   }
   const market = params.get('market') || String(list[0].market);
   const day = params.get('day') || '';
+  const wall = params.get('wall') === '1';
   const select = h('select', { 'data-testid': 'market-picker', onchange: (ev) => go('hall', { market: ev.target.value }) },
     list.map((m) => h('option', { value: m.market, selected: String(m.market) === market }, `market ${m.market} (${m.gates} gates)`)));
   const dayInput = h('input', { type: 'date', value: day, 'data-testid': 'day-picker', onchange: (ev) => go('hall', { day: ev.target.value }) });
   const body = h('div', {});
-  fill(main, h('h2', {}, 'Hall display'),
+  fill(main, h('h2', { 'data-testid': 'hall-title' }, wall ? `Market ${market}` : 'Hall display'),
     h('form', { class: 'controls', onsubmit: (ev) => ev.preventDefault() },
       h('label', {}, 'Market ', select), h('label', {}, 'Day ', dayInput),
-      h('span', { class: 'hint' }, 'refreshes every 5 s')),
+      h('span', { class: 'hint' }, 'refreshes every 5 s'),
+      linkTo('hall', { wall: '1', market }, 'Wall mode (full screen, rotating markets)', { 'data-testid': 'wall-link' })),
     body);
+  if (wall) scheduleRotation(list, market, params);
   const query = `/api/v1/markets/${encodeURIComponent(market)}/hall${day ? `?day=${encodeURIComponent(day)}` : ''}`;
   const refresh = async () => {
     try {
@@ -473,6 +509,16 @@ async function hallView(main, params, generation) {
   };
   await refresh();
   if (current(generation)) startTimer(refresh, HALL_POLL_MS);
+}
+
+/** In wall mode, shows the next market after `rotate` seconds (0: stay on this one). */
+function scheduleRotation(list, market, params) {
+  const seconds = Number(params.get('rotate') ?? WALL_ROTATE_S);
+  if (!(seconds > 0) || list.length < 2) return;
+  const at = list.findIndex((m) => String(m.market) === market);
+  const next = list[(at + 1) % list.length].market;
+  document.body.dataset.nextMarket = next;
+  state.rotation = setTimeout(() => go('hall', { market: next }), seconds * 1000);
 }
 
 function renderHall(hall) {
@@ -505,6 +551,112 @@ function staffRow(p) {
   h('td', { 'data-testid': 'staff-test-result', class: `result-${p.test_result || 'none'}` }, p.test_result || 'no test'),
   timeCell('staff-test-at', p.test_at, true),
   h('td', { 'data-testid': 'staff-tested-today' }, p.tested_today ? 'yes' : 'no'));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Escalations: the verdicts that said "please wait for staff", per market, and what staff did.
+
+async function escalationsView(main, params, generation) {
+  const [list] = await Promise.all([markets(), ensureOffset()]);
+  if (!current(generation)) return;
+  if (list.length === 0) {
+    fill(main, h('h2', {}, 'Escalations'), h('p', { class: 'hint' }, 'No gates are registered: import gates first.'));
+    markReady('escalations');
+    return;
+  }
+  const market = params.get('market') || String(list[0].market);
+  const day = params.get('day') || '';
+  const select = h('select', { 'data-testid': 'market-picker', onchange: (ev) => go('escalations', { market: ev.target.value }) },
+    list.map((m) => h('option', { value: m.market, selected: String(m.market) === market }, `market ${m.market}`)));
+  const dayInput = h('input', { type: 'date', value: day, 'data-testid': 'day-picker', onchange: (ev) => go('escalations', { day: ev.target.value }) });
+  const staff = h('input', {
+    name: 'by', placeholder: 'your name', maxlength: 64, 'data-testid': 'staff-name',
+    value: sessionStorage.getItem(STAFF_NAME_KEY) || '',
+    onchange: (ev) => sessionStorage.setItem(STAFF_NAME_KEY, ev.target.value.trim()),
+  });
+  const body = h('div', {});
+  fill(main, h('h2', {}, 'Escalations'),
+    h('form', { class: 'controls', onsubmit: (ev) => ev.preventDefault() },
+      h('label', {}, 'Market ', select), h('label', {}, 'Day ', dayInput), h('label', {}, 'Resolved by ', staff),
+      h('span', { class: 'hint' }, 'open ones first; refreshes every 10 s')),
+    body);
+  const q = new URLSearchParams();
+  if (day) q.set('day', day);
+  const path = `/api/v1/markets/${encodeURIComponent(market)}/escalations?${q}`;
+  const refresh = async () => {
+    // Never redraw under staff typing a note.
+    if (body.contains(document.activeElement)) return;
+    try {
+      const rows = await api(path);
+      if (!current(generation)) return;
+      fill(body, renderEscalations(rows, staff, refresh));
+      clearError();
+      setStatus(`escalations at market ${market}`);
+      markReady('escalations');
+    } catch (err) {
+      if (current(generation)) showError(err);
+    }
+  };
+  await refresh();
+  if (current(generation)) startTimer(refresh, ESCALATIONS_POLL_MS);
+}
+
+function renderEscalations(rows, staff, refresh) {
+  const open = rows.filter((r) => !r.resolution);
+  const done = rows.filter((r) => r.resolution);
+  return [
+    h('section', { class: 'tiles' },
+      tile('Open', fmtInt(open.length), 'escalations-open', open.length, open.length > 0 ? 'bad' : 'good'),
+      tile('Resolved', fmtInt(done.length), 'escalations-resolved', done.length)),
+    rows.length === 0 ? h('p', { class: 'hint', 'data-testid': 'escalations-empty' }, 'No escalations on this day.') :
+      h('table', { 'data-testid': 'escalations-table' },
+        h('thead', {}, h('tr', {}, ['at', 'person', 'gate', 'why', 'resolution'].map((t) => h('th', {}, t)))),
+        h('tbody', {}, [...open, ...done].map((r) => escalationRow(r, staff, refresh)))),
+  ];
+}
+
+function escalationRow(r, staff, refresh) {
+  const e = r.entry;
+  const why = r.checks.map((c) => `${label(c.kind)}${c.value === null ? '' : ` ${fmtValue(c.value)}`}${c.threshold === null ? '' : ` (limit ${fmtValue(c.threshold)})`}`).join(', ') || '—';
+  return h('tr', {
+    'data-testid': 'escalation', 'data-gate': e.gate, 'data-seq': e.seq,
+    'data-state': r.resolution ? r.resolution.outcome : 'open',
+    class: r.resolution ? '' : 'open-escalation',
+  },
+  timeCell('escalation-at', e.decided_at, false),
+  h('td', {}, e.subject === null ? 'unknown' : linkTo('person', { subject: e.subject }, String(e.subject))),
+  h('td', {}, `gate ${e.gate}`),
+  h('td', { 'data-testid': 'escalation-why' }, why),
+  h('td', {}, r.resolution ? resolutionText(r.resolution) : resolveForm(e, staff, refresh)));
+}
+
+function resolutionText(res) {
+  return h('span', { 'data-testid': 'escalation-resolution', 'data-by': res.by, class: `resolved-${res.outcome}` },
+    `${label(res.outcome)} by ${res.by} at ${fmtTime(res.at)}${res.note ? ` (${res.note})` : ''}`);
+}
+
+function resolveForm(e, staff, refresh) {
+  const note = h('input', { name: 'note', placeholder: 'note (optional)', maxlength: 500, 'data-testid': 'resolve-note' });
+  const resolve = async (outcome) => {
+    const by = staff.value.trim();
+    if (!by) {
+      showError('type your name in "Resolved by" first: every resolution records who made it');
+      staff.focus();
+      return;
+    }
+    sessionStorage.setItem(STAFF_NAME_KEY, by);
+    try {
+      await api(`/api/v1/escalations/${e.gate}/${e.seq}/resolve`, { outcome, by, note: note.value.trim() });
+      clearError();
+      document.activeElement.blur();
+      await refresh();
+    } catch (err) {
+      showError(err);
+    }
+  };
+  return h('span', { class: 'resolve' }, note,
+    h('button', { type: 'button', 'data-testid': 'resolve-admitted', onclick: () => resolve('admitted') }, 'Admitted'),
+    h('button', { type: 'button', 'data-testid': 'resolve-turned-away', onclick: () => resolve('turned_away') }, 'Turned away'));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,24 +704,62 @@ async function personView(main, params, generation) {
   }
   const q = timeQuery(params);
   const base = `/api/v1/subjects/${subject}`;
-  const [, info, trajectory, frequency, verdicts] = await Promise.all([
+  const [, info, trajectory, frequency, verdicts, resolutions] = await Promise.all([
     ensureOffset(),
     api(base),
     api(`${base}/trajectory?${q}`),
     api(`${base}/frequency?${q}`),
     api(`${base}/verdicts?limit=20`),
+    api(`${base}/resolutions?${q}`),
   ]);
   if (!current(generation)) return;
   fill(body,
     subjectInfo(info),
+    statusAction(info.subject),
     h('p', {}, linkTo('contacts', { subject }, `Contacts of ${subject} →`)),
     h('h3', {}, 'Entry frequency'), frequencyTable(frequency),
     h('h3', {}, `Trajectory (${trajectory.length} records)`),
     h('p', { class: 'hint', 'data-testid': 'trajectory-count', 'data-value': trajectory.length }, `${trajectory.length} entry records in the period`),
-    timeline(trajectory),
+    timeline(trajectory, resolutions),
+    resolutionList(resolutions),
     h('h3', {}, 'Recent verdicts'), verdictList(verdicts));
   setStatus(`person ${subject}`);
   markReady('person');
+}
+
+/** Revoke an active person, or reinstate a revoked or blocklisted one, with a reason for the
+ *  audit trail. The server refuses both without the admin token. */
+function statusAction(p) {
+  const action = p.status === 'active' ? 'revoke' : 'reinstate';
+  const reason = h('input', { name: 'reason', required: true, maxlength: 200, placeholder: `why ${action}? (audited)`, 'data-testid': 'status-reason' });
+  return h('form', {
+    class: 'controls status-action',
+    'data-testid': 'status-form',
+    'data-action': action,
+    onsubmit: async (ev) => {
+      ev.preventDefault();
+      if (!reason.value.trim()) {
+        showError(`say why the person is to be ${action}d: the reason goes to the audit trail`);
+        return;
+      }
+      try {
+        await api(`/api/v1/subjects/${p.subject}/${action}`, { reason: reason.value.trim() });
+        clearError();
+        route();
+      } catch (err) {
+        showError(err);
+      }
+    },
+  }, h('label', {}, `${action === 'revoke' ? 'Revoke' : 'Reinstate'} this person: `, reason),
+  h('button', { type: 'submit', class: action, 'data-testid': 'status-action' }, action === 'revoke' ? 'Revoke' : 'Reinstate'));
+}
+
+function resolutionList(resolutions) {
+  if (resolutions.length === 0) return null;
+  return h('div', {}, h('h3', {}, 'Escalations resolved by staff'),
+    h('ul', { class: 'resolutions' }, resolutions.map((r) => h('li', {
+      'data-testid': 'resolution', 'data-gate': r.gate, 'data-seq': r.seq, 'data-outcome': r.outcome,
+    }, `${fmtDateTime(r.escalated_at)} market ${r.market}, gate ${r.gate}: `, resolutionText(r)))));
 }
 
 function subjectInfo(info) {
@@ -609,7 +799,8 @@ function frequencyTable(freq) {
 
 /** The trajectory as an SVG: time across, one lane per market, a mark per record coloured by
  *  decision (sign-ins drawn as squares, exits hollow). */
-function timeline(rows) {
+function timeline(rows, resolutions) {
+  const resolved = new Map((resolutions || []).map((r) => [`${r.gate}/${r.seq}`, r]));
   if (rows.length === 0) return h('p', { class: 'hint', 'data-testid': 'timeline-empty' }, 'No entry records in the period.');
   const lanes = [...new Set(rows.map((r) => r.market))].sort((a, b) => a - b);
   const left = 90;
@@ -631,19 +822,21 @@ function timeline(rows) {
     ]),
     s('text', { x: left, y: height - 4, class: 'axis' }, fmtDateTime(t0 + pad)),
     s('text', { x: width - 10, y: height - 4, class: 'axis', 'text-anchor': 'end' }, fmtDateTime(t1 - pad)),
-    rows.map((r) => timelineMark(r, x(r.decided_at), y(r.market))));
+    rows.map((r) => timelineMark(r, x(r.decided_at), y(r.market), resolved.get(`${r.gate}/${r.seq}`))));
 }
 
-function timelineMark(r, cx, cy) {
+function timelineMark(r, cx, cy, resolution) {
   const attrs = {
+    'data-resolved': resolution ? resolution.outcome : null,
     'data-testid': 'timeline-dot',
     'data-decision': r.decision,
     'data-market': r.market,
     'data-gate': r.gate,
     'data-seq': r.seq,
-    class: `mark ${r.decision} ${r.direction === 'exit' ? 'exit' : ''}`,
+    class: `mark ${r.decision} ${r.direction === 'exit' ? 'exit' : ''} ${resolution ? `resolved-${resolution.outcome}` : ''}`,
   };
-  const title = s('title', {}, `${fmtDateTime(r.decided_at)} market ${r.market} gate ${r.gate}: ${r.decision} (${label(r.mode)}, ${r.direction})${r.failed.length ? ` failed: ${r.failed.map(label).join(', ')}` : ''}`);
+  const staff = resolution ? `; staff: ${label(resolution.outcome)} by ${resolution.by} at ${fmtTime(resolution.at)}` : '';
+  const title = s('title', {}, `${fmtDateTime(r.decided_at)} market ${r.market} gate ${r.gate}: ${r.decision} (${label(r.mode)}, ${r.direction})${r.failed.length ? ` failed: ${r.failed.map(label).join(', ')}` : ''}${staff}`);
   if (r.mode === 'sign_in') return s('rect', { ...attrs, x: cx - 5, y: cy - 5, width: 10, height: 10 }, title);
   return s('circle', { ...attrs, cx, cy, r: 5 }, title);
 }
@@ -658,7 +851,8 @@ function verdictList(verdicts) {
         h('span', { class: `badge ${v.display ? v.display.colour : ''}`, 'data-testid': 'verdict-display' }, v.display ? v.display.text : e.decision),
         h('span', { 'data-testid': 'verdict-decision' }, e.decision),
         ` · ${fmtDateTime(e.decided_at)} · market ${e.market}, gate ${e.gate} (seq ${e.seq}) · ${label(e.mode)}, ${e.direction}`,
-        e.score === null || e.score === undefined ? '' : ` · score ${fmtNum(e.score, 3)}`),
+        e.score === null || e.score === undefined ? '' : ` · score ${fmtNum(e.score, 3)}`,
+        ' · policy ', h('span', { class: 'mono', 'data-testid': 'verdict-policy' }, v.policy_version || 'not recorded')),
       // Twenty checks per verdict: the latest open, the others folded behind what failed.
       h('details', { open: i === 0 },
         h('summary', {}, `${(v.checks || []).length} checks`,
