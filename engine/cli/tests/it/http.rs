@@ -687,14 +687,18 @@ fn every_api_route_needs_the_token() {
         }
         assert!(route.token, "{route:?} must need the admin token");
         // Subject 7 and market 1 exist, so only the missing token can refuse the request.
-        let path = route.path.replace(
-            "{id}",
-            if route.path.contains("/markets/") {
-                "1"
-            } else {
-                "7"
-            },
-        );
+        let path = route
+            .path
+            .replace(
+                "{id}",
+                if route.path.contains("/markets/") {
+                    "1"
+                } else {
+                    "7"
+                },
+            )
+            .replace("{gate}", "1")
+            .replace("{seq}", "1");
         assert!(!path.contains('{'), "{route:?}: unfilled path parameter");
         let method = route.method.name().to_ascii_uppercase();
         let body = (method == "POST").then_some(r#"{"reason":"x"}"#);
@@ -955,4 +959,100 @@ fn serve_prints_each_os_error_once() {
     );
     assert!(err.contains("missing.toml"), "{err}");
     assert_eq!(err.matches("(os error").count(), 1, "{err}");
+}
+
+/// Escalations through the API: listed per market, resolved once by a named person, with typed
+/// refusals for what cannot be resolved.
+#[test]
+fn escalations_are_resolved_once_with_a_name() {
+    let api = Api::start();
+    let now = SystemClock.now();
+    // A yellow health code escalates under the default policy.
+    let health = format!(
+        r#"[{{"subject":7,"test_at":{},"test_result":"negative","vaccine_doses":3,
+              "health_code":"yellow","travel_code":"green","updated_at":{}}}]"#,
+        now.0 - 60_000,
+        now.0
+    );
+    assert_eq!(api.post_ok("/api/v1/health", &health)["applied"], 1);
+    let escalated = verdict(api.engine.submit_blocking(verify_event(4, 1, 7, now)));
+    assert_eq!(escalated.decision, Decision::Escalate, "{escalated:?}");
+    let admitted = verdict(api.engine.submit_blocking(verify_event(4, 100, 8, now)));
+    assert_eq!(admitted.decision, Decision::Admit);
+    let seq = escalated.seq;
+    let market = api
+        .get_ok("/api/v1/subjects/7/trajectory")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["seq"] == seq && e["gate"] == 4)
+        .unwrap()["market"]
+        .clone();
+    let listed = api.get_ok(&format!("/api/v1/markets/{market}/escalations"));
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["entry"]["seq"] == seq)
+        .expect("the escalation is listed")
+        .clone();
+    assert!(row["resolution"].is_null());
+    assert!(
+        row["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["outcome"] == "escalate"),
+        "{row}"
+    );
+    let path = format!("/api/v1/escalations/4/{seq}/resolve");
+    for (body, why) in [
+        (r#"{"outcome":"admitted","by":"  "}"#, "by is empty"),
+        (r#"{"outcome":"maybe","by":"Wang"}"#, "not \"admitted\""),
+        (r#"{"outcome":"admitted"}"#, "by"),
+    ] {
+        let msg = error(&api.post(&path, body), 400, "bad_request");
+        assert!(msg.contains(why), "{body}: {msg}");
+    }
+    let resolved = api.post_ok(
+        &path,
+        r#"{"outcome":"turned_away","by":"Wang Fang","note":"no ID"}"#,
+    );
+    assert_eq!(resolved["outcome"], "turned_away");
+    assert_eq!(resolved["by"], "Wang Fang");
+    assert_eq!(resolved["subject"], 7);
+    let msg = error(
+        &api.post(&path, r#"{"outcome":"admitted","by":"Li Wei"}"#),
+        409,
+        "conflict",
+    );
+    assert!(
+        msg.contains("already resolved as turned_away by Wang Fang"),
+        "{msg}"
+    );
+    let msg = error(
+        &api.post(
+            "/api/v1/escalations/4/100/resolve",
+            r#"{"outcome":"admitted","by":"Li"}"#,
+        ),
+        409,
+        "conflict",
+    );
+    assert!(msg.contains("was not escalated"), "{msg}");
+    error(
+        &api.post(
+            "/api/v1/escalations/4/99999/resolve",
+            r#"{"outcome":"admitted","by":"Li"}"#,
+        ),
+        404,
+        "not_found",
+    );
+    let mine = api.get_ok("/api/v1/subjects/7/resolutions");
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine[0]["note"], "no ID");
+    // The verdict list names the policy that decided.
+    let verdicts = api.get_ok("/api/v1/subjects/7/verdicts?limit=1");
+    let version = api.get_ok("/api/v1/policy")["version"].clone();
+    assert_eq!(verdicts[0]["policy_version"], version);
+    api.stop();
 }
