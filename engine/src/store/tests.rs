@@ -1259,7 +1259,7 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
     assert_eq!(listed[1].resolution, Some(resolution.clone()));
     assert_eq!(
         store.resolutions_of(SubjectId(10), all.0, all.1).unwrap(),
-        vec![resolution.clone()]
+        vec![resolution]
     );
     // Survives a reopen, and expires with its day's entries.
     drop(w);

@@ -11,13 +11,14 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 /// Bounds against a hung browser or page, not timing assertions.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
 
 /// A headless Chromium with one page.
 pub(crate) struct Page {
@@ -84,18 +85,15 @@ impl Page {
 
     /// Evaluates `expression` until it is truthy; its value then.
     pub(crate) fn wait_for(&mut self, expression: &str) -> Value {
-        let start = Instant::now();
-        loop {
+        for _ in 0..polls(IO_TIMEOUT, POLL) {
             let v = self.eval(expression);
             if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
                 return v;
             }
-            if start.elapsed() > IO_TIMEOUT {
-                let error = self.eval("document.body.dataset.error || ''");
-                panic!("never true in the page: {expression} (page error: {error})");
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(POLL);
         }
+        let error = self.eval("document.body.dataset.error || ''");
+        panic!("never true in the page within {IO_TIMEOUT:?}: {expression} (page error: {error})");
     }
 
     fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
@@ -132,21 +130,24 @@ impl Drop for Page {
 
 /// The port and browser path Chromium wrote, once it has.
 fn active_port(file: &Path) -> (u16, String) {
-    let start = Instant::now();
-    loop {
+    for _ in 0..polls(START_TIMEOUT, POLL) {
         if let Ok(text) = std::fs::read_to_string(file) {
             let mut lines = text.lines();
             if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
                 return (port.trim().parse().unwrap(), path.trim().to_owned());
             }
         }
-        assert!(
-            start.elapsed() < START_TIMEOUT,
-            "the browser wrote no {} in {START_TIMEOUT:?}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(POLL);
     }
+    panic!(
+        "the browser wrote no {} in {START_TIMEOUT:?}",
+        file.display()
+    );
+}
+
+/// How many polls `every` apart make up `bound` (the bound counts sleeps, not the clock).
+fn polls(bound: Duration, every: Duration) -> u128 {
+    bound.as_millis() / every.as_millis()
 }
 
 /// A WebSocket client (RFC 6455) for text messages: masked frames out, whole messages in.

@@ -211,7 +211,8 @@ fn check_resolving_an_escalation(browser: &Browser, api: &Api, day: &str) {
     let resolved: Vec<_> = elements(&dom, "resolution")
         .into_iter()
         .filter(|r| {
-            r.attr("data-gate") == gate.to_string() && r.attr("data-seq") == seq.to_string()
+            gate.as_u64() == r.attr("data-gate").parse().ok()
+                && seq.as_u64() == r.attr("data-seq").parse().ok()
         })
         .collect();
     assert_eq!(resolved.len(), 1, "the resolution in the person view");
