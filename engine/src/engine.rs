@@ -19,7 +19,8 @@ pub use crate::pipeline::Submission;
 use crate::pipeline::{Pipeline, PipelineParts, Reply, StatsSnapshot};
 use crate::policy::{PolicyBook, PolicyError, PolicyVersion};
 use crate::store::{
-    ContactRow, EntryRow, Escalation, FrequencyRow, Resolution, ResolvedAs, SignInRow, Store,
+    ContactRow, EntryRow, Escalation, EscalationState, FrequencyRow, Resolution, ResolvedAs,
+    SignInRow, Store,
 };
 
 /// Templates inserted into the gallery per snapshot swap when loading from the store.
@@ -461,8 +462,8 @@ impl Engine {
         Ok(self.store.contacts(subject, window_ms, since, until)?)
     }
 
-    /// The escalations at a market in a time range, newest first (at most `limit`), with how
-    /// staff resolved each one that is resolved.
+    /// The escalations at a market in a time range (open, resolved or both), newest first (at
+    /// most `limit`), with how staff resolved each one that is resolved.
     ///
     /// # Errors
     /// A store failure.
@@ -471,9 +472,10 @@ impl Engine {
         market: MarketId,
         since: UnixMillis,
         until: UnixMillis,
+        state: EscalationState,
         limit: usize,
     ) -> Result<Vec<Escalation>, Error> {
-        Ok(self.store.escalations(market, since, until, limit)?)
+        Ok(self.store.escalations(market, since, until, state, limit)?)
     }
 
     /// Records how staff resolved the escalation recorded as `(gate, seq)`: who, when, what

@@ -25,7 +25,9 @@ use crate::pipeline::StatsSnapshot;
 use crate::policy::PolicyError;
 use crate::server::ServerStatsSnapshot;
 use crate::store::import::{ImportFormat, ImportRecord, read_all};
-use crate::store::{ContactRow, EntryRow, FrequencyRow, Resolution, ResolvedAs, SignInRow};
+use crate::store::{
+    ContactRow, EntryRow, EscalationState, FrequencyRow, Resolution, ResolvedAs, SignInRow,
+};
 use crate::{Engine, ResolveEscalation, Resolved};
 
 type Query_ = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -408,21 +410,31 @@ pub(super) async fn hall(
     Ok(Json(hall))
 }
 
-/// A market's escalations (default: today), newest first, open and resolved.
+/// A market's escalations (default: today), newest first: open, resolved or all (`state`).
 pub(super) async fn escalations(
     State(state): State<HttpState>,
     Path(id): Path<String>,
     q: Query_,
 ) -> ApiResult<Vec<views::EscalationView>> {
     let q = query(q)?;
-    let (id, r) = market_range(&state, &id, &q, &["limit"])?;
-    let limit = Params::new(&q, &["since", "until", "day", "limit"])?.number(
+    let (id, r) = market_range(&state, &id, &q, &["limit", "state"])?;
+    let limit = Params::new(&q, &["since", "until", "day", "limit", "state"])?.number(
         "limit",
-        200,
+        MAX_LIMIT as u64,
         1..=MAX_LIMIT as u64,
     )? as usize;
+    let wanted = match q.get("state").map(String::as_str) {
+        None | Some("all") => EscalationState::Any,
+        Some("open") => EscalationState::Open,
+        Some("resolved") => EscalationState::Resolved,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "state {other:?} is not \"open\", \"resolved\" or \"all\""
+            )));
+        }
+    };
     let rows = blocking(&state, move |e| {
-        Ok(e.escalations(id, r.since, r.until, limit)?)
+        Ok(e.escalations(id, r.since, r.until, wanted, limit)?)
     })
     .await?;
     Ok(Json(

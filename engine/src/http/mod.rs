@@ -226,10 +226,8 @@ async fn sample_every_second(state: HttpState) {
         tick.tick().await;
         let s = state.clone();
         // The snapshot takes the stats locks briefly; keep it off the async threads.
-        if tokio::task::spawn_blocking(move || s.sample_recent())
-            .await
-            .is_err()
-        {
+        if let Err(e) = tokio::task::spawn_blocking(move || s.sample_recent()).await {
+            tracing::error!(error = %e, "the rate history stopped: sampling failed");
             return;
         }
     }

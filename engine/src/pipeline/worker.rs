@@ -92,12 +92,14 @@ fn process(shared: &Shared, jobs: Vec<Job>, commit: &Sender<Decided>) {
         // One policy snapshot for the whole group: a reload swaps the book between groups,
         // never within one, so its version is the version of every verdict decided here.
         let policies = shared.policies.load();
-        let verdicts = decide_all(shared, &policies, &group);
+        let (verdicts, decided) = decide_all(shared, &policies, &group);
         shared
             .stats
             .matching
             .record(shared.clock.instant().saturating_duration_since(t));
-        send_to_commit(group, verdicts, policies.version(), commit);
+        // Verdicts that failed closed were not decided by the policy: they record none.
+        let version = decided.then(|| policies.version());
+        send_to_commit(group, verdicts, version, commit);
     }
 }
 
@@ -142,7 +144,7 @@ fn needs_search(job: &Job) -> bool {
 fn send_to_commit(
     jobs: Vec<Job>,
     verdicts: Vec<Verdict>,
-    policy: &PolicyVersion,
+    policy: Option<&PolicyVersion>,
     commit: &Sender<Decided>,
 ) {
     for (job, verdict) in jobs.into_iter().zip(verdicts) {
@@ -153,7 +155,7 @@ fn send_to_commit(
             direction: job.event.direction,
             captured_at: job.event.captured_at,
             fingerprint: job.identity.fingerprint,
-            policy: Some(policy.clone()),
+            policy: policy.cloned(),
             verdict,
         };
         let decided = Decided {
@@ -180,8 +182,9 @@ enum FaceNeed {
     Verify(SubjectId),
 }
 
-/// Decides every live job; a panic anywhere fails the affected events closed.
-fn decide_all(shared: &Shared, policies: &PolicyBook, jobs: &[Job]) -> Vec<Verdict> {
+/// Decides every live job; a panic anywhere fails the affected events closed. The flag says
+/// whether the policy decided them (false when they failed closed).
+fn decide_all(shared: &Shared, policies: &PolicyBook, jobs: &[Job]) -> (Vec<Verdict>, bool) {
     let now = shared.clock.now();
     let attempt = catch_unwind(AssertUnwindSafe(|| {
         let snapshot = shared.gallery.snapshot();
@@ -204,17 +207,22 @@ fn decide_all(shared: &Shared, policies: &PolicyBook, jobs: &[Job]) -> Vec<Verdi
             })
             .collect::<Vec<_>>()
     }));
-    attempt.unwrap_or_else(|_| {
-        // Verdicts decided before the panic were counted; none of them will be recorded.
-        shared.resync_tally();
-        shared
-            .stats
-            .internal_errors
-            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        jobs.iter()
-            .map(|j| policy::internal_error(j.event.gate, j.event.seq, now, "matching failed"))
-            .collect()
-    })
+    match attempt {
+        Ok(verdicts) => (verdicts, true),
+        Err(_) => {
+            // Verdicts decided before the panic were counted; none of them will be recorded.
+            shared.resync_tally();
+            shared
+                .stats
+                .internal_errors
+                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            let failed = jobs
+                .iter()
+                .map(|j| policy::internal_error(j.event.gate, j.event.seq, now, "matching failed"))
+                .collect();
+            (failed, false)
+        }
+    }
 }
 
 fn lookup_credential(shared: &Shared, event: &Event) -> CredentialLookup {

@@ -72,6 +72,27 @@ pub struct Resolution {
     pub at: UnixMillis,
 }
 
+/// Which escalations a listing holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EscalationState {
+    /// Only those staff have not resolved.
+    Open,
+    /// Only resolved ones.
+    Resolved,
+    /// Both.
+    Any,
+}
+
+impl EscalationState {
+    fn admits(self, resolution: Option<&Resolution>) -> bool {
+        match self {
+            Self::Open => resolution.is_none(),
+            Self::Resolved => resolution.is_some(),
+            Self::Any => true,
+        }
+    }
+}
+
 /// One escalated entry with the checks that escalated or failed, and its resolution if staff
 /// resolved it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -88,8 +109,8 @@ const RESOLUTION_COLUMNS: &str =
     "gate, seq, subject, market, escalated_at, outcome, resolved_by, note, resolved_at";
 
 impl Store {
-    /// The escalations at `market` decided in `[since, until)`, newest first, at most
-    /// `limit`, each with its resolution if there is one.
+    /// The escalations at `market` decided in `[since, until)` in `state`, newest first, at
+    /// most `limit`, each with its resolution if there is one.
     ///
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] for an undecodable row.
@@ -98,6 +119,7 @@ impl Store {
         market: MarketId,
         since: UnixMillis,
         until: UnixMillis,
+        state: EscalationState,
         limit: usize,
     ) -> Result<Vec<Escalation>, StoreError> {
         let mut resolved = self.resolutions_where(
@@ -126,6 +148,9 @@ impl Store {
                 }
                 let (entry, body) = self.decode_row(&part, &conn, row)?;
                 let resolution = resolved.remove(&(entry.gate, entry.seq));
+                if !state.admits(resolution.as_ref()) {
+                    continue;
+                }
                 let checks = body
                     .checks
                     .into_iter()

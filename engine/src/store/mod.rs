@@ -67,7 +67,7 @@ pub use history::upkeep::{
 };
 pub use history::writer::{CommitError, EntryWriter};
 
-pub use escalations::{Escalation, Resolution, ResolvedAs};
+pub use escalations::{Escalation, EscalationState, Resolution, ResolvedAs};
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use history::record::decode_for_fuzzing as decode_record_for_fuzzing;
 pub use queries::{ContactRow, FrequencyRow, SignInRow};

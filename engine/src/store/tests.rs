@@ -1212,7 +1212,9 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
     ];
     w.commit(&records).unwrap();
     let all = (UnixMillis(0), UnixMillis(u64::MAX));
-    let listed = store.escalations(MarketId(5), all.0, all.1, 100).unwrap();
+    let listed = store
+        .escalations(MarketId(5), all.0, all.1, EscalationState::Any, 100)
+        .unwrap();
     let keys: Vec<(u32, u64)> = listed
         .iter()
         .map(|e| (e.entry.gate.0, e.entry.seq))
@@ -1227,7 +1229,7 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
     assert!(listed[0].checks.iter().all(|c| c.outcome != Outcome::Pass));
     assert_eq!(
         store
-            .escalations(MarketId(5), all.0, all.1, 1)
+            .escalations(MarketId(5), all.0, all.1, EscalationState::Any, 1)
             .unwrap()
             .len(),
         1
@@ -1255,8 +1257,19 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
         Some(resolution.clone()),
         "the first resolution stands"
     );
-    let listed = store.escalations(MarketId(5), all.0, all.1, 100).unwrap();
+    let listed = store
+        .escalations(MarketId(5), all.0, all.1, EscalationState::Any, 100)
+        .unwrap();
     assert_eq!(listed[1].resolution, Some(resolution.clone()));
+    // Open and resolved ones apart, the limit counting only what is listed.
+    let open_ones = store
+        .escalations(MarketId(5), all.0, all.1, EscalationState::Open, 1)
+        .unwrap();
+    assert_eq!((open_ones.len(), open_ones[0].entry.gate), (1, GateId(2)));
+    let done = store
+        .escalations(MarketId(5), all.0, all.1, EscalationState::Resolved, 1)
+        .unwrap();
+    assert_eq!((done.len(), done[0].entry.gate), (1, GateId(1)));
     assert_eq!(
         store.resolutions_of(SubjectId(10), all.0, all.1).unwrap(),
         vec![resolution]
@@ -1272,8 +1285,23 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
             .len(),
         1
     );
-    let much_later = UnixMillis(T0 + 400 * 86_400_000);
-    store.prune_entries(much_later, 30).unwrap();
+    // Kept while its day is within retention (the escalation's day is the first kept one),
+    // and deleted the day after, with the entries.
+    let day_ms = 86_400_000;
+    let escalation_day = records[0].verdict.decided_at.0 / day_ms;
+    store
+        .prune_entries(UnixMillis((escalation_day + 29) * day_ms), 30)
+        .unwrap();
+    assert_eq!(
+        store
+            .resolutions_of(SubjectId(10), all.0, all.1)
+            .unwrap()
+            .len(),
+        1
+    );
+    store
+        .prune_entries(UnixMillis((escalation_day + 30) * day_ms), 30)
+        .unwrap();
     assert!(
         store
             .resolutions_of(SubjectId(10), all.0, all.1)
@@ -1282,7 +1310,7 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
     );
     assert!(
         store
-            .escalations(MarketId(5), all.0, all.1, 100)
+            .escalations(MarketId(5), all.0, all.1, EscalationState::Any, 100)
             .unwrap()
             .is_empty()
     );

@@ -22,8 +22,9 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// A headless Chromium with one page.
 pub(crate) struct Page {
-    child: Child,
     ws: WebSocket,
+    // Dropped last: the browser goes only after the connection to it.
+    _browser: Browser,
     session: String,
     next_id: u64,
 }
@@ -51,9 +52,11 @@ impl Page {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+        // Owned at once, so that a failure below still kills it.
+        let browser = Browser(child);
         let (port, path) = active_port(&profile.join("DevToolsActivePort"));
         let mut page = Self {
-            child,
+            _browser: browser,
             ws: WebSocket::connect(port, &path),
             session: String::new(),
             next_id: 0,
@@ -118,13 +121,15 @@ impl Page {
     }
 }
 
-impl Drop for Page {
+/// The browser process; killed with the helpers it started in its group when dropped.
+struct Browser(Child);
+
+impl Drop for Browser {
     fn drop(&mut self) {
-        // The browser and the helpers it started in its group.
         let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
             .status();
-        let _ = self.child.wait();
+        let _ = self.0.wait();
     }
 }
 

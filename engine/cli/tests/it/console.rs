@@ -92,10 +92,13 @@ fn check_wall(browser: &Browser, api: &Api) {
 
 /// The live view's sparklines start from the server's history, not empty.
 fn check_sparklines(browser: &Browser, api: &Api) {
-    let kept = api.get("/api/v1/stats/history")["samples"]
-        .as_array()
-        .unwrap()
-        .len();
+    let history = api.get("/api/v1/stats/history");
+    let samples = history["samples"].as_array().unwrap();
+    let kept = samples.len();
+    let slowest = samples
+        .iter()
+        .filter_map(|s| s["p99_ms"].as_f64())
+        .fold(0.0, f64::max);
     assert!(kept >= 2, "the server kept {kept} samples of a demo run");
     let mut page = browser.page("view=live");
     page.wait_for("document.body.dataset.ready === 'live'");
@@ -104,6 +107,14 @@ fn check_sparklines(browser: &Browser, api: &Api) {
     assert!(
         shown.as_u64().unwrap() >= kept as u64,
         "sparkline of {shown} samples, the server had {kept}"
+    );
+    // The load is over, so no later second is slower: the p99 line peaks where the history
+    // does, in the same unit.
+    let peak = page.eval("Number(document.querySelector('[data-testid=spark-p99]').dataset.max)");
+    let peak = peak.as_f64().unwrap();
+    assert!(
+        slowest > 0.0 && (peak - slowest).abs() <= slowest * 1e-6,
+        "p99 sparkline peaks at {peak} ms, the history at {slowest} ms"
     );
     let version = api.get("/api/v1/policy")["version"].clone();
     let tile = page.eval("document.querySelector('[data-testid=live-policy-version]').textContent");

@@ -1009,7 +1009,7 @@ fn escalations_are_resolved_once_with_a_name() {
     for (body, why) in [
         (r#"{"outcome":"admitted","by":"  "}"#, "by is empty"),
         (r#"{"outcome":"maybe","by":"Wang"}"#, "not \"admitted\""),
-        (r#"{"outcome":"admitted"}"#, "by"),
+        (r#"{"outcome":"admitted"}"#, "missing field `by`"),
     ] {
         let msg = error(&api.post(&path, body), 400, "bad_request");
         assert!(msg.contains(why), "{body}: {msg}");

@@ -14,6 +14,9 @@ const HALL_POLL_MS = 5000;
 // Five minutes of one-second samples for the sparklines.
 const HISTORY_SAMPLES = 300;
 const ESCALATIONS_POLL_MS = 10000;
+// Open escalations listed at most (the API's largest page), and the latest resolved ones shown.
+const ESCALATIONS_LIMIT = 200;
+const RESOLVED_SHOWN = 50;
 // A hall display in wall mode moves to the next market after this many seconds by default.
 const WALL_ROTATE_S = 20;
 const STAFF_NAME_KEY = 'gatewarden.staff';
@@ -250,6 +253,7 @@ function route() {
   state.timer = null;
   clearTimeout(state.rotation);
   state.rotation = null;
+  delete document.body.dataset.nextMarket;
   state.generation += 1;
   delete document.body.dataset.ready;
   clearError();
@@ -454,7 +458,7 @@ function sparkline(title, values, testid, unit) {
   });
   if (points.length) segments.push(points);
   const last = finite.length ? finite[finite.length - 1] : null;
-  return h('figure', { class: 'spark', 'data-testid': testid, 'data-samples': values.length },
+  return h('figure', { class: 'spark', 'data-testid': testid, 'data-samples': values.length, 'data-max': finite.length ? max : '' },
     h('figcaption', {}, `${title}: now ${fmtNum(last, 1)}${unit ? ` ${unit}` : ''}, max ${fmtNum(finite.length ? max : null, 1)}`),
     s('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': title },
       s('rect', { x: 0, y: 0, width, height, class: 'spark-bg' }),
@@ -518,7 +522,13 @@ function scheduleRotation(list, market, params) {
   const at = list.findIndex((m) => String(m.market) === market);
   const next = list[(at + 1) % list.length].market;
   document.body.dataset.nextMarket = next;
-  state.rotation = setTimeout(() => go('hall', { market: next }), seconds * 1000);
+  state.rotation = setTimeout(() => {
+    // Replace, not push: a wall screen running all day must not grow the browser's history.
+    const p = new URLSearchParams(location.hash.replace(/^#/, ''));
+    p.set('market', next);
+    history.replaceState(null, '', `${location.pathname}${location.search}#${p}`);
+    route();
+  }, seconds * 1000);
 }
 
 function renderHall(hall) {
@@ -580,16 +590,21 @@ async function escalationsView(main, params, generation) {
       h('label', {}, 'Market ', select), h('label', {}, 'Day ', dayInput), h('label', {}, 'Resolved by ', staff),
       h('span', { class: 'hint' }, 'open ones first; refreshes every 10 s')),
     body);
-  const q = new URLSearchParams();
-  if (day) q.set('day', day);
-  const path = `/api/v1/markets/${encodeURIComponent(market)}/escalations?${q}`;
+  const base = `/api/v1/markets/${encodeURIComponent(market)}/escalations?${day ? `day=${encodeURIComponent(day)}&` : ''}`;
+  // Notes typed but not yet sent, by escalation: a redraw must not lose them.
+  const notes = new Map();
   const refresh = async () => {
-    // Never redraw under staff typing a note.
-    if (body.contains(document.activeElement)) return;
+    // Never redraw under someone typing.
+    if (document.activeElement && document.activeElement.tagName === 'INPUT' && body.contains(document.activeElement)) return;
     try {
-      const rows = await api(path);
+      // Open ones apart from resolved ones, so a long day of resolved ones never pushes an
+      // open one off the list.
+      const [open, done] = await Promise.all([
+        api(`${base}state=open&limit=${ESCALATIONS_LIMIT}`),
+        api(`${base}state=resolved&limit=${RESOLVED_SHOWN}`),
+      ]);
       if (!current(generation)) return;
-      fill(body, renderEscalations(rows, staff, refresh));
+      fill(body, renderEscalations(open, done, { staff, notes, refresh }));
       clearError();
       setStatus(`escalations at market ${market}`);
       markReady('escalations');
@@ -601,21 +616,21 @@ async function escalationsView(main, params, generation) {
   if (current(generation)) startTimer(refresh, ESCALATIONS_POLL_MS);
 }
 
-function renderEscalations(rows, staff, refresh) {
-  const open = rows.filter((r) => !r.resolution);
-  const done = rows.filter((r) => r.resolution);
+function renderEscalations(open, done, ctx) {
+  const more = open.length >= ESCALATIONS_LIMIT;
   return [
     h('section', { class: 'tiles' },
-      tile('Open', fmtInt(open.length), 'escalations-open', open.length, open.length > 0 ? 'bad' : 'good'),
-      tile('Resolved', fmtInt(done.length), 'escalations-resolved', done.length)),
-    rows.length === 0 ? h('p', { class: 'hint', 'data-testid': 'escalations-empty' }, 'No escalations on this day.') :
+      tile('Open', more ? `${fmtInt(open.length)}+` : fmtInt(open.length), 'escalations-open', open.length, open.length > 0 ? 'bad' : 'good'),
+      tile(`Resolved (latest ${RESOLVED_SHOWN} shown)`, fmtInt(done.length), 'escalations-resolved', done.length)),
+    more ? h('p', { class: 'hint' }, `Showing the latest ${ESCALATIONS_LIMIT} open escalations; resolve them to see older ones.`) : null,
+    open.length + done.length === 0 ? h('p', { class: 'hint', 'data-testid': 'escalations-empty' }, 'No escalations on this day.') :
       h('table', { 'data-testid': 'escalations-table' },
         h('thead', {}, h('tr', {}, ['at', 'person', 'gate', 'why', 'resolution'].map((t) => h('th', {}, t)))),
-        h('tbody', {}, [...open, ...done].map((r) => escalationRow(r, staff, refresh)))),
+        h('tbody', {}, [...open, ...done].map((r) => escalationRow(r, ctx)))),
   ];
 }
 
-function escalationRow(r, staff, refresh) {
+function escalationRow(r, ctx) {
   const e = r.entry;
   const why = r.checks.map((c) => `${label(c.kind)}${c.value === null ? '' : ` ${fmtValue(c.value)}`}${c.threshold === null ? '' : ` (limit ${fmtValue(c.threshold)})`}`).join(', ') || '—';
   return h('tr', {
@@ -627,7 +642,7 @@ function escalationRow(r, staff, refresh) {
   h('td', {}, e.subject === null ? 'unknown' : linkTo('person', { subject: e.subject }, String(e.subject))),
   h('td', {}, `gate ${e.gate}`),
   h('td', { 'data-testid': 'escalation-why' }, why),
-  h('td', {}, r.resolution ? resolutionText(r.resolution) : resolveForm(e, staff, refresh)));
+  h('td', {}, r.resolution ? resolutionText(r.resolution) : resolveForm(e, ctx)));
 }
 
 function resolutionText(res) {
@@ -635,8 +650,13 @@ function resolutionText(res) {
     `${label(res.outcome)} by ${res.by} at ${fmtTime(res.at)}${res.note ? ` (${res.note})` : ''}`);
 }
 
-function resolveForm(e, staff, refresh) {
-  const note = h('input', { name: 'note', placeholder: 'note (optional)', maxlength: 500, 'data-testid': 'resolve-note' });
+function resolveForm(e, { staff, notes, refresh }) {
+  const key = `${e.gate}/${e.seq}`;
+  const note = h('input', {
+    name: 'note', placeholder: 'note (optional)', maxlength: 500, 'data-testid': 'resolve-note',
+    value: notes.get(key) || '', oninput: (ev) => notes.set(key, ev.target.value),
+  });
+  const buttons = [];
   const resolve = async (outcome) => {
     const by = staff.value.trim();
     if (!by) {
@@ -645,18 +665,23 @@ function resolveForm(e, staff, refresh) {
       return;
     }
     sessionStorage.setItem(STAFF_NAME_KEY, by);
+    // One request at a time: a double click must not become a second resolution.
+    buttons.forEach((b) => { b.disabled = true; });
     try {
       await api(`/api/v1/escalations/${e.gate}/${e.seq}/resolve`, { outcome, by, note: note.value.trim() });
+      notes.delete(key);
       clearError();
-      document.activeElement.blur();
-      await refresh();
     } catch (err) {
+      // Someone else may have resolved it (409): the refresh below shows how.
       showError(err);
     }
+    if (document.activeElement) document.activeElement.blur();
+    await refresh();
   };
-  return h('span', { class: 'resolve' }, note,
+  buttons.push(
     h('button', { type: 'button', 'data-testid': 'resolve-admitted', onclick: () => resolve('admitted') }, 'Admitted'),
     h('button', { type: 'button', 'data-testid': 'resolve-turned-away', onclick: () => resolve('turned_away') }, 'Turned away'));
+  return h('span', { class: 'resolve' }, note, buttons);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -731,7 +756,7 @@ async function personView(main, params, generation) {
  *  audit trail. The server refuses both without the admin token. */
 function statusAction(p) {
   const action = p.status === 'active' ? 'revoke' : 'reinstate';
-  const reason = h('input', { name: 'reason', required: true, maxlength: 200, placeholder: `why ${action}? (audited)`, 'data-testid': 'status-reason' });
+  const reason = h('input', { name: 'reason', required: true, placeholder: `why ${action}? (audited)`, 'data-testid': 'status-reason' });
   return h('form', {
     class: 'controls status-action',
     'data-testid': 'status-form',

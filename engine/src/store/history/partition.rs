@@ -7,7 +7,7 @@
 //!           never read the table: a 30-day frequency reads 30 index ranges, not 450,000 rows,
 //!           and over a whole day it reads them in subject order (no sort for GROUP BY)
 
-//! dict      the partition's forms: checks without their values, and screens
+//! dict      the partition's forms: checks without their values, screens, policy versions
 //! gate_seqs each gate's lowest and highest seq in this partition, kept in the same
 //!           transaction as the entries (the seq directory is loaded from it at start-up)
 //! ```

@@ -363,12 +363,14 @@ impl Store {
         now: gatewarden_protocol::UnixMillis,
         entry_days: u32,
     ) -> Result<Vec<PrunedPartition>, StoreError> {
-        let pruned = self.history.prune(day_of(now), entry_days)?;
-        // Staff resolutions of escalations expire with the entries they resolve.
+        // Staff resolutions of escalations expire with the entries they resolve; always, so
+        // that a partition that cannot be deleted does not keep them too.
         let keep_from = first_kept_day(day_of(now), entry_days);
         let cutoff =
             gatewarden_protocol::UnixMillis(u64::try_from(keep_from).unwrap_or(0) * super::DAY_MS);
-        self.prune_resolutions(cutoff)?;
+        let resolutions = self.prune_resolutions(cutoff);
+        let pruned = self.history.prune(day_of(now), entry_days)?;
+        resolutions?;
         Ok(pruned)
     }
 
