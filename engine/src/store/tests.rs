@@ -1289,25 +1289,15 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
     // and deleted the day after, with the entries.
     let day_ms = 86_400_000;
     let escalation_day = records[0].verdict.decided_at.0 / day_ms;
-    store
-        .prune_entries(UnixMillis((escalation_day + 29) * day_ms), 30)
-        .unwrap();
-    assert_eq!(
+    let kept_after_pruning_on = |day: u64| {
+        store.prune_entries(UnixMillis(day * day_ms), 30).unwrap();
         store
             .resolutions_of(SubjectId(10), all.0, all.1)
             .unwrap()
-            .len(),
-        1
-    );
-    store
-        .prune_entries(UnixMillis((escalation_day + 30) * day_ms), 30)
-        .unwrap();
-    assert!(
-        store
-            .resolutions_of(SubjectId(10), all.0, all.1)
-            .unwrap()
-            .is_empty()
-    );
+            .len()
+    };
+    assert_eq!(kept_after_pruning_on(escalation_day + 29), 1);
+    assert_eq!(kept_after_pruning_on(escalation_day + 30), 0);
     assert!(
         store
             .escalations(MarketId(5), all.0, all.1, EscalationState::Any, 100)

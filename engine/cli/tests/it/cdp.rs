@@ -15,6 +15,18 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+/// How every console test runs Chromium: headless, in a container (no sandbox, no GPU, a
+/// small /dev/shm), and with nothing that phones home or writes crash dumps.
+pub(crate) const HEADLESS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-crash-reporter",
+    "--disable-breakpad",
+];
+
 /// Bounds against a hung browser or page, not timing assertions.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,16 +46,8 @@ impl Page {
     pub(crate) fn open(exe: &Path, profile: &Path, url: &str) -> Self {
         std::fs::create_dir_all(profile).unwrap();
         let child = Command::new(exe)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-crash-reporter",
-                "--disable-breakpad",
-                "--remote-debugging-port=0",
-            ])
+            .args(HEADLESS)
+            .arg("--remote-debugging-port=0")
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::null())

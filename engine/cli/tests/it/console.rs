@@ -779,17 +779,8 @@ impl Browser {
             .profiles
             .join(PROFILE.fetch_add(1, Ordering::Relaxed).to_string());
         let child = Command::new(&self.exe)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-crash-reporter",
-                "--disable-breakpad",
-                "--dump-dom",
-                "--virtual-time-budget=10000",
-            ])
+            .args(crate::cdp::HEADLESS)
+            .args(["--dump-dom", "--virtual-time-budget=10000"])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
             .stdin(Stdio::null())
