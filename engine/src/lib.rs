@@ -27,6 +27,7 @@
 //! - [`pipeline`]: submit, exactly-once (claims, high-water marks, fingerprints), queue,
 //!   micro-batching, workers, group commit, stats.
 //! - `maintenance`: the engine's background thread (gallery compaction).
+//! - [`whatif`]: policy replay over the recorded entries (read-only).
 //! - [`model`]: small domain records shared across modules.
 //! - [`site_lock`]: the exclusive lock every writer of a data folder takes.
 //! - [`npy`]: NumPy `.npy` reading and writing for the tools.
@@ -54,6 +55,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod site_lock;
 pub mod store;
+pub mod whatif;
 
 #[cfg(feature = "server")]
 pub mod http;
