@@ -41,8 +41,8 @@ use gatewarden_protocol::{
     UnixMillis, Verdict, ZoneId,
 };
 
-use super::{CredentialLookup, DecisionInput, FaceResult, MarketState, PersonState, decide};
 use super::MarketPolicy;
+use super::{CredentialLookup, DecisionInput, FaceResult, MarketState, PersonState, decide};
 use crate::clock::{HOUR_MS, UtcOffset};
 use crate::model::GateInfo;
 use crate::store::{ArchivedEntry, ModeKind};
@@ -87,8 +87,7 @@ pub fn replay_entry(
     if category_unknown {
         unknown.push(CheckKind::SubjectStatus);
     }
-    let decision =
-        (best.decision == worst.decision && !category_unknown).then_some(best.decision);
+    let decision = (best.decision == worst.decision && !category_unknown).then_some(best.decision);
     Replayed {
         decision,
         verdict: best,
@@ -125,8 +124,13 @@ struct Facts {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum FaceFacts {
     NoFace,
-    Verified { score: Option<f32> },
-    Identified { best: Option<f32>, lead: Option<Option<f32>> },
+    Verified {
+        score: Option<f32>,
+    },
+    Identified {
+        best: Option<f32>,
+        lead: Option<Option<f32>>,
+    },
 }
 
 /// Which extreme the unknown inputs take.
@@ -192,7 +196,10 @@ impl Facts {
         f.read_person(&s, now);
         f.read_health(&s, now);
         f.read_counters(&s);
-        f.temperature = match (s.outcome(CheckKind::Temperature), s.detail(CheckKind::Temperature)) {
+        f.temperature = match (
+            s.outcome(CheckKind::Temperature),
+            s.detail(CheckKind::Temperature),
+        ) {
             (Some(Outcome::NotChecked), "No reading") => Some(None),
             (Some(Outcome::Fail), "Invalid temperature reading") => Some(Some(f32::NAN)),
             _ => s.value(CheckKind::Temperature).map(|v| Some(v as f32)),
@@ -201,11 +208,18 @@ impl Facts {
     }
 
     fn read_identity(&mut self, s: &Sheet<'_>, entry: &ArchivedEntry) {
-        self.credential = Some(match (s.outcome(CheckKind::Credential), s.detail(CheckKind::Credential)) {
-            (Some(Outcome::Pass), _) => CredentialLookup::Resolved(entry.subject.unwrap_or(NOBODY)),
-            (Some(Outcome::Fail), "Unknown card") => CredentialLookup::Unknown,
-            _ => CredentialLookup::NotPresented,
-        });
+        self.credential = Some(
+            match (
+                s.outcome(CheckKind::Credential),
+                s.detail(CheckKind::Credential),
+            ) {
+                (Some(Outcome::Pass), _) => {
+                    CredentialLookup::Resolved(entry.subject.unwrap_or(NOBODY))
+                }
+                (Some(Outcome::Fail), "Unknown card") => CredentialLookup::Unknown,
+                _ => CredentialLookup::NotPresented,
+            },
+        );
         self.liveness = match s.detail(CheckKind::Liveness) {
             "No face" => Some(None),
             _ => s.value(CheckKind::Liveness).map(|v| Some(v as f32)),
@@ -237,13 +251,21 @@ impl Facts {
     fn read_person(&mut self, s: &Sheet<'_>, now: UnixMillis) {
         let ran = |kind| matches!(s.outcome(kind), Some(Outcome::Pass | Outcome::Fail));
         if ran(CheckKind::SubjectStatus) && ran(CheckKind::Blocklist) {
-            self.status = Some(match (s.detail(CheckKind::SubjectStatus), s.outcome(CheckKind::Blocklist)) {
-                ("Card revoked", _) => SubjectStatus::Revoked,
-                (_, Some(Outcome::Fail)) => SubjectStatus::Blocklisted,
-                _ => SubjectStatus::Active,
-            });
+            self.status = Some(
+                match (
+                    s.detail(CheckKind::SubjectStatus),
+                    s.outcome(CheckKind::Blocklist),
+                ) {
+                    ("Card revoked", _) => SubjectStatus::Revoked,
+                    (_, Some(Outcome::Fail)) => SubjectStatus::Blocklisted,
+                    _ => SubjectStatus::Active,
+                },
+            );
         }
-        self.validity = match (s.outcome(CheckKind::Validity), s.detail(CheckKind::Validity)) {
+        self.validity = match (
+            s.outcome(CheckKind::Validity),
+            s.detail(CheckKind::Validity),
+        ) {
             (Some(Outcome::Pass), _) => Some((Some(now), None)),
             (_, "Pass not yet valid") => Some((Some(UnixMillis(now.0.saturating_add(1))), None)),
             (_, "Pass expired") => Some((None, Some(UnixMillis(now.0.saturating_sub(1))))),
@@ -268,10 +290,16 @@ impl Facts {
         ];
         let none = kinds.iter().any(|&k| s.detail(k) == "No health record");
         let some = kinds.iter().any(|&k| {
-            matches!(s.outcome(k), Some(Outcome::Pass | Outcome::Fail | Outcome::Escalate))
-                && s.detail(k) != "No health record"
+            matches!(
+                s.outcome(k),
+                Some(Outcome::Pass | Outcome::Fail | Outcome::Escalate)
+            ) && s.detail(k) != "No health record"
         });
-        self.health_present = if none { Some(false) } else { some.then_some(true) };
+        self.health_present = if none {
+            Some(false)
+        } else {
+            some.then_some(true)
+        };
         self.health_code = colour(s.detail(CheckKind::HealthCode), "Health code ");
         self.travel_code = colour(s.detail(CheckKind::TravelCode), "Travel code ");
         self.updated_at = s
@@ -297,7 +325,10 @@ impl Facts {
             Some(Outcome::Fail) => Some(false),
             _ => None,
         };
-        self.inside = match (s.outcome(CheckKind::AntiPassback), s.detail(CheckKind::AntiPassback)) {
+        self.inside = match (
+            s.outcome(CheckKind::AntiPassback),
+            s.detail(CheckKind::AntiPassback),
+        ) {
             (Some(Outcome::Pass), _) => Some(None),
             (_, "Already inside") => Some(Some(true)),
             (_, "No entry on record") => Some(Some(false)),
@@ -507,7 +538,10 @@ mod tests {
 
     #[test]
     fn colours_are_read_from_the_detail() {
-        assert_eq!(colour("Health code green", "Health code "), Some(CodeColour::Green));
+        assert_eq!(
+            colour("Health code green", "Health code "),
+            Some(CodeColour::Green)
+        );
         assert_eq!(
             colour("Travel code yellow, older than 72 h", "Travel code "),
             Some(CodeColour::Yellow)

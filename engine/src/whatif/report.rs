@@ -212,7 +212,11 @@ impl ReplayReport {
             cat.to_owned()
         });
         self.add_checks(&entry.checks, replayed);
-        self.add_hour(entry, denied_now || (to.is_none() && from == Decision::Deny), extra);
+        self.add_hour(
+            entry,
+            denied_now || (to.is_none() && from == Decision::Deny),
+            extra,
+        );
         if matches!(change, Change::To(_)) && self.examples.len() < self.max_examples {
             self.examples.push(self.example(entry, category, replayed));
         }
@@ -496,7 +500,9 @@ fn describe_change(was: &Check, new: &Check) -> String {
 /// The input behind a check that a record may lack, and when it has it.
 fn missing_input(kind: CheckKind) -> &'static str {
     match kind {
-        CheckKind::FaceMatch => "the card holder or best match (not recorded when no one was identified)",
+        CheckKind::FaceMatch => {
+            "the card holder or best match (not recorded when no one was identified)"
+        }
         CheckKind::MatchMargin => "the runner-up score (recorded only when the 1:N match held)",
         CheckKind::SubjectStatus => {
             "the person's status or category (not recorded when no one was identified or on \
@@ -512,7 +518,9 @@ fn missing_input(kind: CheckKind) -> &'static str {
         CheckKind::TestAge => "the test result and time (recorded only when a test was required)",
         CheckKind::Vaccination => "the vaccine doses (recorded only with a minimum set)",
         CheckKind::SignIn => "today's sign-in (recorded only where sign-in was required)",
-        CheckKind::AntiPassback => "whether the person was inside (recorded only with anti-passback)",
+        CheckKind::AntiPassback => {
+            "whether the person was inside (recorded only with anti-passback)"
+        }
         CheckKind::Frequency => "the entries today (recorded only with a daily cap)",
         CheckKind::Occupancy => "the occupancy (recorded only with a cap)",
         _ => "an input the record does not hold",

@@ -13,6 +13,7 @@ mod gallery;
 mod import;
 mod policy;
 mod query;
+mod replay;
 mod search;
 mod serve;
 mod site;

@@ -204,7 +204,9 @@ fn decode(
         u8::try_from(v).map_err(|_| corrupt(format!("code {v} in column {idx}")))
     };
     let time = |idx| -> Result<UnixMillis, StoreError> {
-        Ok(UnixMillis(row.get::<_, i64>(idx).map_err(sql)?.max(0) as u64))
+        Ok(UnixMillis(
+            row.get::<_, i64>(idx).map_err(sql)?.max(0) as u64
+        ))
     };
     let (d, m, dir) = (code(5)?, code(6)?, code(7)?);
     let unknown = |what: &str, c: u8| corrupt(format!("unknown {what} code {c} in an entry"));
