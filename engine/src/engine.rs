@@ -669,7 +669,7 @@ fn rebuild_hint(e: crate::gallery::GalleryError, dir: PathBuf) -> Error {
 }
 
 /// Replays templates the gallery does not have yet from the store (the truth).
-fn load_templates(store: &Store, gallery: &LiveGallery) -> Result<(), Error> {
+pub(crate) fn load_templates(store: &Store, gallery: &LiveGallery) -> Result<(), Error> {
     let mut pending: Vec<(u64, SubjectId, Vec<f32>)> = Vec::with_capacity(LOAD_CHUNK);
     let mut failed = None;
     store.for_each_template_since(gallery.watermark(), |id, subject, v| {

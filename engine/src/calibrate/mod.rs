@@ -27,8 +27,11 @@ mod report;
 
 use gatewarden_protocol::{CheckKind, Outcome, SubjectId, UnixMillis};
 
-use crate::gallery::GallerySnapshot;
-use crate::store::{EntryArchive, StoreError};
+use std::path::Path;
+
+use crate::Config;
+use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
+use crate::store::{EntryArchive, Store, StoreError};
 
 pub use report::{CalibrationReport, CurvePoint, Inputs, ThresholdRow};
 
@@ -38,6 +41,23 @@ pub const BATCH: usize = 256;
 
 /// z for a two-sided 95% interval.
 const Z95: f64 = 1.959_964;
+
+/// Opens a stopped site's gallery as a server would (segments, then the templates the store
+/// holds beyond them), for calibrating outside a server.
+///
+/// # Errors
+/// [`GalleryError::Locked`](crate::gallery::GalleryError::Locked) while a server runs on the
+/// site, and the store's and gallery's own errors.
+pub fn open_site_gallery(data_dir: &Path, config: &Config) -> Result<LiveGallery, crate::Error> {
+    let cfg = &config.engine;
+    let store = Store::open_with_key(&data_dir.join("store"), &cfg.credential_key_path(data_dir))?;
+    let gallery = LiveGallery::open(
+        &data_dir.join("gallery"),
+        GalleryOptions::new(cfg.dim, cfg.precision.into()),
+    )?;
+    crate::engine::load_templates(&store, &gallery)?;
+    Ok(gallery)
+}
 
 /// Picks up to `n` probe templates from the gallery, spread at random (seeded) over its rows.
 pub fn sample_probes(
