@@ -479,6 +479,11 @@ impl Engine {
         &self.data_dir
     }
 
+    /// The policy in force now (a reload swaps it; this copy stays as it was).
+    pub fn policies(&self) -> Arc<PolicyBook> {
+        self.policies.load_full()
+    }
+
     /// Replaces the policy book; events already deciding keep the old one.
     pub fn set_policies(&self, policies: PolicyBook) {
         tracing::info!(version = %policies.version(), "policy replaced");

@@ -17,6 +17,7 @@ pub mod metrics;
 mod params;
 pub mod token;
 mod views;
+pub mod whatif;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ struct Inner {
     token: AdminToken,
     clock: Arc<dyn Clock>,
     started: UnixMillis,
+    calibration: Arc<whatif::Calibration>,
 }
 
 impl HttpState {
@@ -67,12 +69,14 @@ impl HttpState {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let started = clock.now();
+        let calibration = whatif::Calibration::start(&engine, Arc::clone(&clock));
         Self(Arc::new(Inner {
             engine,
             server,
             token,
             clock,
             started,
+            calibration,
         }))
     }
 
@@ -144,7 +148,8 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/console/app.js", false, api::console_js),
     route!(GET "/console/style.css", false, api::console_css),
     route!(GET "/healthz", false, api::healthz),
-    route!(GET "/metrics", false, api::metrics),
+    route!(GET "/console/tools.js", false, whatif::console_tools_js),
+    route!(GET "/metrics", false, whatif::metrics),
     route!(GET "/api/v1/openapi.json", false, api::openapi),
     route!(GET "/api/v1/stats", true, api::stats),
     route!(GET "/api/v1/markets", true, api::markets),
@@ -163,6 +168,8 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/markets/{id}/hall", true, api::hall),
     route!(GET "/api/v1/policy", true, api::policy),
     route!(POST "/api/v1/policy/reload", true, api::post_policy_reload),
+    route!(POST "/api/v1/policy/replay", true, whatif::post_replay),
+    route!(GET "/api/v1/calibration", true, whatif::calibration),
 ];
 
 /// The OpenAPI 3.1 description of [`ROUTES`].

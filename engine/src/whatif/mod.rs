@@ -9,7 +9,7 @@ mod report;
 
 use gatewarden_protocol::{MarketId, UnixMillis};
 
-use crate::clock::UtcOffset;
+use crate::clock::{DAY_MS, UtcOffset};
 use crate::policy::PolicyBook;
 use crate::policy::replay::replay_entry;
 use crate::store::{EntryArchive, StoreError};
@@ -27,6 +27,18 @@ pub struct ReplayRange {
     pub market: Option<MarketId>,
     /// How many changed entries to show as examples.
     pub examples: usize,
+}
+
+/// The local days of `first..=last` that no day partition covers.
+pub fn missing_days(archive: &EntryArchive, offset: UtcOffset, first: i64, last: i64) -> Vec<i64> {
+    let have = archive.days();
+    let covered = |local: i64| {
+        let since = offset.day_start(local).0 / DAY_MS;
+        let until = offset.day_start(local + 1).0.saturating_sub(1) / DAY_MS;
+        have.iter()
+            .any(|&d| (since..=until).contains(&(d.max(0) as u64)))
+    };
+    (first..=last).filter(|&d| !covered(d)).collect()
 }
 
 /// Re-decides every entry of `range` under `book`, reading `archive` only; `progress` hears

@@ -128,15 +128,8 @@ fn missing_days(
     last: i64,
 ) -> anyhow::Result<Vec<String>> {
     let have = archive.days();
-    let day_ms = clock::DAY_MS;
-    let covered = |local: i64| {
-        let since = offset.day_start(local).0 / day_ms;
-        let until = offset.day_start(local + 1).0.saturating_sub(1) / day_ms;
-        have.iter()
-            .any(|&d| (since..=until).contains(&(d.max(0) as u64)))
-    };
-    let missing: Vec<String> = (first..=last)
-        .filter(|&d| !covered(d))
+    let missing: Vec<String> = whatif::missing_days(archive, offset, first, last)
+        .into_iter()
         .map(clock::format_day)
         .collect();
     if missing.len() as i64 == last - first + 1 {

@@ -19,3 +19,4 @@ mod server;
 mod site;
 mod spec_answers;
 mod support;
+mod whatif;
