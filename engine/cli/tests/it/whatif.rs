@@ -267,3 +267,101 @@ fn calibrate_reports_fpir_and_fnir_and_draws_the_plot() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("strictly between 0 and 1"));
 }
+
+#[test]
+fn the_api_replays_an_uploaded_policy_and_exports_the_scheduled_estimate() {
+    use std::sync::Arc;
+
+    use gatewarden::Engine;
+    use gatewarden::http::{AdminToken, HttpState, serve};
+    use gatewarden::server::ServerStats;
+
+    use crate::http_client::{get, post_json};
+
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    let day = site_with_entries(&site);
+    let engine = Arc::new(Engine::open(&site, support::config()).unwrap());
+    let token = AdminToken::load_or_create(&site.join("admin.token")).unwrap();
+    let secret = token.secret().to_owned();
+    let state = HttpState::new(Arc::clone(&engine), Arc::new(ServerStats::default()), token);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+
+    let path = format!("/api/v1/policy/replay?from={day}&to={day}");
+    let cooler = DEMO_POLICY_TOML.replace(
+        "temperature_ceiling_c = 37.3",
+        "temperature_ceiling_c = 37.0",
+    );
+    let r = post_json(addr, &path, Some(&secret), &cooler);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report = r.json();
+    assert_eq!(report["changed"], PEOPLE_IN / WARM_EVERY);
+    assert_eq!(report["entries"], PEOPLE_IN + STRANGERS);
+    // The policy in force is untouched.
+    let demo = gatewarden::policy::PolicyBook::demo();
+    assert_eq!(&engine.policy_version(), demo.version());
+    assert_eq!(engine.policies().default_policy().identify_threshold(), 0.5);
+
+    let r = post_json(
+        addr,
+        &path,
+        Some(&secret),
+        &DEMO_POLICY_TOML.replace("margin = 0.05", "margin = 7"),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("match margin 7"), "{}", r.body);
+    let r = post_json(
+        addr,
+        "/api/v1/policy/replay?from=2001-01-01&to=2001-01-01",
+        Some(&secret),
+        DEMO_POLICY_TOML,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = post_json(addr, &path, None, DEMO_POLICY_TOML);
+    assert_eq!(r.status, 401);
+
+    // The first estimate comes a few seconds after start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let estimate = loop {
+        let c = get(addr, "/api/v1/calibration", Some(&secret)).json();
+        if !c["estimate"].is_null() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no estimate: {c}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(estimate["estimate"]["gallery_size"], support::PEOPLE);
+    assert_eq!(estimate["above_target"], false);
+    let metrics = get(addr, "/metrics", None).body;
+    assert!(
+        metrics.contains("\ngatewarden_fpir_estimate 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatewarden_fpir_target 0.003"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatewarden_policy_info"),
+        "the engine's metrics stay"
+    );
+    let js = get(addr, "/console/tools.js", None);
+    assert_eq!(js.status, 200);
+    assert!(js.body.contains("/api/v1/policy/replay"));
+
+    stop.send(()).unwrap();
+    runtime.block_on(task).unwrap().unwrap();
+    engine.shutdown();
+}
