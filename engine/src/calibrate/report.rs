@@ -142,19 +142,30 @@ impl CalibrationReport {
         report
     }
 
-    /// The line to change in the policy, or why none is needed.
+    /// The line to change in the policy, or why none is needed. The advice is judged
+    /// against the threshold's 95% interval, so that a small sample never talks anyone into
+    /// lowering a threshold.
     fn advice(&self, current: f32) -> String {
         let Some((_, high)) = self.threshold_interval else {
             return "no advice: no non-mate scores (is the gallery empty?)".to_owned();
         };
-        let (_, fpir_high) = self
-            .thresholds
-            .first()
-            .map_or((0.0, 1.0), |r| r.fpir_interval);
-        if fpir_high <= self.target_fpir {
+        if current >= high {
+            let (_, fpir_high) = self
+                .thresholds
+                .first()
+                .map_or((0.0, 1.0), |r| r.fpir_interval);
+            let caveat = if fpir_high > self.target_fpir {
+                format!(
+                    "; {} probes bound FPIR there only to {fpir_high:.5}: a larger --sample \
+                     narrows that",
+                    self.probes
+                )
+            } else {
+                String::new()
+            };
             return format!(
-                "no change needed: identify_threshold = {current} meets FPIR {} (95% upper \
-                 bound {fpir_high:.5})",
+                "no change needed: identify_threshold = {current} is at or above the threshold \
+                 meeting FPIR {} (95% upper end {high:.4}){caveat}",
                 self.target_fpir
             );
         }

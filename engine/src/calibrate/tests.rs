@@ -181,4 +181,13 @@ fn the_report_prints_the_change_and_never_claims_rates_without_mates() {
     });
     assert_eq!(r.fnir, Some(0.25));
     assert_eq!(r.thresholds[0].fnir_verify, Some(0.0));
+    // Thirty low scores cannot bound FPIR below 0.003, but they never argue for lowering
+    // the threshold either.
+    let few = Scores::new((0..30).map(|i| i as f32 / 100.0).collect());
+    let r = CalibrationReport::new(&Inputs {
+        nonmates: &few,
+        ..inputs
+    });
+    assert!(r.change.starts_with("no change needed"), "{}", r.change);
+    assert!(r.change.contains("a larger --sample"), "{}", r.change);
 }
