@@ -21,22 +21,7 @@ const STRANGERS: u64 = 10;
 fn site_with_entries(dir: &Path) -> String {
     let now = SystemClock.now();
     let engine = support::open_populated(dir, now);
-    let mut warm_admitted = 0;
-    for s in 1..=PEOPLE_IN {
-        let mut event = verify_event(1, s, s, now);
-        if s % WARM_EVERY == 0 {
-            event.temperature_c = Some(37.1);
-        }
-        let verdict = decide(&engine, &event);
-        assert_eq!(verdict.decision, Decision::Admit, "person {s}");
-        warm_admitted += u64::from(s % WARM_EVERY == 0);
-    }
-    assert_eq!(warm_admitted, PEOPLE_IN / WARM_EVERY);
-    for n in 0..STRANGERS {
-        let event = identify_event(2, n + 1, stranger(n), now);
-        let verdict = decide(&engine, &event);
-        assert_eq!(verdict.decision, Decision::Deny);
-    }
+    let day = record_entries(&engine, now);
     engine.shutdown();
     drop(engine);
     std::fs::write(
@@ -48,6 +33,27 @@ fn site_with_entries(dir: &Path) -> String {
         ),
     )
     .unwrap();
+    day
+}
+
+/// Records the entries described above through `engine`; returns their local day.
+fn record_entries(engine: &gatewarden::Engine, now: gatewarden_protocol::UnixMillis) -> String {
+    let mut warm_admitted = 0;
+    for s in 1..=PEOPLE_IN {
+        let mut event = verify_event(1, s, s, now);
+        if s % WARM_EVERY == 0 {
+            event.temperature_c = Some(37.1);
+        }
+        let verdict = decide(engine, &event);
+        assert_eq!(verdict.decision, Decision::Admit, "person {s}");
+        warm_admitted += u64::from(s % WARM_EVERY == 0);
+    }
+    assert_eq!(warm_admitted, PEOPLE_IN / WARM_EVERY);
+    for n in 0..STRANGERS {
+        let event = identify_event(2, n + 1, stranger(n), now);
+        let verdict = decide(engine, &event);
+        assert_eq!(verdict.decision, Decision::Deny);
+    }
     let offset = support::config().engine.utc_offset();
     clock::format_day(offset.day_of(now))
 }
@@ -279,64 +285,32 @@ fn calibrate_reports_fpir_and_fnir_and_draws_the_plot() {
 
 #[test]
 fn the_api_replays_an_uploaded_policy_and_exports_the_scheduled_estimate() {
-    use std::sync::Arc;
-
-    use gatewarden::Engine;
-    use gatewarden::http::{AdminToken, HttpState, serve};
-    use gatewarden::server::ServerStats;
-
+    use crate::http::Api;
     use crate::http_client::{get, post_json};
 
-    let dir = tempfile::tempdir().unwrap();
-    let site = dir.path().join("site");
-    let day = site_with_entries(&site);
-    let engine = Arc::new(Engine::open(&site, support::config()).unwrap());
-    let token = AdminToken::load_or_create(&site.join("admin.token")).unwrap();
-    let secret = token.secret().to_owned();
-    let state = HttpState::new(Arc::clone(&engine), Arc::new(ServerStats::default()), token);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = runtime.spawn(serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-
+    let api = Api::start();
+    let day = record_entries(&api.engine, SystemClock.now());
+    let (addr, secret) = (api.addr, api.token.as_str());
     let path = format!("/api/v1/policy/replay?from={day}&to={day}");
     let cooler = DEMO_POLICY_TOML.replace(
         "temperature_ceiling_c = 37.3",
         "temperature_ceiling_c = 37.0",
     );
-    let r = post_json(addr, &path, Some(&secret), &cooler);
+    let r = post_json(addr, &path, Some(secret), &cooler);
     assert_eq!(r.status, 200, "{}", r.body);
     let report = r.json();
     assert_eq!(report["changed"], PEOPLE_IN / WARM_EVERY);
     assert_eq!(report["entries"], PEOPLE_IN + STRANGERS);
     // The policy in force is untouched.
     let demo = gatewarden::policy::PolicyBook::demo();
-    assert_eq!(&engine.policy_version(), demo.version());
-    assert_eq!(engine.policies().default_policy().identify_threshold(), 0.5);
+    assert_eq!(&api.engine.policy_version(), demo.version());
 
-    let r = post_json(
-        addr,
-        &path,
-        Some(&secret),
-        &DEMO_POLICY_TOML.replace("margin = 0.05", "margin = 7"),
-    );
+    let bad = DEMO_POLICY_TOML.replace("margin = 0.05", "margin = 7");
+    let r = post_json(addr, &path, Some(secret), &bad);
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("match margin 7"), "{}", r.body);
-    let r = post_json(
-        addr,
-        "/api/v1/policy/replay?from=2001-01-01&to=2001-01-01",
-        Some(&secret),
-        DEMO_POLICY_TOML,
-    );
+    let none = "/api/v1/policy/replay?from=2001-01-01&to=2001-01-01";
+    let r = post_json(addr, none, Some(secret), DEMO_POLICY_TOML);
     assert_eq!(r.status, 404, "{}", r.body);
     let r = post_json(addr, &path, None, DEMO_POLICY_TOML);
     assert_eq!(r.status, 401);
@@ -344,7 +318,7 @@ fn the_api_replays_an_uploaded_policy_and_exports_the_scheduled_estimate() {
     // The first estimate comes a few seconds after start.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let estimate = loop {
-        let c = get(addr, "/api/v1/calibration", Some(&secret)).json();
+        let c = get(addr, "/api/v1/calibration", Some(secret)).json();
         if !c["estimate"].is_null() {
             break c;
         }
@@ -369,8 +343,5 @@ fn the_api_replays_an_uploaded_policy_and_exports_the_scheduled_estimate() {
     let js = get(addr, "/console/tools.js", None);
     assert_eq!(js.status, 200);
     assert!(js.body.contains("/api/v1/policy/replay"));
-
-    stop.send(()).unwrap();
-    runtime.block_on(task).unwrap().unwrap();
-    engine.shutdown();
+    api.stop();
 }
