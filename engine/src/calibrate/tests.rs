@@ -32,7 +32,7 @@ fn sphere(n: usize, seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn gallery(dir: &std::path::Path, vectors: &[Vec<f32>]) -> LiveGallery {
+fn gallery(dir: &Path, vectors: &[Vec<f32>]) -> LiveGallery {
     let g = LiveGallery::open(dir, GalleryOptions::new(DIM, Precision::F32)).unwrap();
     let rows: Vec<(u64, SubjectId, &[f32])> = vectors
         .iter()

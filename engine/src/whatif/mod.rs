@@ -58,7 +58,7 @@ pub fn replay(
     let mut read = 0u64;
     archive.for_each(range.since, range.until, |entry| {
         read += 1;
-        if read % 10_000 == 0 {
+        if read.is_multiple_of(10_000) {
             progress(read);
         }
         if range.market.is_some_and(|m| m != entry.market) {

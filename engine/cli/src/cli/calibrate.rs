@@ -6,7 +6,6 @@
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::Context;
 use gatewarden::calibrate::{self, CalibrationReport, Inputs, Scores};
@@ -77,7 +76,7 @@ pub(crate) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         Some(path) => super::policy::load_or_report(&args.data.join(path))?,
         None => PolicyBook::demo(),
     };
-    let started = Instant::now();
+    let started = SystemClock.instant();
     let gallery = calibrate::open_site_gallery(&args.data, &config).map_err(|e| match e {
         gatewarden::Error::Gallery(GalleryError::Locked { .. }) => anyhow::anyhow!(
             "the gallery of {} is in use: stop `gatewarden serve` to calibrate here (a running \
@@ -87,7 +86,7 @@ pub(crate) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         other => anyhow::Error::new(other).context("cannot open the site's gallery"),
     })?;
     let snapshot = gallery.snapshot();
-    let seconds_open = started.elapsed().as_secs_f64();
+    let seconds_open = SystemClock.instant().duration_since(started).as_secs_f64();
     anyhow::ensure!(
         snapshot.len() >= 2,
         "the gallery of {} holds {} template(s): calibration needs at least two people",
@@ -106,7 +105,7 @@ pub(crate) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         gallery_size: snapshot.len(),
         precision,
     });
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = SystemClock.instant().duration_since(started).as_secs_f64();
     if let Some(path) = &args.plot {
         let current = policy.default_policy().identify_threshold();
         std::fs::write(path, plot(&report, current))
@@ -210,6 +209,13 @@ fn labelled_mates(
     Ok((scores, format!("labelled set {}", vectors.display())))
 }
 
+/// A curve of the plot: its name, colour and rate.
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&calibrate::CurvePoint) -> f64,
+);
+
 /// Error rates against the threshold on a log scale (a DET-style view: both error kinds, and
 /// FPIR at ten times the registry), with the current and the recommended thresholds marked.
 fn plot(r: &CalibrationReport, current: f32) -> String {
@@ -261,7 +267,7 @@ fn plot(r: &CalibrationReport, current: f32) -> String {
             H - B + 18.0
         );
     }
-    let series: [(&str, &str, fn(&calibrate::CurvePoint) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("FPIR today", "#c0392b", |p| p.fpir),
         ("FPIR at 10x registry", "#e67e22", |p| p.fpir_10x),
         ("FNIR", "#2471a3", |p| p.fnir),
