@@ -550,6 +550,11 @@ impl Engine {
         &self.data_dir
     }
 
+    /// The policy in force now (a reload swaps it; this copy stays as it was).
+    pub fn policies(&self) -> Arc<PolicyBook> {
+        self.policies.load_full()
+    }
+
     /// Replaces the policy book; events already deciding keep the old one.
     pub fn set_policies(&self, policies: PolicyBook) {
         tracing::info!(version = %policies.version(), "policy replaced");
@@ -740,7 +745,7 @@ fn rebuild_hint(e: crate::gallery::GalleryError, dir: PathBuf) -> Error {
 }
 
 /// Replays templates the gallery does not have yet from the store (the truth).
-fn load_templates(store: &Store, gallery: &LiveGallery) -> Result<(), Error> {
+pub(crate) fn load_templates(store: &Store, gallery: &LiveGallery) -> Result<(), Error> {
     let mut pending: Vec<(u64, SubjectId, Vec<f32>)> = Vec::with_capacity(LOAD_CHUNK);
     let mut failed = None;
     store.for_each_template_since(gallery.watermark(), |id, subject, v| {

@@ -27,6 +27,8 @@
 //! - [`pipeline`]: submit, exactly-once (claims, high-water marks, fingerprints), queue,
 //!   micro-batching, workers, group commit, stats.
 //! - `maintenance`: the engine's background thread (gallery compaction).
+//! - [`calibrate`]: FPIR and FNIR of the thresholds at the live gallery size.
+//! - [`whatif`]: policy replay over the recorded entries (read-only).
 //! - [`model`]: small domain records shared across modules.
 //! - [`site_lock`]: the exclusive lock every writer of a data folder takes.
 //! - [`npy`]: NumPy `.npy` reading and writing for the tools.
@@ -41,6 +43,7 @@
 //! decision path fails closed (Deny, recorded); no embedding ever reaches a log line.
 #![deny(unsafe_code)]
 
+pub mod calibrate;
 pub mod clock;
 pub mod config;
 pub mod engine;
@@ -54,6 +57,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod site_lock;
 pub mod store;
+pub mod whatif;
 
 #[cfg(feature = "server")]
 pub mod http;

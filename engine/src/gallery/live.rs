@@ -867,6 +867,32 @@ impl GallerySnapshot {
             .collect()
     }
 
+    /// Copies of the live templates at the given row positions (counted over every row
+    /// set, deleted rows included; a deleted or out-of-range position gives nothing), for
+    /// tools that probe the gallery with its own templates (threshold calibration).
+    pub fn templates_at(&self, positions: &[usize]) -> Vec<(SubjectId, Vec<f32>)> {
+        let parts = self.parts();
+        let mut out = Vec::with_capacity(positions.len());
+        for &pos in positions {
+            let mut at = pos;
+            for part in &parts {
+                if at < part.len() {
+                    if !part.is_deleted(at) {
+                        out.push((part.subject(at), part.vector(at).to_vec()));
+                    }
+                    break;
+                }
+                at -= part.len();
+            }
+        }
+        out
+    }
+
+    /// Rows in every row set, deleted ones included: the range of [`Self::templates_at`].
+    pub fn row_positions(&self) -> usize {
+        self.parts().iter().map(RowsRef::len).sum()
+    }
+
     /// Number of live templates of `subject`.
     pub fn templates_of(&self, subject: SubjectId) -> usize {
         let segs: usize = self

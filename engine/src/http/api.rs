@@ -103,7 +103,7 @@ fn today(state: &HttpState) -> (UnixMillis, UnixMillis) {
 /// so nothing inline or foreign is needed; no other site may frame it (clickjacking).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; frame-ancestors 'none'";
 
-fn asset(content_type: &'static str, text: &'static str) -> Response {
+pub(super) fn asset(content_type: &'static str, text: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),

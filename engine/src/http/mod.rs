@@ -18,6 +18,7 @@ mod params;
 mod recent;
 pub mod token;
 mod views;
+pub mod whatif;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     started: UnixMillis,
     recent: recent::Recent,
+    calibration: Arc<whatif::Calibration>,
 }
 
 impl HttpState {
@@ -69,6 +71,7 @@ impl HttpState {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let started = clock.now();
+        let calibration = whatif::Calibration::start(&engine, Arc::clone(&clock));
         Self(Arc::new(Inner {
             engine,
             server,
@@ -76,6 +79,7 @@ impl HttpState {
             clock,
             started,
             recent: recent::Recent::default(),
+            calibration,
         }))
     }
 
@@ -154,7 +158,8 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/console/app.js", false, api::console_js),
     route!(GET "/console/style.css", false, api::console_css),
     route!(GET "/healthz", false, api::healthz),
-    route!(GET "/metrics", false, api::metrics),
+    route!(GET "/console/tools.js", false, whatif::console_tools_js),
+    route!(GET "/metrics", false, whatif::metrics),
     route!(GET "/api/v1/openapi.json", false, api::openapi),
     route!(GET "/api/v1/stats", true, api::stats),
     route!(GET "/api/v1/stats/history", true, api::stats_history),
@@ -177,6 +182,8 @@ pub const ROUTES: &[Route] = &[
     route!(POST "/api/v1/escalations/{gate}/{seq}/resolve", true, api::post_resolve),
     route!(GET "/api/v1/policy", true, api::policy),
     route!(POST "/api/v1/policy/reload", true, api::post_policy_reload),
+    route!(POST "/api/v1/policy/replay", true, whatif::post_replay),
+    route!(GET "/api/v1/calibration", true, whatif::calibration),
 ];
 
 /// The OpenAPI 3.1 description of [`ROUTES`].

@@ -107,6 +107,7 @@
 
 mod decide;
 mod file;
+pub mod replay;
 mod summary;
 mod values;
 

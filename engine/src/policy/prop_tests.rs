@@ -528,3 +528,248 @@ proptest! {
         }
     }
 }
+
+// ---- replay: re-deciding a recorded verdict from what its record holds ----
+
+/// The fixture as the pipeline would build it: the face result follows the credential (a
+/// resolved card means 1:1 with its holder, none means 1:N, an unknown card no match), and
+/// the registry and health records are the candidate's own.
+fn as_the_pipeline_builds_it(mut f: Fixture) -> Fixture {
+    let score = match f.face {
+        FaceResult::Verified { score, .. } => score,
+        FaceResult::Identified { best, .. } => best.map(|(_, s)| s),
+        FaceResult::NoFace => None,
+    };
+    f.face = match (f.event.face.is_some(), f.credential, f.face) {
+        (false, _, _) | (_, CredentialLookup::Unknown, _) => FaceResult::NoFace,
+        (true, CredentialLookup::Resolved(holder), _) => FaceResult::Verified {
+            subject: holder,
+            score,
+        },
+        (true, CredentialLookup::NotPresented, FaceResult::Identified { best, runner_up }) => {
+            FaceResult::Identified { best, runner_up }
+        }
+        (true, CredentialLookup::NotPresented, _) => FaceResult::Identified {
+            best: score.map(|s| (ALICE, s)),
+            runner_up: None,
+        },
+    };
+    let candidate = match (f.credential, f.face) {
+        (CredentialLookup::Resolved(s), _) => Some(s),
+        (_, FaceResult::Identified { best, .. }) => best.map(|(s, _)| s),
+        _ => None,
+    };
+    f.subject = candidate.and_then(|c| f.subject.take().map(|r| SubjectRecord { subject: c, ..r }));
+    f.health = candidate.and_then(|c| f.health.take().map(|h| HealthRecord { subject: c, ..h }));
+    f
+}
+
+/// Half the time, a face that matches well and is live: random scores and thresholds fail
+/// identity so often that the person checks would rarely run.
+fn often_identified(mut f: Fixture, tame: bool) -> Fixture {
+    if !tame {
+        return f;
+    }
+    if let Some(face) = f.event.face.as_mut() {
+        face.liveness = 1.0;
+    }
+    f.face = match f.face {
+        FaceResult::Verified { subject, .. } => FaceResult::Verified {
+            subject,
+            score: Some(1.0),
+        },
+        FaceResult::Identified { runner_up, .. } => FaceResult::Identified {
+            best: Some((ALICE, 1.0)),
+            runner_up,
+        },
+        FaceResult::NoFace => FaceResult::NoFace,
+    };
+    f
+}
+
+/// The entry record of verdict `v` on `f`, as the archive reads it back.
+fn recorded(f: &Fixture, v: &Verdict) -> crate::store::ArchivedEntry {
+    crate::store::ArchivedEntry {
+        gate: f.event.gate,
+        seq: f.event.seq,
+        market: f.gate.market,
+        zone: f.gate.zone,
+        subject: v.subject,
+        decision: v.decision,
+        mode: crate::store::ModeKind::from(&f.event.mode),
+        direction: f.event.direction,
+        captured_at: f.event.captured_at,
+        decided_at: v.decided_at,
+        checks: v.checks.clone(),
+    }
+}
+
+/// What the registry says about the recorded person's category now.
+fn category_now(f: &Fixture, v: &Verdict) -> Option<Category> {
+    f.subject
+        .as_ref()
+        .filter(|r| Some(r.subject) == v.subject)
+        .map(|r| r.category)
+}
+
+/// The demo policy with the test age tightened from 48 h to `hours`.
+fn demo_with_test_age(hours: u32) -> MarketPolicy {
+    let text = super::DEMO_POLICY_TOML.replace(
+        "max_test_age_hours = 48",
+        &format!("max_test_age_hours = {hours}"),
+    );
+    assert_ne!(text, super::DEMO_POLICY_TOML);
+    book_policy(&text)
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 512, ..Config::default() })]
+
+    /// Under the policy that made it, a record replays to its own decision, knowing every
+    /// input that matters.
+    #[test]
+    fn prop_replay_under_the_recording_policy_changes_nothing(
+        f in fixture(false),
+        policy in any_policy(),
+        tame in any::<bool>(),
+    ) {
+        let f = often_identified(as_the_pipeline_builds_it(f), tame);
+        let v = f.decide(&policy);
+        let entry = recorded(&f, &v);
+        let r = super::replay::replay_entry(&entry, category_now(&f, &v), &policy, f.utc_offset);
+        prop_assert_eq!(r.decision, Some(v.decision), "unknown: {:?}", r.unknown);
+        prop_assert!(r.unknown.is_empty(), "{:?}", r.unknown);
+    }
+
+    /// Under any other policy, replay either says it cannot know, or gives exactly the
+    /// decision the true inputs get.
+    #[test]
+    fn prop_replay_never_guesses(
+        f in fixture(false),
+        recording in any_policy(),
+        other in any_policy(),
+        tame in any::<bool>(),
+    ) {
+        let f = often_identified(as_the_pipeline_builds_it(f), tame);
+        let v = f.decide(&recording);
+        let entry = recorded(&f, &v);
+        let r = super::replay::replay_entry(&entry, category_now(&f, &v), &other, f.utc_offset);
+        if let Some(d) = r.decision {
+            prop_assert_eq!(d, f.decide(&other).decision);
+        } else {
+            prop_assert!(!r.unknown.is_empty());
+        }
+    }
+
+    /// A stricter test age changes exactly the entries whose true inputs decide differently,
+    /// and replay knows every one of them (the test age was recorded).
+    #[test]
+    fn prop_a_stricter_test_age_changes_exactly_the_entries_it_should(
+        f in fixture(false),
+        hours in 1u32..48,
+        tame in any::<bool>(),
+    ) {
+        let f = often_identified(as_the_pipeline_builds_it(f), tame);
+        let demo = PolicyBook::demo().for_market(MARKET).clone();
+        let strict = demo_with_test_age(hours);
+        let v = f.decide(&demo);
+        let entry = recorded(&f, &v);
+        let r = super::replay::replay_entry(&entry, category_now(&f, &v), &strict, f.utc_offset);
+        prop_assert_eq!(r.decision, Some(f.decide(&strict).decision), "{:?}", r.unknown);
+    }
+}
+
+#[test]
+fn replay_names_the_check_whose_input_was_not_recorded() {
+    // Recorded under the demo policy, which asks buyers for no vaccination: the doses are not
+    // in the record, so a policy that asks for three cannot be decided from it.
+    let mut f = Fixture::identify();
+    f.subject_mut().category = Category::Buyer;
+    let demo = PolicyBook::demo().for_market(MARKET).clone();
+    let v = f.decide(&demo);
+    assert_eq!(v.decision, Decision::Admit);
+    let text = super::DEMO_POLICY_TOML.replace("min_vaccine_doses = 0", "min_vaccine_doses = 3");
+    let strict = book_policy(&text);
+    let entry = recorded(&f, &v);
+    let r = super::replay::replay_entry(&entry, Some(Category::Buyer), &strict, f.utc_offset);
+    assert_eq!(r.decision, None);
+    assert_eq!(r.unknown, vec![CheckKind::Vaccination]);
+    // The test age was recorded (48 h required): tightening it below the test's age (10 h)
+    // denies, and replay knows it.
+    let r = super::replay::replay_entry(
+        &entry,
+        Some(Category::Buyer),
+        &demo_with_test_age(6),
+        f.utc_offset,
+    );
+    assert_eq!(r.decision, Some(Decision::Deny));
+    assert!(r.unknown.is_empty());
+    assert_eq!(
+        crate::policy::testkit::check(&r.verdict, CheckKind::TestAge).outcome,
+        Outcome::Fail
+    );
+}
+
+/// The shipped policies: sane rules under which a healthy person is admitted, so that one
+/// changed input decides the outcome.
+fn shipped_policy() -> impl Strategy<Value = MarketPolicy> {
+    prop_oneof![
+        Just(book_policy(STRICT)),
+        Just(PolicyBook::demo().for_market(MARKET).clone()),
+        Just(book_policy(include_str!("../../policies/xinfadi.toml"))),
+        Just(book_policy(include_str!("../../policies/haidian.toml"))),
+    ]
+}
+
+/// A healthy, admitted person (by card or by face) with one input changed.
+fn one_change() -> impl Strategy<Value = Fixture> {
+    (any::<bool>(), 0u8..9, 0u32..100, any::<bool>()).prop_map(|(by_face, which, n, flag)| {
+        let mut f = if by_face {
+            Fixture::identify()
+        } else {
+            Fixture::new()
+        };
+        let now = f.now;
+        match which {
+            0 => f.health_mut().vaccine_doses = (n % 5) as u8,
+            1 => f.subject_mut().zones = if flag { vec![ZoneId(99)] } else { vec![] },
+            2 => f.person.entries_today = n % 60,
+            3 => f.market.occupancy = n * 100,
+            4 => f.event.temperature_c = Some(36.0 + (n as f32) / 25.0),
+            5 => f.health_mut().test_at = Some(UnixMillis(now.0 - u64::from(n) * HOUR_MS)),
+            6 => f.person.signed_in_today = flag,
+            7 => f.person.inside = if flag { Some(true) } else { None },
+            _ => {
+                f.health_mut().health_code = if flag {
+                    CodeColour::Yellow
+                } else {
+                    CodeColour::Red
+                };
+            }
+        }
+        f
+    })
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 512, ..Config::default() })]
+
+    /// From a healthy entry with one input changed, replay under a shipped policy either
+    /// says it cannot know, or gives the decision the true inputs get.
+    #[test]
+    fn prop_replay_never_guesses_what_one_input_decides(
+        f in one_change(),
+        recording in shipped_policy(),
+        other in shipped_policy(),
+    ) {
+        let f = as_the_pipeline_builds_it(f);
+        let v = f.decide(&recording);
+        let entry = recorded(&f, &v);
+        let r = super::replay::replay_entry(&entry, category_now(&f, &v), &other, f.utc_offset);
+        if let Some(d) = r.decision {
+            prop_assert_eq!(d, f.decide(&other).decision, "{:?}", v.checks);
+        } else {
+            prop_assert!(!r.unknown.is_empty());
+        }
+    }
+}

@@ -314,55 +314,68 @@ impl Store {
         conn: &Connection,
         row: &Row<'_>,
     ) -> Result<(EntryRow, record::Body), StoreError> {
-        let sql = |e| StoreError::from_sqlite(&part.path, "reading an entry", e);
-        let corrupt = |detail: String| StoreError::Corrupt {
-            path: part.path.clone(),
-            detail,
-        };
-        let code = |idx: usize| -> Result<u8, StoreError> {
-            let v: i64 = row.get(idx).map_err(sql)?;
-            u8::try_from(v).map_err(|_| corrupt(format!("code {v} in column {idx}")))
-        };
-        let unknown = |what: &str, c: u8| corrupt(format!("unknown {what} code {c} in an entry"));
-        let time = |idx| -> Result<UnixMillis, StoreError> {
-            Ok(UnixMillis(
-                row.get::<_, i64>(idx).map_err(sql)?.max(0) as u64
-            ))
-        };
-        let (d, m, dir) = (code(5)?, code(6)?, code(7)?);
-        let entry = EntryRow {
-            gate: GateId(row.get(0).map_err(sql)?),
-            seq: from_sql_u64(row.get(1).map_err(sql)?),
-            market: MarketId(row.get(2).map_err(sql)?),
-            zone: ZoneId(row.get(3).map_err(sql)?),
-            subject: row
-                .get::<_, Option<i64>>(4)
-                .map_err(sql)?
-                .map(|s| SubjectId(from_sql_u64(s))),
-            decision: Decision::from_code(d).ok_or_else(|| unknown("decision", d))?,
-            mode: ModeKind::from_code(m).ok_or_else(|| unknown("mode", m))?,
-            direction: Direction::from_code(dir).ok_or_else(|| unknown("direction", dir))?,
-            score: row.get::<_, Option<f64>>(8).map_err(sql)?.map(|s| s as f32),
-            captured_at: time(9)?,
-            decided_at: time(10)?,
-            failed: Vec::new(),
-        };
-        let body = row
-            .get_ref(11)
-            .and_then(|v| Ok(v.as_blob()?))
-            .map_err(sql)?;
-        let body = record::decode_body(body, |id| {
-            part.form(conn, id)
-                .map_err(|e| record::DecodeError(e.to_string()))
-        })
-        .map_err(|e| {
-            corrupt(format!(
-                "the record of gate {} seq {} does not decode: {e}",
-                entry.gate, entry.seq
-            ))
-        })?;
-        Ok((entry, body))
+        decode_entry(part, conn, row)
     }
+}
+
+/// A row selected with [`ENTRY_COLUMNS`] from `part` through `conn`: its indexed facts (with
+/// `failed` left empty) and its decoded body.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] for a row that does not decode.
+pub(crate) fn decode_entry(
+    part: &Partition,
+    conn: &Connection,
+    row: &Row<'_>,
+) -> Result<(EntryRow, record::Body), StoreError> {
+    let sql = |e| StoreError::from_sqlite(&part.path, "reading an entry", e);
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: part.path.clone(),
+        detail,
+    };
+    let code = |idx: usize| -> Result<u8, StoreError> {
+        let v: i64 = row.get(idx).map_err(sql)?;
+        u8::try_from(v).map_err(|_| corrupt(format!("code {v} in column {idx}")))
+    };
+    let unknown = |what: &str, c: u8| corrupt(format!("unknown {what} code {c} in an entry"));
+    let time = |idx| -> Result<UnixMillis, StoreError> {
+        Ok(UnixMillis(
+            row.get::<_, i64>(idx).map_err(sql)?.max(0) as u64
+        ))
+    };
+    let (d, m, dir) = (code(5)?, code(6)?, code(7)?);
+    let entry = EntryRow {
+        gate: GateId(row.get(0).map_err(sql)?),
+        seq: from_sql_u64(row.get(1).map_err(sql)?),
+        market: MarketId(row.get(2).map_err(sql)?),
+        zone: ZoneId(row.get(3).map_err(sql)?),
+        subject: row
+            .get::<_, Option<i64>>(4)
+            .map_err(sql)?
+            .map(|s| SubjectId(from_sql_u64(s))),
+        decision: Decision::from_code(d).ok_or_else(|| unknown("decision", d))?,
+        mode: ModeKind::from_code(m).ok_or_else(|| unknown("mode", m))?,
+        direction: Direction::from_code(dir).ok_or_else(|| unknown("direction", dir))?,
+        score: row.get::<_, Option<f64>>(8).map_err(sql)?.map(|s| s as f32),
+        captured_at: time(9)?,
+        decided_at: time(10)?,
+        failed: Vec::new(),
+    };
+    let body = row
+        .get_ref(11)
+        .and_then(|v| Ok(v.as_blob()?))
+        .map_err(sql)?;
+    let body = record::decode_body(body, |id| {
+        part.form(conn, id)
+            .map_err(|e| record::DecodeError(e.to_string()))
+    })
+    .map_err(|e| {
+        corrupt(format!(
+            "the record of gate {} seq {} does not decode: {e}",
+            entry.gate, entry.seq
+        ))
+    })?;
+    Ok((entry, body))
 }
 
 fn failed_checks(checks: &[Check]) -> impl Iterator<Item = CheckKind> + '_ {

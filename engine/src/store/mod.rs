@@ -61,6 +61,7 @@ pub use entries::{
     CommitOutcome, EntryRecord, EntryRow, EventFingerprint, ModeKind, RecordedEntry,
 };
 pub use history::ENTRIES_DIR;
+pub use history::archive::{ArchivedEntry, EntryArchive};
 pub use history::upkeep::{
     CheckpointReport, Checkpointer, HistoryCounters, HistoryStats, PartitionStats, PrunedPartition,
     history_stats_in,

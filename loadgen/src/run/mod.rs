@@ -30,7 +30,7 @@ mod cpu;
 mod plan;
 mod report;
 mod stats;
-mod svg;
+pub mod svg;
 
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -3,7 +3,7 @@
 //!
 //! Counts are drawn as rates over each interval's real length: the last interval of a run is
 //! usually shorter than a second, and its raw count would draw a drop to zero that never
-//! happened. A last interval shorter than [`MIN_INTERVAL_S`] is left out (too short to give
+//! happened. A last interval shorter than `MIN_INTERVAL_S` is left out (too short to give
 //! a rate).
 
 use std::fmt::Write as _;
@@ -202,7 +202,8 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn escape(s: &str) -> String {
+/// `s` escaped for SVG text and attributes.
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod calibrate;
 mod cert;
 mod demo;
 mod enroll;
@@ -13,6 +14,7 @@ mod gallery;
 mod import;
 mod policy;
 mod query;
+mod replay;
 mod search;
 mod serve;
 mod site;
@@ -52,6 +54,9 @@ enum Command {
     Query(query::QueryArgs),
     /// The entry history: statistics per day partition, and retention by hand.
     Store(store::StoreArgs),
+    /// Calibrate the face thresholds at the live gallery size: FPIR and FNIR today, the
+    /// threshold meeting a target FPIR, and FPIR if the registry grows (never edits the policy).
+    Calibrate(calibrate::CalibrateArgs),
     /// Check a policy file: every problem at once, or what it does per market and category.
     Policy(policy::PolicyArgs),
     /// Revoke a person everywhere (audited; refused while a server runs on the site: use its
@@ -90,6 +95,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Query(args) => query::run(args),
         Command::Store(args) => store::run(args),
         Command::Policy(args) => policy::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Revoke(args) => admin::run_revoke(args),
         Command::Reinstate(args) => admin::run_reinstate(args),
     };

@@ -20,21 +20,29 @@ enum PolicyCommand {
         /// The policy file (e.g. site/policy.toml).
         file: PathBuf,
     },
+    /// Re-decide recorded entries under another policy, read-only, and report what would
+    /// change: by market, check, category and hour, with examples.
+    Replay(super::replay::ReplayArgs),
 }
 
 pub(crate) fn run(args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
         PolicyCommand::Check { file } => check(&file),
+        PolicyCommand::Replay(args) => super::replay::run(args),
     }
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let book = load_or_report(file)?;
+    println!("{}: ok", file.display());
+    print!("{}", book.summary());
+    Ok(())
+}
+
+/// Loads a policy file, or prints every problem as file:line:column and fails.
+pub(crate) fn load_or_report(file: &std::path::Path) -> anyhow::Result<PolicyBook> {
     match PolicyBook::load(file) {
-        Ok(book) => {
-            println!("{}: ok", file.display());
-            print!("{}", book.summary());
-            Ok(())
-        }
+        Ok(book) => Ok(book),
         Err(PolicyError::Invalid { problems }) => {
             for p in &problems {
                 eprintln!("{p}");

@@ -19,10 +19,10 @@ use crate::http_client::{Response, get, post_json};
 use crate::support::{self, DIM, MODEL, face_of, probe_of, verify_event};
 
 /// A running API over a temporary data folder.
-struct Api {
-    engine: Arc<Engine>,
-    addr: SocketAddr,
-    token: String,
+pub(crate) struct Api {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) token: String,
     runtime: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -30,7 +30,7 @@ struct Api {
 }
 
 impl Api {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let engine = Arc::new(support::open_populated(dir.path(), SystemClock.now()));
         let token = AdminToken::load_or_create(&dir.path().join("admin.token")).unwrap();
@@ -82,7 +82,7 @@ impl Api {
     }
 
     /// Stops the server gracefully and checks that it ended without error.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
         let task = self.task.take().unwrap();
         self.runtime.block_on(task).unwrap().unwrap();

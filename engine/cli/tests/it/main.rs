@@ -20,3 +20,4 @@ mod server;
 mod site;
 mod spec_answers;
 mod support;
+mod whatif;

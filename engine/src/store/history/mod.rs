@@ -17,12 +17,14 @@
 //! - `record`: the compact record body (checks and screen, dictionary-coded);
 //! - `writer`: the group-commit [`EntryWriter`](crate::store::EntryWriter) and the bulk loader;
 //! - `upkeep`: checkpoints, retention, statistics;
+//! - `archive`: reading past entries read-only (replay, calibration);
 //! - `legacy`: moving the entries of a schema-2 store into partitions.
 //!
 //! The seq directory ([`SeqDirectory`]) says which days hold a gate's seq: it is loaded from
 //! every partition's `gate_seqs` at open and kept up to date by the writer, so that looking
 //! up a recorded `(gate, seq)` opens one partition, not every one.
 
+pub(crate) mod archive;
 pub(crate) mod legacy;
 pub(crate) mod partition;
 pub(crate) mod record;
