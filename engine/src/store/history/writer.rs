@@ -305,9 +305,21 @@ impl DayWriter {
         }
         drop(self.conn);
         crate::store::fsutil::sync_file_and_dir(&self.path)?;
+        // Another writer of the same day may still hold the log open; when it closes, SQLite
+        // deletes the log, so "gone" between our check and our sync means nothing left to sync.
         let wal = super::upkeep::sidecar(&self.path, "-wal");
-        if wal.exists() {
-            crate::store::fsutil::sync_file_and_dir(&wal)?;
+        match std::fs::File::open(&wal) {
+            Ok(log) => log.sync_all().map_err(|e| StoreError::Io {
+                path: wal.clone(),
+                source: e,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: wal,
+                    source: e,
+                });
+            }
         }
         Ok(())
     }
