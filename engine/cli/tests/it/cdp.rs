@@ -92,14 +92,19 @@ impl Page {
 
     /// Evaluates `expression` until it is truthy; its value then.
     pub(crate) fn wait_for(&mut self, expression: &str) -> Value {
+        // Until the page has loaded, `document.body` and the console's elements may not exist
+        // yet: a throw means "not yet", not a failure.
+        let guarded = format!(
+            "(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
+        );
         for _ in 0..polls(IO_TIMEOUT, POLL) {
-            let v = self.eval(expression);
+            let v = self.eval(&guarded);
             if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
                 return v;
             }
             std::thread::sleep(POLL);
         }
-        let error = self.eval("document.body.dataset.error || ''");
+        let error = self.eval("(document.body && document.body.dataset.error) || ''");
         panic!("never true in the page within {IO_TIMEOUT:?}: {expression} (page error: {error})");
     }
 
