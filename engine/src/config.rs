@@ -34,6 +34,8 @@
 //! stream_read_timeout_ms = 5000
 //! udp_buffer_bytes = 4194304
 //! shutdown_grace_ms = 5000
+//! max_handshakes = 256      # handshakes in progress at once; more are refused (the gate
+//!                           # backs off and retries: a reconnect storm waits in the gates)
 //!
 //! [http]
 //! enabled = true                # the admin HTTP API, /metrics and the market console
@@ -269,6 +271,7 @@ pub struct ServerConfig {
     pub stream_read_timeout_ms: u64,
     pub udp_buffer_bytes: usize,
     pub shutdown_grace_ms: u64,
+    pub max_handshakes: usize,
 }
 
 impl Default for ServerConfig {
@@ -282,6 +285,7 @@ impl Default for ServerConfig {
             stream_read_timeout_ms: 5_000,
             udp_buffer_bytes: 4 << 20,
             shutdown_grace_ms: 5_000,
+            max_handshakes: 256,
         }
     }
 }
