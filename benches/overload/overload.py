@@ -45,9 +45,11 @@ def prepare(bin_dir: Path, data: Path, subjects: int, gates: int) -> None:
         check=True, stdout=subprocess.DEVNULL)
 
 
-def start_server(bin_dir: Path, data: Path):
+def start_server(bin_dir: Path, data: Path, listen: str = "127.0.0.1:0", http: str = ""):
+    """Starts `gatewarden serve`; `http` is the admin API's address (none if empty)."""
+    http_table = f'listen = "{http}"' if http else "enabled = false"
     (data / "gatewarden.toml").write_text(
-        '[server]\nlisten = "127.0.0.1:0"\n[http]\nenabled = false\n')
+        f'[server]\nlisten = "{listen}"\n[http]\n{http_table}\n')
     proc = subprocess.Popen(
         [str(bin_dir / "gatewarden"), "serve", "--data", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -59,10 +61,11 @@ def start_server(bin_dir: Path, data: Path):
     return proc, line.removeprefix("listening on ")
 
 
-def peak_rss_mib(pid: int):
+def peak_rss_mib(pid: int, field: str = "VmHWM"):
+    """Peak resident memory of a process in MiB (or, with field="VmRSS", the current one)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
