@@ -85,7 +85,8 @@ def loadgen_args(args, data: Path, target: str, gates: int, rate: float, duratio
             "--certs", str(data / "certs"), "--population", str(data / "population"),
             "--gates", str(gates), "--rate", str(rate), "--profile", "constant",
             "--duration", f"{duration_s}s", "--json", str(report), "--seed", str(args.seed),
-            "--keep-alive", args.keep_alive, *extra]
+            "--keep-alive", args.keep_alive, "--max-busy-retries", str(args.busy_retries),
+            *extra]
 
 
 # 1. Retrying gates ---------------------------------------------------------------------------

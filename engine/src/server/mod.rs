@@ -17,6 +17,7 @@
 pub mod certs;
 mod conn;
 mod log_text;
+mod reset;
 pub mod tls;
 
 use std::future::Future;
@@ -133,7 +134,12 @@ impl Server {
             }
         })?;
         let endpoint = quinn::Endpoint::new(
-            endpoint_config(&certs.server_key())?,
+            reset::endpoint_config_from(&certs.server_key()).map_err(|e| {
+                ServerError::Tls(tls::TlsError::Pem {
+                    path: certs.server_key().display().to_string(),
+                    reason: e.to_string(),
+                })
+            })?,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -215,31 +221,6 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
-
-/// Shortest interval between two stateless resets. quinn's default (20 ms, against loops
-/// between two endpoints resetting each other) would take minutes to tell 10,000 gates that
-/// their server restarted; a reset is never longer than the packet it answers, so a loop dies
-/// out by itself, and 1 ms still bounds the resets to 1,000 a second.
-const MIN_RESET_INTERVAL: Duration = Duration::from_millis(1);
-
-/// The endpoint configuration: a stateless-reset key that is the same after a restart. It is
-/// an HMAC key derived from the server's private key file (a secret the server holds anyway,
-/// and which changes when the server's identity does), so no new file is needed.
-fn endpoint_config(server_key: &std::path::Path) -> Result<quinn::EndpointConfig, ServerError> {
-    let secret = std::fs::read(server_key).map_err(|e| {
-        ServerError::Tls(tls::TlsError::Pem {
-            path: server_key.display().to_string(),
-            reason: e.to_string(),
-        })
-    })?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"gatewarden stateless reset key v1\0");
-    ctx.update(&secret);
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ctx.finish().as_ref());
-    let mut config = quinn::EndpointConfig::new(Arc::new(key));
-    config.min_reset_interval(MIN_RESET_INTERVAL);
-    Ok(config)
 }
 
 /// Flow-control windows: a stream never needs more than the largest frame, and what a

@@ -18,4 +18,5 @@ mod quic;
 mod server;
 mod site;
 mod spec_answers;
+mod storms;
 mod support;
