@@ -45,11 +45,13 @@ def prepare(bin_dir: Path, data: Path, subjects: int, gates: int) -> None:
         check=True, stdout=subprocess.DEVNULL)
 
 
-def start_server(bin_dir: Path, data: Path, listen: str = "127.0.0.1:0", http: str = ""):
-    """Starts `gatewarden serve`; `http` is the admin API's address (none if empty)."""
+def start_server(bin_dir: Path, data: Path, listen: str = "127.0.0.1:0", http: str = "",
+                 server_extra: str = ""):
+    """Starts `gatewarden serve`; `http` is the admin API's address (none if empty), and
+    `server_extra` more lines of its [server] table."""
     http_table = f'listen = "{http}"' if http else "enabled = false"
     (data / "gatewarden.toml").write_text(
-        f'[server]\nlisten = "{listen}"\n[http]\n{http_table}\n')
+        f'[server]\nlisten = "{listen}"\n{server_extra}[http]\n{http_table}\n')
     proc = subprocess.Popen(
         [str(bin_dir / "gatewarden"), "serve", "--data", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -93,7 +95,8 @@ def step(args, data: Path, rate: float, extra=()) -> dict:
     # Each step draws other people (its own seed): the same people again would meet the
     # daily entry caps the earlier steps used up, and the ground truth assumes a fresh day.
     args.seed += 1
-    proc, addr = start_server(args.bin_dir, data)
+    proc, addr = start_server(args.bin_dir, data,
+                              server_extra=getattr(args, "server_extra", ""))
     report_path = data / f"report-{int(rate)}.json"
     cpu_before = cpu_seconds(proc.pid)
     try:

@@ -261,6 +261,7 @@ async fn serve_stream(
     };
     if let Message::Busy(busy) = &reply
         && kind == Some(MessageKind::Event)
+        && ctx.shed_below
         && ctx.engine.is_shedding()
     {
         state.credit.pause(conn, busy.retry_after_ms);
@@ -356,6 +357,7 @@ async fn read_request<'a>(
         });
     }
     if kind == MessageKind::Event
+        && ctx.shed_below
         && state.gate.get().is_some()
         && let Some(busy) = ctx.engine.refuse_at_door()
     {

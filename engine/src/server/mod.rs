@@ -79,6 +79,8 @@ struct Ctx {
     read_timeout: Duration,
     /// `max_streams_per_gate`: a connection's stream credit when the engine is not shedding.
     max_streams: u32,
+    /// `shed_below_requests`: refuse from the header and withhold credit while shedding.
+    shed_below: bool,
 }
 
 /// A bound QUIC endpoint in front of an engine.
@@ -155,6 +157,7 @@ impl Server {
                 stats: Arc::default(),
                 read_timeout: Duration::from_millis(config.stream_read_timeout_ms),
                 max_streams: config.max_streams_per_gate,
+                shed_below: config.shed_below_requests,
             }),
             grace: Duration::from_millis(config.shutdown_grace_ms),
             max_handshakes: config.max_handshakes.max(1),
