@@ -424,6 +424,8 @@ struct Shared {
     max_busy_retries: Option<u32>,
     /// Gates with a live connection (see [`keep_connected`]).
     connected: AtomicU32,
+    /// The gates' keep-alive interval.
+    keep_alive: Duration,
 }
 
 impl Shared {
@@ -491,6 +493,7 @@ async fn drive(
         load_start: OnceLock::new(),
         max_busy_retries: cfg.max_busy_retries,
         connected: AtomicU32::new(0),
+        keep_alive: cfg.keep_alive,
     });
 
     let rss_before = cpu::resident_mib();
@@ -621,9 +624,31 @@ async fn keep_connected(shared: Arc<Shared>, gate: usize, mut done: watch::Recei
         shared.connected.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
             _ = conn.closed() => {}
+            () = silent(&conn, shared.keep_alive) => {
+                // PROTOCOL.md, "Reconnecting": silence for two keep-alives is a lost server.
+                conn.close(0u32.into(), b"server silent");
+            }
             _ = done.wait_for(|d| *d) => return,
         }
         shared.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once `conn` has received nothing for two keep-alive intervals (each keep-alive is
+/// acknowledged, so a live server is never that quiet). A server killed without a word is
+/// otherwise noticed only by a stateless reset from its successor, which a gate whose probes
+/// have backed off past the outage may never provoke, or by the idle timeout.
+async fn silent(conn: &quinn::Connection, keep_alive: Duration) {
+    let mut heard = conn.stats().udp_rx.datagrams;
+    let mut quiet = 0u32;
+    loop {
+        tokio::time::sleep(keep_alive).await;
+        let now = conn.stats().udp_rx.datagrams;
+        quiet = if now == heard { quiet + 1 } else { 0 };
+        heard = now;
+        if quiet >= 2 {
+            return;
+        }
     }
 }
 
