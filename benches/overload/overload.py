@@ -145,6 +145,16 @@ def sustainable(r: dict) -> bool:
             and r["verdicts"] == r["sent"] and r["p99_ms"] <= P99_LIMIT_MS)
 
 
+def write_report(path: Path, result: dict, checks: dict, say) -> int:
+    """Writes the JSON report, says one PASS/FAIL line per check, and returns the exit code."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    for name, ok in checks.items():
+        say(f"{'PASS' if ok else 'FAIL'}  {name}")
+    log(f"report: {path}")
+    return 0 if result["passed"] else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin-dir", type=Path, required=True)
@@ -191,12 +201,8 @@ def main() -> int:
         }
         result = {"sustainable": best, "steps": steps, "overload": over, "checks": checks,
                   "passed": all(checks.values())}
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "overload.json").write_text(json.dumps(result, indent=2))
-        for name, ok in checks.items():
-            log(f"  {'PASS' if ok else 'FAIL'}  {name}")
-        log(f"report: {args.out / 'overload.json'}")
-        return 0 if result["passed"] else 1
+        return write_report(args.out / "overload.json", result, checks,
+                            lambda line: log("  " + line))
     finally:
         if args.keep is None:
             shutil.rmtree(data, ignore_errors=True)

@@ -363,13 +363,9 @@ def main() -> int:
         result["checks"] = checks
         result["passed"] = all(checks.values())
         result["load_average_end"] = load_average()
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "storms.json").write_text(json.dumps(result, indent=2))
-        for name, ok in checks.items():
-            print(f"{'PASS' if ok else 'FAIL'}  {name}")
+        code = overload.write_report(args.out / "storms.json", result, checks, print)
         print(json.dumps({k: v for k, v in result.items() if k != "checks"}, indent=2))
-        log(f"report: {args.out / 'storms.json'}")
-        return 0 if result["passed"] else 1
+        return code
     finally:
         if args.keep is None:
             shutil.rmtree(data, ignore_errors=True)
