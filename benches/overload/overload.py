@@ -45,9 +45,13 @@ def prepare(bin_dir: Path, data: Path, subjects: int, gates: int) -> None:
         check=True, stdout=subprocess.DEVNULL)
 
 
-def start_server(bin_dir: Path, data: Path):
+def start_server(bin_dir: Path, data: Path, listen: str = "127.0.0.1:0", http: str = "",
+                 server_extra: str = ""):
+    """Starts `gatewarden serve`; `http` is the admin API's address (none if empty), and
+    `server_extra` more lines of its [server] table."""
+    http_table = f'listen = "{http}"' if http else "enabled = false"
     (data / "gatewarden.toml").write_text(
-        '[server]\nlisten = "127.0.0.1:0"\n[http]\nenabled = false\n')
+        f'[server]\nlisten = "{listen}"\n{server_extra}[http]\n{http_table}\n')
     proc = subprocess.Popen(
         [str(bin_dir / "gatewarden"), "serve", "--data", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -59,10 +63,11 @@ def start_server(bin_dir: Path, data: Path):
     return proc, line.removeprefix("listening on ")
 
 
-def peak_rss_mib(pid: int):
+def peak_rss_mib(pid: int, field: str = "VmHWM"):
+    """Peak resident memory of a process in MiB (or, with field="VmRSS", the current one)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -90,7 +95,8 @@ def step(args, data: Path, rate: float, extra=()) -> dict:
     # Each step draws other people (its own seed): the same people again would meet the
     # daily entry caps the earlier steps used up, and the ground truth assumes a fresh day.
     args.seed += 1
-    proc, addr = start_server(args.bin_dir, data)
+    proc, addr = start_server(args.bin_dir, data,
+                              server_extra=getattr(args, "server_extra", ""))
     report_path = data / f"report-{int(rate)}.json"
     cpu_before = cpu_seconds(proc.pid)
     try:
@@ -139,6 +145,16 @@ def sustainable(r: dict) -> bool:
             and r["verdicts"] == r["sent"] and r["p99_ms"] <= P99_LIMIT_MS)
 
 
+def write_report(path: Path, result: dict, checks: dict, say) -> int:
+    """Writes the JSON report, says one PASS/FAIL line per check, and returns the exit code."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    for name, ok in checks.items():
+        say(f"{'PASS' if ok else 'FAIL'}  {name}")
+    log(f"report: {path}")
+    return 0 if result["passed"] else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin-dir", type=Path, required=True)
@@ -185,12 +201,8 @@ def main() -> int:
         }
         result = {"sustainable": best, "steps": steps, "overload": over, "checks": checks,
                   "passed": all(checks.values())}
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "overload.json").write_text(json.dumps(result, indent=2))
-        for name, ok in checks.items():
-            log(f"  {'PASS' if ok else 'FAIL'}  {name}")
-        log(f"report: {args.out / 'overload.json'}")
-        return 0 if result["passed"] else 1
+        return write_report(args.out / "overload.json", result, checks,
+                            lambda line: log("  " + line))
     finally:
         if args.keep is None:
             shutil.rmtree(data, ignore_errors=True)

@@ -34,6 +34,10 @@
 //! stream_read_timeout_ms = 5000
 //! udp_buffer_bytes = 4194304
 //! shutdown_grace_ms = 5000
+//! max_handshakes = 256      # handshakes in progress at once; more are refused (the gate
+//!                           # backs off and retries: a reconnect storm waits in the gates)
+//! shed_below_requests = true  # while the engine sheds: Busy from the event header, and no
+//!                           # stream credit for a refused gate during its pause
 //!
 //! [http]
 //! enabled = true                # the admin HTTP API, /metrics and the market console
@@ -269,6 +273,8 @@ pub struct ServerConfig {
     pub stream_read_timeout_ms: u64,
     pub udp_buffer_bytes: usize,
     pub shutdown_grace_ms: u64,
+    pub max_handshakes: usize,
+    pub shed_below_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -282,6 +288,8 @@ impl Default for ServerConfig {
             stream_read_timeout_ms: 5_000,
             udp_buffer_bytes: 4 << 20,
             shutdown_grace_ms: 5_000,
+            max_handshakes: 256,
+            shed_below_requests: true,
         }
     }
 }

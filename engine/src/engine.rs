@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use gatewarden_protocol::{
-    Decision, Enroll, EnrollAck, Event, GateId, MarketId, Revoke, RevokeAck, SubjectId, UnixMillis,
-    UpdateHealth, UpdateHealthAck,
+    Busy, Decision, Enroll, EnrollAck, Event, GateId, MarketId, Revoke, RevokeAck, SubjectId,
+    UnixMillis, UpdateHealth, UpdateHealthAck,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -140,6 +140,19 @@ impl Engine {
     /// Never blocks, so it may be called from an async task.
     pub fn submit(&self, event: Event) -> Submission {
         self.pipeline.submit(event)
+    }
+
+    /// The `Busy` an event arriving now would be refused with at the door, counted as a
+    /// refusal, or `None` if it would be queued. Lets a front refuse a request before reading
+    /// its body while the pipeline sheds (see [`crate::pipeline::admission`]).
+    pub fn refuse_at_door(&self) -> Option<Busy> {
+        self.pipeline.refuse_at_door()
+    }
+
+    /// Whether the pipeline is shedding: its queue stands (even its quickest events waited
+    /// past the admission target), so new events beyond a short queue get `Busy`.
+    pub fn is_shedding(&self) -> bool {
+        self.pipeline.is_shedding()
     }
 
     /// Submits and waits for the reply.

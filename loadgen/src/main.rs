@@ -168,6 +168,12 @@ struct RunArgs {
     /// Most gate handshakes in flight at once before the load.
     #[arg(long, default_value_t = 16)]
     connect_window: usize,
+    /// Keep-alive interval of each gate's connection (the idle timeout is five of them).
+    #[arg(long, default_value = "1s", value_parser = run::parse_duration)]
+    keep_alive: Duration,
+    /// Keep the connected fleet quiet this long before the load (to measure idle connections).
+    #[arg(long, default_value = "0s", value_parser = run::parse_duration)]
+    hold: Duration,
     /// Exit with status 2 if any event was lost, falsely admitted, or any bad input admitted.
     #[arg(long)]
     strict: bool,
@@ -270,6 +276,8 @@ fn run_fleet(a: RunArgs) -> anyhow::Result<ExitCode> {
         verdict_log: a.verdicts,
         sockets: a.sockets,
         connect_window: a.connect_window,
+        keep_alive: a.keep_alive,
+        hold: a.hold,
     };
     let report = run::run(&cfg)?;
     print!("{}", report.summary());

@@ -117,7 +117,7 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
     );
     out.sample(name, &[("reason", "admission")], stats.rejected_busy);
     out.sample(name, &[("reason", "deadline")], stats.expired);
-    let plain: [(&str, &str, u64); 11] = [
+    let plain: [(&str, &str, u64); 12] = [
         (
             "gatewarden_submitted_total",
             "Events accepted into the queue.",
@@ -172,6 +172,11 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
             "gatewarden_server_gate_mismatch_total",
             "Events refused because they named another gate.",
             server.gate_mismatch,
+        ),
+        (
+            "gatewarden_server_handshakes_refused_total",
+            "Handshakes refused because max_handshakes were already in progress.",
+            server.handshakes_refused,
         ),
     ];
     for (name, help, n) in plain {
@@ -377,6 +382,7 @@ mod tests {
             streams_in_flight: 1,
             malformed: 0,
             gate_mismatch: 9,
+            handshakes_refused: 4,
         };
         (stats, server)
     }

@@ -259,6 +259,30 @@ impl Pipeline {
         }
     }
 
+    /// The `Busy` an event arriving now would get at the door (the queue stands and is deeper
+    /// than admission lets pass), counted as a refusal; `None` if it would be queued. The
+    /// server asks this from a request's frame header alone, so that while the pipeline
+    /// sheds, a refusal costs neither reading nor decoding the event.
+    pub(crate) fn refuse_at_door(&self) -> Option<Busy> {
+        if !self.shared.admission.is_standing() {
+            return None;
+        }
+        let (depth, capacity) = self.queue_fill();
+        if self.shared.admission.admit(depth) {
+            return None;
+        }
+        self.shared
+            .stats
+            .rejected_busy
+            .fetch_add(1, Ordering::Relaxed);
+        Some(self.shared.busy(depth, capacity))
+    }
+
+    /// Whether admission currently finds the queue standing (the pipeline is shedding).
+    pub(crate) fn is_shedding(&self) -> bool {
+        self.shared.admission.is_standing()
+    }
+
     fn refuse_busy(&self, job: Job, depth: usize) {
         self.shared
             .stats

@@ -6,6 +6,16 @@
 //! limit and against what this connection may send before any body byte is buffered, so a
 //! refused request costs the server 5 bytes and is answered at once. The frames being read or
 //! served on one connection share a budget of [`BODY_BUDGET`] bytes.
+//!
+//! Shedding below the request. While the engine sheds (its queue stands), an event is refused
+//! from its frame header alone (`Busy`, then STOP_SENDING: its body is never read nor
+//! decoded), and a gate that gets `Busy` loses its QUIC stream credit for half the retry hint
+//! (the shortest pause PROTOCOL.md lets a gate take), then gets one stream at a time until
+//! the engine stops shedding ([`Credit`]). A gate that is told to wait thus cannot open
+//! streams at all while it waits: its other events wait inside the gate, costing the server
+//! no packet. Fairness: while the engine sheds, every gate has at most one request in flight
+//! and each refusal buys the same pause, so one gate's burst cannot take the door from the
+//! others.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -44,6 +54,9 @@ const CLOSE_NO_CERTIFICATE: quinn::VarInt = quinn::VarInt::from_u32(1);
 /// Application close code: a Hello was answered with an error.
 const CLOSE_HELLO_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
 
+/// Streams a gate may have open at once while the engine sheds (see [`Credit`]).
+const SHED_CREDIT: u32 = 1;
+
 /// What a connection has proven about itself.
 struct ConnState {
     peer: PeerCert,
@@ -52,11 +65,99 @@ struct ConnState {
     gate: OnceLock<GateId>,
     /// Bytes of request frames this connection may hold (see [`BODY_BUDGET`]).
     body_budget: Semaphore,
+    /// The connection's stream credit, lowered while the engine sheds.
+    credit: Credit,
+}
+
+/// A connection's bidirectional stream credit. QUIC cannot take back credit already granted,
+/// but it grants new credit only as streams close, up to the limit; lowering the limit to 0
+/// therefore stops a gate once it has used what it holds, and quinn sends the new credit
+/// (MAX_STREAMS) the moment the limit is raised again. A paused gate's streams wait inside the
+/// gate (in `open_bi`), where they cost the server nothing.
+struct Credit {
+    /// The configured limit (`max_streams_per_gate`).
+    full: u32,
+    state: std::sync::Mutex<CreditState>,
+    /// Wakes the accept loop when a pause starts, so that it arms its timer.
+    paused: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct CreditState {
+    /// The limit last given to quinn.
+    limit: u32,
+    /// While set, the limit is 0 until then.
+    resume_at: Option<tokio::time::Instant>,
+}
+
+impl Credit {
+    fn new(full: u32) -> Self {
+        Self {
+            full,
+            state: std::sync::Mutex::new(CreditState {
+                limit: full,
+                resume_at: None,
+            }),
+            paused: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CreditState> {
+        // The state is two plain fields, each always valid on its own.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A request of this gate was refused with `Busy` while the engine sheds: no new stream
+    /// for half the hint.
+    fn pause(&self, conn: &quinn::Connection, retry_after_ms: u32) {
+        let until = tokio::time::Instant::now()
+            + Duration::from_millis(u64::from(retry_after_ms.max(2) / 2));
+        let mut s = self.lock();
+        s.resume_at = Some(s.resume_at.map_or(until, |at| at.max(until)));
+        if s.limit != 0 {
+            s.limit = 0;
+            conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(0));
+        }
+        drop(s);
+        self.paused.notify_one();
+    }
+
+    /// When the current pause ends, if one is running.
+    fn resume_at(&self) -> Option<tokio::time::Instant> {
+        self.lock().resume_at
+    }
+
+    /// Ends a pause that has run its time (one stream at a time while the engine still sheds),
+    /// or restores the full limit once a stream arrives and the engine no longer sheds.
+    fn update(&self, conn: &quinn::Connection, shedding: bool) {
+        let mut s = self.lock();
+        if let Some(at) = s.resume_at {
+            if tokio::time::Instant::now() < at {
+                return;
+            }
+            s.resume_at = None;
+        }
+        let limit = if shedding {
+            SHED_CREDIT.min(self.full)
+        } else {
+            self.full
+        };
+        if s.limit != limit {
+            s.limit = limit;
+            conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
+        }
+    }
 }
 
 /// Serves one incoming connection until it closes.
 pub(super) async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
-    let conn = match incoming.await {
+    let handshake = incoming.await;
+    ctx.stats
+        .handshakes_in_flight
+        .fetch_sub(1, Ordering::Relaxed);
+    let conn = match handshake {
         Ok(conn) => conn,
         Err(e) => {
             debug!(error = %PeerText(&e.to_string()), "handshake failed");
@@ -72,13 +173,24 @@ pub(super) async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
         peer,
         gate: OnceLock::new(),
         body_budget: Semaphore::new(BODY_BUDGET),
+        credit: Credit::new(ctx.max_streams),
     });
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     let remote = conn.remote_address();
     debug!(%remote, admin = state.is_admin, "connection up");
     loop {
-        match conn.accept_bi().await {
+        let resume_at = state.credit.resume_at();
+        let accepted = tokio::select! {
+            accepted = conn.accept_bi() => accepted,
+            () = state.credit.paused.notified() => continue,
+            () = sleep_until_some(resume_at) => {
+                state.credit.update(&conn, ctx.engine.is_shedding());
+                continue;
+            }
+        };
+        match accepted {
             Ok((send, recv)) => {
+                state.credit.update(&conn, ctx.engine.is_shedding());
                 let ctx = Arc::clone(&ctx);
                 let state = Arc::clone(&state);
                 let conn = conn.clone();
@@ -97,6 +209,14 @@ pub(super) async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Sleeps until `at`, or for ever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn peer_cert(conn: &quinn::Connection) -> Option<PeerCert> {
     let identity = conn.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
@@ -110,7 +230,7 @@ async fn serve_stream(
     state: &ConnState,
     ctx: &Ctx,
 ) {
-    let read = tokio::time::timeout(ctx.read_timeout, read_request(&mut recv, state)).await;
+    let read = tokio::time::timeout(ctx.read_timeout, read_request(&mut recv, state, ctx)).await;
     let (kind, reply) = match read {
         // No complete request in time: under overload the runtime itself may be late, so
         // this is answered like overload (retry the same seq), not as a malformed request.
@@ -139,6 +259,13 @@ async fn serve_stream(
             respond(&request.frame, state, ctx).await,
         ),
     };
+    if let Message::Busy(busy) = &reply
+        && kind == Some(MessageKind::Event)
+        && ctx.shed_below
+        && ctx.engine.is_shedding()
+    {
+        state.credit.pause(conn, busy.retry_after_ms);
+    }
     let mut out = Vec::with_capacity(256);
     encode_frame(&reply, &mut out);
     // quinn delivers finished data even after the stream handle is dropped.
@@ -209,10 +336,13 @@ impl Refusal {
 
 /// Reads a request header first: the 5-byte header is checked (length against the kind's
 /// limit, kind known, kind one this connection may send) before any body byte is buffered.
-/// A request is one frame followed by FIN.
+/// A request is one frame followed by FIN. While the engine sheds, an event of a gate that
+/// said Hello is refused `Busy` from its header: reading and decoding it would cost as much
+/// as the refusal saves.
 async fn read_request<'a>(
     recv: &mut quinn::RecvStream,
     state: &'a ConnState,
+    ctx: &Ctx,
 ) -> Result<Request<'a>, Refusal> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     read_exactly(recv, &mut header).await?;
@@ -224,6 +354,16 @@ async fn read_request<'a>(
         return Err(Refusal::Answer {
             kind: Some(kind),
             reply,
+        });
+    }
+    if kind == MessageKind::Event
+        && ctx.shed_below
+        && state.gate.get().is_some()
+        && let Some(busy) = ctx.engine.refuse_at_door()
+    {
+        return Err(Refusal::Answer {
+            kind: Some(kind),
+            reply: Message::Busy(busy),
         });
     }
     read_body(recv, state, header, total)

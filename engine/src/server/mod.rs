@@ -3,13 +3,21 @@
 //! logic, like quinn relative to quinn-proto.
 //!
 //! Backpressure: each connection may have at most `max_streams_per_gate` streams open, so a
-//! gate cannot queue without bound; beyond that the engine answers `Busy`. Shutdown stops
+//! gate cannot queue without bound; beyond that the engine answers `Busy`. While the engine
+//! sheds, refusals happen below the request: from the frame header, and by withholding a
+//! refused gate's stream credit (conn.rs). Handshakes beyond `max_handshakes` at once are
+//! refused with one packet (CONNECTION_REFUSED), so a reconnect storm queues in the gates'
+//! back-off rather than in half-finished handshakes. The stateless-reset key is derived from
+//! the server's private key, so it survives a restart: a gate's first packet to a restarted
+//! server is answered with a stateless reset and the gate reconnects at once, instead of
+//! waiting for its idle timeout. Shutdown stops
 //! accepting connections, lets open streams finish (up to `shutdown_grace_ms`), drains the
 //! engine, and closes the endpoint.
 
 pub mod certs;
 mod conn;
 mod log_text;
+mod reset;
 pub mod tls;
 
 use std::future::Future;
@@ -32,6 +40,8 @@ pub struct ServerStats {
     streams_in_flight: AtomicUsize,
     malformed: AtomicU64,
     gate_mismatch: AtomicU64,
+    handshakes_in_flight: AtomicUsize,
+    handshakes_refused: AtomicU64,
 }
 
 /// A copy of the server counters.
@@ -45,6 +55,8 @@ pub struct ServerStatsSnapshot {
     pub malformed: u64,
     /// Events refused because they named another gate.
     pub gate_mismatch: u64,
+    /// Handshakes refused because `max_handshakes` were already in progress.
+    pub handshakes_refused: u64,
 }
 
 impl ServerStats {
@@ -55,6 +67,7 @@ impl ServerStats {
             streams_in_flight: self.streams_in_flight.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             gate_mismatch: self.gate_mismatch.load(Ordering::Relaxed),
+            handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -64,6 +77,10 @@ struct Ctx {
     engine: Arc<Engine>,
     stats: Arc<ServerStats>,
     read_timeout: Duration,
+    /// `max_streams_per_gate`: a connection's stream credit when the engine is not shedding.
+    max_streams: u32,
+    /// `shed_below_requests`: refuse from the header and withhold credit while shedding.
+    shed_below: bool,
 }
 
 /// A bound QUIC endpoint in front of an engine.
@@ -71,6 +88,7 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     ctx: Arc<Ctx>,
     grace: Duration,
+    max_handshakes: usize,
 }
 
 /// The server could not start.
@@ -118,7 +136,12 @@ impl Server {
             }
         })?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            reset::endpoint_config_from(&certs.server_key()).map_err(|e| {
+                ServerError::Tls(tls::TlsError::Pem {
+                    path: certs.server_key().display().to_string(),
+                    reason: e.to_string(),
+                })
+            })?,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -133,8 +156,11 @@ impl Server {
                 engine,
                 stats: Arc::default(),
                 read_timeout: Duration::from_millis(config.stream_read_timeout_ms),
+                max_streams: config.max_streams_per_gate,
+                shed_below: config.shed_below_requests,
             }),
             grace: Duration::from_millis(config.shutdown_grace_ms),
+            max_handshakes: config.max_handshakes.max(1),
         })
     }
 
@@ -155,6 +181,15 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let accept = async {
             while let Some(incoming) = self.endpoint.accept().await {
+                let stats = &self.ctx.stats;
+                if stats.handshakes_in_flight.load(Ordering::Relaxed) >= self.max_handshakes {
+                    // One packet now instead of a handshake that would only slow the others:
+                    // the gate backs off (PROTOCOL.md, "Reconnecting") and comes back.
+                    stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                    incoming.refuse();
+                    continue;
+                }
+                stats.handshakes_in_flight.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(conn::serve(incoming, Arc::clone(&self.ctx)));
             }
         };

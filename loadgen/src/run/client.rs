@@ -5,10 +5,12 @@
 //! gates share one UDP socket (`quinn::Endpoint`): a socket carries any number of
 //! connections, and a handful of sockets spreads the packet work over the runtime's threads.
 //!
-//! A gate reconnects by itself when its connection dies (server restart, idle timeout): the
-//! next event finds the connection closed, reconnects under the gate's lock, and retries.
-//! Failed connects are not retried sooner than [`RECONNECT_BACKOFF`], so a dead server is not
-//! hammered by every waiting event.
+//! A gate reconnects by itself when its connection dies (server restart, idle timeout), as
+//! PROTOCOL.md's "Reconnecting" asks: after a random pause drawn by [`reconnect_delay`]
+//! (full jitter over a window that doubles with every failed attempt), whether a keeper task
+//! or a waiting event notices first. Every attempt of a gate goes through its lock and obeys
+//! the same pause, so a dead server is not hammered by every waiting event, and a fleet that
+//! lost its server at one instant comes back spread out.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -31,12 +33,13 @@ use crate::population::Gate;
 
 /// Largest reply read from a stream.
 pub(crate) const READ_LIMIT: usize = 64 * 1024;
-/// Minimum pause between two connection attempts of one gate.
-pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
-/// Keep-alive interval of an idle gate connection.
-const KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// Idle timeout: how long a silent server takes to be declared gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The reconnect window before the first attempt after a loss (PROTOCOL.md, "Reconnecting").
+pub(crate) const RECONNECT_BASE: Duration = Duration::from_secs(1);
+/// The widest reconnect window, however many attempts failed.
+pub(crate) const RECONNECT_CAP: Duration = Duration::from_secs(30);
+/// Idle timeout per keep-alive interval: a few keep-alives may be lost before a silent
+/// server is declared gone.
+const IDLE_PER_KEEP_ALIVE: u32 = 5;
 /// Firmware string the simulated gates announce.
 const FIRMWARE: &str = concat!("gatewarden-loadgen/", env!("CARGO_PKG_VERSION"));
 
@@ -215,16 +218,33 @@ pub(crate) fn gate_client_config(
     Ok(config)
 }
 
-/// Client transport settings: keep-alives well inside the idle timeout, so a quiet gate keeps
-/// its connection, and a short idle timeout, because a dead or restarted server is noticed
-/// only through it (a restarted server cannot send a valid stateless reset: its reset key is
-/// new). The peer's own idle timeout still applies if it is shorter.
-pub(crate) fn transport_config() -> Arc<quinn::TransportConfig> {
+/// Client transport settings: keep-alives every `keep_alive`, so a quiet gate keeps its
+/// connection and its packets reach a restarted server (gatewarden keeps its stateless-reset
+/// key across restarts and answers them with a reset, so the gate learns of the restart
+/// within one keep-alive), and an idle timeout of five keep-alives for a server that is
+/// silent altogether. The peer's own idle timeout still applies if it is shorter.
+pub(crate) fn transport_config(keep_alive: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    // 5 s always fits a VarInt; the fallback keeps quinn's default.
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    t.keep_alive_interval(Some(keep_alive));
+    // A value too large for a VarInt keeps quinn's default.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(keep_alive * IDLE_PER_KEEP_ALIVE).ok());
     Arc::new(t)
+}
+
+/// The pause before a gate's next connection attempt, after `failures` failed attempts since
+/// its last connection (0 right after losing it): uniform in `[0, min(RECONNECT_CAP,
+/// RECONNECT_BASE × 2^failures))`, drawn from a hash of the gate, its attempt and `nonce`
+/// (different for every loss). Full jitter: a fleet that lost its server at one instant
+/// spreads its first attempts over a whole window, and a window that was too busy doubles.
+pub(crate) fn reconnect_delay(failures: u32, gate: u32, nonce: u64) -> Duration {
+    let window = RECONNECT_BASE
+        .saturating_mul(1u32 << failures.min(16))
+        .min(RECONNECT_CAP);
+    let mut x = (u64::from(gate) << 32) ^ nonce.rotate_left(17) ^ u64::from(failures);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let unit = ((x ^ (x >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+    window.mul_f64(unit)
 }
 
 /// One simulated gate and its connection.
@@ -241,8 +261,20 @@ pub(crate) struct GateConn {
 #[derive(Debug, Default)]
 struct Slot {
     conn: Option<quinn::Connection>,
-    last_failure: Option<Instant>,
+    /// No attempt before this (the reconnect pause); none while connected.
+    retry_at: Option<Instant>,
+    /// Failed attempts since the last connection.
+    failures: u32,
+    /// Connections lost so far: varies the jitter from one loss to the next.
+    losses: u64,
     connects: u32,
+}
+
+impl Slot {
+    /// Draws the pause before the next attempt.
+    fn schedule(&mut self, gate: u32) {
+        self.retry_at = Some(Instant::now() + reconnect_delay(self.failures, gate, self.losses));
+    }
 }
 
 /// What a connection attempt produced, for the statistics.
@@ -275,17 +307,22 @@ impl GateConn {
         timeout: Duration,
     ) -> Result<(quinn::Connection, Connected), ConnectError> {
         let mut slot = self.slot.lock().await;
-        if let Some(conn) = &slot.conn
-            && conn.close_reason().is_none()
-        {
-            return Ok((conn.clone(), Connected::Reused));
+        if let Some(conn) = &slot.conn {
+            if conn.close_reason().is_none() {
+                return Ok((conn.clone(), Connected::Reused));
+            }
+            // Just lost: the first attempt waits a pause too (PROTOCOL.md, "Reconnecting").
+            slot.conn = None;
+            slot.losses += 1;
+            slot.failures = 0;
+            slot.schedule(self.gate.gate);
         }
-        if let Some(at) = slot.last_failure {
-            let since = at.elapsed();
-            if since < RECONNECT_BACKOFF {
+        if let Some(at) = slot.retry_at {
+            let now = Instant::now();
+            if now < at {
                 return Err(ConnectError::Backoff {
                     gate: self.gate.gate,
-                    wait: RECONNECT_BACKOFF - since,
+                    wait: at - now,
                 });
             }
         }
@@ -303,7 +340,8 @@ impl GateConn {
                 // configuration, and a change mid-run would be caught by the event replies.
                 let _ = self.ack.set(ack);
                 slot.conn = Some(conn.clone());
-                slot.last_failure = None;
+                slot.retry_at = None;
+                slot.failures = 0;
                 slot.connects += 1;
                 Ok((
                     conn,
@@ -316,7 +354,8 @@ impl GateConn {
             }
             Err(e) => {
                 slot.conn = None;
-                slot.last_failure = Some(Instant::now());
+                slot.failures = slot.failures.saturating_add(1);
+                slot.schedule(self.gate.gate);
                 Err(e)
             }
         }
@@ -368,6 +407,15 @@ impl GateConn {
         }
     }
 
+    /// The gate's connection if it has a live one (no attempt is made).
+    pub(crate) async fn current(&self) -> Option<quinn::Connection> {
+        let slot = self.slot.lock().await;
+        slot.conn
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
     /// Closes the gate's connection, if any.
     pub(crate) async fn close(&self) {
         if let Some(conn) = self.slot.lock().await.conn.take() {
@@ -404,15 +452,18 @@ async fn request(
 }
 
 /// [`exchange`] that sets `opened` once the stream is open: from then on the request is the
-/// server's to answer, before it only the gate's backlog.
+/// server's to answer, before it only the gate's backlog. Also returns when the stream
+/// opened: a gate without stream credit (the server withholds it while it sheds) waits in
+/// `open_bi`, and that wait is the server telling the gate to hold its request.
 pub(crate) async fn exchange_tracked(
     conn: &quinn::Connection,
     frame: &[u8],
     opened: &std::sync::atomic::AtomicBool,
-) -> Result<Message, ExchangeError> {
+) -> Result<(Message, Instant), ExchangeError> {
     let (send, recv) = conn.open_bi().await?;
+    let at = Instant::now();
     opened.store(true, std::sync::atomic::Ordering::Relaxed);
-    request(send, recv, frame).await
+    Ok((request(send, recv, frame).await?, at))
 }
 
 /// Like [`exchange`] for bytes the server is expected to refuse: it may stop reading early
@@ -440,4 +491,38 @@ pub(crate) async fn exchange_raw(
     };
     let bytes = reply.map_err(|e| ExchangeError::Transport(e.to_string()))?;
     Ok(decode_frame(&bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_is_full_jitter_over_a_doubling_capped_window() {
+        // Within the window for every attempt count, the cap included.
+        for failures in [0, 1, 2, 4, 5, 16, 40, u32::MAX] {
+            let window = RECONNECT_BASE
+                .saturating_mul(1 << failures.min(16))
+                .min(RECONNECT_CAP);
+            for gate in 0..200 {
+                let d = reconnect_delay(failures, gate, 3);
+                assert!(d < window, "{failures} {gate}: {d:?} >= {window:?}");
+            }
+        }
+        // A fleet that lost its server at once spreads its first attempts over the whole
+        // first window: each tenth of it holds some of 1,000 gates, none holds most.
+        let mut tenths = [0u32; 10];
+        for gate in 0..1000 {
+            let d = reconnect_delay(0, gate, 1);
+            tenths[(d.as_secs_f64() / RECONNECT_BASE.as_secs_f64() * 10.0) as usize] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&n| (50..=150).contains(&n)),
+            "{tenths:?}"
+        );
+        // The window doubles: after three failures some pauses exceed the first window.
+        assert!((0..100).any(|g| reconnect_delay(3, g, 1) > RECONNECT_BASE * 4));
+        // Another loss draws other pauses for the same gate.
+        assert!((0..20).any(|g| reconnect_delay(0, g, 1) != reconnect_delay(0, g, 2)));
+    }
 }

@@ -10,6 +10,15 @@ pub(crate) fn process_seconds() -> Option<f64> {
     parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
+/// This process's resident memory in MiB (`VmRSS` of `/proc/self/status`); `None` where
+/// `/proc` is unavailable.
+pub(crate) fn resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Fields 14 (utime) and 15 (stime) of a `/proc/<pid>/stat` line. The command name (field 2)
 /// is in parentheses and may contain spaces, so fields are counted after the last `)`.
 fn parse_stat(stat: &str) -> Option<f64> {
@@ -32,5 +41,6 @@ mod tests {
         assert_eq!(parse_stat(line), Some(3.0));
         assert_eq!(parse_stat("garbage"), None);
         assert!(process_seconds().is_none_or(|s| s >= 0.0));
+        assert!(resident_mib().is_none_or(|m| m > 0.0));
     }
 }

@@ -36,7 +36,7 @@ use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -213,6 +213,11 @@ pub struct RunConfig {
     /// Most gate handshakes in flight at once before the load. On loopback 16 connected 1,000
     /// gates in 1.3-1.5 s; 200 at once overflowed UDP buffers and took 5-10 s.
     pub connect_window: usize,
+    /// Keep-alive interval of each gate's connection (the idle timeout is five of them).
+    pub keep_alive: Duration,
+    /// How long the connected fleet stays quiet before the load starts (to measure what idle
+    /// connections cost).
+    pub hold: Duration,
 }
 
 impl Default for RunConfig {
@@ -237,6 +242,8 @@ impl Default for RunConfig {
             verdict_log: None,
             sockets: 4,
             connect_window: 16,
+            keep_alive: Duration::from_secs(1),
+            hold: Duration::ZERO,
         }
     }
 }
@@ -298,7 +305,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     let pop = Population::build(&pop_cfg)?;
     let gates: Vec<Gate> = pop.gates[..cfg.gates as usize].to_vec();
     let roots = client::load_roots(&cfg.certs)?;
-    let transport = client::transport_config();
+    let transport = client::transport_config(cfg.keep_alive);
     let configs = gates
         .iter()
         .map(|g| client::gate_client_config(&cfg.certs, g.gate, &roots, &transport))
@@ -387,6 +394,9 @@ fn validate(cfg: &RunConfig) -> Result<(), RunError> {
     if cfg.reply_timeout.is_zero() {
         return Err(invalid("reply_timeout must be positive".into()));
     }
+    if cfg.keep_alive.is_zero() {
+        return Err(invalid("keep_alive must be positive".into()));
+    }
     Ok(())
 }
 
@@ -412,11 +422,20 @@ struct Shared {
     /// When the schedule's time 0 is (set once the fleet is connected).
     load_start: OnceLock<Instant>,
     max_busy_retries: Option<u32>,
+    /// Gates with a live connection (see [`keep_connected`]).
+    connected: AtomicU32,
+    /// The gates' keep-alive interval.
+    keep_alive: Duration,
 }
 
 impl Shared {
     fn load_start(&self) -> Instant {
         *self.load_start.get_or_init(Instant::now)
+    }
+
+    /// Gates with a live connection right now (kept by [`keep_connected`]).
+    fn gates_connected(&self) -> u32 {
+        self.connected.load(Ordering::Relaxed)
     }
 
     fn stats(&self) -> MutexGuard<'_, Stats> {
@@ -425,14 +444,17 @@ impl Shared {
         self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn connection(&self, gate: usize) -> Result<quinn::Connection, client::ConnectError> {
+    async fn connection(
+        &self,
+        gate: usize,
+    ) -> Result<(quinn::Connection, Connected), client::ConnectError> {
         let (conn, how) = self.fleet[gate]
             .connection(self.target, &self.server_name, self.connect_timeout)
             .await?;
         if how == Connected::Again {
             self.stats().report.reconnects += 1;
         }
-        Ok(conn)
+        Ok((conn, how))
     }
 }
 
@@ -470,12 +492,16 @@ async fn drive(
         keep_answered: cfg.bad_input > 0.0,
         load_start: OnceLock::new(),
         max_busy_retries: cfg.max_busy_retries,
+        connected: AtomicU32::new(0),
+        keep_alive: cfg.keep_alive,
     });
 
+    let rss_before = cpu::resident_mib();
     let connect_started = Instant::now();
     let (connected, failures, first_error) =
         connect_fleet(&shared, cfg.connect_window.max(1)).await;
     let connect_s = connect_started.elapsed().as_secs_f64();
+    let rss_connected = cpu::resident_mib();
     if connected == 0 {
         return Err(RunError::NoGateConnected {
             gates: cfg.gates,
@@ -484,11 +510,25 @@ async fn drive(
         });
     }
     check_server(&shared, pop)?;
+    // Every gate holds its connection from now on, and reconnects as PROTOCOL.md asks when it
+    // loses it, whether or not it has an event to send (as a real gate does).
+    let (keepers_done, keepers_rx) = watch::channel(false);
+    let mut keepers = JoinSet::new();
+    for gate in 0..shared.fleet.len() {
+        keepers.spawn(keep_connected(
+            Arc::clone(&shared),
+            gate,
+            keepers_rx.clone(),
+        ));
+    }
+    tokio::time::sleep(cfg.hold).await;
 
     let start_unix_ms = wall_clock().0 + LEAD.as_millis() as u64;
     let _ = shared.load_start.set(Instant::now() + LEAD);
     let seq_base = start_unix_ms.saturating_mul(1000);
     let dispatch_end = dispatch(cfg, pop, &gates, &shared, start_unix_ms, seq_base).await;
+    let _ = keepers_done.send(true);
+    while keepers.join_next().await.is_some() {}
 
     for g in &shared.fleet {
         g.close().await;
@@ -515,6 +555,13 @@ async fn drive(
         0.0
     };
     report.connect_s = connect_s;
+    if let (Some(before), Some(after)) = (rss_before, rss_connected) {
+        report.rss_before_connect_mib = before;
+        report.rss_connected_mib = after;
+        if connected > 0 {
+            report.rss_per_connection_kib = (after - before) * 1024.0 / f64::from(connected);
+        }
+    }
     report.gates_connected = connected;
     report.connect_failures = failures;
     report.connect_error = first_error;
@@ -552,6 +599,57 @@ async fn connect_fleet(shared: &Arc<Shared>, window: usize) -> (u32, u32, Option
         }
     }
     (ok, failed, first)
+}
+
+/// Holds gate `gate`'s connection until `done`: waits for it to close, then reconnects it
+/// through [`Shared::connection`], which keeps PROTOCOL.md's jittered pauses (shared with the
+/// events that find the connection closed first). Keeps [`Shared::gates_connected`].
+async fn keep_connected(shared: Arc<Shared>, gate: usize, mut done: watch::Receiver<bool>) {
+    loop {
+        let conn = loop {
+            if let Some(conn) = shared.fleet[gate].current().await {
+                break conn;
+            }
+            let wait = match shared.connection(gate).await {
+                Ok((conn, _)) => break conn,
+                Err(client::ConnectError::Backoff { wait, .. }) => wait,
+                // The failure scheduled the next pause; the next call reports it.
+                Err(_) => Duration::ZERO,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = done.wait_for(|d| *d) => return,
+            }
+        };
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            _ = conn.closed() => {}
+            () = silent(&conn, shared.keep_alive) => {
+                // PROTOCOL.md, "Reconnecting": silence for two keep-alives is a lost server.
+                conn.close(0u32.into(), b"server silent");
+            }
+            _ = done.wait_for(|d| *d) => return,
+        }
+        shared.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once `conn` has received nothing for two keep-alive intervals (each keep-alive is
+/// acknowledged, so a live server is never that quiet). A server killed without a word is
+/// otherwise noticed only by a stateless reset from its successor, which a gate whose probes
+/// have backed off past the outage may never provoke, or by the idle timeout.
+async fn silent(conn: &quinn::Connection, keep_alive: Duration) {
+    let mut heard = conn.stats().udp_rx.datagrams;
+    let mut quiet = 0u32;
+    loop {
+        tokio::time::sleep(keep_alive).await;
+        let now = conn.stats().udp_rx.datagrams;
+        quiet = if now == heard { quiet + 1 } else { 0 };
+        heard = now;
+        if quiet >= 2 {
+            return;
+        }
+    }
 }
 
 /// The server's HelloAck must agree with the population on dimension and model.
@@ -691,7 +789,7 @@ async fn dispatch(
     let mut stats = shared.stats();
     if stats.interval_has_data() {
         let t = load_start.elapsed().as_secs_f64();
-        let s = stats.tick((t * 1000.0).round() / 1000.0);
+        let s = stats.tick((t * 1000.0).round() / 1000.0, shared.gates_connected());
         if cfg.progress {
             eprintln!("{}", stats.progress_line(&s));
         }
@@ -713,7 +811,7 @@ async fn tick(shared: Arc<Shared>, progress: bool, mut done: watch::Receiver<boo
         let t = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         let line = {
             let mut stats = shared.stats();
-            let s = stats.tick(t);
+            let s = stats.tick(t, shared.gates_connected());
             progress.then(|| stats.progress_line(&s))
         };
         if let Some(line) = line {
@@ -762,7 +860,7 @@ async fn drive_event(
     let mut attempt_intended = intended;
     let outcome = loop {
         let attempt = async {
-            let conn = shared
+            let (conn, _) = shared
                 .connection(gate)
                 .await
                 .map_err(|e| ExchangeError::Transport(e.to_string()))?;
@@ -772,6 +870,12 @@ async fn drive_event(
             r = attempt => r,
             () = expired(&mut expiry) => break if last_busy { Final::BusyGaveUp } else { Final::Lost },
         };
+        let reply = reply.map(|(message, opened_at)| {
+            // The server withholds stream credit from a gate it has told to wait: time spent
+            // waiting for a stream is part of that wait, not of the attempt.
+            attempt_intended = attempt_intended.max(opened_at);
+            message
+        });
         let wait = match reply {
             Ok(Message::Verdict(v)) => break Final::Verdict(v),
             Ok(Message::Busy(b)) => {
@@ -870,7 +974,7 @@ async fn drive_bad(
     mut expiry: watch::Receiver<bool>,
 ) {
     let attempt = async {
-        let conn = shared.connection(gate).await.ok()?;
+        let (conn, _) = shared.connection(gate).await.ok()?;
         let ack = shared.fleet[gate].ack.get()?.clone();
         let answered = if kind == BadKind::ReusedSeq {
             shared.answered[gate]

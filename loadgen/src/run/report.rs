@@ -55,10 +55,21 @@ pub struct Report {
     pub cpu_s: f64,
     /// Latency from intended send time to verdict (including any `Busy` back-off).
     pub latency_ms: LatencyMs,
-    /// Latency of the attempt that got the verdict, from that attempt's intended time: the
-    /// first send, or the retry after a `Busy`. This is the server's responsiveness to the
-    /// requests it accepted; `latency_ms` is what a person at the gate waited.
+    /// Latency of the attempt that got the verdict, from that attempt's intended time (the
+    /// first send, or the retry after a `Busy`) or, if later, from when the gate got a stream
+    /// for it (a server that sheds withholds stream credit from gates it told to wait). This
+    /// is the server's responsiveness to the requests it took; `latency_ms` is what a person
+    /// at the gate waited.
     pub attempt_latency_ms: LatencyMs,
+    /// This process's resident memory before the fleet connected, in MiB.
+    #[serde(default)]
+    pub rss_before_connect_mib: f64,
+    /// ... and right after (every gate's connection, TLS state and certificate).
+    #[serde(default)]
+    pub rss_connected_mib: f64,
+    /// The difference per connected gate, in KiB: what a gate connection costs this side.
+    #[serde(default)]
+    pub rss_per_connection_kib: f64,
     /// Verdicts by decision.
     pub decisions: Decisions,
     /// Verdicts against the ground truth.
@@ -173,6 +184,9 @@ pub struct SecondStats {
     pub p50_ms: f64,
     /// 99th percentile latency of the interval's verdicts.
     pub p99_ms: f64,
+    /// Gates holding a live connection at the end of the interval.
+    #[serde(default)]
+    pub gates_connected: u32,
 }
 
 /// A verdict that disagreed with the ground truth. No biometric data.

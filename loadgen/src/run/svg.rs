@@ -226,6 +226,7 @@ mod tests {
                 busy: 0,
                 p50_ms: 2.0,
                 p99_ms: 9.5,
+                gates_connected: 1,
             })
             .collect();
         let svg = r.plot_svg();
@@ -252,6 +253,7 @@ mod tests {
             busy,
             p50_ms: 2.0,
             p99_ms: 9.0,
+            gates_connected: 1,
         };
         // 1,000 verdicts/s throughout; the run ends 0.5 s into its third second, and a last
         // sliver of 0.1 s follows.

@@ -20,7 +20,7 @@ use crate::support::{self, GATES, verify_event};
 const PER_GATE: u64 = 100;
 
 /// A server child that is killed if the test fails before stopping it.
-struct ServerGuard(Child);
+pub(crate) struct ServerGuard(pub(crate) Child);
 
 impl Drop for ServerGuard {
     fn drop(&mut self) {
@@ -29,7 +29,7 @@ impl Drop for ServerGuard {
     }
 }
 
-fn spawn_server(dir: &Path) -> (ServerGuard, SocketAddr) {
+pub(crate) fn spawn_server(dir: &Path) -> (ServerGuard, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatewarden"))
         .args(["serve", "--data"])
         .arg(dir)
@@ -52,7 +52,7 @@ fn spawn_server(dir: &Path) -> (ServerGuard, SocketAddr) {
     (guard, addr)
 }
 
-fn prepare(dir: &Path, now: UnixMillis) {
+pub(crate) fn prepare(dir: &Path, now: UnixMillis) {
     prepare_with(dir, now, "", "");
 }
 

@@ -19,5 +19,6 @@ mod quic;
 mod server;
 mod site;
 mod spec_answers;
+mod storms;
 mod support;
 mod whatif;
