@@ -180,7 +180,9 @@ pub fn parse_day(s: &str) -> Result<i64, ParseTimeError> {
     let year: i64 = y.parse().map_err(|_| err())?;
     let month: u32 = m.parse().map_err(|_| err())?;
     let day: u32 = d.parse().map_err(|_| err())?;
-    if !(1..=12).contains(&month) || day == 0 || day > 31 {
+    // Four-digit years only: a day far outside them is a typo, and its day number would
+    // overflow the arithmetic below.
+    if !(1..=9999).contains(&year) || !(1..=12).contains(&month) || day == 0 || day > 31 {
         return Err(err());
     }
     let days = days_from_civil(year, month, day);
@@ -253,6 +255,10 @@ mod tests {
         assert!(parse_day("2024-02-29").is_ok());
         assert!(parse_day("2026-13-01").is_err());
         assert!(parse_day("yesterday").is_err());
+        // Years outside four digits are typos, and must not overflow the day arithmetic.
+        assert!(parse_day("99999999999999-01-01").is_err());
+        assert!(parse_day("0-01-01").is_err());
+        assert_eq!(format_day(parse_day("9999-12-31").unwrap()), "9999-12-31");
     }
 
     #[test]

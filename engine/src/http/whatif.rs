@@ -41,8 +41,11 @@ use crate::whatif::{self, ReplayRange, ReplayReport};
 pub const TARGET_FPIR: f64 = 0.003;
 /// Probes per scheduled estimate: a few seconds of one core at a million templates.
 pub const SAMPLE: usize = 1000;
-/// Delay of the first estimate after start.
+/// Delay of the first estimate after start. An estimate that falls due while the engine sheds
+/// load (a restart's reconnect storm, a rush) waits [`BUSY_RETRY`] instead.
 pub const FIRST_AFTER: Duration = Duration::from_secs(5);
+/// How long an estimate waits when it falls due while the engine sheds load.
+const BUSY_RETRY: Duration = Duration::from_secs(60);
 /// Interval between estimates.
 pub const EVERY: Duration = Duration::from_secs(3600);
 /// The most days one replay request may span.
@@ -102,6 +105,11 @@ fn run_schedule(engine: &Weak<Engine>, me: &Weak<Calibration>, clock: &dyn Clock
         let (Some(engine), Some(me)) = (engine.upgrade(), me.upgrade()) else {
             return;
         };
+        // Never compete with a rush the engine is already shedding: try again a bit later.
+        if engine.is_shedding() {
+            wait = BUSY_RETRY;
+            continue;
+        }
         let threshold = engine.policies().default_policy().identify_threshold();
         let snapshot = engine.gallery().snapshot();
         drop(engine);
