@@ -45,7 +45,7 @@ pub const SAMPLE: usize = 1000;
 /// load (a restart's reconnect storm, a rush) waits [`BUSY_RETRY`] instead.
 pub const FIRST_AFTER: Duration = Duration::from_secs(5);
 /// How long an estimate waits when it falls due while the engine sheds load.
-const BUSY_RETRY: Duration = Duration::from_secs(60);
+pub const BUSY_RETRY: Duration = Duration::from_secs(60);
 /// Interval between estimates.
 pub const EVERY: Duration = Duration::from_secs(3600);
 /// The most days one replay request may span.
