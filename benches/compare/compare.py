@@ -430,6 +430,8 @@ def main():
     all_res = [run(args, int(n), bw) for n in sizes.split(",")]
     out = {"bandwidth_gbs": bw, "bandwidth_method": bw_name, "bandwidth_all": bw_all,
            "faiss_version": faiss.__version__, "numpy_version": np.__version__,
+           "faiss_opt_level": os.environ.get("FAISS_OPT_LEVEL", "auto"),
+           "gatewarden_isa": os.environ.get("GATEWARDEN_ISA", "auto"),
            "seconds": time.perf_counter() - t0, "sizes": all_res}
     name = "results_binary.json" if args.race == "binary" else "results.json"
     with open(os.path.join(args.out, name), "w") as f:

@@ -28,4 +28,7 @@ fi
 # One BLAS/OpenMP thread unless --threads says otherwise: compare.py sets FAISS's own count,
 # and numpy (ground truth, bandwidth probe) must not steal the other core mid-measurement.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+# A forced instruction set applies to both sides of the race: FAISS loads its AVX2 build (not
+# its AVX-512 one) when GATEWARDEN_ISA=avx2 forces ours.
+if [ "${GATEWARDEN_ISA:-}" = avx2 ]; then export FAISS_OPT_LEVEL=avx2; fi
 exec "$venv/bin/python" "$here/compare.py" --bin "$bin" --out "$here/out" "$@"

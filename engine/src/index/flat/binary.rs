@@ -29,7 +29,7 @@
 //!
 use super::{Collector, Int8State, RowsRef, Scan, Task, fan_out};
 use crate::index::bits::{code_words, encode_bits};
-use crate::index::kernels::{BitBlock, I8Block};
+use crate::index::kernels::{BitBlock, BitGather, I8Block, Kernels};
 use crate::index::quant::{QueryQuant, widen};
 
 /// Default shortlist size per query. Re-ranking 64 rows (int8 intervals, a few f32 dot
@@ -53,11 +53,17 @@ pub const PREFILTER_SHARE: usize = 64;
 
 /// Rows at the start of the first part whose head distances estimate each query's prefilter
 /// cut-off before the scan, so the scan offers few rows that a later one pushes out.
-const LIMIT_SAMPLE_ROWS: usize = 8192;
+/// The cut-off's rank in the sample is about 256 at the 1/64 share, so its error is about
+/// sqrt(256) = 16 rows, 6%.
+const LIMIT_SAMPLE_ROWS: usize = 16_384;
 
-/// Bits added to the sampled cut-off: each bit adds roughly a fifth more rows near the
-/// cut-off, so four make a too-low start (which costs a second scan) very unlikely.
-const LIMIT_MARGIN: u32 = 4;
+/// Bits added to the sampled cut-off. Each bit near the cut-off holds about a fifth of the
+/// rows kept, so one bit covers about three times the sample's rank error, and a too-low
+/// start (which costs a second scan, never a different result) is rare. Every row within
+/// the start limit is offered until enough closer ones are seen, so the margin costs time:
+/// at N = 1M, one query, AVX2, 1.75 ms with four bits and 8,192 sampled rows, 1.52 ms with
+/// one bit (`benches/compare/run.sh --race binary`).
+const LIMIT_MARGIN: u32 = 1;
 
 /// Rows per kernel call: 256 rows of 512-d codes are 16 KiB, which stays in L1 while every
 /// query of a batch is compared with them.
@@ -251,6 +257,7 @@ impl Scan<'_, '_> {
         let mut lists = firsts.to_vec();
         let mut head = vec![0u32; BIT_BLOCK_ROWS];
         let mut tail = vec![0u32; BIT_BLOCK_ROWS];
+        let mut picked = vec![0u32; BIT_BLOCK_ROWS];
         for task in tasks {
             let part = &self.parts[task.part];
             let Some(bits) = part.bits else { continue };
@@ -269,7 +276,8 @@ impl Scan<'_, '_> {
                             *d += x;
                         }
                     }
-                    offer_block(list, part, task.part, start, &head[..n]);
+                    let at = (part, task.part);
+                    offer_block(self.kernels, list, at, start, &head[..n], &mut picked);
                 }
             }
         }
@@ -308,8 +316,11 @@ impl Scan<'_, '_> {
             .collect()
     }
 
-    /// Whole-code distances of query `j`'s prefiltered rows: each row's tail is gathered next
-    /// to the others (one random 32-byte read at d = 512) and scored in blocks.
+    /// Whole-code distances of query `j`'s prefiltered rows (sorted by part, then row): each
+    /// part's picked tails are scored where they lie, by the gather kernel, which prefetches
+    /// ahead. The rows are a scattered 1-2% of the tail plane, so each is a cache miss; the
+    /// earlier copy of each tail into a dense block serialized those misses (`perf` at
+    /// N = 1M: the copy took a quarter of the query).
     fn add_tails(
         &self,
         j: usize,
@@ -318,36 +329,25 @@ impl Scan<'_, '_> {
         words: usize,
         mut list: Shortlist,
     ) -> Shortlist {
-        let mut gathered: Vec<u64> = Vec::with_capacity(BIT_BLOCK_ROWS * words);
-        let mut dist = vec![0u32; BIT_BLOCK_ROWS];
-        let mut chunk: Vec<(u32, u32, u32)> = Vec::with_capacity(BIT_BLOCK_ROWS);
-        let mut rest = rows.into_iter().peekable();
-        while rest.peek().is_some() {
-            // One part per chunk: every row of a chunk shares the part's query code.
-            chunk.clear();
-            gathered.clear();
-            let Some(&(_, part_index, _)) = rest.peek() else {
-                break;
+        let mut picks: Vec<u32> = Vec::new();
+        let mut dist: Vec<u32> = Vec::new();
+        for same_part in rows.chunk_by(|a, b| a.1 == b.1) {
+            let part_index = same_part[0].1 as usize;
+            let Some(bits) = self.parts[part_index].bits else {
+                continue;
             };
-            let Some(bits) = self.parts[part_index as usize].bits else {
-                break;
-            };
-            let t = bits.tail_words;
-            while let Some(&(d, p, r)) = rest.peek() {
-                if p != part_index || chunk.len() == BIT_BLOCK_ROWS {
-                    break;
-                }
-                let r = r as usize;
-                gathered.extend_from_slice(&bits.tails[r * t..(r + 1) * t]);
-                chunk.push((d, p, r as u32));
-                rest.next();
+            picks.clear();
+            picks.extend(same_part.iter().map(|&(_, _, r)| r));
+            dist.clear();
+            dist.resize(picks.len(), 0);
+            let q = &qcodes[part_index][j * words..(j + 1) * words];
+            match BitGather::new(&q[bits.head_words..], bits.tails, bits.tail_words, &picks) {
+                Some(g) => self.kernels.hamming_gather(&g, &mut dist),
+                // Unreachable for rows the scan produced; scoring heads alone would be
+                // wrong, so such rows are dropped rather than mis-ranked.
+                None => continue,
             }
-            let q = &qcodes[part_index as usize][j * words..(j + 1) * words];
-            let n = chunk.len();
-            if let Some(b) = BitBlock::new(&q[bits.head_words..], &gathered, t, n) {
-                self.kernels.hamming(&b, &mut dist[..n]);
-            }
-            for (&(d, p, r), &t) in chunk.iter().zip(&dist) {
+            for (&(d, p, r), &t) in same_part.iter().zip(&dist) {
                 list.offer(d + t, p, r);
             }
         }
@@ -386,33 +386,26 @@ impl Scan<'_, '_> {
 }
 
 /// Offers a block's rows (from `start` of part `part_index`) to `list`. Almost every row
-/// misses the limit, so eight are tested at a time first (the minimum vectorizes), and the
-/// rows of a passing eight are picked without branches (a mispredicted branch per row cost
-/// more than the test). The limit read at the block's start can only be higher than the
-/// current one, so no row is lost; `offer` checks the current limit again.
+/// misses the limit, so the kernels' [`Kernels::at_most`] compares 8 or 16 at once and only
+/// the passing rows are visited: `perf` at N = 1M showed a portable filter (minimum of
+/// eight, then a branch-free pick) costing as much as the Hamming kernel itself. The limit
+/// read at the block's start can only be higher than the current one, so no row is lost;
+/// `offer` checks the current limit again.
+///
+/// [`Kernels::at_most`]: crate::index::kernels::Kernels::at_most
 fn offer_block(
+    kernels: &Kernels,
     list: &mut Shortlist,
-    part: &RowsRef<'_>,
-    part_index: usize,
+    (part, part_index): (&RowsRef<'_>, usize),
     start: usize,
     dist: &[u32],
+    picked: &mut [u32],
 ) {
-    let limit = list.limit();
-    for (c, eight) in dist.chunks(8).enumerate() {
-        if eight.iter().fold(u32::MAX, |m, &d| m.min(d)) > limit {
-            continue;
-        }
-        let mut picked = [0u8; 8];
-        let mut count = 0;
-        for (j, &d) in eight.iter().enumerate() {
-            picked[count] = j as u8;
-            count += usize::from(d <= limit);
-        }
-        for &j in &picked[..count] {
-            let i = start + 8 * c + usize::from(j);
-            if !part.is_deleted(i) {
-                list.offer(eight[usize::from(j)], part_index as u32, i as u32);
-            }
+    let n = kernels.at_most(dist, list.limit(), picked);
+    for &i in &picked[..n] {
+        let i = i as usize;
+        if !part.is_deleted(start + i) {
+            list.offer(dist[i], part_index as u32, (start + i) as u32);
         }
     }
 }

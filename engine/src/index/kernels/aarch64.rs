@@ -26,6 +26,9 @@ pub(super) fn neon() -> Option<Kernels> {
         multi_i8: entry_multi_i8,
         hamming: entry_hamming,
         multi_hamming: entry_multi_hamming,
+        // Scattered reads and a mostly-false compare: the portable code is as good here.
+        hamming_gather: super::scalar::hamming_gather,
+        at_most: super::scalar::at_most,
     })
 }
 

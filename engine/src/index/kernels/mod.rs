@@ -16,7 +16,7 @@
 //! int8 kernels compute the exact integer dot product of codes in `[-127, 127]`; the caller
 //! turns it into an approximate score and an error bound (see [`crate::index::quant`]).
 //!
-//! 1-bit kernels ([`BitBlock`], [`BitMulti`]) compute Hamming distances between codes stored
+//! 1-bit kernels ([`BitBlock`], [`BitMulti`], [`BitGather`]) compute Hamming distances between codes stored
 //! as little-endian `u64` words (see [`crate::index::bits`]): `popcount(q ^ r)`, exact
 //! integers, so every table must return exactly the scalar oracle's values.
 //!
@@ -256,6 +256,70 @@ impl<'a, T> MultiBlock<'a, T> {
     }
 }
 
+/// One 1-bit query code against rows picked from a plane of codes (row `r` starts at
+/// `r * stride`): the second pass of the binary scan, where the picked rows are a scattered
+/// 1-2% of the plane and each costs a cache miss, so the kernels prefetch ahead.
+#[derive(Clone, Copy)]
+pub struct BitGather<'a> {
+    query: &'a [u64],
+    rows: &'a [u64],
+    stride: usize,
+    picks: &'a [u32],
+}
+
+impl<'a> BitGather<'a> {
+    /// A gather, or `None` unless `stride >= query.len()` and every pick is a whole row of
+    /// `rows`.
+    pub fn new(query: &'a [u64], rows: &'a [u64], stride: usize, picks: &'a [u32]) -> Option<Self> {
+        let whole_row = |r: &u32| {
+            (*r as usize)
+                .checked_mul(stride)
+                .and_then(|start| start.checked_add(query.len()))
+                .is_some_and(|end| end <= rows.len())
+        };
+        let fits = stride >= query.len() && picks.iter().all(whole_row);
+        fits.then_some(Self {
+            query,
+            rows,
+            stride,
+            picks,
+        })
+    }
+
+    /// Number of picked rows.
+    pub fn len(&self) -> usize {
+        self.picks.len()
+    }
+
+    /// True if no row is picked.
+    pub fn is_empty(&self) -> bool {
+        self.picks.is_empty()
+    }
+
+    /// The query (its length is every row's).
+    pub fn query(&self) -> &'a [u64] {
+        self.query
+    }
+
+    /// The picked row indices.
+    pub fn picks(&self) -> &'a [u32] {
+        self.picks
+    }
+
+    /// Row `r` of the plane (any pick), as many words as the query.
+    pub fn row(&self, r: u32) -> &'a [u64] {
+        let start = r as usize * self.stride;
+        &self.rows[start..start + self.query.len()]
+    }
+
+    fn truncated(self, n: usize) -> Self {
+        Self {
+            picks: &self.picks[..self.picks.len().min(n)],
+            ..self
+        }
+    }
+}
+
 /// True if `len` elements hold `n` rows of `dim` values spaced `stride` apart.
 fn rows_fit(dim: usize, len: usize, stride: usize, n: usize) -> bool {
     if stride < dim {
@@ -277,6 +341,8 @@ type MultiF32 = fn(&F32Multi<'_>, &mut [f32]);
 type MultiI8 = fn(&I8Multi<'_>, &mut [i32]);
 type Hamming = fn(&BitBlock<'_>, &mut [u32]);
 type MultiHamming = fn(&BitMulti<'_>, &mut [u32]);
+type HammingGather = fn(&BitGather<'_>, &mut [u32]);
+type AtMost = fn(&[u32], u32, &mut [u32]) -> usize;
 
 /// A table of scoring kernels for one instruction set.
 ///
@@ -292,6 +358,8 @@ pub struct Kernels {
     multi_i8: MultiI8,
     hamming: Hamming,
     multi_hamming: MultiHamming,
+    hamming_gather: HammingGather,
+    at_most: AtMost,
 }
 
 impl Kernels {
@@ -306,6 +374,8 @@ impl Kernels {
             multi_i8: scalar::multi_i8,
             hamming: scalar::hamming,
             multi_hamming: scalar::multi_hamming,
+            hamming_gather: scalar::hamming_gather,
+            at_most: scalar::at_most,
         }
     }
 
@@ -418,6 +488,24 @@ impl Kernels {
     pub fn multi_hamming(&self, block: &BitMulti<'_>, out: &mut [u32]) {
         let b = block.truncated(out.len().checked_div(block.nq).unwrap_or(0));
         (self.multi_hamming)(&b, &mut out[..b.n * b.nq]);
+    }
+
+    /// Hamming distances of the gather's picked rows to its query: `out[i]` for pick `i`.
+    #[inline]
+    pub fn hamming_gather(&self, gather: &BitGather<'_>, out: &mut [u32]) {
+        let g = gather.truncated(out.len());
+        (self.hamming_gather)(&g, &mut out[..g.len()]);
+    }
+
+    /// Writes the indices `i` with `dist[i] <= limit` to the front of `picked`, in order,
+    /// and returns how many there are (only the first `picked.len()` distances are read).
+    ///
+    /// The filter after a Hamming scan: almost every row misses the limit, so the SIMD
+    /// tables compare 8 or 16 distances at once and visit only the ones that pass.
+    #[inline]
+    pub fn at_most(&self, dist: &[u32], limit: u32, picked: &mut [u32]) -> usize {
+        let n = dist.len().min(picked.len());
+        (self.at_most)(&dist[..n], limit, &mut picked[..n])
     }
 }
 

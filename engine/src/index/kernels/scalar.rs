@@ -1,6 +1,6 @@
 //! The portable kernels: boring on purpose, because every SIMD table is checked against them.
 
-use super::{BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi};
+use super::{BitBlock, BitGather, BitMulti, F32Block, F32Multi, I8Block, I8Multi};
 
 pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(&x, &y)| x * y).sum()
@@ -60,4 +60,21 @@ pub(super) fn multi_hamming(b: &BitMulti<'_>, out: &mut [u32]) {
             *o = hamming_words(b.query(j), b.row(i));
         }
     }
+}
+
+pub(super) fn hamming_gather(g: &BitGather<'_>, out: &mut [u32]) {
+    for (&r, o) in g.picks().iter().zip(out) {
+        *o = hamming_words(g.query(), g.row(r));
+    }
+}
+
+pub(super) fn at_most(dist: &[u32], limit: u32, picked: &mut [u32]) -> usize {
+    let mut n = 0;
+    for (i, &d) in dist.iter().enumerate() {
+        if d <= limit {
+            picked[n] = i as u32;
+            n += 1;
+        }
+    }
+    n
 }

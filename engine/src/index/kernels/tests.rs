@@ -148,7 +148,74 @@ fn check_bits(k: Kernels, c: &Case) -> Result<(), TestCaseError> {
     k.multi_hamming(&multi, &mut a);
     s.multi_hamming(&multi, &mut b);
     prop_assert_eq!(&a, &b);
+
+    // Scattered picks (repeats allowed, any order) score as the block does.
+    let mut block_scores = vec![0u32; c.n];
+    s.hamming(&block, &mut block_scores);
+    let picks: Vec<u32> = (0..c.n).map(|_| rng.below(c.n as u64) as u32).collect();
+    let gather = BitGather::new(&queries[..words], rows, stride, &picks).unwrap();
+    let (mut a, mut b) = (vec![0u32; c.n], vec![0u32; c.n]);
+    k.hamming_gather(&gather, &mut a);
+    s.hamming_gather(&gather, &mut b);
+    prop_assert_eq!(&a, &b);
+    let want: Vec<u32> = picks.iter().map(|&r| block_scores[r as usize]).collect();
+    prop_assert_eq!(&a, &want);
+
+    // The filter at a few limits around the distances seen.
+    let limit = block_scores.first().copied().unwrap_or(0);
+    for limit in [0, limit, limit.saturating_add(3), u32::MAX] {
+        check_at_most(k, &block_scores, limit)?;
+    }
     Ok(())
+}
+
+fn check_at_most(k: Kernels, dist: &[u32], limit: u32) -> Result<(), TestCaseError> {
+    let (mut a, mut b) = (vec![0u32; dist.len()], vec![0u32; dist.len()]);
+    let na = k.at_most(dist, limit, &mut a);
+    let nb = Kernels::scalar().at_most(dist, limit, &mut b);
+    let want: Vec<u32> = (0..dist.len() as u32)
+        .filter(|&i| dist[i as usize] <= limit)
+        .collect();
+    prop_assert_eq!(&a[..na], &want[..], "{} limit {}", k.isa(), limit);
+    prop_assert_eq!(&b[..nb], &want[..]);
+    Ok(())
+}
+
+/// The filter on full-range u32 distances (the AVX2 table compares signed lanes, so values
+/// on both sides of 2^31 matter) at every length around its steps of 8 and 16.
+fn at_most_full_range(k: Kernels) {
+    let mut rng = Rng::new(91);
+    for n in 0..70 {
+        let dist: Vec<u32> = (0..n)
+            .map(|_| match rng.below(4) {
+                0 => rng.below(16) as u32,
+                1 => u32::MAX - rng.below(16) as u32,
+                2 => (1 << 31) + rng.below(3) as u32 - 1,
+                _ => rng.next_u64() as u32,
+            })
+            .collect();
+        for limit in [0, 7, (1 << 31) - 1, 1 << 31, u32::MAX - 8, u32::MAX] {
+            check_at_most(k, &dist, limit).unwrap();
+        }
+        // A shorter output reads a prefix of the distances only.
+        let mut short = vec![0u32; n / 2];
+        let m = k.at_most(&dist, u32::MAX, &mut short);
+        assert_eq!(m, n / 2, "{} n {n}", k.isa());
+    }
+}
+
+#[test]
+fn gather_refuses_picks_outside_the_plane() {
+    let rows = vec![0u64; 4 * 3];
+    let q = [0u64; 4];
+    assert!(BitGather::new(&q, &rows, 4, &[0, 1, 2]).is_some());
+    assert!(BitGather::new(&q, &rows, 4, &[3]).is_none());
+    assert!(BitGather::new(&q, &rows, 4, &[u32::MAX]).is_none());
+    assert!(
+        BitGather::new(&q, &rows, 3, &[0]).is_none(),
+        "stride below the code length"
+    );
+    assert!(BitGather::new(&q, &rows, 4, &[]).is_some());
 }
 
 fn extremes_bits(k: Kernels) {
@@ -241,6 +308,13 @@ macro_rules! isa_tests {
             fn bits_extremes_match_exact() {
                 if let Some(k) = kernels() {
                     extremes_bits(k);
+                }
+            }
+
+            #[test]
+            fn at_most_matches_exact_on_full_range() {
+                if let Some(k) = kernels() {
+                    at_most_full_range(k);
                 }
             }
 

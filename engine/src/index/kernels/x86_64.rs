@@ -25,11 +25,13 @@
 //!   rows per step, see `hamming_dense4`); without it the AVX-512 table uses the AVX2 kernel.
 #![allow(unsafe_code)]
 
-use super::{BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi, Isa, Kernels};
+use super::{BitBlock, BitGather, BitMulti, F32Block, F32Multi, I8Block, I8Multi, Isa, Kernels};
 
 /// The AVX2+FMA table, if the CPU has both.
 pub(super) fn avx2() -> Option<Kernels> {
-    let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    let ok = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("popcnt");
     ok.then_some(Kernels {
         isa: Isa::X86Avx2,
         dot_f32: entry::avx2_dot_f32,
@@ -39,6 +41,8 @@ pub(super) fn avx2() -> Option<Kernels> {
         multi_i8: entry::avx2_multi_i8,
         hamming: entry::avx2_hamming,
         multi_hamming: entry::avx2_multi_hamming,
+        hamming_gather: entry::popcnt_hamming_gather,
+        at_most: entry::avx2_at_most,
     })
 }
 
@@ -47,7 +51,8 @@ pub(super) fn avx512() -> Option<Kernels> {
     let ok = is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("fma");
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("popcnt");
     let avx2 = is_x86_feature_detected!("avx2");
     let vpopcnt = is_x86_feature_detected!("avx512vpopcntdq") && avx2;
     let (hamming, multi_hamming): (super::Hamming, super::MultiHamming) = if vpopcnt {
@@ -66,13 +71,18 @@ pub(super) fn avx512() -> Option<Kernels> {
         score_i8: entry::avx512_score_i8,
         multi_f32: entry::avx512_multi_f32,
         multi_i8: entry::avx512_multi_i8,
+        hamming_gather: entry::popcnt_hamming_gather,
+        at_most: entry::avx512_at_most,
     })
 }
 
 /// Safe table entries. Each is installed only by the constructor above that detected its
 /// features, which is what every SAFETY comment below relies on.
 mod entry {
-    use super::{BitBlock, BitMulti, F32Block, F32Multi, I8Block, I8Multi, avx2, avx512, vpopcnt};
+    use super::{
+        BitBlock, BitGather, BitMulti, F32Block, F32Multi, I8Block, I8Multi, avx2, avx512, gather,
+        vpopcnt,
+    };
 
     macro_rules! entries {
         ($isa:ident: $($name:ident => $f:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
@@ -95,6 +105,7 @@ mod entry {
         avx2_multi_i8 => multi_i8(b: &I8Multi<'_>, out: &mut [i32]);
         avx2_hamming => hamming(b: &BitBlock<'_>, out: &mut [u32]);
         avx2_multi_hamming => multi_hamming(b: &BitMulti<'_>, out: &mut [u32]);
+        avx2_at_most => at_most(dist: &[u32], limit: u32, picked: &mut [u32]) -> usize;
     );
     entries!(avx512:
         avx512_dot_f32 => dot_f32(a: &[f32], b: &[f32]) -> f32;
@@ -102,6 +113,10 @@ mod entry {
         avx512_score_i8 => score_i8(b: &I8Block<'_>, out: &mut [i32]);
         avx512_multi_f32 => multi_f32(b: &F32Multi<'_>, out: &mut [f32]);
         avx512_multi_i8 => multi_i8(b: &I8Multi<'_>, out: &mut [i32]);
+        avx512_at_most => at_most(dist: &[u32], limit: u32, picked: &mut [u32]) -> usize;
+    );
+    entries!(gather:
+        popcnt_hamming_gather => hamming_gather(g: &BitGather<'_>, out: &mut [u32]);
     );
 
     pub(super) fn vpopcnt_hamming(b: &BitBlock<'_>, out: &mut [u32]) {
@@ -129,6 +144,7 @@ fn scalar_hamming(a: &[u64], b: &[u64]) -> u32 {
 }
 
 mod avx2 {
+    const MIXED_SCALAR_ROWS: usize = 4;
     use std::arch::x86_64::*;
 
     use super::{
@@ -181,7 +197,7 @@ mod avx2 {
         _mm_cvtsi128_si64(s) as u32 + scalar_hamming(qt, rt)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,popcnt")]
     pub(super) fn hamming(b: &BitBlock<'_>, out: &mut [u32]) {
         let done = if let (Ok(q), true) = (<&[u64; 4]>::try_from(b.query()), b.stride == 4) {
             hamming_dense4(q, b.rows, out)
@@ -197,14 +213,17 @@ mod avx2 {
     /// rows' `vpsadbw` sums (four u64 each) are added across rows with two unpack/add rounds
     /// and one cross-lane add, instead of a horizontal sum per row. Returns how many rows it
     /// scored.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,popcnt")]
     fn hamming_dense4(q: &[u64; 4], rows: &[u64], out: &mut [u32]) -> usize {
         let qv = load_u64(q);
         let zero = _mm256_setzero_si256();
         let low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-        let steps = (rows.len() / 16).min(out.len() / 4);
-        let (groups, _) = rows[..steps * 16].as_chunks::<16>();
-        let (outs, _) = out[..steps * 4].as_chunks_mut::<4>();
+        const SIMD: usize = 4;
+        const SCALAR: usize = MIXED_SCALAR_ROWS;
+        const ROWS: usize = SIMD + SCALAR;
+        let steps = (rows.len() / (4 * ROWS)).min(out.len() / ROWS);
+        let (groups, _) = rows[..steps * 4 * ROWS].as_chunks::<{ 4 * ROWS }>();
+        let (outs, _) = out[..steps * ROWS].as_chunks_mut::<ROWS>();
         for (g, o) in groups.iter().zip(outs) {
             let (r, _) = g.as_chunks::<4>();
             let sad = |k: usize| {
@@ -212,7 +231,6 @@ mod avx2 {
                 _mm256_sad_epu8(byte_popcounts(v), zero)
             };
             let (s0, s1, s2, s3) = (sad(0), sad(1), sad(2), sad(3));
-            // [s0.0 + s0.1, s1.0 + s1.1, s0.2 + s0.3, s1.2 + s1.3], and likewise for rows 2, 3.
             let t01 =
                 _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
             let t23 =
@@ -222,9 +240,19 @@ mod avx2 {
                 _mm256_permute2x128_si256::<0x31>(t01, t23),
             );
             let packed = _mm256_permutevar8x32_epi32(sums, low_dwords);
-            store4(o, _mm256_castsi256_si128(packed));
+            let (first, rest) = o.split_at_mut(SIMD);
+            if let Ok(first) = <&mut [u32; 4]>::try_from(first) {
+                store4(first, _mm256_castsi256_si128(packed));
+            }
+            for (k, d) in rest.iter_mut().enumerate() {
+                let row = &r[SIMD + k];
+                *d = (row[0] ^ q[0]).count_ones()
+                    + (row[1] ^ q[1]).count_ones()
+                    + (row[2] ^ q[2]).count_ones()
+                    + (row[3] ^ q[3]).count_ones();
+            }
         }
-        steps * 4
+        steps * ROWS
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -504,6 +532,80 @@ mod avx2 {
                 tile_i8::<1, 1>(b, i, j, out);
             }
         }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load_u32(a: &[u32; 8]) -> __m256i {
+        // SAFETY: `a` is 32 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+    }
+
+    /// `COMPRESS[m]`: the lanes set in the 8-bit mask `m`, moved to the front, for
+    /// `vpermd` (8 KiB, stays in L1 during a scan).
+    static COMPRESS: [[u32; 8]; 256] = compress_table();
+
+    const fn compress_table() -> [[u32; 8]; 256] {
+        let mut table = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut lane, mut n) = (0, 0);
+            while lane < 8 {
+                if m & (1 << lane) != 0 {
+                    table[m][n] = lane as u32;
+                    n += 1;
+                }
+                lane += 1;
+            }
+            m += 1;
+        }
+        table
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn store_u32(o: &mut [u32; 8], v: __m256i) {
+        // SAFETY: `o` is 32 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), v) }
+    }
+
+    /// Eight distances per compare, and no branch per row: the passing lanes' indices are
+    /// moved to the front with one `vpermd` (table [`COMPRESS`]) and all eight lanes are
+    /// stored at the output's end, which then advances by the pass count (a branch per
+    /// group mispredicted on a third of the groups at the prefilter's 1/64 pass rate).
+    /// AVX2 compares only signed lanes, so both sides get their sign bit flipped, which
+    /// orders u32 values as i32 ones.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn at_most(dist: &[u32], limit: u32, picked: &mut [u32]) -> usize {
+        let flip = _mm256_set1_epi32(i32::MIN);
+        let lim = _mm256_xor_si256(_mm256_set1_epi32(limit as i32), flip);
+        let (eights, rest) = dist.as_chunks::<8>();
+        let mut index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let step = _mm256_set1_epi32(8);
+        let mut n = 0;
+        for e in eights {
+            let above = _mm256_cmpgt_epi32(_mm256_xor_si256(load_u32(e), flip), lim);
+            let pass = !(_mm256_movemask_ps(_mm256_castsi256_ps(above)) as u32) & 0xff;
+            let moved = _mm256_permutevar8x32_epi32(index, load_u32(&COMPRESS[pass as usize]));
+            // n <= 8 * (groups before this one), so these eight lanes lie inside `picked`,
+            // which is as long as `dist`.
+            if let Some(out) = picked
+                .get_mut(n..n + 8)
+                .and_then(|o| <&mut [u32; 8]>::try_from(o).ok())
+            {
+                store_u32(out, moved);
+            }
+            n += pass.count_ones() as usize;
+            index = _mm256_add_epi32(index, step);
+        }
+        let base = 8 * eights.len();
+        for (j, &d) in rest.iter().enumerate() {
+            if d <= limit {
+                picked[n] = (base + j) as u32;
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -973,6 +1075,55 @@ mod avx512 {
         // SAFETY: `dst` is 16 writable i32; storeu has no alignment requirement.
         unsafe { _mm512_storeu_epi32(dst.as_mut_ptr(), v) }
     }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn load_u32(a: &[u32; 16]) -> __m512i {
+        // SAFETY: `a` is 64 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm512_loadu_epi32(a.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    #[inline]
+    fn store_u32(o: &mut [u32; 16], v: __m512i) {
+        // SAFETY: `o` is 64 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_epi32(o.as_mut_ptr().cast(), v) }
+    }
+
+    /// Sixteen distances per unsigned compare into a mask register, and no branch per row:
+    /// the passing lanes' indices are compressed to the front in a register (`vpcompressd`
+    /// to memory is microcoded and slow on Zen 4) and all sixteen lanes are stored at the
+    /// output's end, which then advances by the pass count.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub(super) fn at_most(dist: &[u32], limit: u32, picked: &mut [u32]) -> usize {
+        let lim = _mm512_set1_epi32(limit as i32);
+        let (sixteens, rest) = dist.as_chunks::<16>();
+        let mut index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let step = _mm512_set1_epi32(16);
+        let mut n = 0;
+        for e in sixteens {
+            let pass = _mm512_cmple_epu32_mask(load_u32(e), lim);
+            let moved = _mm512_maskz_compress_epi32(pass, index);
+            // n <= 16 * (groups before this one), so these sixteen lanes lie inside
+            // `picked`, which is as long as `dist`.
+            if let Some(out) = picked
+                .get_mut(n..n + 16)
+                .and_then(|o| <&mut [u32; 16]>::try_from(o).ok())
+            {
+                store_u32(out, moved);
+            }
+            n += pass.count_ones() as usize;
+            index = _mm512_add_epi32(index, step);
+        }
+        let base = 16 * sixteens.len();
+        for (j, &d) in rest.iter().enumerate() {
+            if d <= limit {
+                picked[n] = (base + j) as u32;
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 mod vpopcnt {
@@ -1075,6 +1226,35 @@ mod vpopcnt {
             for (j, o) in row_out.iter_mut().enumerate() {
                 *o = hamming_words(b.query(j), row);
             }
+        }
+    }
+}
+
+/// The second pass of the binary scan: scattered rows, scored with the scalar `popcnt`
+/// (four words of a code tail need no vector) while the rows a few picks ahead are
+/// prefetched, so their cache misses overlap instead of queueing one after another.
+mod gather {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+
+    use super::BitGather;
+
+    /// How many picks ahead to prefetch: enough misses in flight to cover DRAM latency
+    /// (about 100 ns) at a few nanoseconds per row.
+    const AHEAD: usize = 16;
+
+    #[target_feature(enable = "popcnt")]
+    pub(super) fn hamming_gather(g: &BitGather<'_>, out: &mut [u32]) {
+        let picks = g.picks();
+        let q = g.query();
+        for (i, (&r, o)) in picks.iter().zip(out).enumerate() {
+            if let Some(&ahead) = picks.get(i + AHEAD) {
+                let row = g.row(ahead);
+                // SAFETY: `row` is a live slice, so its pointer is valid; a prefetch only
+                // hints the cache and never faults or writes.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().cast()) };
+            }
+            let row = g.row(r);
+            *o = q.iter().zip(row).map(|(&a, &b)| (a ^ b).count_ones()).sum();
         }
     }
 }
