@@ -25,8 +25,8 @@
 //!
 //! | Isa | Requires | f32 | int8 | 1-bit |
 //! |---|---|---|---|---|
-//! | `avx512` | AVX-512 F, BW, VNNI + FMA | 512-bit FMA, 4 accumulators | `vpdpbusd` | `vpopcntq` if VPOPCNTDQ, else the AVX2 kernel |
-//! | `avx2` | AVX2 + FMA | 256-bit FMA, 4 accumulators | `vpmaddubsw` sign trick | nibble-LUT `vpshufb` + `vpsadbw` |
+//! | `avx512` | AVX-512 F, BW, VNNI + FMA + POPCNT | 512-bit FMA, 4 accumulators | `vpdpbusd` | `vpopcntq` if VPOPCNTDQ, else the AVX2 kernel |
+//! | `avx2` | AVX2 + FMA + POPCNT | 256-bit FMA, 4 accumulators | `vpmaddubsw` sign trick | nibble-LUT `vpshufb` + `vpsadbw`, beside scalar `popcnt` |
 //! | `neon` | aarch64 NEON (always) | `vfmaq_f32` | `vmull_s8` + `vpadalq_s16` | `vcnt` + `vpadal` |
 //! | `scalar` | nothing | `zip().map().sum()` | same, in i32 | `count_ones` |
 
