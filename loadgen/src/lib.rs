@@ -19,12 +19,13 @@
 //!
 //! Module map: `stream` (the random streams), [`population`] (the people and their files),
 //! `truth` (the demo policy, mirrored), [`run`] (arrivals, QUIC client, bad input, report,
-//! plot).
+//! plot), [`history`] (past entries), [`strangers`] (never-enrolled faces, for calibration).
 #![forbid(unsafe_code)]
 
 pub mod history;
 pub mod population;
 pub mod run;
+pub mod strangers;
 
 mod stream;
 mod truth;

@@ -43,6 +43,25 @@ enum Command {
     /// Write months of past entry records into an existing site (stopped), decided by the
     /// site's own policy, for benchmarks that start from a store that has lived.
     History(HistoryArgs),
+    /// Write faces of people who were never enrolled, exactly as a run's strangers are made,
+    /// to check `gatewarden calibrate`'s FPIR estimate against them (`--strangers`).
+    Strangers(StrangersArgs),
+}
+
+#[derive(Debug, Args)]
+struct StrangersArgs {
+    /// The population folder (its seed and dimension make the strangers).
+    #[arg(long)]
+    population: PathBuf,
+    /// How many strangers (the impostors of events 0..count of the run).
+    #[arg(long, default_value_t = 20_000)]
+    count: usize,
+    /// The run's seed (`gatewarden-loadgen run --seed`).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output file (.npy, float32, one face a row).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +230,21 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         Command::Run(a) => run_fleet(a),
         Command::History(a) => write_history(a),
+        Command::Strangers(a) => {
+            anyhow::ensure!(a.count > 0, "--count must be at least 1");
+            let cfg = population::load_config(&a.population)
+                .with_context(|| format!("population in {}", a.population.display()))?;
+            gatewarden_loadgen::strangers::write_strangers(&cfg, a.seed, a.count, &a.out)
+                .with_context(|| format!("strangers into {}", a.out.display()))?;
+            println!(
+                "wrote {} strangers ({}-d, run seed {}) to {}",
+                a.count,
+                cfg.dim,
+                a.seed,
+                a.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

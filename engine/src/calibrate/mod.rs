@@ -22,6 +22,10 @@
 //!
 //! Confidence: FPIR's 95% interval is Wilson's score interval for a binomial proportion;
 //! the threshold's is the pair of order statistics whose ranks bound the binomial count.
+//!
+//! **Checking the estimate.** Given faces of people known not to be enrolled (a site's own
+//! test captures, or the load generator's strangers), [`stranger_scores`] measures FPIR
+//! directly and [`check_strangers`] tests the estimate against it, threshold by threshold.
 
 mod report;
 
@@ -30,7 +34,7 @@ use gatewarden_protocol::{CheckKind, Outcome, SubjectId, UnixMillis};
 use std::path::Path;
 
 use crate::Config;
-use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
+use crate::gallery::{GalleryOptions, GallerySnapshot, Identification, LiveGallery};
 use crate::store::{EntryArchive, Store, StoreError};
 
 pub use report::{CalibrationReport, CurvePoint, Inputs, ThresholdRow};
@@ -107,20 +111,48 @@ pub fn nonmate_scores(
     snapshot: &GallerySnapshot,
     probes: &[(SubjectId, Vec<f32>)],
     threads: usize,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Vec<f32> {
-    let mut scores = Vec::with_capacity(probes.len());
-    for (i, chunk) in probes.chunks(BATCH).enumerate() {
-        let queries: Vec<&[f32]> = chunk.iter().map(|(_, v)| v.as_slice()).collect();
-        let found = snapshot.identify_batch_with(&queries, threads.max(1));
-        for ((subject, _), id) in chunk.iter().zip(found) {
-            let best_other = match id.best {
-                Some((s, _)) if s == *subject => id.runner_up,
-                other => other,
-            };
-            scores.extend(best_other.map(|(_, score)| score));
+    let queries: Vec<&[f32]> = probes.iter().map(|(_, v)| v.as_slice()).collect();
+    best_scores(snapshot, &queries, threads, progress, |i, id| {
+        match id.best {
+            Some((s, _)) if s == probes[i].0 => id.runner_up,
+            other => other,
         }
-        progress((i * BATCH + chunk.len()).min(probes.len()), probes.len());
+        .map(|(_, score)| score)
+    })
+}
+
+/// The best score of each stranger (a face of someone never enrolled) over the whole
+/// gallery: what the 1:N search compares with the identify threshold, so the share at or
+/// above `t` is the *measured* FPIR at `t`, the ground truth the leave-one-out estimate is
+/// checked against ([`check_strangers`]).
+pub fn stranger_scores(
+    snapshot: &GallerySnapshot,
+    strangers: &[&[f32]],
+    threads: usize,
+    progress: impl FnMut(usize, usize),
+) -> Vec<f32> {
+    best_scores(snapshot, strangers, threads, progress, |_, id| {
+        id.best.map(|(_, score)| score)
+    })
+}
+
+/// One score per query (where `pick` gives one), searched in batches of [`BATCH`].
+fn best_scores(
+    snapshot: &GallerySnapshot,
+    queries: &[&[f32]],
+    threads: usize,
+    mut progress: impl FnMut(usize, usize),
+    pick: impl Fn(usize, Identification) -> Option<f32>,
+) -> Vec<f32> {
+    let mut scores = Vec::with_capacity(queries.len());
+    for (i, chunk) in queries.chunks(BATCH).enumerate() {
+        let found = snapshot.identify_batch_with(chunk, threads.max(1));
+        for (j, id) in found.into_iter().enumerate() {
+            scores.extend(pick(i * BATCH + j, id));
+        }
+        progress((i * BATCH + chunk.len()).min(queries.len()), queries.len());
     }
     scores
 }
@@ -254,6 +286,142 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
     let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
     let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
     ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// The leave-one-out estimate against strangers' measured FPIR at a few thresholds.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StrangerCheck {
+    /// Strangers searched.
+    pub strangers: usize,
+    /// Where they came from.
+    pub source: String,
+    /// One row per threshold compared, ascending.
+    pub rows: Vec<StrangerRow>,
+    /// True when every row agrees.
+    pub agrees: bool,
+}
+
+/// Estimated and measured FPIR at one threshold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StrangerRow {
+    /// The threshold.
+    pub threshold: f32,
+    /// FPIR estimated from the gallery's own templates (leave-one-out).
+    pub estimated: f64,
+    /// Its 95% Wilson interval.
+    pub estimated_interval: (f64, f64),
+    /// FPIR measured on the strangers.
+    pub measured: f64,
+    /// Its 95% Wilson interval.
+    pub measured_interval: (f64, f64),
+    /// The two-proportion z statistic of the difference (0 when both are 0 or 1).
+    pub z: f64,
+    /// `|z| <= 1.96`: the difference is within what sampling alone explains at 95%.
+    pub agrees: bool,
+}
+
+/// Compares the estimate (`nonmates`, leave-one-out) with strangers' best scores at the
+/// `thresholds` given (typically the policy's) and where the estimate is 10%, 1% and 0.1%,
+/// so the check also runs where FPIR is large enough to be measured.
+///
+/// Agreement is a two-proportion z-test at 95%: the estimate and the measurement are two
+/// binomial samples of one FPIR if their difference is within 1.96 standard errors of the
+/// pooled proportion.
+pub fn check_strangers(
+    nonmates: &Scores,
+    strangers: &Scores,
+    thresholds: &[f32],
+    source: &str,
+) -> StrangerCheck {
+    let mut at: Vec<f32> = thresholds
+        .iter()
+        .copied()
+        .chain(
+            [0.1, 0.01, 0.001]
+                .iter()
+                .filter_map(|&r| nonmates.threshold_for(r)),
+        )
+        .filter(|t| t.is_finite())
+        .collect();
+    at.sort_by(f32::total_cmp);
+    at.dedup();
+    let rows: Vec<StrangerRow> = at
+        .into_iter()
+        .map(|t| stranger_row(nonmates, strangers, t))
+        .collect();
+    StrangerCheck {
+        strangers: strangers.len(),
+        source: source.to_owned(),
+        agrees: !strangers.is_empty() && rows.iter().all(|r| r.agrees),
+        rows,
+    }
+}
+
+impl StrangerCheck {
+    /// The check for people: one line per threshold, then the verdict.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!(
+            "\nestimate against {} strangers ({}):\n",
+            self.strangers, self.source
+        );
+        for r in &self.rows {
+            let ((el, eh), (ml, mh)) = (r.estimated_interval, r.measured_interval);
+            let _ = writeln!(
+                out,
+                "  threshold {:.4}: estimated FPIR {:.5} (95% {el:.5} to {eh:.5}), measured \
+                 {:.5} (95% {ml:.5} to {mh:.5}), z {:+.2} {}",
+                r.threshold,
+                r.estimated,
+                r.measured,
+                r.z,
+                if r.agrees { "agrees" } else { "DIFFERS" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            if self.agrees {
+                "the estimate agrees with the strangers at every threshold (two-proportion \
+                 test, 95%)"
+            } else {
+                "the estimate DIFFERS from the strangers: the gallery's own templates are not \
+                 a fair model of this site's strangers; trust the measured rates"
+            }
+        );
+        out
+    }
+}
+
+fn stranger_row(nonmates: &Scores, strangers: &Scores, t: f32) -> StrangerRow {
+    let (k1, n1) = (nonmates.at_or_above(t), nonmates.len());
+    let (k2, n2) = (strangers.at_or_above(t), strangers.len());
+    let z = two_proportion_z(k1, n1, k2, n2);
+    StrangerRow {
+        threshold: t,
+        estimated: ratio(k1, n1),
+        estimated_interval: wilson(k1, n1),
+        measured: ratio(k2, n2),
+        measured_interval: wilson(k2, n2),
+        z,
+        agrees: n1 > 0 && n2 > 0 && z.abs() <= Z95,
+    }
+}
+
+/// `(p1 - p2) / se` with the pooled proportion's standard error; 0 when the pooled
+/// proportion is 0 or 1 (both samples agree exactly) or a sample is empty.
+fn two_proportion_z(k1: usize, n1: usize, k2: usize, n2: usize) -> f64 {
+    if n1 == 0 || n2 == 0 {
+        return 0.0;
+    }
+    let (n1f, n2f) = (n1 as f64, n2 as f64);
+    let pooled = (k1 + k2) as f64 / (n1f + n2f);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f)).sqrt();
+    if se == 0.0 {
+        0.0
+    } else {
+        (k1 as f64 / n1f - k2 as f64 / n2f) / se
+    }
 }
 
 /// A scheduled FPIR estimate at one threshold (the server's `/metrics`).

@@ -191,3 +191,58 @@ fn the_report_prints_the_change_and_never_claims_rates_without_mates() {
     assert!(r.change.starts_with("no change needed"), "{}", r.change);
     assert!(r.change.contains("a larger --sample"), "{}", r.change);
 }
+
+#[test]
+fn strangers_from_the_model_agree_with_the_estimate_and_others_do_not() {
+    let n = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let g = gallery(dir.path(), &sphere(n, 21));
+    let snap = g.snapshot();
+    let probes = sample_probes(&snap, n, 5);
+    let nonmates = Scores::new(nonmate_scores(&snap, &probes, 1, |_, _| {}));
+    // Strangers from the same model: fresh uniform directions, never enrolled.
+    let fresh = sphere(2000, 99);
+    let rows: Vec<&[f32]> = fresh.iter().map(Vec::as_slice).collect();
+    let mut calls = 0;
+    let measured = Scores::new(stranger_scores(&snap, &rows, 2, |_, _| calls += 1));
+    assert_eq!((measured.len(), calls), (2000, 2000usize.div_ceil(BATCH)));
+    let check = check_strangers(&nonmates, &measured, &[0.5], "model");
+    // 0.5 (nine in ten strangers reach it at d = 32, N = 1,500), and the thresholds where
+    // the estimate is 10%, 1% and 0.1%.
+    assert_eq!(check.rows.len(), 4, "{check:?}");
+    assert!(check.agrees, "{}", check.render());
+    let at_ten = nonmates.threshold_for(0.1).unwrap();
+    let ten = check.rows.iter().find(|r| r.threshold == at_ten).unwrap();
+    assert!((ten.estimated - 0.1).abs() < 0.01, "{ten:?}");
+    assert!(
+        ten.measured_interval.0 < 0.1 && 0.1 < ten.measured_interval.1,
+        "{ten:?}"
+    );
+    // Strangers that all lean towards one enrolled person are not this model's strangers:
+    // they score higher, and the check says so.
+    let leaning: Vec<Vec<f32>> = fresh
+        .iter()
+        .map(|v| {
+            let w: Vec<f32> = v.iter().zip(&probes[0].1).map(|(a, b)| a + b).collect();
+            let norm = w.iter().map(|x| x * x).sum::<f32>().sqrt();
+            w.iter().map(|x| x / norm).collect()
+        })
+        .collect();
+    let rows: Vec<&[f32]> = leaning.iter().map(Vec::as_slice).collect();
+    let measured = Scores::new(stranger_scores(&snap, &rows, 1, |_, _| {}));
+    let check = check_strangers(&nonmates, &measured, &[], "leaning");
+    assert!(!check.agrees, "{}", check.render());
+    assert!(check.render().contains("DIFFERS"));
+    // No strangers: nothing agrees.
+    assert!(!check_strangers(&nonmates, &Scores::default(), &[0.5], "none").agrees);
+}
+
+#[test]
+fn the_two_proportion_test_reads_sampling_noise_as_agreement() {
+    assert_eq!(two_proportion_z(0, 100, 0, 300), 0.0);
+    assert_eq!(two_proportion_z(5, 0, 1, 10), 0.0);
+    // 10% of 1,000 against 11% of 1,000: well within noise.
+    assert!(two_proportion_z(100, 1000, 110, 1000).abs() < 1.0);
+    // 10% against 20% of 1,000 each: far outside.
+    assert!(two_proportion_z(100, 1000, 200, 1000) < -5.0);
+}

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use gatewarden::testing::{IndexedFaces, Rng, mix64};
+use gatewarden::testing::{IndexedFaces, Rng};
 use gatewarden_protocol::{
     Credential, Decision, Direction, Event, FaceSample, GateId, Mode, UnixMillis,
 };
@@ -189,11 +189,7 @@ impl<'a> Planner<'a> {
         let holder = (mode == ModeKind::Verify)
             .then(|| &self.pop.subjects[rng.index(self.pop.subjects.len())]);
         let credential = holder.and_then(|s| credential_for(rng, s, ModeKind::Verify));
-        // Strangers differ from run to run, and never share a face with the population.
-        let strangers =
-            IndexedFaces::new(mix64(self.run_seed ^ self.pop.cfg.seed), self.pop.cfg.dim);
-        let embedding =
-            strangers.impostor_probe(index, &mut Stream::Probe.rng(self.run_seed, index));
+        let embedding = crate::strangers::stranger_face(&self.pop.cfg, self.run_seed, index);
         let temperature = normal_temperature(rng);
         let facts = Facts {
             subject: holder,

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use gatewarden::calibrate::{self, CalibrationReport, Inputs, Scores};
+use gatewarden::calibrate::{self, CalibrationReport, Inputs, Scores, StrangerCheck};
 use gatewarden::clock::{Clock, DAY_MS, SystemClock};
 use gatewarden::gallery::{GalleryError, GallerySnapshot};
 use gatewarden::policy::PolicyBook;
@@ -46,6 +46,11 @@ pub(crate) struct CalibrateArgs {
     /// The person of each row of --mates (.npy u64 or text, one id a line).
     #[arg(long, value_name = "FILE", requires = "mates")]
     mate_subjects: Option<PathBuf>,
+    /// Faces of people known not to be enrolled (.npy, f32, one row each): their best
+    /// scores measure FPIR directly, and the report tests the estimate against it at the
+    /// policy's thresholds and where the estimate is 10%, 1% and 0.1% (`strangers` in JSON).
+    #[arg(long, value_name = "FILE.npy")]
+    strangers: Option<PathBuf>,
     /// Print JSON (`fpir`, `fnir`, `recommended_threshold`, `thresholds`, `curve`, ...).
     #[arg(long)]
     json: bool,
@@ -62,6 +67,8 @@ struct JsonReport<'a> {
     seconds_open: f64,
     #[serde(flatten)]
     report: &'a CalibrationReport,
+    /// The estimate against measured strangers, with --strangers.
+    strangers: Option<&'a StrangerCheck>,
 }
 
 pub(crate) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
@@ -105,6 +112,10 @@ pub(crate) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         gallery_size: snapshot.len(),
         precision,
     });
+    let strangers = match &args.strangers {
+        Some(path) => Some(check_strangers(&snapshot, &args, path, &nonmates, &policy)?),
+        None => None,
+    };
     let seconds = SystemClock.instant().duration_since(started).as_secs_f64();
     if let Some(path) = &args.plot {
         let current = policy.default_policy().identify_threshold();
@@ -116,10 +127,14 @@ pub(crate) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
             seconds,
             seconds_open,
             report: &report,
+            strangers: strangers.as_ref(),
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", report.render());
+        if let Some(check) = &strangers {
+            print!("{}", check.render());
+        }
         println!("took {seconds:.1} s ({seconds_open:.1} s opening the gallery)");
     }
     Ok(())
@@ -127,25 +142,85 @@ pub(crate) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
 
 fn nonmates(snapshot: &GallerySnapshot, args: &CalibrateArgs) -> Vec<f32> {
     let probes = calibrate::sample_probes(snapshot, args.sample, args.seed);
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    with_progress("calibrating", "probes", |progress| {
+        calibrate::nonmate_scores(snapshot, &probes, threads(args), progress)
+    })
+}
+
+fn threads(args: &CalibrateArgs) -> usize {
+    args.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// Runs `work` with a progress callback: on a terminal a live counter, elsewhere a line per
+/// tenth.
+fn with_progress<T>(
+    what: &str,
+    unit: &str,
+    work: impl FnOnce(&mut dyn FnMut(usize, usize)) -> T,
+) -> T {
     let tty = std::io::stderr().is_terminal();
     let mut last_tenth = 0;
-    let scores = calibrate::nonmate_scores(snapshot, &probes, threads, |done, total| {
-        // On a terminal, a live counter; elsewhere, a line per tenth.
+    let mut progress = |done: usize, total: usize| {
         let tenth = done * 10 / total.max(1);
         if tty {
-            eprint!("\rcalibrating: {done} / {total} probes");
+            eprint!("\r{what}: {done} / {total} {unit}");
         } else if tenth > last_tenth {
             last_tenth = tenth;
-            eprintln!("calibrating: {done} / {total} probes");
+            eprintln!("{what}: {done} / {total} {unit}");
         }
-    });
+    };
+    let out = work(&mut progress);
     if tty {
         eprintln!();
     }
-    scores
+    out
+}
+
+/// Searches the strangers of `path` and tests the estimate against them.
+fn check_strangers(
+    snapshot: &GallerySnapshot,
+    args: &CalibrateArgs,
+    path: &Path,
+    nonmates: &Scores,
+    policy: &PolicyBook,
+) -> anyhow::Result<StrangerCheck> {
+    let matrix = gatewarden::npy::read_f32_matrix(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        matrix.dim == snapshot.dim(),
+        "{} holds {}-dimensional faces, the gallery {}",
+        path.display(),
+        matrix.dim,
+        snapshot.dim()
+    );
+    anyhow::ensure!(matrix.rows > 0, "{} holds no faces", path.display());
+    if let Some(bad) = matrix
+        .iter_rows()
+        .position(|r| r.iter().any(|v| !v.is_finite()))
+    {
+        anyhow::bail!(
+            "row {bad} of {} holds a value that is not a finite number",
+            path.display()
+        );
+    }
+    let rows: Vec<&[f32]> = matrix.iter_rows().collect();
+    let scores = with_progress("strangers", "faces", |progress| {
+        calibrate::stranger_scores(snapshot, &rows, threads(args), progress)
+    });
+    let mut thresholds: Vec<f32> = vec![policy.default_policy().identify_threshold()];
+    thresholds.extend(
+        policy
+            .overridden_markets()
+            .into_iter()
+            .map(|m| policy.for_market(m).identify_threshold()),
+    );
+    Ok(calibrate::check_strangers(
+        nonmates,
+        &Scores::new(scores),
+        &thresholds,
+        &path.display().to_string(),
+    ))
 }
 
 /// Mated scores: the labelled set if given, else the entry log's card-verified matches.

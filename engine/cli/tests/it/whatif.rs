@@ -284,6 +284,55 @@ fn calibrate_reports_fpir_and_fnir_and_draws_the_plot() {
 }
 
 #[test]
+fn calibrate_checks_its_estimate_against_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    site_with_entries(&site);
+    let count = 400;
+    let faces: Vec<f32> = (0..count).flat_map(|n| stranger(1000 + n)).collect();
+    let file = dir.path().join("strangers.npy");
+    gatewarden::npy::write_f32_matrix(&file, count as usize, support::DIM, &faces).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let args = ["calibrate", "--sample", "50", "--strangers", file_arg];
+    let r = json(&gw(&[&args[..], &["--json"]].concat(), &site));
+    let check = &r["strangers"];
+    assert_eq!(check["strangers"], count);
+    let rows = check["rows"].as_array().unwrap();
+    // The demo policy's 0.50, and the thresholds where the estimate is 10%, 1% and 0.1%
+    // (fewer when 50 probes cannot tell them apart).
+    assert!(rows.len() >= 2, "{check}");
+    let policy_row = rows.iter().find(|row| row["threshold"] == 0.5).unwrap();
+    assert_eq!(policy_row["measured"], 0.0, "{check}");
+    for row in rows {
+        assert!(row["z"].is_number() && row["agrees"].is_boolean(), "{row}");
+    }
+    // Random faces against random faces: the estimate holds.
+    assert_eq!(check["agrees"], true, "{check}");
+    let text = gw(&args, &site);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("estimate against 400 strangers"), "{text}");
+    // Faces of the wrong dimension, and a NaN, are refused with the file named.
+    let narrow = dir.path().join("narrow.npy");
+    gatewarden::npy::write_f32_matrix(&narrow, 1, 4, &[0.5; 4]).unwrap();
+    let out = gw(
+        &["calibrate", "--strangers", narrow.to_str().unwrap()],
+        &site,
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("4-dimensional faces"),
+        "{e}"
+    );
+    let mut bad = faces[..2 * support::DIM].to_vec();
+    bad[support::DIM + 3] = f32::NAN;
+    let nan = dir.path().join("nan.npy");
+    gatewarden::npy::write_f32_matrix(&nan, 2, support::DIM, &bad).unwrap();
+    let out = gw(&["calibrate", "--strangers", nan.to_str().unwrap()], &site);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("row 1 of"), "{e}");
+}
+
+#[test]
 fn the_api_replays_an_uploaded_policy_and_exports_the_scheduled_estimate() {
     use crate::http::Api;
     use crate::http_client::{get, post_json};
