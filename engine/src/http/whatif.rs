@@ -3,7 +3,8 @@
 //! - `POST /api/v1/policy/replay?from=DAY&to=DAY[&market=M][&examples=N]`, body: a policy
 //!   file's text. Re-decides the recorded entries of those local days under it, reading the
 //!   entry history read-only (the policy in force is untouched), and answers the
-//!   [`ReplayReport`]. A policy with problems is refused (422) with every problem.
+//!   [`ReplayReport`]. A policy with problems is refused (422) with every problem. One replay
+//!   runs at a time; another request meanwhile is answered 503.
 //! - `GET /api/v1/calibration`: the latest scheduled FPIR estimate at the live gallery size.
 //! - `/metrics` adds `gatewarden_fpir_estimate` (and its interval, target and sample) to the
 //!   engine's metrics.
@@ -51,11 +52,34 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 /// The most days one replay request may span.
 const MAX_DAYS: i64 = 31;
 
-/// The scheduled estimate, shared by the estimating thread and the handlers.
+/// The scheduled estimate, shared by the estimating thread and the handlers, and the flag
+/// that lets one replay run at a time.
 #[derive(Default)]
 pub struct Calibration {
     latest: Mutex<Option<FpirEstimate>>,
     stop: AtomicBool,
+    replaying: AtomicBool,
+}
+
+/// The one replay allowed to run; the next may start when this is dropped (also on a
+/// panic). A replay reads whole days of history on a core of its own, and two at once would
+/// only halve each other's speed and double the read load on today's entry file.
+struct ReplaySlot(Arc<Calibration>);
+
+impl ReplaySlot {
+    fn take(calibration: &Arc<Calibration>) -> Option<Self> {
+        calibration
+            .replaying
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then(|| Self(Arc::clone(calibration)))
+    }
+}
+
+impl Drop for ReplaySlot {
+    fn drop(&mut self) {
+        self.0.replaying.store(false, Ordering::Release);
+    }
 }
 
 impl Calibration {
@@ -230,11 +254,20 @@ pub(super) async fn post_replay(
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("the policy is not UTF-8 text".to_owned()))?;
     let request = ReplayRequest::parse(&q)?;
+    let slot = ReplaySlot::take(&state.0.calibration).ok_or_else(|| {
+        ApiError::Unavailable(
+            "another policy replay is running; one runs at a time: try again when it ends"
+                .to_owned(),
+        )
+    })?;
     let engine = Arc::clone(&state.0.engine);
-    tokio::task::spawn_blocking(move || replay(&engine, &text, &request))
-        .await
-        .map_err(|e| ApiError::Internal(format!("the replay task failed: {e}")))?
-        .map(Json)
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        replay(&engine, &text, &request)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the replay task failed: {e}")))?
+    .map(Json)
 }
 
 struct ReplayRequest {
@@ -319,4 +352,25 @@ fn replay(engine: &Engine, text: &str, r: &ReplayRequest) -> Result<ReplayView, 
         missing_days: missing,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_replay_at_a_time_and_the_slot_frees_on_drop_or_panic() {
+        let calibration = Arc::new(Calibration::default());
+        let first = ReplaySlot::take(&calibration).unwrap();
+        assert!(ReplaySlot::take(&calibration).is_none());
+        drop(first);
+        let second = ReplaySlot::take(&calibration).unwrap();
+        let panicked = std::thread::spawn(move || {
+            let _held = second;
+            panic!("a replay that fails");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(ReplaySlot::take(&calibration).is_some());
+    }
 }
