@@ -18,7 +18,7 @@
 //! "Markets served elsewhere"): the gate then tries the addresses it names first, after the
 //! same kind of pause, and goes back to its list if they fail. A `Redirect` of an event ends
 //! that connection for new events; the events still in flight on it get their own answers
-//! before it is closed.
+//! there, and it closes when the last of them lets go of it.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -36,7 +36,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 use crate::population::Gate;
@@ -288,6 +288,9 @@ pub(crate) struct GateConn {
     pub(crate) redirects: AtomicU64,
     /// Attempts this gate made to the next node of its list after a loss or a failed attempt.
     pub(crate) failovers: AtomicU64,
+    /// Signalled when the gate leaves a live connection after a `Redirect` of an event, so
+    /// that its keeper lets go of it too.
+    pub(crate) moved: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -361,6 +364,7 @@ impl GateConn {
             ack: OnceLock::new(),
             redirects: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
+            moved: Notify::new(),
         }
     }
 
@@ -468,7 +472,9 @@ impl GateConn {
     }
 
     /// A `Redirect` answered an event sent on `conn`: no new event goes on that connection.
-    /// Its other events in flight get their own answers first; then it is closed.
+    /// It is not closed: the events in flight on it get their own answers there (so none is
+    /// ever in flight at two nodes), and quinn closes it when its last handle, held by the
+    /// last of them, is dropped.
     pub(crate) async fn redirected(&self, conn: &quinn::Connection, redirect: &Redirect) {
         let mut slot = self.slot.lock().await;
         if slot
@@ -479,14 +485,19 @@ impl GateConn {
             slot.conn = None;
             self.follow(&mut slot, &redirect.addresses, redirect.retry_after_ms)
                 .await;
-            let old = conn.clone();
-            tokio::spawn(async move {
-                // Every event in flight there is answered at once (the market moved), well
-                // within this grace.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                old.close(0u32.into(), b"redirected");
-            });
+            // A stored permit if the keeper is not waiting yet: it checks `holds` either way.
+            self.moved.notify_one();
         }
+    }
+
+    /// True while `conn` is the gate's current connection.
+    pub(crate) async fn holds(&self, conn: &quinn::Connection) -> bool {
+        self.slot
+            .lock()
+            .await
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
     }
 
     async fn connect(

@@ -675,14 +675,24 @@ async fn keep_connected(shared: Arc<Shared>, gate: usize, mut done: watch::Recei
             }
         };
         shared.connected.fetch_add(1, Ordering::Relaxed);
-        tokio::select! {
-            _ = conn.closed() => {}
-            () = silent(&conn, shared.keep_alive) => {
-                // PROTOCOL.md, "Reconnecting": silence for two keep-alives is a lost server.
-                conn.close(0u32.into(), b"server silent");
+        loop {
+            tokio::select! {
+                _ = conn.closed() => break,
+                () = silent(&conn, shared.keep_alive) => {
+                    // PROTOCOL.md, "Reconnecting": silence for two keep-alives is a lost server.
+                    conn.close(0u32.into(), b"server silent");
+                    break;
+                }
+                () = shared.fleet[gate].moved.notified() => {}
+                _ = done.wait_for(|d| *d) => return,
             }
-            _ = done.wait_for(|d| *d) => return,
+            // After a Redirect the gate sends nothing new on this connection: drop this
+            // handle, so that it closes once the events in flight on it are answered.
+            if !shared.fleet[gate].holds(&conn).await {
+                break;
+            }
         }
+        drop(conn);
         shared.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
