@@ -8,6 +8,10 @@
 //! elsewhere"). The market asked about is always the one the registry gives the
 //! certificate's gate, so a gate cannot talk its way into another market's node.
 //!
+//! [`Engine::submit`](crate::Engine::submit) does not ask: ownership is a property of the
+//! node's front, not of the library. A program that embeds the engine on several nodes asks
+//! its directory before it submits, as the QUIC front does.
+//!
 //! Implementations:
 //!
 //! - [`SingleNode`]: every market is served here. The default when `gatewarden.toml` has no
