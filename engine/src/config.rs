@@ -44,11 +44,27 @@
 //! listen = "127.0.0.1:4480"     # loopback by default: the API serves personal data
 //! token_file = "admin.token"    # bearer token, relative to the data folder; made if absent
 //! allow_remote = false          # a non-loopback listen address is refused unless true
+//!
+//! [cluster]                     # absent: this node serves every market (one node)
+//! node = "a"                    # which of the nodes below this one is
+//! unowned_retry_ms = 5000       # a market no node serves: its gates retry after this long
+//! [[cluster.nodes]]             # every node of the site (the same list on every node)
+//! name = "a"
+//! addresses = ["127.0.0.1:4433"]  # where its gates reach it, host:port, in order; sent to
+//!                               # gates of its markets that connect to another node
+//! markets = [1]                 # the markets it serves; a market belongs to one node
 //! ```
 //!
 //! The admin API is plain HTTP: the bearer token and the personal data it guards cross the
 //! network in clear. So `[http] listen` must be a loopback address (127.0.0.0/8, `::1`)
 //! unless `allow_remote = true`, which says a TLS proxy in front of it does the encryption.
+//!
+//! `[cluster]` runs several nodes over one site: each market is served by the node whose
+//! `markets` list it, and a gate of that market that connects to another node is sent there
+//! (PROTOCOL.md, "Markets served elsewhere"; [`crate::cluster`]). A market listed by no node
+//! is served by none: its gates are told to retry after `unowned_retry_ms`. `serve` rereads
+//! the section on SIGHUP, which is how a market is moved by hand: reload the old owner first and the new one a
+//! second later.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,6 +94,9 @@ pub struct Config {
     /// How long entry records are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Several nodes, each market served by one; absent: this node serves every market.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// How long personal data is kept. See the module docs.
@@ -337,6 +356,125 @@ impl HttpConfig {
     }
 }
 
+/// The `[cluster]` section: this node's name and every node of the site. See the module docs.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClusterConfig {
+    /// This node's name: one of `nodes`.
+    pub node: String,
+    /// The pause (ms) given to gates of a market that no node serves: 1..=60000.
+    #[serde(default = "default_unowned_retry_ms")]
+    pub unowned_retry_ms: u32,
+    /// Every node of the site, this one included.
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// One node of `[cluster]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// Its name, unique in the cluster.
+    pub name: String,
+    /// Where its gates reach it: 1 to 8 addresses, `host:port` each (an IPv6 host in
+    /// brackets), as a gate dials them and as its server certificate names the host.
+    pub addresses: Vec<String>,
+    /// The markets it serves; each market is listed by one node at most.
+    #[serde(default)]
+    pub markets: Vec<u32>,
+}
+
+fn default_unowned_retry_ms() -> u32 {
+    5_000
+}
+
+impl ClusterConfig {
+    /// Checks the section: node names unique and non-empty, this node among them, every
+    /// node's addresses valid in a `Redirect` (so whatever this file says can be sent to a
+    /// gate), each market served by one node at most, and the retry pause in 1..=60000 ms.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key and the value at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, reason: String| Err(ConfigError::Invalid { field, reason });
+        if !(1..=gatewarden_protocol::limits::MAX_RETRY_AFTER_MS).contains(&self.unowned_retry_ms) {
+            return bad(
+                "cluster.unowned_retry_ms",
+                format!("{} is not in 1..=60000", self.unowned_retry_ms),
+            );
+        }
+        let mut owner_of = std::collections::HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.name.is_empty() || node.name.len() > gatewarden_protocol::MAX_STRING_LEN {
+                return bad(
+                    "cluster.nodes.name",
+                    format!(
+                        "node {} has a name of {} bytes; use 1..=256",
+                        i + 1,
+                        node.name.len()
+                    ),
+                );
+            }
+            if self.nodes[..i].iter().any(|n| n.name == node.name) {
+                return bad(
+                    "cluster.nodes.name",
+                    format!("{:?} names two nodes", node.name),
+                );
+            }
+            if node.addresses.is_empty() {
+                return bad(
+                    "cluster.nodes.addresses",
+                    format!(
+                        "node {:?} has no address; its gates could not be sent to it",
+                        node.name
+                    ),
+                );
+            }
+            // What a Redirect naming this node would carry must be a valid Redirect.
+            let redirect = gatewarden_protocol::Redirect {
+                market: gatewarden_protocol::MarketId(0),
+                node: node.name.clone(),
+                addresses: node.addresses.clone(),
+                retry_after_ms: 0,
+            };
+            if let Err(e) = redirect.validate() {
+                return bad(
+                    "cluster.nodes.addresses",
+                    format!(
+                        "node {:?}: {e}; write host:port, e.g. \"10.0.0.2:4433\" or \"[fd00::2]:4433\", \
+                         at most 8",
+                        node.name
+                    ),
+                );
+            }
+            for market in &node.markets {
+                if let Some(first) = owner_of.insert(*market, &node.name) {
+                    return bad(
+                        "cluster.nodes.markets",
+                        format!(
+                            "market {market} is listed by nodes {first:?} and {:?}; a market is \
+                             served by one node at a time",
+                            node.name
+                        ),
+                    );
+                }
+            }
+        }
+        if !self.nodes.iter().any(|n| n.name == self.node) {
+            let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+            return bad(
+                "cluster.node",
+                format!(
+                    "{:?} is not one of the nodes listed in [[cluster.nodes]] ({names:?})",
+                    self.node
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -388,6 +526,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.engine.validate()?;
         self.retention.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         self.http.validate()
     }
 
@@ -496,6 +637,60 @@ mod tests {
     fn out_of_range_value_is_refused() {
         let err = Config::from_toml("[engine]\ndim = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("engine.dim"), "{err}");
+    }
+
+    #[test]
+    fn cluster_section_is_read_and_checked() {
+        let two = "[cluster]\nnode = \"b\"\n\
+                   [[cluster.nodes]]\nname = \"a\"\naddresses = [\"10.0.0.1:4433\"]\nmarkets = [1]\n\
+                   [[cluster.nodes]]\nname = \"b\"\naddresses = [\"[fd00::2]:4433\"]\nmarkets = [2, 3]\n";
+        let c = Config::from_toml(two, Path::new("x.toml")).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node, "b");
+        assert_eq!(cluster.unowned_retry_ms, 5_000);
+        assert_eq!(cluster.nodes[1].markets, [2, 3]);
+        assert!(
+            Config::from_toml("", Path::new("x.toml"))
+                .unwrap()
+                .cluster
+                .is_none()
+        );
+        for (bad, field) in [
+            (two.replace("node = \"b\"", "node = \"c\""), "cluster.node"),
+            (
+                two.replace("markets = [2, 3]", "markets = [1]"),
+                "cluster.nodes.markets",
+            ),
+            (
+                two.replace("\"10.0.0.1:4433\"", "\"10.0.0.1\""),
+                "cluster.nodes.addresses",
+            ),
+            (
+                two.replace("[\"10.0.0.1:4433\"]", "[]"),
+                "cluster.nodes.addresses",
+            ),
+            (
+                two.replace("name = \"a\"", "name = \"b\""),
+                "cluster.nodes.name",
+            ),
+            (
+                two.replace("name = \"a\"", "name = \"\""),
+                "cluster.nodes.name",
+            ),
+            (
+                two.replace("node = \"b\"\n", "node = \"b\"\nunowned_retry_ms = 0\n"),
+                "cluster.unowned_retry_ms",
+            ),
+        ] {
+            let err = Config::from_toml(&bad, Path::new("x.toml")).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { field: f, .. } if *f == field),
+                "{bad}: {err}"
+            );
+        }
+        let err =
+            Config::from_toml(&format!("{two}[cluster.extra]\n"), Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
     }
 
     #[test]

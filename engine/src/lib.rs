@@ -19,6 +19,8 @@
 //! - [`engine`]: the library API, [`Engine`]; the server and the command line (the
 //!   `gatewarden-cli` package in `engine/cli`) use only this.
 //! - [`config`]: typed configuration (`DATA/gatewarden.toml`) with defaults.
+//! - [`cluster`]: which node serves which market ([`cluster::MarketDirectory`]): one node
+//!   serving all, a static `[cluster]` table, later a lease in PostgreSQL.
 //! - [`clock`]: the only reader of the system clock; calendar helpers.
 //! - [`gallery`]: memory-mapped segment files, the in-memory delta, tombstones.
 //! - [`index`]: SIMD kernels (runtime dispatch), exact top-k search, batched search.
@@ -45,6 +47,7 @@
 
 pub mod calibrate;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 mod error;

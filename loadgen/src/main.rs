@@ -117,9 +117,15 @@ struct PopulationArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    target: SocketAddr,
+    /// Server address; give every node of the site (repeat the flag, or separate them with
+    /// commas): each gate starts at the first, fails over to the next when it loses its node,
+    /// and follows the `Redirect`s of nodes that do not serve its market.
+    #[arg(
+        long = "target",
+        default_value = "127.0.0.1:4433",
+        value_delimiter = ','
+    )]
+    targets: Vec<SocketAddr>,
     /// Name the server certificate must carry.
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -287,7 +293,7 @@ fn run_fleet(a: RunArgs) -> anyhow::Result<ExitCode> {
         None => population::load_config(&a.population)?.gates,
     };
     let cfg = RunConfig {
-        target: a.target,
+        targets: a.targets,
         server_name: a.server_name,
         certs: a.certs,
         population: a.population,

@@ -41,13 +41,14 @@ from aioquic.quic.configuration import QuicConfiguration
 # ---------------------------------------------------------------------------------------------
 
 ALPN = "gatewarden/1"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # section 7, "Version negotiation": version 2 adds Redirect (kind 7)
 MAX_GATE_FRAME_LEN = 65536
 MAX_ADMIN_FRAME_LEN = 1048576
 MAX_EMBEDDING_DIM = 4096
 MAX_STRING_LEN = 256
 MAX_CHECKS = 64
 MAX_RETRY_AFTER_MS = 60000
+MAX_REDIRECT_ADDRESSES = 8
 
 KIND = {
     "hello": 1,
@@ -56,6 +57,7 @@ KIND = {
     "verdict": 4,
     "busy": 5,
     "error": 6,
+    "redirect": 7,
     "enroll": 16,
     "enroll_ack": 17,
     "update_health": 18,
@@ -427,8 +429,56 @@ def decode_error(body: bytes) -> Error:
     return Error(code, message)
 
 
+@dataclass
+class Redirect:
+    market: int
+    node: str
+    addresses: list[str]
+    retry_after_ms: int
+
+
+def valid_address(a: str) -> bool:
+    """Section 5.13: host:port, the host a DNS name or IPv4 address (letters, digits, '.',
+    '-') or a bracketed IPv6 address, the port 1..=65535 in 1 to 5 digits."""
+    host, sep, port = a.rpartition(":")
+    if not sep or not (1 <= len(port) <= 5) or not port.isascii() or not port.isdigit():
+        return False
+    if not 1 <= int(port) <= 65535:
+        return False
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return False
+        import ipaddress
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return bool(host) and all(c.isascii() and (c.isalnum() or c in ".-") for c in host)
+
+
+def decode_redirect(body: bytes) -> Redirect:
+    r = Reader(body)
+    market = r.u32("market")
+    node = r.string("node")
+    n = r.u64("addresses count")
+    if n > MAX_REDIRECT_ADDRESSES:
+        raise DecodeError(f"{n} addresses, at most {MAX_REDIRECT_ADDRESSES}")
+    addresses = [r.string(f"addresses[{i}]", min_len=1) for i in range(n)]
+    retry = r.u32("retry_after_ms")
+    r.end("redirect")
+    for a in addresses:
+        if not valid_address(a):
+            raise DecodeError(f"address {a!r} is not host:port")
+    if (node == "") != (not addresses):
+        raise DecodeError(f"node {node!r} with {len(addresses)} addresses")
+    if retry > MAX_RETRY_AFTER_MS or (not node and retry == 0):
+        raise DecodeError(f"retry_after_ms {retry} out of range")
+    return Redirect(market, node, addresses, retry)
+
+
 def decode_reply(data: bytes):
-    """A server → gate reply stream: exactly one frame of kind 2, 4, 5 or 6."""
+    """A server → gate reply stream: exactly one frame of kind 2, 4, 5, 6 or 7."""
     kind, body = split_frame(data)
     if kind == KIND["hello_ack"]:
         return decode_hello_ack(body)
@@ -438,6 +488,8 @@ def decode_reply(data: bytes):
         return decode_busy(body)
     if kind == KIND["error"]:
         return decode_error(body)
+    if kind == KIND["redirect"]:
+        return decode_redirect(body)
     raise DecodeError(f"kind {kind} ({KIND_NAME.get(kind, 'unknown')}) is not a server reply")
 
 
@@ -458,6 +510,9 @@ FIXTURE_VERDICT = (
     "7265656e01070000000000000057656c636f6d651468e5cf8b01000000")
 FIXTURE_BUSY = "0500000005fa000000"
 FIXTURE_ERROR = "1a00000006cb000f00000000000000676174652038206973206e6f742037"
+FIXTURE_REDIRECT = (
+    "34000000070300000006000000000000006e6f64652d6201000000000000000d00000000000000"
+    "31302e302e302e323a3434333300000000")
 
 
 def fixture_checks() -> list[tuple[str, bool, str]]:
@@ -487,6 +542,9 @@ def fixture_checks() -> list[tuple[str, bool, str]]:
     out.append(("busy.bin decodes", b == Busy(250), str(b)))
     e = decode_reply(bytes.fromhex(FIXTURE_ERROR))
     out.append(("error.bin decodes", e == Error(203, "gate 8 is not 7"), str(e)))
+    rd = decode_reply(bytes.fromhex(FIXTURE_REDIRECT))
+    out.append(("redirect.bin decodes",
+                rd == Redirect(3, "node-b", ["10.0.0.2:4433"], 0), str(rd)))
     return out
 
 
@@ -950,11 +1008,51 @@ class Scenario:
         """Section 7: no common version -> version_unsupported, naming both ranges."""
         a = self.args
         async with gate_connection(a, a.cert, a.key) as proto:
-            reply = await self.ask(proto, "hello v2", encode_hello(
-                2, 3, a.gate, a.market, "interop", CAP_FACE))
-            self.expect_error("hello speaking versions 2..=3 -> version_unsupported (200)",
+            reply = await self.ask(proto, "hello v3", encode_hello(
+                3, 4, a.gate, a.market, "interop", CAP_FACE))
+            self.expect_error("hello speaking versions 3..=4 -> version_unsupported (200)",
                               reply, ERR["version_unsupported"])
+            if isinstance(reply, Error):
+                self.r.check("version_unsupported names the server's range 1..=2",
+                             "1..=2" in reply.message, reply.message)
             await self.expect_close(proto, "connection closed after version_unsupported")
+
+    async def redirected(self) -> None:
+        """Section 7, "Markets served elsewhere": a gate whose market another node serves gets
+        a Redirect (version 2) naming that node, and the connection closes with code 3; a
+        version-1 gate gets shutting_down (301) naming the node, and the close code 2."""
+        a = self.args
+        if a.redirect_gate is None:
+            return
+        cert = str(Path(a.cert).parent / f"{a.redirect_gate}.pem")
+        key = str(Path(a.key).parent / f"{a.redirect_gate}.key")
+        async with gate_connection(a, cert, key) as proto:
+            reply = await self.ask(proto, "hello elsewhere", encode_hello(
+                1, PROTOCOL_VERSION, a.redirect_gate, a.redirect_market, "interop", CAP_FACE))
+            if reply is not None:
+                want = Redirect(a.redirect_market, a.redirect_node, [a.redirect_address], 0)
+                self.r.check(f"hello of a market-{a.redirect_market} gate at this node -> "
+                             f"redirect to node {a.redirect_node!r} (kind 7)", reply == want,
+                             f"got {reply}")
+            await self.expect_code(proto, 3, "connection closed with code 3 after the redirect")
+        async with gate_connection(a, cert, key) as proto:
+            reply = await self.ask(proto, "hello elsewhere v1", encode_hello(
+                1, 1, a.redirect_gate, a.redirect_market, "interop", CAP_FACE))
+            if self.expect_error("the same hello speaking only version 1 -> shutting_down (301)",
+                                 reply, ERR["shutting_down"]):
+                self.r.check("the version-1 answer names the node and its address",
+                             a.redirect_node in reply.message
+                             and a.redirect_address in reply.message, reply.message)
+            await self.expect_code(proto, 2, "connection closed with code 2 after that error")
+
+    async def expect_code(self, proto: GateProtocol, code: int, name: str) -> None:
+        deadline = time.monotonic() + self.args.close_wait
+        while proto.closed is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        c = proto.closed
+        self.r.check(name, c is not None and c.error_code == code,
+                     f"closed: code {c.error_code}, reason {c.reason_phrase!r}"
+                     if c is not None else f"still open {self.args.close_wait} s later")
 
 
 def quiet_abandoned_waiters(loop: asyncio.AbstractEventLoop, context: dict) -> None:
@@ -975,7 +1073,8 @@ async def run_scenario(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     deadline = time.monotonic() + args.deadline
     for step in (sc.main_connection, sc.event_before_hello, sc.concurrent_events,
-                 sc.hello_for_other_gate, sc.hello_inverted_versions, sc.hello_future_version):
+                 sc.hello_for_other_gate, sc.hello_inverted_versions, sc.hello_future_version,
+                 sc.redirected):
         left = deadline - time.monotonic()
         if left <= 0:
             report.check(f"{step.__name__}: not run", False, f"past the {args.deadline} s deadline")
@@ -1023,6 +1122,13 @@ def main() -> int:
                     help="seconds to wait for the server to close after a handshake error")
     rp.add_argument("--concurrent", type=int, default=64,
                     help="events sent at once on as many streams")
+    rp.add_argument("--redirect-gate", type=int, default=None,
+                    help="a gate whose market another node serves (section 7, 'Markets served "
+                         "elsewhere'); its certificate is beside --cert")
+    rp.add_argument("--redirect-market", type=int, default=2)
+    rp.add_argument("--redirect-node", default="b", help="the node the server must name")
+    rp.add_argument("--redirect-address", default="127.0.0.1:4999",
+                    help="the address the server must name")
     rp.add_argument("--strict", action="store_true",
                     help="count deviations from PROTOCOL.md beyond the core checks as failures")
     args = p.parse_args()

@@ -61,18 +61,37 @@ cleanup() {
 trap cleanup EXIT
 
 # --- the data folder, made with the gatewarden CLI only ---------------------------------------
-"$GATEWARDEN" init "$DATA" --gates 4 --markets 1 >/dev/null
+# Gates 1 and 3 stand in market 1, gates 2 and 4 in market 2.
+"$GATEWARDEN" init "$DATA" --gates 4 --markets 2 >/dev/null
 # A free port instead of the fixed 4433, so parallel runs and other servers do not clash.
 sed -i 's/^listen = .*/listen = "127.0.0.1:0"/' "$DATA/gatewarden.toml"
 grep -q '^listen = "127.0.0.1:0"' "$DATA/gatewarden.toml" || {
     log "could not set [server] listen in $DATA/gatewarden.toml"; exit 2; }
+# Two nodes on paper: this server is node "a" and serves market 1; node "b" (not started: only
+# its address is sent) serves market 2, so gate 2 must be redirected there (PROTOCOL.md,
+# "Markets served elsewhere"). Node a's own address is what b would send; a listens on a free
+# port here.
+REDIRECT_ADDRESS="127.0.0.1:4999"
+cat >>"$DATA/gatewarden.toml" <<EOF
+
+[cluster]
+node = "a"
+[[cluster.nodes]]
+name = "a"
+addresses = ["127.0.0.1:4433"]
+markets = [1]
+[[cluster.nodes]]
+name = "b"
+addresses = ["$REDIRECT_ADDRESS"]
+markets = [2]
+EOF
 
 "$PY" "$HERE/gate_client.py" prepare --out "$TMP/in" >/dev/null
 "$GATEWARDEN" import subjects "$TMP/in/subjects.jsonl" --data "$DATA" >/dev/null
 "$GATEWARDEN" health import "$TMP/in/health.jsonl" --data "$DATA" >/dev/null
 "$GATEWARDEN" enroll --vectors "$TMP/in/template.npy" --subjects "$TMP/in/ids.txt" \
     --data "$DATA" >/dev/null
-log "data folder ready: 4 gates in market 1, subject 1 enrolled"
+log "data folder ready: 4 gates in markets 1 and 2 (market 2 served by node b), subject 1 enrolled"
 
 # --- the server ---------------------------------------------------------------------------------
 "$GATEWARDEN" serve --data "$DATA" >"$TMP/server.out" 2>"$TMP/server.err" &
@@ -101,7 +120,9 @@ set +e
 timeout --signal=TERM --kill-after=5 "$CLIENT_TIMEOUT_S" "$PY" "$HERE/gate_client.py" run \
     --host 127.0.0.1 --port "$PORT" --server-name localhost \
     --ca "$DATA/certs/ca.pem" --cert "$DATA/certs/gates/1.pem" --key "$DATA/certs/gates/1.key" \
-    --gate 1 --other-gate 2 --market 1 ${STRICT:+--strict}
+    --gate 1 --other-gate 2 --market 1 \
+    --redirect-gate 2 --redirect-market 2 --redirect-node b --redirect-address "$REDIRECT_ADDRESS" \
+    ${STRICT:+--strict}
 STATUS=$?
 set -e
 [[ $STATUS == 124 ]] && log "client timed out after ${CLIENT_TIMEOUT_S} s"

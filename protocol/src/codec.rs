@@ -3,7 +3,7 @@
 //! Configuration: little-endian, fixed-width integers (no varints), u64 lengths, and a decode
 //! limit equal to the largest frame, so no length prefix can make the decoder claim more
 //! memory than a frame may hold. Swapping bincode for another codec means rewriting this file
-//! and keeping the golden fixtures (`tests/data/v1`) byte-identical.
+//! and keeping the golden fixtures (`tests/data/v1`, `tests/data/v2`) byte-identical.
 
 use bincode::config::{self, Configuration, Fixint, LittleEndian, NoLimit};
 use bincode::error::DecodeError as BincodeError;
@@ -32,6 +32,7 @@ pub(crate) fn encode_body(msg: &Message, out: &mut Vec<u8>) {
         Message::Verdict(m) => encode(m, out),
         Message::Busy(m) => encode(m, out),
         Message::Error(m) => encode(m, out),
+        Message::Redirect(m) => encode(m, out),
         Message::Enroll(m) => encode(m, out),
         Message::EnrollAck(m) => encode(m, out),
         Message::UpdateHealth(m) => encode(m, out),
@@ -51,6 +52,7 @@ pub(crate) fn decode_body(kind: MessageKind, body: &[u8]) -> Result<Message, Dec
         MessageKind::Verdict => Message::Verdict(decode(body)?),
         MessageKind::Busy => Message::Busy(decode(body)?),
         MessageKind::Error => Message::Error(decode(body)?),
+        MessageKind::Redirect => Message::Redirect(decode(body)?),
         MessageKind::Enroll => Message::Enroll(decode(body)?),
         MessageKind::EnrollAck => Message::EnrollAck(decode(body)?),
         MessageKind::UpdateHealth => Message::UpdateHealth(decode(body)?),

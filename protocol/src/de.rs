@@ -15,8 +15,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 use crate::error::DecodeError;
 use crate::limits::{
-    MAX_CHECKS, MAX_EMBEDDING_DIM, MAX_HEALTH_RECORDS, MAX_MARKETS, MAX_QR_TOKENS, MAX_STRING_LEN,
-    MAX_TEMPLATES, MAX_ZONES,
+    MAX_CHECKS, MAX_EMBEDDING_DIM, MAX_HEALTH_RECORDS, MAX_MARKETS, MAX_QR_TOKENS,
+    MAX_REDIRECT_ADDRESSES, MAX_STRING_LEN, MAX_TEMPLATES, MAX_ZONES,
 };
 
 thread_local! {
@@ -221,6 +221,12 @@ field_fns! {
     check_detail: String = StrSeed::new("check.detail");
     display_text: String = StrSeed::new("display.text");
     error_message: String = StrSeed::new("error.message");
+    redirect_node: String = StrSeed::new("redirect.node");
+    redirect_addresses: Vec<String> = VecSeed::with(
+        "redirect.addresses",
+        MAX_REDIRECT_ADDRESSES,
+        StrSeed::new("redirect.addresses[]"),
+    );
     enroll_templates: Vec<crate::FaceTemplate> =
         VecSeed::<PhantomData<crate::FaceTemplate>>::of("enroll.templates", MAX_TEMPLATES);
     subject_record_markets: Vec<crate::MarketId> =

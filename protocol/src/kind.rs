@@ -23,6 +23,8 @@ pub enum MessageKind {
     Busy = 5,
     /// [`ErrorReply`](crate::ErrorReply): server → peer.
     Error = 6,
+    /// [`Redirect`](crate::Redirect): server → gate, protocol version 2 and later.
+    Redirect = 7,
     /// [`Enroll`](crate::Enroll): admin → server.
     Enroll = 16,
     /// [`EnrollAck`](crate::EnrollAck): server → admin.
@@ -39,13 +41,14 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, in code order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Hello,
         Self::HelloAck,
         Self::Event,
         Self::Verdict,
         Self::Busy,
         Self::Error,
+        Self::Redirect,
         Self::Enroll,
         Self::EnrollAck,
         Self::UpdateHealth,
@@ -68,6 +71,7 @@ impl MessageKind {
             4 => Self::Verdict,
             5 => Self::Busy,
             6 => Self::Error,
+            7 => Self::Redirect,
             16 => Self::Enroll,
             17 => Self::EnrollAck,
             18 => Self::UpdateHealth,
@@ -102,6 +106,7 @@ impl MessageKind {
             Self::Verdict => "verdict",
             Self::Busy => "busy",
             Self::Error => "error",
+            Self::Redirect => "redirect",
             Self::Enroll => "enroll",
             Self::EnrollAck => "enroll_ack",
             Self::UpdateHealth => "update_health",
@@ -122,6 +127,7 @@ impl Message {
             Self::Verdict(_) => MessageKind::Verdict,
             Self::Busy(_) => MessageKind::Busy,
             Self::Error(_) => MessageKind::Error,
+            Self::Redirect(_) => MessageKind::Redirect,
             Self::Enroll(_) => MessageKind::Enroll,
             Self::EnrollAck(_) => MessageKind::EnrollAck,
             Self::UpdateHealth(_) => MessageKind::UpdateHealth,
@@ -152,6 +158,6 @@ mod tests {
     #[test]
     fn kind_codes_are_frozen() {
         let codes: Vec<u8> = MessageKind::ALL.iter().map(|k| k.to_code()).collect();
-        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 16, 17, 18, 19, 20, 21]);
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21]);
     }
 }

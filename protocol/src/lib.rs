@@ -27,7 +27,8 @@
 //! - `validate`: value rules ([`Message::validate`]), run on every decoded message.
 //! - [`limits`]: every limit, with compile-time proof that valid messages fit their frames.
 //! - `error`: [`DecodeError`] and its mapping to the wire [`ErrorCode`].
-//! - `version`: [`negotiate`] the protocol version from a [`Hello`].
+//! - `version`: [`negotiate`] the protocol version from a [`Hello`]. Version 2 is version 1
+//!   plus [`Redirect`] (kind 7): a server sends it only on version-2 connections.
 //!
 //! # Example
 //!
@@ -67,13 +68,14 @@ pub use ids::{GateId, MarketId, SubjectId, UnixMillis, ZoneId};
 pub use kind::MessageKind;
 pub use limits::{
     FRAME_HEADER_LEN, MAX_ADMIN_FRAME_LEN, MAX_EMBEDDING_DIM, MAX_FRAME_LEN, MAX_GATE_FRAME_LEN,
-    MAX_STRING_LEN,
+    MAX_REDIRECT_ADDRESSES, MAX_STRING_LEN,
 };
 pub use message::*;
 pub use version::{MIN_PROTOCOL_VERSION, negotiate};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The highest protocol version this crate speaks: version 1 plus [`Redirect`]. It speaks
+/// every version from [`MIN_PROTOCOL_VERSION`] up to this one.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// ALPN identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"gatewarden/1";

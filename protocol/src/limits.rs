@@ -1,4 +1,4 @@
-//! Every limit of protocol version 1, in one place.
+//! Every limit of the protocol (versions 1 and 2), in one place.
 //!
 //! The decoder enforces each of these before it allocates for the field they bound, and
 //! `PROTOCOL.md` lists the same numbers. The `*_WIRE_MAX` constants are the largest encoded
@@ -10,7 +10,7 @@ pub const LENGTH_PREFIX_LEN: usize = 4;
 /// Bytes of the frame header: the length prefix and the kind byte.
 pub const FRAME_HEADER_LEN: usize = LENGTH_PREFIX_LEN + 1;
 /// Largest whole frame (header included) of a gate message: `Hello`, `HelloAck`, `Event`,
-/// `Verdict`, `Busy`, `Error`.
+/// `Verdict`, `Busy`, `Error`, `Redirect`.
 pub const MAX_GATE_FRAME_LEN: usize = 64 * 1024;
 /// Largest whole frame (header included) of an admin message: `Enroll`, `UpdateHealth`,
 /// `Revoke` and their acks.
@@ -38,8 +38,10 @@ pub const MAX_QR_TOKENS: usize = 16;
 pub const MIN_TEMPERATURE_C: f32 = 25.0;
 /// Highest plausible body temperature reading, °C. Anything hotter is a sensor fault.
 pub const MAX_TEMPERATURE_C: f32 = 45.0;
-/// Longest retry hint in `Busy`, milliseconds.
+/// Longest retry hint in `Busy` and `Redirect`, milliseconds.
 pub const MAX_RETRY_AFTER_MS: u32 = 60_000;
+/// Most addresses in one `Redirect`.
+pub const MAX_REDIRECT_ADDRESSES: usize = 8;
 
 // Worst-case encoded sizes (bytes), following the layout in PROTOCOL.md.
 const LEN: usize = 8; // u64 length prefix of strings and vectors
@@ -73,6 +75,9 @@ pub const VERDICT_WIRE_MAX: usize =
     4 + 8 + 1 + 9 + 5 + (LEN + MAX_CHECKS * CHECK_WIRE_MAX) + (1 + STRING_WIRE_MAX) + 8 + 1;
 /// Largest encoded `Error` body.
 pub const ERROR_WIRE_MAX: usize = 2 + STRING_WIRE_MAX;
+/// Largest encoded `Redirect` body.
+pub const REDIRECT_WIRE_MAX: usize =
+    4 + STRING_WIRE_MAX + LEN + MAX_REDIRECT_ADDRESSES * STRING_WIRE_MAX + 4;
 /// Largest encoded `Enroll` body.
 pub const ENROLL_WIRE_MAX: usize = SUBJECT_WIRE_MAX + LEN + MAX_TEMPLATES * TEMPLATE_WIRE_MAX;
 /// Largest encoded `UpdateHealth` body.
@@ -88,6 +93,7 @@ const _: () = {
     assert!(EVENT_WIRE_MAX <= gate);
     assert!(VERDICT_WIRE_MAX <= gate);
     assert!(ERROR_WIRE_MAX <= gate);
+    assert!(REDIRECT_WIRE_MAX <= gate);
     let admin = MAX_ADMIN_FRAME_LEN - FRAME_HEADER_LEN;
     assert!(ENROLL_WIRE_MAX <= admin);
     assert!(UPDATE_HEALTH_WIRE_MAX <= admin);

@@ -29,6 +29,9 @@ pub enum Message {
     Busy(Busy),
     /// Server → peer: the request was refused; see the code.
     Error(ErrorReply),
+    /// Server → gate (protocol version 2 and later): this node does not serve the gate's
+    /// market; reconnect where the message says. Nothing was decided.
+    Redirect(Redirect),
     /// Admin → server: enroll (or re-enroll) a person and their face templates.
     Enroll(Enroll),
     /// Server → admin: the answer to `Enroll`.
@@ -305,6 +308,31 @@ pub enum DisplayColour {
 pub struct Busy {
     /// Milliseconds to wait before retrying.
     pub retry_after_ms: u32,
+}
+
+/// This node does not serve the gate's market: the answer to a `Hello`, or to an `Event` that
+/// arrived after the market moved. Nothing was decided or recorded. Sent only on connections
+/// that negotiated version [`Redirect::MIN_VERSION`] or later; a version-1 gate gets
+/// [`ErrorCode::ShuttingDown`] instead (PROTOCOL.md, "Markets served elsewhere").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirect {
+    /// The market concerned: the one the server's registry gives the gate.
+    pub market: MarketId,
+    /// Name of the node that serves the market now; empty when no node does.
+    #[serde(deserialize_with = "crate::de::redirect_node")]
+    pub node: String,
+    /// Where that node takes gate connections, each `host:port` (IPv6 hosts in brackets),
+    /// in the order to try them; empty exactly when `node` is.
+    #[serde(deserialize_with = "crate::de::redirect_addresses")]
+    pub addresses: Vec<String>,
+    /// The least time to wait before connecting again, in milliseconds: 0 when a node is
+    /// named, at least 1 when none is (then the gate reconnects to the nodes it knows).
+    pub retry_after_ms: u32,
+}
+
+impl Redirect {
+    /// The first protocol version that has this message.
+    pub const MIN_VERSION: u16 = 2;
 }
 
 /// A refusal, with a machine code and a human message.
@@ -603,6 +631,7 @@ message_from!(
     Verdict(Verdict),
     Busy(Busy),
     Error(ErrorReply),
+    Redirect(Redirect),
     Enroll(Enroll),
     EnrollAck(EnrollAck),
     UpdateHealth(UpdateHealth),

@@ -8,12 +8,12 @@
 use crate::error::DecodeError;
 use crate::limits::{
     MAX_CHECKS, MAX_EMBEDDING_DIM, MAX_HEALTH_RECORDS, MAX_MARKETS, MAX_QR_TOKENS,
-    MAX_RETRY_AFTER_MS, MAX_STRING_LEN, MAX_TEMPERATURE_C, MAX_TEMPLATES, MAX_ZONES,
-    MIN_TEMPERATURE_C,
+    MAX_REDIRECT_ADDRESSES, MAX_RETRY_AFTER_MS, MAX_STRING_LEN, MAX_TEMPERATURE_C, MAX_TEMPLATES,
+    MAX_ZONES, MIN_TEMPERATURE_C,
 };
 use crate::message::{
     Busy, Check, Credential, Enroll, ErrorReply, Event, FaceSample, FaceTemplate, Hello, HelloAck,
-    Message, Mode, Revoke, SubjectRecord, UpdateHealth, Verdict,
+    Message, Mode, Redirect, Revoke, SubjectRecord, UpdateHealth, Verdict,
 };
 
 type Result = std::result::Result<(), DecodeError>;
@@ -29,6 +29,7 @@ impl Message {
             Self::Verdict(m) => m.validate(),
             Self::Busy(m) => m.validate(),
             Self::Error(m) => m.validate(),
+            Self::Redirect(m) => m.validate(),
             Self::Enroll(m) => m.validate(),
             Self::UpdateHealth(m) => m.validate(),
             Self::Revoke(m) => m.validate(),
@@ -156,6 +157,79 @@ impl ErrorReply {
     /// Checks the value rules (see [`Message::validate`]).
     pub fn validate(&self) -> Result {
         string("error.message", &self.message)
+    }
+}
+
+impl Redirect {
+    /// Checks the value rules (see [`Message::validate`]): a node name of at most 256 bytes,
+    /// at most 8 addresses, each `host:port` (see [`Redirect::split_address`]); a node
+    /// exactly when there are addresses; a wait of at most 60000 ms, and of at least 1 ms
+    /// when no node is named.
+    pub fn validate(&self) -> Result {
+        string("redirect.node", &self.node)?;
+        max_len(
+            "redirect.addresses",
+            self.addresses.len(),
+            MAX_REDIRECT_ADDRESSES,
+        )?;
+        for address in &self.addresses {
+            if Self::split_address(address).is_none() {
+                return Err(DecodeError::invalid(
+                    "redirect.addresses[]",
+                    format!("{address:?}"),
+                    "must be host:port (a DNS name, an IPv4 address or a bracketed IPv6 \
+                     address, and a port in 1..=65535)",
+                ));
+            }
+        }
+        if self.node.is_empty() != self.addresses.is_empty() {
+            return Err(DecodeError::invalid(
+                "redirect.node",
+                format!("{:?} with {} addresses", self.node, self.addresses.len()),
+                "a node is named exactly when addresses are given",
+            ));
+        }
+        if self.retry_after_ms > MAX_RETRY_AFTER_MS {
+            return Err(DecodeError::invalid(
+                "redirect.retry_after_ms",
+                self.retry_after_ms,
+                "must be at most 60000",
+            ));
+        }
+        if self.node.is_empty() && self.retry_after_ms == 0 {
+            return Err(DecodeError::invalid(
+                "redirect.retry_after_ms",
+                0,
+                "must be at least 1 when no node serves the market",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Splits an address of a redirect into its host and port: `host:port`, where the host is
+    /// a DNS name or an IPv4 address (letters, digits, `.` and `-`) or an IPv6 address in
+    /// brackets (returned without them), and the port is 1..=65535 in decimal. The host is
+    /// what the gate dials and the name its server certificate must carry (PROTOCOL.md,
+    /// section 1). `None` for anything else, at most 256 bytes being the wire's limit.
+    pub fn split_address(address: &str) -> Option<(&str, u16)> {
+        if address.len() > MAX_STRING_LEN {
+            return None;
+        }
+        let (host, port) = address.rsplit_once(':')?;
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        if let Some(inner) = host.strip_prefix('[') {
+            let inner = inner.strip_suffix(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok()?;
+            return Some((inner, port));
+        }
+        let name_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'-';
+        if host.is_empty() || !host.bytes().all(name_byte) {
+            return None;
+        }
+        Some((host, port))
     }
 }
 

@@ -117,7 +117,7 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
     );
     out.sample(name, &[("reason", "admission")], stats.rejected_busy);
     out.sample(name, &[("reason", "deadline")], stats.expired);
-    let plain: [(&str, &str, u64); 12] = [
+    let plain: [(&str, &str, u64); 13] = [
         (
             "gatewarden_submitted_total",
             "Events accepted into the queue.",
@@ -177,6 +177,11 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
             "gatewarden_server_handshakes_refused_total",
             "Handshakes refused because max_handshakes were already in progress.",
             server.handshakes_refused,
+        ),
+        (
+            "gatewarden_server_redirected_total",
+            "Hellos and events sent to another node: this node does not serve the gate's market.",
+            server.redirected,
         ),
     ];
     for (name, help, n) in plain {
@@ -383,6 +388,7 @@ mod tests {
             malformed: 0,
             gate_mismatch: 9,
             handshakes_refused: 4,
+            redirected: 6,
         };
         (stats, server)
     }

@@ -21,10 +21,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use gatewarden_protocol::limits::MAX_RETRY_AFTER_MS;
 use gatewarden_protocol::{
     Busy, DecodeError, ErrorCode, ErrorReply, Event, FRAME_HEADER_LEN, GateId, Hello, HelloAck,
-    MAX_ADMIN_FRAME_LEN, Message, MessageKind, decode_frame, encode_frame, frame_len_hint,
-    negotiate,
+    MAX_ADMIN_FRAME_LEN, MarketId, Message, MessageKind, Redirect, decode_frame, encode_frame,
+    frame_len_hint, negotiate,
 };
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -34,6 +35,7 @@ use super::Ctx;
 use super::log_text::PeerText;
 use super::tls::PeerCert;
 use crate::Reply;
+use crate::cluster::Ownership;
 
 /// Retry hint when a request did not arrive in full within the read timeout.
 const READ_TIMEOUT_RETRY_MS: u32 = 200;
@@ -53,6 +55,8 @@ const STOP_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(1);
 const CLOSE_NO_CERTIFICATE: quinn::VarInt = quinn::VarInt::from_u32(1);
 /// Application close code: a Hello was answered with an error.
 const CLOSE_HELLO_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
+/// Application close code: a Hello was answered with a Redirect.
+const CLOSE_REDIRECTED: quinn::VarInt = quinn::VarInt::from_u32(3);
 
 /// Streams a gate may have open at once while the engine sheds (see [`Credit`]).
 const SHED_CREDIT: u32 = 1;
@@ -62,11 +66,23 @@ struct ConnState {
     peer: PeerCert,
     is_admin: bool,
     /// Set by a successful Hello; every event must name this gate.
-    gate: OnceLock<GateId>,
+    hello: OnceLock<Greeted>,
     /// Bytes of request frames this connection may hold (see [`BODY_BUDGET`]).
     body_budget: Semaphore,
     /// The connection's stream credit, lowered while the engine sheds.
     credit: Credit,
+}
+
+/// What a successful Hello established for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Greeted {
+    /// The certificate's gate, which every event must name.
+    gate: GateId,
+    /// The gate's market as the registry gave it at the Hello: the market whose node is
+    /// asked about for every event.
+    market: MarketId,
+    /// The negotiated protocol version: `Redirect` only from version 2 on.
+    version: u16,
 }
 
 /// A connection's bidirectional stream credit. QUIC cannot take back credit already granted,
@@ -171,7 +187,7 @@ pub(super) async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     let state = Arc::new(ConnState {
         is_admin: peer.is_admin(),
         peer,
-        gate: OnceLock::new(),
+        hello: OnceLock::new(),
         body_budget: Semaphore::new(BODY_BUDGET),
         credit: Credit::new(ctx.max_streams),
     });
@@ -272,18 +288,29 @@ async fn serve_stream(
     if send.write_all(&out).await.is_ok() {
         let _ = send.finish();
     }
-    if ends_connection(kind, &reply) {
-        // PROTOCOL.md section 2: a refused Hello ends the connection. Let the refusal arrive
-        // first.
+    if let Some((code, reason)) = ends_connection(kind, &reply) {
+        // PROTOCOL.md section 2: a refused or redirected Hello ends the connection. Let the
+        // answer arrive first.
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-        conn.close(CLOSE_HELLO_REFUSED, b"hello refused");
+        conn.close(code, reason);
     }
 }
 
-/// Every error in answer to a Hello closes the connection, whatever its class: a gate
-/// without an accepted Hello has no use for the connection.
-fn ends_connection(kind: Option<MessageKind>, reply: &Message) -> bool {
-    kind == Some(MessageKind::Hello) && matches!(reply, Message::Error(_))
+/// Every error in answer to a Hello closes the connection, whatever its class, and so does a
+/// Redirect: a gate without an accepted Hello has no use for the connection. Returns the
+/// application close code and reason.
+fn ends_connection(
+    kind: Option<MessageKind>,
+    reply: &Message,
+) -> Option<(quinn::VarInt, &'static [u8])> {
+    if kind != Some(MessageKind::Hello) {
+        return None;
+    }
+    match reply {
+        Message::Error(_) => Some((CLOSE_HELLO_REFUSED, &b"hello refused"[..])),
+        Message::Redirect(_) => Some((CLOSE_REDIRECTED, &b"redirected"[..])),
+        _ => None,
+    }
 }
 
 /// One whole request frame, read header first.
@@ -358,7 +385,7 @@ async fn read_request<'a>(
     }
     if kind == MessageKind::Event
         && ctx.shed_below
-        && state.gate.get().is_some()
+        && state.hello.get().is_some()
         && let Some(busy) = ctx.engine.refuse_at_door()
     {
         return Err(Refusal::Answer {
@@ -511,7 +538,18 @@ fn on_hello(hello: &Hello, state: &ConnState, ctx: &Ctx) -> Message {
             ),
         );
     }
-    if state.gate.get_or_init(|| hello.gate) != &hello.gate {
+    // The registry's market, never the Hello's word alone (they are equal here): a gate
+    // cannot be sent to, or served as, another market.
+    if let Some(answer) = served_elsewhere(info.market, version, ctx) {
+        info!(gate = %hello.gate, market = %info.market, "gate redirected: market not served here");
+        return answer;
+    }
+    let greeted = Greeted {
+        gate: hello.gate,
+        market: info.market,
+        version,
+    };
+    if state.hello.get_or_init(|| greeted).gate != hello.gate {
         return error(
             ErrorCode::Unexpected,
             "this connection already said hello as another gate".to_owned(),
@@ -528,12 +566,13 @@ fn on_hello(hello: &Hello, state: &ConnState, ctx: &Ctx) -> Message {
 }
 
 async fn on_event(event: Event, state: &ConnState, ctx: &Ctx) -> Message {
-    let Some(gate) = state.gate.get() else {
+    let Some(greeted) = state.hello.get() else {
         return error(
             ErrorCode::HelloRequired,
             "send Hello on the first stream before any event".to_owned(),
         );
     };
+    let gate = &greeted.gate;
     if event.gate != *gate {
         ctx.stats.gate_mismatch.fetch_add(1, Ordering::Relaxed);
         warn!(connection_gate = %gate, event_gate = %event.gate, "event for another gate refused");
@@ -545,11 +584,60 @@ async fn on_event(event: Event, state: &ConnState, ctx: &Ctx) -> Message {
             ),
         );
     }
+    // The market may have moved to another node since the Hello: then this node no longer
+    // decides its events (cluster::MarketDirectory says what a lease must guarantee).
+    if let Some(answer) = served_elsewhere(greeted.market, greeted.version, ctx) {
+        debug!(gate = %gate, seq = event.seq, market = %greeted.market, "event redirected");
+        return answer;
+    }
     match ctx.engine.submit(event).await {
         Reply::Verdict(v) => Message::Verdict(v),
         Reply::Busy(b) => Message::Busy(b),
         Reply::Error(e) => Message::Error(e),
     }
+}
+
+/// The answer for a gate of `market` when this node does not serve it: a `Redirect` on a
+/// version-2 connection, `shutting_down` naming the node on a version-1 one (which knows it as
+/// "reconnect, possibly to another node, and retry with the same seq"). `None` when the market
+/// is served here.
+fn served_elsewhere(market: MarketId, version: u16, ctx: &Ctx) -> Option<Message> {
+    let redirect = match ctx.markets.owner(market) {
+        Ownership::Here => return None,
+        Ownership::Elsewhere(node) => Redirect {
+            market,
+            node: node.name.clone(),
+            addresses: node.addresses.clone(),
+            retry_after_ms: 0,
+        },
+        Ownership::Unowned { retry_after } => Redirect {
+            market,
+            node: String::new(),
+            addresses: Vec::new(),
+            retry_after_ms: u32::try_from(retry_after.as_millis())
+                .unwrap_or(MAX_RETRY_AFTER_MS)
+                .clamp(1, MAX_RETRY_AFTER_MS),
+        },
+    };
+    ctx.stats.redirected.fetch_add(1, Ordering::Relaxed);
+    if version >= Redirect::MIN_VERSION {
+        return Some(Message::Redirect(redirect));
+    }
+    let text = if redirect.node.is_empty() {
+        format!(
+            "no node serves market {market} right now; reconnect in {} ms and retry with the \
+             same seq",
+            redirect.retry_after_ms
+        )
+    } else {
+        format!(
+            "market {market} is served by node {} at {}, not here; reconnect there and retry \
+             with the same seq",
+            redirect.node,
+            redirect.addresses.join(", ")
+        )
+    };
+    Some(error(ErrorCode::ShuttingDown, text))
 }
 
 /// Runs an admin write on a blocking thread, if the peer is an admin.

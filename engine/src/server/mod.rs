@@ -10,7 +10,10 @@
 //! back-off rather than in half-finished handshakes. The stateless-reset key is derived from
 //! the server's private key, so it survives a restart: a gate's first packet to a restarted
 //! server is answered with a stateless reset and the gate reconnects at once, instead of
-//! waiting for its idle timeout. Shutdown stops
+//! waiting for its idle timeout. Which markets this node serves is the business of a
+//! [`MarketDirectory`] ([`Server::with_markets`]; by default [`SingleNode`], every market):
+//! a gate of another node's market is answered with a `Redirect` (PROTOCOL.md, "Markets served
+//! elsewhere"). Shutdown stops
 //! accepting connections, lets open streams finish (up to `shutdown_grace_ms`), drains the
 //! engine, and closes the endpoint.
 
@@ -30,6 +33,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use serde::Serialize;
 
 use crate::Engine;
+use crate::cluster::{MarketDirectory, SingleNode};
 use crate::config::ServerConfig;
 use certs::CertDir;
 
@@ -42,6 +46,7 @@ pub struct ServerStats {
     gate_mismatch: AtomicU64,
     handshakes_in_flight: AtomicUsize,
     handshakes_refused: AtomicU64,
+    redirected: AtomicU64,
 }
 
 /// A copy of the server counters.
@@ -57,6 +62,9 @@ pub struct ServerStatsSnapshot {
     pub gate_mismatch: u64,
     /// Handshakes refused because `max_handshakes` were already in progress.
     pub handshakes_refused: u64,
+    /// Hellos and events answered with a `Redirect` (or, to version-1 gates,
+    /// `shutting_down`) because another node serves the gate's market, or none does.
+    pub redirected: u64,
 }
 
 impl ServerStats {
@@ -68,11 +76,13 @@ impl ServerStats {
             malformed: self.malformed.load(Ordering::Relaxed),
             gate_mismatch: self.gate_mismatch.load(Ordering::Relaxed),
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
+            redirected: self.redirected.load(Ordering::Relaxed),
         }
     }
 }
 
 /// What every connection task shares.
+#[derive(Clone)]
 struct Ctx {
     engine: Arc<Engine>,
     stats: Arc<ServerStats>,
@@ -81,6 +91,8 @@ struct Ctx {
     max_streams: u32,
     /// `shed_below_requests`: refuse from the header and withhold credit while shedding.
     shed_below: bool,
+    /// Which node serves which market.
+    markets: Arc<dyn MarketDirectory>,
 }
 
 /// A bound QUIC endpoint in front of an engine.
@@ -158,10 +170,37 @@ impl Server {
                 read_timeout: Duration::from_millis(config.stream_read_timeout_ms),
                 max_streams: config.max_streams_per_gate,
                 shed_below: config.shed_below_requests,
+                markets: Arc::new(SingleNode),
             }),
             grace: Duration::from_millis(config.shutdown_grace_ms),
             max_handshakes: config.max_handshakes.max(1),
         })
+    }
+
+    /// Serves only the markets `markets` says are served here, and sends the gates of every
+    /// other market where it says (PROTOCOL.md, "Markets served elsewhere"). Call before
+    /// [`run`](Self::run); without it the server serves every market ([`SingleNode`]).
+    #[must_use]
+    pub fn with_markets(self, markets: Arc<dyn MarketDirectory>) -> Self {
+        let Ctx {
+            engine,
+            stats,
+            read_timeout,
+            max_streams,
+            shed_below,
+            markets: _,
+        } = Arc::unwrap_or_clone(self.ctx);
+        Self {
+            ctx: Arc::new(Ctx {
+                engine,
+                stats,
+                read_timeout,
+                max_streams,
+                shed_below,
+                markets,
+            }),
+            ..self
+        }
     }
 
     /// The bound address (useful with port 0).

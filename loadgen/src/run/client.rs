@@ -11,22 +11,32 @@
 //! or a waiting event notices first. Every attempt of a gate goes through its lock and obeys
 //! the same pause, so a dead server is not hammered by every waiting event, and a fleet that
 //! lost its server at one instant comes back spread out.
+//!
+//! A gate knows every node of its site (its node list, `--target` given several times). Each
+//! attempt after a loss or a failed attempt goes to the next address of the list (a
+//! *failover*). A node that does not serve the gate's market answers `Redirect` (PROTOCOL.md,
+//! "Markets served elsewhere"): the gate then tries the addresses it names first, after the
+//! same kind of pause, and goes back to its list if they fail. A `Redirect` of an event ends
+//! that connection for new events; the events still in flight on it get their own answers
+//! there, and it closes when the last of them lets go of it.
 
+use std::collections::VecDeque;
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use gatewarden_protocol::{
-    ALPN, DecodeError, ErrorCode, Hello, HelloAck, Message, PROTOCOL_VERSION, capability,
-    decode_frame, encode_frame,
+    ALPN, DecodeError, ErrorCode, Hello, HelloAck, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION,
+    Redirect, capability, decode_frame, encode_frame,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 use crate::population::Gate;
@@ -105,6 +115,15 @@ pub(crate) enum ConnectError {
     Timeout { gate: u32, after: Duration },
     #[error("gate {gate}: waiting {wait:?} before reconnecting")]
     Backoff { gate: u32, wait: Duration },
+    #[error(
+        "gate {gate}: redirected to node {node:?} at {addresses:?} (retry after {retry_after_ms} ms)"
+    )]
+    Redirected {
+        gate: u32,
+        node: String,
+        addresses: Vec<String>,
+        retry_after_ms: u32,
+    },
 }
 
 /// Why one request got no decodable answer.
@@ -247,15 +266,31 @@ pub(crate) fn reconnect_delay(failures: u32, gate: u32, nonce: u64) -> Duration 
     window.mul_f64(unit)
 }
 
+/// Where a gate dials: a node's address and the name its server certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) name: String,
+}
+
 /// One simulated gate and its connection.
 #[derive(Debug)]
 pub(crate) struct GateConn {
     pub(crate) gate: Gate,
     config: quinn::ClientConfig,
     endpoint: quinn::Endpoint,
+    /// The site's nodes, in the order the gate tries them.
+    nodes: Arc<[Target]>,
     slot: Mutex<Slot>,
     /// The server's HelloAck of the latest connection (dimension, model, frame limit).
     pub(crate) ack: OnceLock<HelloAck>,
+    /// `Redirect` replies this gate received (to a Hello or to an event).
+    pub(crate) redirects: AtomicU64,
+    /// Attempts this gate made to the next node of its list after a loss or a failed attempt.
+    pub(crate) failovers: AtomicU64,
+    /// Signalled when the gate leaves a live connection after a `Redirect` of an event, so
+    /// that its keeper lets go of it too.
+    pub(crate) moved: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -263,17 +298,40 @@ struct Slot {
     conn: Option<quinn::Connection>,
     /// No attempt before this (the reconnect pause); none while connected.
     retry_at: Option<Instant>,
-    /// Failed attempts since the last connection.
+    /// Failed attempts and redirects since the last connection.
     failures: u32,
     /// Connections lost so far: varies the jitter from one loss to the next.
     losses: u64,
     connects: u32,
+    /// The node list's entry of the live connection, or of the next attempt.
+    node: usize,
+    /// Addresses the last `Redirect` named, tried before the node list.
+    redirected: VecDeque<Target>,
 }
 
 impl Slot {
-    /// Draws the pause before the next attempt.
-    fn schedule(&mut self, gate: u32) {
-        self.retry_at = Some(Instant::now() + reconnect_delay(self.failures, gate, self.losses));
+    /// Draws the pause before the next attempt, at least `at_least`.
+    fn schedule(&mut self, gate: u32, at_least: Duration) {
+        let pause = reconnect_delay(self.failures, gate, self.losses).max(at_least);
+        self.retry_at = Some(Instant::now() + pause);
+    }
+
+    /// Where the next attempt goes: a redirect's address first, else the node list's.
+    fn target(&self, nodes: &[Target]) -> Target {
+        self.redirected
+            .front()
+            .cloned()
+            .unwrap_or_else(|| nodes[self.node % nodes.len()].clone())
+    }
+
+    /// Moves past the target that just failed or was lost: the redirect's next address, or
+    /// the node list's next entry. True when that is a failover to another node of the list.
+    fn advance(&mut self, nodes: &[Target]) -> bool {
+        if self.redirected.pop_front().is_some() {
+            return false;
+        }
+        self.node = (self.node + 1) % nodes.len();
+        nodes.len() > 1
     }
 }
 
@@ -289,21 +347,30 @@ pub(crate) enum Connected {
 }
 
 impl GateConn {
-    pub(crate) fn new(gate: Gate, config: quinn::ClientConfig, endpoint: quinn::Endpoint) -> Self {
+    /// Gate `gate`, which dials the nodes of `nodes` (at least one) in order.
+    pub(crate) fn new(
+        gate: Gate,
+        config: quinn::ClientConfig,
+        endpoint: quinn::Endpoint,
+        nodes: Arc<[Target]>,
+    ) -> Self {
+        assert!(!nodes.is_empty(), "a gate needs at least one node to dial");
         Self {
             gate,
             config,
             endpoint,
+            nodes,
             slot: Mutex::new(Slot::default()),
             ack: OnceLock::new(),
+            redirects: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            moved: Notify::new(),
         }
     }
 
     /// The gate's live connection, connecting (and saying Hello) first if it has none.
     pub(crate) async fn connection(
         &self,
-        target: SocketAddr,
-        server_name: &str,
         timeout: Duration,
     ) -> Result<(quinn::Connection, Connected), ConnectError> {
         let mut slot = self.slot.lock().await;
@@ -311,11 +378,15 @@ impl GateConn {
             if conn.close_reason().is_none() {
                 return Ok((conn.clone(), Connected::Reused));
             }
-            // Just lost: the first attempt waits a pause too (PROTOCOL.md, "Reconnecting").
+            // Just lost: the first attempt waits a pause too (PROTOCOL.md, "Reconnecting"),
+            // and goes to the next node of the list.
             slot.conn = None;
             slot.losses += 1;
             slot.failures = 0;
-            slot.schedule(self.gate.gate);
+            if slot.advance(&self.nodes) {
+                self.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+            slot.schedule(self.gate.gate, Duration::ZERO);
         }
         if let Some(at) = slot.retry_at {
             let now = Instant::now();
@@ -326,7 +397,8 @@ impl GateConn {
                 });
             }
         }
-        let attempt = self.connect(target, server_name);
+        let target = slot.target(&self.nodes);
+        let attempt = self.connect(&target);
         let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout {
@@ -343,6 +415,12 @@ impl GateConn {
                 slot.retry_at = None;
                 slot.failures = 0;
                 slot.connects += 1;
+                slot.redirected.clear();
+                // A node reached through a redirect is also in the list (gates know their
+                // site): a later loss moves on from there.
+                if let Some(i) = self.nodes.iter().position(|n| n.addr == target.addr) {
+                    slot.node = i;
+                }
                 Ok((
                     conn,
                     if slot.connects == 1 {
@@ -352,29 +430,89 @@ impl GateConn {
                     },
                 ))
             }
+            Err(ConnectError::Redirected {
+                gate,
+                node,
+                addresses,
+                retry_after_ms,
+            }) => {
+                slot.conn = None;
+                self.follow(&mut slot, &addresses, retry_after_ms).await;
+                Err(ConnectError::Redirected {
+                    gate,
+                    node,
+                    addresses,
+                    retry_after_ms,
+                })
+            }
             Err(e) => {
                 slot.conn = None;
                 slot.failures = slot.failures.saturating_add(1);
-                slot.schedule(self.gate.gate);
+                if slot.advance(&self.nodes) {
+                    self.failovers.fetch_add(1, Ordering::Relaxed);
+                }
+                slot.schedule(self.gate.gate, Duration::ZERO);
                 Err(e)
             }
         }
     }
 
+    /// Takes a `Redirect` (PROTOCOL.md, "Markets served elsewhere"): the named addresses are
+    /// tried next, after a jittered pause of at least `retry_after_ms`; without addresses the
+    /// gate waits and asks its node list again, this node first. A redirect counts like a
+    /// failed attempt for the pause, so two nodes that name each other cannot make it spin.
+    async fn follow(&self, slot: &mut Slot, addresses: &[String], retry_after_ms: u32) {
+        self.redirects.fetch_add(1, Ordering::Relaxed);
+        slot.redirected = resolve(addresses).await.into();
+        slot.schedule(
+            self.gate.gate,
+            Duration::from_millis(u64::from(retry_after_ms)),
+        );
+        slot.failures = slot.failures.saturating_add(1);
+    }
+
+    /// A `Redirect` answered an event sent on `conn`: no new event goes on that connection.
+    /// It is not closed: the events in flight on it get their own answers there (so none is
+    /// ever in flight at two nodes), and quinn closes it when its last handle, held by the
+    /// last of them, is dropped.
+    pub(crate) async fn redirected(&self, conn: &quinn::Connection, redirect: &Redirect) {
+        let mut slot = self.slot.lock().await;
+        if slot
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            slot.conn = None;
+            self.follow(&mut slot, &redirect.addresses, redirect.retry_after_ms)
+                .await;
+            // A stored permit if the keeper is not waiting yet: it checks `holds` either way.
+            self.moved.notify_one();
+        }
+    }
+
+    /// True while `conn` is the gate's current connection.
+    pub(crate) async fn holds(&self, conn: &quinn::Connection) -> bool {
+        self.slot
+            .lock()
+            .await
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+    }
+
     async fn connect(
         &self,
-        target: SocketAddr,
-        server_name: &str,
+        target: &Target,
     ) -> Result<(quinn::Connection, HelloAck), ConnectError> {
         let gate = self.gate.gate;
         let conn = self
             .endpoint
-            .connect_with(self.config.clone(), target, server_name)
+            .connect_with(self.config.clone(), target.addr, &target.name)
             .map_err(|source| ConnectError::Start { gate, source })?
             .await
             .map_err(|source| ConnectError::Connection { gate, source })?;
         let hello = Message::Hello(Hello {
-            min_version: PROTOCOL_VERSION,
+            min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             gate: gatewarden_protocol::GateId(gate),
             market: gatewarden_protocol::MarketId(self.gate.market),
@@ -400,6 +538,15 @@ impl GateConn {
                     message: e.message,
                 })
             }
+            Message::Redirect(r) => {
+                conn.close(0u32.into(), b"redirected");
+                Err(ConnectError::Redirected {
+                    gate,
+                    node: r.node,
+                    addresses: r.addresses,
+                    retry_after_ms: r.retry_after_ms,
+                })
+            }
             other => Err(ConnectError::Unexpected {
                 gate,
                 kind: format!("{:?}", other.kind()),
@@ -422,6 +569,30 @@ impl GateConn {
             conn.close(0u32.into(), b"run finished");
         }
     }
+}
+
+/// The targets of a redirect's addresses, in order: IP hosts as they are, names resolved
+/// (every address they resolve to); the host is the name the node's certificate must carry.
+/// Addresses that cannot be used are skipped (a validated `Redirect` has none of those).
+async fn resolve(addresses: &[String]) -> Vec<Target> {
+    let mut out = Vec::new();
+    for address in addresses {
+        let Some((host, port)) = Redirect::split_address(address) else {
+            continue;
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            out.push(Target {
+                addr: SocketAddr::new(ip, port),
+                name: host.to_owned(),
+            });
+        } else if let Ok(found) = tokio::net::lookup_host((host, port)).await {
+            out.extend(found.map(|addr| Target {
+                addr,
+                name: host.to_owned(),
+            }));
+        }
+    }
+    out
 }
 
 /// One request on a new bidirectional stream: write the frame, finish, read the whole reply.
@@ -462,7 +633,7 @@ pub(crate) async fn exchange_tracked(
 ) -> Result<(Message, Instant), ExchangeError> {
     let (send, recv) = conn.open_bi().await?;
     let at = Instant::now();
-    opened.store(true, std::sync::atomic::Ordering::Relaxed);
+    opened.store(true, Ordering::Relaxed);
     Ok((request(send, recv, frame).await?, at))
 }
 
@@ -496,6 +667,66 @@ pub(crate) async fn exchange_raw(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(addr: &str) -> Target {
+        Target {
+            addr: addr.parse().unwrap(),
+            name: "localhost".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_gate_tries_a_redirect_first_then_fails_over_along_its_node_list() {
+        let nodes = [
+            target("127.0.0.1:1"),
+            target("127.0.0.1:2"),
+            target("127.0.0.1:3"),
+        ];
+        let mut slot = Slot::default();
+        assert_eq!(slot.target(&nodes), nodes[0]);
+        // A lost node: the next one, counted as a failover.
+        assert!(slot.advance(&nodes));
+        assert_eq!(slot.target(&nodes), nodes[1]);
+        // A redirect is tried first; when it fails the gate is back on its list, where it was.
+        slot.redirected = vec![target("10.0.0.9:9")].into();
+        assert_eq!(slot.target(&nodes), target("10.0.0.9:9"));
+        assert!(!slot.advance(&nodes));
+        assert_eq!(slot.target(&nodes), nodes[1]);
+        assert!(slot.advance(&nodes));
+        assert!(slot.advance(&nodes));
+        assert_eq!(slot.target(&nodes), nodes[0], "the list wraps around");
+        // A single node is retried, never "failed over" to itself.
+        let one = [target("127.0.0.1:1")];
+        let mut slot = Slot::default();
+        assert!(!slot.advance(&one));
+        assert_eq!(slot.target(&one), one[0]);
+    }
+
+    #[test]
+    fn redirect_addresses_resolve_to_targets_named_by_their_host() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = runtime.block_on(resolve(&[
+            "127.0.0.1:4434".to_owned(),
+            "[::1]:4435".to_owned(),
+            "not an address".to_owned(),
+        ]));
+        assert_eq!(
+            got,
+            [
+                Target {
+                    addr: "127.0.0.1:4434".parse().unwrap(),
+                    name: "127.0.0.1".to_owned()
+                },
+                Target {
+                    addr: "[::1]:4435".parse().unwrap(),
+                    name: "::1".to_owned()
+                },
+            ]
+        );
+    }
 
     #[test]
     fn reconnect_delay_is_full_jitter_over_a_doubling_capped_window() {

@@ -14,7 +14,11 @@
 //!    the intended time, so a dispatcher or server that falls behind shows up in the numbers.
 //! 4. `Busy` is retried with the same `seq` after the server's hint; transport failures are
 //!    retried (reconnecting if the connection died) with the same `seq`, so a server restart
-//!    mid-run loses nothing that it acknowledged.
+//!    mid-run loses nothing that it acknowledged. With several targets (the nodes of a site)
+//!    a gate that loses its node fails over to the next one, and a `Redirect` (the node does
+//!    not serve the gate's market) sends it where the node says; the event is retried there
+//!    with the same `seq`, never at two nodes at once, and its latency still runs from its
+//!    first intended send.
 //! 5. When the schedule ends (duration or event cap), unanswered events get
 //!    [`RunConfig::reply_timeout`] more; what is still unanswered then is `lost`.
 //!
@@ -56,7 +60,7 @@ use crate::population::{self, Gate, Population, PopulationError, wall_clock};
 use crate::stream::Stream;
 use arrivals::Arrivals;
 use badinput::{Answered, BadKind, BadOutcome};
-use client::{Connected, ExchangeError, GateConn};
+use client::{Connected, ExchangeError, GateConn, Target};
 use plan::Planner;
 use stats::{EventMeta, Stats};
 
@@ -172,9 +176,11 @@ impl Default for Twists {
 /// How to run the fleet.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// The server's address.
-    pub target: SocketAddr,
-    /// The name the server certificate must carry.
+    /// The addresses of the site's nodes (at least one), in the order every gate tries them:
+    /// the first at start, the next after a loss or a failed attempt.
+    pub targets: Vec<SocketAddr>,
+    /// The name the server certificates of `targets` must carry (the addresses a `Redirect`
+    /// names are checked against their own host).
     pub server_name: String,
     /// The certificate folder (`ca.pem`, `gates/<id>.pem`, `gates/<id>.key`).
     pub certs: PathBuf,
@@ -223,7 +229,7 @@ pub struct RunConfig {
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
-            target: SocketAddr::from((Ipv4Addr::LOCALHOST, 4433)),
+            targets: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 4433))],
             server_name: "localhost".into(),
             certs: PathBuf::from("certs"),
             population: PathBuf::from("population"),
@@ -272,8 +278,8 @@ pub enum RunError {
     NoGateConnected {
         /// Gates tried.
         gates: u32,
-        /// The server address.
-        target: SocketAddr,
+        /// The server addresses, comma-separated.
+        target: String,
         /// The first failure.
         first: String,
     },
@@ -287,7 +293,7 @@ pub enum RunError {
     },
 }
 
-/// Runs the fleet against `cfg.target` and returns the report. Blocking: builds its own
+/// Runs the fleet against `cfg.targets` and returns the report. Blocking: builds its own
 /// two-thread tokio runtime.
 ///
 /// # Errors
@@ -366,6 +372,11 @@ fn validate(cfg: &RunConfig) -> Result<(), RunError> {
     if cfg.gates == 0 {
         return Err(invalid("gates must be at least 1".into()));
     }
+    if cfg.targets.is_empty() {
+        return Err(invalid(
+            "at least one target (server address) is needed".into(),
+        ));
+    }
     if !(cfg.rate.is_finite() && cfg.rate > 0.0) {
         return Err(invalid(format!(
             "rate {} must be a positive number of events per second",
@@ -412,8 +423,6 @@ fn write_verdict_log(path: &std::path::Path, verdicts: &[stats::VerdictRecord]) 
 /// State shared by the dispatcher and the event tasks.
 struct Shared {
     fleet: Vec<GateConn>,
-    target: SocketAddr,
-    server_name: String,
     connect_timeout: Duration,
     stats: Mutex<Stats>,
     /// The latest answered event per gate (kept only in bad-input mode, for replays).
@@ -448,9 +457,7 @@ impl Shared {
         &self,
         gate: usize,
     ) -> Result<(quinn::Connection, Connected), client::ConnectError> {
-        let (conn, how) = self.fleet[gate]
-            .connection(self.target, &self.server_name, self.connect_timeout)
-            .await?;
+        let (conn, how) = self.fleet[gate].connection(self.connect_timeout).await?;
         if how == Connected::Again {
             self.stats().report.reconnects += 1;
         }
@@ -466,7 +473,7 @@ async fn drive(
     gates: Vec<Gate>,
     configs: Vec<quinn::ClientConfig>,
 ) -> Result<Drive, RunError> {
-    let bind = if cfg.target.is_ipv4() {
+    let bind = if cfg.targets[0].is_ipv4() {
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
     } else {
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
@@ -474,19 +481,32 @@ async fn drive(
     let endpoints = (0..cfg.sockets.clamp(1, gates.len()))
         .map(|_| client::endpoint(bind, SOCKET_BUFFER_BYTES))
         .collect::<Result<Vec<_>, _>>()?;
+    let nodes: Arc<[Target]> = cfg
+        .targets
+        .iter()
+        .map(|addr| Target {
+            addr: *addr,
+            name: cfg.server_name.clone(),
+        })
+        .collect();
     let fleet: Vec<GateConn> = gates
         .iter()
         .zip(configs)
         .enumerate()
-        .map(|(i, (g, c))| GateConn::new(*g, c, endpoints[i % endpoints.len()].clone()))
+        .map(|(i, (g, c))| {
+            GateConn::new(
+                *g,
+                c,
+                endpoints[i % endpoints.len()].clone(),
+                Arc::clone(&nodes),
+            )
+        })
         .collect();
     let stats = Stats::new(cfg.verdict_log.is_some())
         .map_err(|e| invalid(format!("latency histogram: {e}")))?;
     let shared = Arc::new(Shared {
         answered: gates.iter().map(|_| Mutex::new(None)).collect(),
         fleet,
-        target: cfg.target,
-        server_name: cfg.server_name.clone(),
         connect_timeout: cfg.reply_timeout,
         stats: Mutex::new(stats),
         keep_answered: cfg.bad_input > 0.0,
@@ -505,7 +525,7 @@ async fn drive(
     if connected == 0 {
         return Err(RunError::NoGateConnected {
             gates: cfg.gates,
-            target: cfg.target,
+            target: targets_text(&cfg.targets),
             first: first_error.unwrap_or_else(|| "no attempt made".into()),
         });
     }
@@ -562,6 +582,16 @@ async fn drive(
             report.rss_per_connection_kib = (after - before) * 1024.0 / f64::from(connected);
         }
     }
+    report.redirects = shared
+        .fleet
+        .iter()
+        .map(|g| g.redirects.load(Ordering::Relaxed))
+        .sum();
+    report.failovers = shared
+        .fleet
+        .iter()
+        .map(|g| g.failovers.load(Ordering::Relaxed))
+        .sum();
     report.gates_connected = connected;
     report.connect_failures = failures;
     report.connect_error = first_error;
@@ -570,9 +600,22 @@ async fn drive(
     Ok((report, stats.verdict_log.take()))
 }
 
+/// The targets as one line: `a, b`.
+fn targets_text(targets: &[SocketAddr]) -> String {
+    targets
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Redirects a gate follows while the fleet connects, before it counts as not connected.
+const CONNECT_REDIRECTS: u32 = 4;
+
 /// Connects every gate, at most `window` handshakes in flight at once (a burst of hundreds of
 /// simultaneous handshakes overflows UDP receive buffers and stalls on retransmission
-/// timers). Returns (connected, failed, first error).
+/// timers). A gate redirected to another node follows (after the protocol's pause). Returns
+/// (connected, failed, first error).
 async fn connect_fleet(shared: &Arc<Shared>, window: usize) -> (u32, u32, Option<String>) {
     let permits = Arc::new(Semaphore::new(window));
     let mut tasks = JoinSet::new();
@@ -581,11 +624,21 @@ async fn connect_fleet(shared: &Arc<Shared>, window: usize) -> (u32, u32, Option
         tasks.spawn(async move {
             // The semaphore is never closed, so acquiring only waits.
             let _permit = permits.acquire_owned().await;
-            shared
-                .connection(gate)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            let mut redirects = 0;
+            loop {
+                match shared.connection(gate).await {
+                    Ok(_) => return Ok(()),
+                    Err(client::ConnectError::Redirected { .. })
+                        if redirects < CONNECT_REDIRECTS =>
+                    {
+                        redirects += 1;
+                    }
+                    Err(client::ConnectError::Backoff { wait, .. }) if redirects > 0 => {
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
         });
     }
     let (mut ok, mut failed, mut first) = (0u32, 0u32, None);
@@ -622,14 +675,24 @@ async fn keep_connected(shared: Arc<Shared>, gate: usize, mut done: watch::Recei
             }
         };
         shared.connected.fetch_add(1, Ordering::Relaxed);
-        tokio::select! {
-            _ = conn.closed() => {}
-            () = silent(&conn, shared.keep_alive) => {
-                // PROTOCOL.md, "Reconnecting": silence for two keep-alives is a lost server.
-                conn.close(0u32.into(), b"server silent");
+        loop {
+            tokio::select! {
+                _ = conn.closed() => break,
+                () = silent(&conn, shared.keep_alive) => {
+                    // PROTOCOL.md, "Reconnecting": silence for two keep-alives is a lost server.
+                    conn.close(0u32.into(), b"server silent");
+                    break;
+                }
+                () = shared.fleet[gate].moved.notified() => {}
+                _ = done.wait_for(|d| *d) => return,
             }
-            _ = done.wait_for(|d| *d) => return,
+            // After a Redirect the gate sends nothing new on this connection: drop this
+            // handle, so that it closes once the events in flight on it are answered.
+            if !shared.fleet[gate].holds(&conn).await {
+                break;
+            }
         }
+        drop(conn);
         shared.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -694,7 +757,7 @@ fn warnings(pop: &Population, now_ms: u64) -> Vec<String> {
 
 fn echo(cfg: &RunConfig, pop: &Population, seq_base: u64) -> ConfigEcho {
     ConfigEcho {
-        target: cfg.target.to_string(),
+        target: targets_text(&cfg.targets),
         gates: cfg.gates,
         rate: cfg.rate,
         profile: cfg.profile.as_str().into(),
@@ -864,7 +927,13 @@ async fn drive_event(
                 .connection(gate)
                 .await
                 .map_err(|e| ExchangeError::Transport(e.to_string()))?;
-            client::exchange_tracked(&conn, &frame, &opened).await
+            let (message, at) = client::exchange_tracked(&conn, &frame, &opened).await?;
+            if let Message::Redirect(r) = &message {
+                // The market moved off this node: no new event goes on this connection, and
+                // this one is retried where the node says, once this attempt has ended.
+                shared.fleet[gate].redirected(&conn, r).await;
+            }
+            Ok((message, at))
         };
         let reply = tokio::select! {
             r = attempt => r,
@@ -887,6 +956,12 @@ async fn drive_event(
                     break Final::BusyGaveUp;
                 }
                 busy_backoff(b.retry_after_ms, busy, meta.gate, meta.seq)
+            }
+            Ok(Message::Redirect(_)) => {
+                // Not an answer: nothing was decided. The gate's next connection follows the
+                // redirect (and its pause); the event goes there with the same seq.
+                last_busy = false;
+                RETRY_PAUSE_MIN
             }
             Ok(Message::Error(e)) if retryable(e.code) && error_retries < ERROR_RETRIES => {
                 error_retries += 1;
@@ -1061,6 +1136,10 @@ mod tests {
         for bad in [
             RunConfig {
                 gates: 0,
+                ..ok.clone()
+            },
+            RunConfig {
+                targets: vec![],
                 ..ok.clone()
             },
             RunConfig {

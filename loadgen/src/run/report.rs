@@ -37,6 +37,14 @@ pub struct Report {
     pub transport_retries: u64,
     /// Gates that had to reconnect during the load.
     pub reconnects: u64,
+    /// `Redirect` replies: a node that does not serve the gate's market sent it to another
+    /// (to its Hello, or to an event after the market moved). Counted from the first connect.
+    #[serde(default)]
+    pub redirects: u64,
+    /// Connection attempts made to the next node of the gates' node list after a lost
+    /// connection or a failed attempt. Counted from the first connect.
+    #[serde(default)]
+    pub failovers: u64,
     /// Gates connected before the load started.
     pub gates_connected: u32,
     /// Gates that failed to connect before the load started.
@@ -221,7 +229,7 @@ pub struct Mismatch {
 /// The configuration a report was made with.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigEcho {
-    /// Server address.
+    /// Server addresses (the site's nodes), comma-separated.
     pub target: String,
     /// Gates used.
     pub gates: u32,
@@ -310,6 +318,13 @@ impl Report {
                 s,
                 "  transport  reconnects {}  retries {}  busy gave up {}  replayed {}",
                 self.reconnects, self.transport_retries, self.busy_gave_up, self.replayed
+            );
+        }
+        if self.redirects + self.failovers > 0 {
+            let _ = writeln!(
+                s,
+                "  nodes      redirects {}  failovers {}",
+                self.redirects, self.failovers
             );
         }
         if let Some(e) = &self.connect_error {

@@ -275,14 +275,18 @@ fn hello(min_version: u16, max_version: u16) -> Hello {
 
 #[test]
 fn negotiate_picks_the_common_version() {
-    assert_eq!(negotiate(&hello(1, 1)), Ok(PROTOCOL_VERSION));
     assert_eq!(negotiate(&hello(1, 9)), Ok(PROTOCOL_VERSION));
-    assert_eq!(negotiate(&hello(0, 1)), Ok(PROTOCOL_VERSION));
+    assert_eq!(negotiate(&hello(0, 1)), Ok(1));
+    // A version-1 gate gets a version-1 connection: no Redirect is ever sent on it.
+    assert_eq!(negotiate(&hello(1, 1)), Ok(1));
+    assert_eq!(negotiate(&hello(1, 2)), Ok(2));
+    assert_eq!(negotiate(&hello(2, 2)), Ok(2));
+    assert_eq!(PROTOCOL_VERSION, Redirect::MIN_VERSION);
 }
 
 #[test]
 fn negotiate_refuses_disjoint_ranges() {
-    for (min, max) in [(2, 5), (0, 0), (3, 2)] {
+    for (min, max) in [(3, 5), (0, 0), (4, 3)] {
         let reply = negotiate(&hello(min, max)).unwrap_err();
         assert_eq!(reply.code, ErrorCode::VersionUnsupported);
         assert!(
@@ -290,7 +294,7 @@ fn negotiate_refuses_disjoint_ranges() {
             "{}",
             reply.message
         );
-        assert!(reply.message.contains("1..=1"), "{}", reply.message);
+        assert!(reply.message.contains("1..=2"), "{}", reply.message);
     }
 }
 

@@ -67,7 +67,7 @@ fn decode_rejects_zero_length_frame() {
 
 #[test]
 fn decode_rejects_unknown_kind() {
-    for code in [0u8, 7, 15, 22, 255] {
+    for code in [0u8, 8, 15, 22, 255] {
         assert_eq!(
             decode_frame(&raw_frame(code, &[])),
             Err(DecodeError::UnknownKind(code))

@@ -192,6 +192,41 @@ fn error_reply() -> impl Strategy<Value = ErrorReply> {
     (select(ErrorCode::ALL), text(0, 60)).prop_map(|(code, message)| ErrorReply { code, message })
 }
 
+/// A valid `host:port` address of a redirect.
+fn address() -> impl Strategy<Value = String> {
+    let host = prop_oneof![
+        proptest::string::string_regex("[a-z0-9][a-z0-9.-]{0,30}").unwrap(),
+        any::<[u8; 4]>().prop_map(|b| std::net::Ipv4Addr::from(b).to_string()),
+        any::<[u16; 8]>().prop_map(|w| format!("[{}]", std::net::Ipv6Addr::from(w))),
+    ];
+    (host, 1u16..=u16::MAX).prop_map(|(host, port)| format!("{host}:{port}"))
+}
+
+pub(super) fn redirect() -> impl Strategy<Value = Redirect> {
+    prop_oneof![
+        // A node that serves the market, with one or more addresses.
+        (
+            any::<u32>(),
+            text(1, 20),
+            vec(address(), 1..=MAX_REDIRECT_ADDRESSES),
+            0u32..=60_000
+        )
+            .prop_map(|(market, node, addresses, retry_after_ms)| Redirect {
+                market: MarketId(market),
+                node,
+                addresses,
+                retry_after_ms,
+            }),
+        // No node serves it right now.
+        (any::<u32>(), 1u32..=60_000).prop_map(|(market, retry_after_ms)| Redirect {
+            market: MarketId(market),
+            node: String::new(),
+            addresses: vec![],
+            retry_after_ms,
+        }),
+    ]
+}
+
 fn subject_record() -> impl Strategy<Value = SubjectRecord> {
     (
         (any::<u64>(), select(Category::ALL), any::<u32>()),
@@ -280,6 +315,7 @@ pub(super) fn message() -> impl Strategy<Value = Message> {
         verdict().prop_map(Message::Verdict),
         (0u32..=60_000).prop_map(|retry_after_ms| Message::Busy(Busy { retry_after_ms })),
         error_reply().prop_map(Message::Error),
+        redirect().prop_map(Message::Redirect),
         enroll().prop_map(Message::Enroll),
         (any::<u64>(), any::<u32>(), option::of(any::<u64>())).prop_map(|(s, n, d)| {
             Message::EnrollAck(EnrollAck {
@@ -348,6 +384,16 @@ pub(super) fn sample_verdict() -> Verdict {
         },
         decided_at: UnixMillis(1_700_000_000_010),
         replayed: false,
+    }
+}
+
+/// A valid redirect naming a node, to mutate in tests.
+pub(super) fn sample_redirect() -> Redirect {
+    Redirect {
+        market: MarketId(3),
+        node: "node-b".to_owned(),
+        addresses: vec!["10.0.0.2:4433".to_owned(), "[fd00::2]:4433".to_owned()],
+        retry_after_ms: 0,
     }
 }
 

@@ -1,6 +1,6 @@
 //! One test per decode rule: each bad value is refused with a typed error naming the field.
 
-use super::{frame, sample_event, sample_subject, sample_verdict};
+use super::{frame, sample_event, sample_redirect, sample_subject, sample_verdict};
 use crate::limits::*;
 use crate::*;
 
@@ -416,4 +416,97 @@ fn validation_errors_name_no_embedding_values() {
     });
     let text = decode_err(event).to_string();
     assert!(!text.contains("0.123"), "{text}");
+}
+
+#[test]
+fn redirect_addresses_split_into_host_and_port() {
+    assert_eq!(
+        Redirect::split_address("10.0.0.2:4433"),
+        Some(("10.0.0.2", 4433))
+    );
+    assert_eq!(
+        Redirect::split_address("node-b.example:1"),
+        Some(("node-b.example", 1))
+    );
+    assert_eq!(
+        Redirect::split_address("[fd00::2]:65535"),
+        Some(("fd00::2", 65535))
+    );
+    for bad in [
+        "",
+        "10.0.0.2",
+        "10.0.0.2:",
+        ":4433",
+        "10.0.0.2:0",
+        "10.0.0.2:65536",
+        "10.0.0.2:+443",
+        "10.0.0.2:004433",
+        "fd00::2:4433",
+        "[fd00::2:4433",
+        "[not-v6]:4433",
+        "[]:4433",
+        "host name:4433",
+        "host/x:4433",
+        "h\u{e9}te:4433",
+    ] {
+        assert_eq!(Redirect::split_address(bad), None, "{bad:?}");
+    }
+    let long = format!("{}:1", "a".repeat(MAX_STRING_LEN));
+    assert_eq!(Redirect::split_address(&long), None);
+}
+
+#[test]
+fn decode_rejects_bad_redirects() {
+    assert_eq!(sample_redirect().validate(), Ok(()));
+    let mut r = sample_redirect();
+    r.addresses.push("nowhere".to_owned());
+    assert_invalid(r, "redirect.addresses[]");
+    let mut r = sample_redirect();
+    r.addresses = vec!["10.0.0.9:1".to_owned(); MAX_REDIRECT_ADDRESSES + 1];
+    assert_invalid(r, "redirect.addresses");
+    let mut r = sample_redirect();
+    r.node = "n".repeat(MAX_STRING_LEN + 1);
+    assert_invalid(r, "redirect.node");
+    // A node without addresses, or addresses without a node.
+    let mut r = sample_redirect();
+    r.addresses.clear();
+    assert_invalid(r, "redirect.node");
+    let mut r = sample_redirect();
+    r.node.clear();
+    assert_invalid(r, "redirect.node");
+    let mut r = sample_redirect();
+    r.retry_after_ms = MAX_RETRY_AFTER_MS + 1;
+    assert_invalid(r, "redirect.retry_after_ms");
+    // No owner: the gate must be told how long to wait.
+    let none = Redirect {
+        market: MarketId(3),
+        node: String::new(),
+        addresses: vec![],
+        retry_after_ms: 0,
+    };
+    assert_invalid(none.clone(), "redirect.retry_after_ms");
+    let wait = Redirect {
+        retry_after_ms: 500,
+        ..none
+    };
+    assert_eq!(wait.validate(), Ok(()));
+}
+
+#[test]
+fn decode_refuses_a_lying_address_count_before_allocating() {
+    // market, empty node, then an address count of u64::MAX.
+    let mut body = 3u32.to_le_bytes().to_vec();
+    body.extend(0u64.to_le_bytes());
+    body.extend(u64::MAX.to_le_bytes());
+    let err = decode_frame(&super::raw_frame(MessageKind::Redirect.to_code(), &body)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecodeError::TooLong {
+                field: "redirect.addresses",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

@@ -1,4 +1,6 @@
-//! Golden fixtures: the bytes of every sample message are frozen in `tests/data/v1`.
+//! Golden fixtures: the bytes of every sample message are frozen in `tests/data/v1`, and
+//! those of the message version 2 added (`redirect`) in `tests/data/v2`: version 2 changed no
+//! byte of version 1, so its other messages keep their version-1 fixtures.
 //!
 //! A missing fixture is written only when `GATEWARDEN_BLESS=1`; an existing one is never
 //! overwritten. A change that alters any fixture's bytes is a wire change: it needs a new
@@ -10,8 +12,20 @@ use gatewarden_protocol::*;
 
 use crate::samples;
 
-pub(crate) fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1")
+/// The fixture folder of each protocol version.
+fn version_dirs() -> [PathBuf; 2] {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    [data.join("v1"), data.join("v2")]
+}
+
+/// The folder of fixture `name`: the protocol version that introduced its message.
+pub(crate) fn fixture_dir(name: &str) -> PathBuf {
+    let [v1, v2] = version_dirs();
+    if name.starts_with(MessageKind::Redirect.name()) {
+        v2
+    } else {
+        v1
+    }
 }
 
 fn encode(msg: &Message) -> Vec<u8> {
@@ -22,9 +36,9 @@ fn encode(msg: &Message) -> Vec<u8> {
 
 /// Reads a fixture, writing it first if it is missing and blessing is on.
 pub(crate) fn fixture(name: &str, msg: &Message) -> Vec<u8> {
-    let path = fixture_dir().join(format!("{name}.bin"));
+    let path = fixture_dir(name).join(format!("{name}.bin"));
     if !path.exists() && std::env::var_os("GATEWARDEN_BLESS").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(fixture_dir()).unwrap();
+        std::fs::create_dir_all(fixture_dir(name)).unwrap();
         std::fs::write(&path, encode(msg)).unwrap();
     }
     std::fs::read(&path).unwrap_or_else(|e| {
@@ -73,13 +87,15 @@ fn every_kind_has_a_fixture() {
 
 #[test]
 fn fixture_directory_holds_only_known_fixtures() {
-    let known: Vec<String> = samples::all()
+    let known: Vec<PathBuf> = samples::all()
         .iter()
-        .map(|(n, _)| format!("{n}.bin"))
+        .map(|(n, _)| fixture_dir(n).join(format!("{n}.bin")))
         .collect();
-    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
-        let name = entry.unwrap().file_name().into_string().unwrap();
-        assert!(known.contains(&name), "stray fixture {name}");
+    for dir in version_dirs() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert!(known.contains(&path), "stray fixture {}", path.display());
+        }
     }
 }
 

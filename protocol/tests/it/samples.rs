@@ -1,10 +1,11 @@
-//! Deterministic sample messages, one per fixture file in `tests/data/v1`. Embeddings have
+//! Deterministic sample messages, one per fixture file in `tests/data/v1` (and, for the one
+//! message version 2 added, `tests/data/v2`). Embeddings have
 //! dimension 4 so the hex in PROTOCOL.md stays readable. Never edit a sample whose fixture is
 //! committed: a wire change adds a new fixture under a new version directory.
 
 use gatewarden_protocol::*;
 
-/// `(fixture name, message)` for every fixture of protocol version 1.
+/// `(fixture name, message)` for every fixture: version 1's, then `redirect` (version 2).
 pub(crate) fn all() -> Vec<(&'static str, Message)> {
     vec![
         ("hello", hello()),
@@ -20,6 +21,7 @@ pub(crate) fn all() -> Vec<(&'static str, Message)> {
             }),
         ),
         ("error", error()),
+        ("redirect", redirect()),
         ("enroll", enroll()),
         ("enroll_ack", enroll_ack()),
         ("update_health", update_health()),
@@ -134,6 +136,15 @@ fn verdict() -> Message {
 
 fn error() -> Message {
     Message::Error(ErrorReply::new(ErrorCode::GateMismatch, "gate 8 is not 7"))
+}
+
+fn redirect() -> Message {
+    Message::Redirect(Redirect {
+        market: MarketId(3),
+        node: "node-b".to_owned(),
+        addresses: vec!["10.0.0.2:4433".to_owned()],
+        retry_after_ms: 0,
+    })
 }
 
 fn enroll() -> Message {

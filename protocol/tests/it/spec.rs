@@ -143,7 +143,7 @@ fn spec_code_tables_match_code() {
 #[test]
 fn spec_limits_table_matches_code() {
     let spec = spec();
-    let limits: [(&str, String); 14] = [
+    let limits: [(&str, String); 15] = [
         ("MAX_GATE_FRAME_LEN", MAX_GATE_FRAME_LEN.to_string()),
         ("MAX_ADMIN_FRAME_LEN", MAX_ADMIN_FRAME_LEN.to_string()),
         ("MAX_EMBEDDING_DIM", MAX_EMBEDDING_DIM.to_string()),
@@ -157,6 +157,7 @@ fn spec_limits_table_matches_code() {
         ("MIN_TEMPERATURE_C", format!("{MIN_TEMPERATURE_C:.1}")),
         ("MAX_TEMPERATURE_C", format!("{MAX_TEMPERATURE_C:.1}")),
         ("MAX_RETRY_AFTER_MS", MAX_RETRY_AFTER_MS.to_string()),
+        ("MAX_REDIRECT_ADDRESSES", MAX_REDIRECT_ADDRESSES.to_string()),
         ("PROTOCOL_VERSION", PROTOCOL_VERSION.to_string()),
     ];
     for (name, value) in limits {
@@ -175,6 +176,7 @@ fn spec_worst_case_sizes_match_code() {
         ("Event", EVENT_WIRE_MAX),
         ("Verdict", VERDICT_WIRE_MAX),
         ("Error", ERROR_WIRE_MAX),
+        ("Redirect", REDIRECT_WIRE_MAX),
         ("Enroll", ENROLL_WIRE_MAX),
         ("UpdateHealth", UPDATE_HEALTH_WIRE_MAX),
         ("Revoke", REVOKE_WIRE_MAX),

@@ -170,7 +170,7 @@ fn run_in(args: &DemoArgs, dir: &Path, profile: Profile) -> anyhow::Result<()> {
 
     let cpu_before = server.cpu_seconds();
     let report = gatewarden_loadgen::run::run(&RunConfig {
-        target: server.addr,
+        targets: vec![server.addr],
         server_name: "localhost".to_owned(),
         certs: dir.join("certs"),
         population,

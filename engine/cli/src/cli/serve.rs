@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gatewarden::Config;
+use gatewarden::cluster::{MarketDirectory, StaticDirectory};
 use gatewarden::config::HttpConfig;
 use gatewarden::http::{AdminToken, HttpState};
 use gatewarden::server::Server;
@@ -40,6 +41,10 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     super::init_logging("info");
     // Only `init` makes a site; the checks come before anything is created or locked.
     let site_config = super::site::open(&args.data)?;
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| args.data.join(gatewarden::config::CONFIG_FILE));
     let mut config = match &args.config {
         Some(path) => {
             super::site::refuse_writable_by_others(path)?;
@@ -68,6 +73,14 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let server_config = config.server.clone();
     let http_config = config.http.clone();
+    // [cluster]: the markets this node serves; without it, every market (one node).
+    let cluster = match &config.cluster {
+        Some(table) => Some(ClusterReload {
+            directory: Arc::new(StaticDirectory::new(table)?),
+            path: config_path,
+        }),
+        None => None,
+    };
     let engine = Arc::new(
         gatewarden::Engine::open(&args.data, config)
             .with_context(|| format!("cannot open data folder {}", args.data.display()))?,
@@ -78,8 +91,30 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::bind(Arc::clone(&engine), &server_config, &certs)?;
+        let mut server = Server::bind(Arc::clone(&engine), &server_config, &certs)?;
+        if let Some(cluster) = &cluster {
+            let directory = Arc::clone(&cluster.directory);
+            tracing::info!(
+                node = %directory.node(),
+                here = ?directory.markets_here(),
+                assignments = ?directory.assignments(),
+                "cluster: serving the markets assigned here; gates of the others are redirected"
+            );
+            server = server.with_markets(directory as Arc<dyn MarketDirectory>);
+        }
         let addr = server.local_addr()?;
+        if let Some(cluster) = &cluster {
+            let own = cluster.directory.addresses();
+            let port = addr.port().to_string();
+            if !own.iter().any(|a| a.rsplit_once(':').is_some_and(|(_, p)| p == port)) {
+                tracing::warn!(
+                    listening = %addr,
+                    addresses = ?own,
+                    "none of this node's [cluster] addresses has the port it listens on: the \
+                     gates other nodes send here will not reach it"
+                );
+            }
+        }
         let http = if http_config.enabled {
             Some(bind_http(&engine, &server, &http_config, &args.data).await?)
         } else {
@@ -110,7 +145,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             signals.recv().await;
             let _ = stop_tx.send(true);
         });
-        tokio::spawn(reloads.serve(Arc::clone(&engine)));
+        tokio::spawn(reloads.serve(Arc::clone(&engine), cluster));
         server.run(stopped(stop_rx)).await;
         if let Some(task) = http_task {
             // The HTTP side got the same signal; give its last requests a moment.
@@ -185,18 +220,66 @@ impl ReloadSignal {
         Ok(Self {})
     }
 
-    /// Reloads the policy on every SIGHUP, for as long as the runtime runs. The engine logs
-    /// the outcome: the new version, or every problem of a refused file (the policy in force
-    /// then stays).
-    async fn serve(mut self, engine: Arc<gatewarden::Engine>) {
+    /// Reloads the `[cluster]` table (when the server runs with one) and the policy on every
+    /// SIGHUP, for as long as the runtime runs. Both log their outcome; a refused file
+    /// changes nothing.
+    async fn serve(mut self, engine: Arc<gatewarden::Engine>, cluster: Option<ClusterReload>) {
+        let cluster = cluster.map(Arc::new);
         #[cfg(unix)]
         while self.hangup.recv().await.is_some() {
             let engine = Arc::clone(&engine);
-            // The file is read and parsed off the async threads that serve the gates.
-            let _ = tokio::task::spawn_blocking(move || engine.reload_policy()).await;
+            let cluster = cluster.clone();
+            // The files are read and parsed off the async threads that serve the gates.
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(cluster) = &cluster {
+                    cluster.reload();
+                }
+                engine.reload_policy()
+            })
+            .await;
         }
         #[cfg(not(unix))]
-        let _ = (&mut self, engine);
+        let _ = (&mut self, engine, cluster);
+    }
+}
+
+/// The running `[cluster]` table and the file it comes from.
+struct ClusterReload {
+    directory: Arc<StaticDirectory>,
+    path: PathBuf,
+}
+
+impl ClusterReload {
+    /// Rereads `[cluster]` from the configuration file and swaps the table in; a file that
+    /// cannot be read, does not validate, lost its `[cluster]` section or renames this node
+    /// leaves the table in force. Moving a market by hand: reload its old node first (it stops
+    /// deciding the market and redirects its gates), then the new one a second later.
+    fn reload(&self) {
+        let result = (|| -> anyhow::Result<_> {
+            super::site::refuse_writable_by_others(&self.path)?;
+            let text = std::fs::read_to_string(&self.path)
+                .with_context(|| format!("cannot read {}", self.path.display()))?;
+            let config = Config::from_toml(&text, &self.path)?;
+            let cluster = config.cluster.with_context(|| {
+                format!(
+                    "{} has no [cluster] section any more; restart to run as a single node",
+                    self.path.display()
+                )
+            })?;
+            Ok(self.directory.replace(&cluster)?)
+        })();
+        match result {
+            Ok(change) => tracing::info!(
+                gained = ?change.gained,
+                lost = ?change.lost,
+                here = ?self.directory.markets_here(),
+                "cluster table reloaded"
+            ),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cluster table not reloaded; the table in force stays"
+            ),
+        }
     }
 }
 

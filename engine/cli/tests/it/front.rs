@@ -96,6 +96,11 @@ fn headers_are_judged_before_any_body_is_read() {
             .unfinished(&header(100, MessageKind::Verdict.to_code()))
             .await;
         assert_eq!(error_code(&reply), ErrorCode::Unexpected, "{reply:?}");
+        // Version 2's Redirect is the server's to send too.
+        let reply = gate
+            .unfinished(&header(100, MessageKind::Redirect.to_code()))
+            .await;
+        assert_eq!(error_code(&reply), ErrorCode::Unexpected, "{reply:?}");
         let reply = gate.unfinished(&header(100, 99)).await;
         assert_eq!(error_code(&reply), ErrorCode::Malformed, "{reply:?}");
         let reply = gate.unfinished(&header(0, 3)).await;

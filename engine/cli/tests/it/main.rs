@@ -7,6 +7,7 @@
 
 mod admin_errors;
 mod cdp;
+mod cluster;
 mod console;
 mod crash;
 mod engine_api;

@@ -94,9 +94,9 @@ impl Client {
         decode_frame(&reply).map_err(|e| e.to_string())
     }
 
-    /// Waits until the server closes the connection.
-    pub(crate) async fn closed(&self) {
-        self.conn.closed().await;
+    /// Waits until the server closes the connection; how it was closed.
+    pub(crate) async fn closed(&self) -> quinn::ConnectionError {
+        self.conn.closed().await
     }
 
     pub(crate) async fn close(self) {

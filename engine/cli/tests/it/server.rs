@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatewarden::clock::{Clock, SystemClock};
+use gatewarden::cluster::MarketDirectory;
 use gatewarden::config::ServerConfig;
 use gatewarden::server::Server;
 use gatewarden::server::certs::{CertDir, ensure_dev_certs};
@@ -37,6 +38,18 @@ pub(crate) async fn start() -> Running {
 
 /// [`start`] with the server settings adjusted by `adjust`.
 pub(crate) async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Running {
+    start_full(adjust, None).await
+}
+
+/// [`start`] serving the markets `markets` says are served here.
+pub(crate) async fn start_with_markets(markets: Arc<dyn MarketDirectory>) -> Running {
+    start_full(|_| {}, Some(markets)).await
+}
+
+async fn start_full(
+    adjust: impl FnOnce(&mut ServerConfig),
+    markets: Option<Arc<dyn MarketDirectory>>,
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     ensure_dev_certs(&CertDir(certs.clone()), (1..=4).chain([99]).map(GateId)).unwrap();
@@ -44,7 +57,10 @@ pub(crate) async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Runnin
     let mut config = support::config();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     adjust(&mut config.server);
-    let server = Server::bind(engine, &config.server, &CertDir(certs.clone())).unwrap();
+    let mut server = Server::bind(engine, &config.server, &CertDir(certs.clone())).unwrap();
+    if let Some(markets) = markets {
+        server = server.with_markets(markets);
+    }
     let addr = server.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.run(async {
