@@ -35,7 +35,8 @@
 //! udp_buffer_bytes = 4194304
 //! shutdown_grace_ms = 5000
 //! max_handshakes = 256      # handshakes in progress at once; more are refused (the gate
-//!                           # backs off and retries: a reconnect storm waits in the gates)
+//!                           # backs off and retries: a reconnect storm waits in the gates);
+//!                           # from half that many on, new addresses get a QUIC Retry first
 //! shed_below_requests = true  # while the engine sheds: Busy from the event header, and no
 //!                           # stream credit for a refused gate during its pause
 //!

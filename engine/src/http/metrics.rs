@@ -117,7 +117,7 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
     );
     out.sample(name, &[("reason", "admission")], stats.rejected_busy);
     out.sample(name, &[("reason", "deadline")], stats.expired);
-    let plain: [(&str, &str, u64); 13] = [
+    let plain: [(&str, &str, u64); 14] = [
         (
             "gatewarden_submitted_total",
             "Events accepted into the queue.",
@@ -177,6 +177,11 @@ fn counters(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot)
             "gatewarden_server_handshakes_refused_total",
             "Handshakes refused because max_handshakes were already in progress.",
             server.handshakes_refused,
+        ),
+        (
+            "gatewarden_server_handshakes_retried_total",
+            "Handshakes from unvalidated addresses answered with a QUIC Retry (half of max_handshakes in progress).",
+            server.handshakes_retried,
         ),
         (
             "gatewarden_server_redirected_total",
@@ -388,6 +393,7 @@ mod tests {
             malformed: 0,
             gate_mismatch: 9,
             handshakes_refused: 4,
+            handshakes_retried: 7,
             redirected: 6,
         };
         (stats, server)
@@ -473,6 +479,10 @@ mod tests {
         assert_eq!(
             value(&samples, "gatewarden_server_gate_mismatch_total", &[]),
             9.0
+        );
+        assert_eq!(
+            value(&samples, "gatewarden_server_handshakes_retried_total", &[]),
+            7.0
         );
         assert_eq!(value(&samples, "gatewarden_queue_capacity", &[]), 4096.0);
     }

@@ -7,7 +7,9 @@
 //! sheds, refusals happen below the request: from the frame header, and by withholding a
 //! refused gate's stream credit (conn.rs). Handshakes beyond `max_handshakes` at once are
 //! refused with one packet (CONNECTION_REFUSED), so a reconnect storm queues in the gates'
-//! back-off rather than in half-finished handshakes. The stateless-reset key is derived from
+//! back-off rather than in half-finished handshakes; from half that many on, an address not
+//! yet validated gets a QUIC Retry first, so only sources that receive the server's packets
+//! hold handshake slots (forged Initials cannot lock the gates out). The stateless-reset key is derived from
 //! the server's private key, so it survives a restart: a gate's first packet to a restarted
 //! server is answered with a stateless reset and the gate reconnects at once, instead of
 //! waiting for its idle timeout. Which markets this node serves is the business of a
@@ -46,6 +48,7 @@ pub struct ServerStats {
     gate_mismatch: AtomicU64,
     handshakes_in_flight: AtomicUsize,
     handshakes_refused: AtomicU64,
+    handshakes_retried: AtomicU64,
     redirected: AtomicU64,
 }
 
@@ -62,6 +65,10 @@ pub struct ServerStatsSnapshot {
     pub gate_mismatch: u64,
     /// Handshakes refused because `max_handshakes` were already in progress.
     pub handshakes_refused: u64,
+    /// Handshakes from an address not yet validated that were answered with a QUIC Retry
+    /// (the address must prove it receives the server's packets) because at least half of
+    /// `max_handshakes` were in progress.
+    pub handshakes_retried: u64,
     /// Hellos and events answered with a `Redirect` (or, to version-1 gates,
     /// `shutting_down`) because another node serves the gate's market, or none does.
     pub redirected: u64,
@@ -76,6 +83,7 @@ impl ServerStats {
             malformed: self.malformed.load(Ordering::Relaxed),
             gate_mismatch: self.gate_mismatch.load(Ordering::Relaxed),
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
+            handshakes_retried: self.handshakes_retried.load(Ordering::Relaxed),
             redirected: self.redirected.load(Ordering::Relaxed),
         }
     }
@@ -221,7 +229,21 @@ impl Server {
         let accept = async {
             while let Some(incoming) = self.endpoint.accept().await {
                 let stats = &self.ctx.stats;
-                if stats.handshakes_in_flight.load(Ordering::Relaxed) >= self.max_handshakes {
+                let in_flight = stats.handshakes_in_flight.load(Ordering::Relaxed);
+                if in_flight >= self.max_handshakes.div_ceil(2)
+                    && !incoming.remote_address_validated()
+                {
+                    // Under pressure a handshake slot goes only to an address that proved it
+                    // receives our packets. A Retry costs one packet and keeps no state; a
+                    // spoofed source never answers it, so forged Initials cannot fill the
+                    // slots and lock real gates out. A real gate pays one round trip.
+                    stats.handshakes_retried.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
+                    continue;
+                }
+                if in_flight >= self.max_handshakes {
                     // One packet now instead of a handshake that would only slow the others:
                     // the gate backs off (PROTOCOL.md, "Reconnecting") and comes back.
                     stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);

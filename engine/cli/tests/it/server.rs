@@ -27,6 +27,8 @@ pub(crate) fn now() -> UnixMillis {
 pub(crate) struct Running {
     pub(crate) addr: SocketAddr,
     pub(crate) certs: PathBuf,
+    /// The server's counters.
+    pub(crate) stats: Arc<gatewarden::server::ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -62,6 +64,7 @@ async fn start_full(
         server = server.with_markets(markets);
     }
     let addr = server.local_addr().unwrap();
+    let stats = server.stats();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -69,6 +72,7 @@ async fn start_full(
     Running {
         addr,
         certs,
+        stats,
         stop: Some(stop),
         task,
         _dir: dir,

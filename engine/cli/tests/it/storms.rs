@@ -121,3 +121,51 @@ fn a_restarted_server_resets_the_old_connections_and_the_fleet_comes_back() {
         }
     });
 }
+
+/// Connects as `gate`, backing off and trying again while the server refuses the handshake
+/// (as PROTOCOL.md's "Reconnecting" asks of a gate).
+async fn connect_patiently(addr: std::net::SocketAddr, certs: &Path, gate: u32) -> Client {
+    let dir = CertDir(certs.to_owned());
+    let (cert, key) = (dir.gate_cert(GateId(gate)), dir.gate_key(GateId(gate)));
+    for attempt in 1..=100u64 {
+        match Client::connect(addr, certs, &cert, &key).await {
+            Ok(client) => return client,
+            Err(e) => {
+                assert!(e.contains("refused"), "attempt {attempt}: {e}");
+                tokio::time::sleep(Duration::from_millis(10 * attempt.min(10))).await;
+            }
+        }
+    }
+    panic!("gate {gate} was refused 100 times");
+}
+
+#[test]
+fn under_handshake_pressure_unvalidated_addresses_are_retried_and_every_gate_gets_in() {
+    const DIALLING: u32 = 24;
+    crate::server::runtime().block_on(async {
+        // Two handshakes at once at most: from the first one in progress on, a new address
+        // must answer a QUIC Retry before it may hold a slot.
+        let running = crate::server::start_with(|c| c.max_handshakes = 2).await;
+        let dialling: Vec<_> = (0..DIALLING)
+            .map(|i| {
+                let (addr, certs) = (running.addr, running.certs.clone());
+                tokio::spawn(async move {
+                    let gate = 1 + i % 4;
+                    let client = connect_patiently(addr, &certs, gate).await;
+                    let reply = client.hello(gate).await;
+                    client.close().await;
+                    reply
+                })
+            })
+            .collect();
+        for task in dialling {
+            assert!(matches!(task.await.unwrap(), Message::HelloAck(_)));
+        }
+        let stats = running.stats.snapshot();
+        assert!(
+            stats.handshakes_retried > 0,
+            "{DIALLING} gates dialling at once, and no Retry: {stats:?}"
+        );
+        running.stop().await;
+    });
+}
