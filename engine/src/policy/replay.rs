@@ -1,11 +1,11 @@
 //! What-if replay: re-deciding a recorded entry under another policy, from what its record
-//! holds, with [`decide`] itself.
+//! holds, with [`decide`](fn@super::decide) itself.
 //!
 //! # What a record holds, and what it does not
 //!
 //! An entry record keeps the gate, market, zone, mode, direction, the decision's time and
 //! every check with its outcome, value, threshold and detail. From those, [`replay_entry`]
-//! rebuilds the inputs [`decide`] saw:
+//! rebuilds the inputs [`decide`](fn@super::decide) saw:
 //!
 //! | input | from |
 //! |---|---|
@@ -502,7 +502,7 @@ fn colour(detail: &str, prefix: &str) -> Option<CodeColour> {
 }
 
 /// A runner-up score whose lead over `score` is exactly the recorded `lead` when computed
-/// the way [`decide`] does (`score - runner_up` in f32), so that a lead recorded right at the
+/// the way [`decide`](fn@super::decide) does (`score - runner_up` in f32), so that a lead recorded right at the
 /// margin replays on the same side of it.
 fn runner_up_score(score: f32, lead: f32) -> f32 {
     let mut other = score - lead;
