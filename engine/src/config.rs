@@ -2,6 +2,10 @@
 //! so an empty file (or none) is a working configuration.
 //!
 //! ```toml
+//! store = "sqlite"          # where the durable state lives: "sqlite" (DATA/store, the default)
+//!                           # or a PostgreSQL URL, "postgres://user@host/db"
+//!                           # (`gatewarden serve --store URL` overrides it)
+//!
 //! [engine]
 //! dim = 512                 # embedding dimension of the face model
 //! model = "demo-face-v1"    # face model id every embedding must come from
@@ -66,6 +70,10 @@ pub const CONFIG_FILE: &str = "gatewarden.toml";
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the store lives; `None` is SQLite in the data folder. Its `Debug` never shows a
+    /// password.
+    #[serde(default)]
+    pub store: Option<crate::store::StoreLocation>,
     /// Matching, policy and pipeline.
     #[serde(default)]
     pub engine: EngineConfig,
