@@ -59,8 +59,9 @@ impl From<&Mode> for ModeKind {
     }
 }
 
-/// A keyed 128-bit digest of everything an event carried ([`Store::event_fingerprint`]): two
-/// events with the same `(gate, seq)` are the same event only if their fingerprints are equal.
+/// A keyed 128-bit digest of everything an event carried
+/// ([`Store::event_fingerprint`](super::Store::event_fingerprint)): two events with the same
+/// `(gate, seq)` are the same event only if their fingerprints are equal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EventFingerprint(pub [u8; 16]);
 

@@ -108,7 +108,7 @@ impl Db {
 
     /// A new connection. `synchronous_commit` is set explicitly: a server configured with it
     /// off would otherwise acknowledge entries that a crash can lose.
-    pub(crate) fn connect(&self, synchronous: bool) -> Result<Client, StoreError> {
+    pub(crate) fn connect(&self, synchronous: bool) -> Result<PgClient, StoreError> {
         let mut client = self
             .config
             .connect(NoTls)
@@ -120,7 +120,7 @@ impl Db {
                 "SET synchronous_commit = off"
             })
             .map_err(pg("setting up the connection"))?;
-        Ok(client)
+        Ok(PgClient(Some(client)))
     }
 
     pub(crate) fn corrupt(&self, detail: String) -> StoreError {
@@ -132,6 +132,46 @@ impl Db {
 
     fn pg(&self, op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
         pg(op)
+    }
+}
+
+/// A connection that may be dropped on any thread. Dropping a `postgres::Client` blocks on
+/// its own small runtime to say goodbye to the server, which panics on a thread that drives a
+/// tokio runtime (the server drops the engine on one at shutdown, or when start-up fails after
+/// the engine opened): so the client is dropped on a short-lived thread of its own.
+pub(crate) struct PgClient(Option<Client>);
+
+impl std::ops::Deref for PgClient {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        // Some until drop: set in `Db::connect`, taken only in `Drop`.
+        match &self.0 {
+            Some(client) => client,
+            None => unreachable!("a PgClient is used after its drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        match &mut self.0 {
+            Some(client) => client,
+            None => unreachable!("a PgClient is used after its drop"),
+        }
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            let closing = std::thread::Builder::new()
+                .name("gw-pg-close".to_owned())
+                .spawn(move || drop(client));
+            if let Ok(thread) = closing {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
@@ -212,8 +252,8 @@ pub(crate) struct PgStore {
     db: Arc<Db>,
     key: CredentialKey,
     cache: Cache,
-    writer: Mutex<Client>,
-    readers: Mutex<Vec<Client>>,
+    writer: Mutex<PgClient>,
+    readers: Mutex<Vec<PgClient>>,
     forms: Forms,
     counters: Counters,
 }
@@ -268,7 +308,7 @@ impl PgStore {
     }
 
     /// The registry writer's connection, made again if it was lost (a server restart).
-    fn writer(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
+    fn writer(&self) -> Result<MutexGuard<'_, PgClient>, StoreError> {
         // A panic while holding the lock dropped its transaction (rolled back on drop).
         let mut client = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         if client.is_closed() {
@@ -278,7 +318,7 @@ impl PgStore {
     }
 
     /// A read connection from the pool (or a new one); given back by [`Self::give_back`].
-    fn reader(&self) -> Result<Client, StoreError> {
+    fn reader(&self) -> Result<PgClient, StoreError> {
         let idle = self
             .readers
             .lock()
@@ -290,7 +330,7 @@ impl PgStore {
         }
     }
 
-    fn give_back(&self, client: Client) {
+    fn give_back(&self, client: PgClient) {
         let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE_READERS && !client.is_closed() {
             idle.push(client);

@@ -22,10 +22,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use gatewarden_protocol::{Check, GateId};
+use postgres::Statement;
 use postgres::error::SqlState;
-use postgres::{Client, Statement};
 
-use super::{Db, partition_name, pg};
+use super::{Db, PgClient, partition_name, pg};
 use crate::store::history::{DAY_MS, day_of, record};
 use crate::store::{CommitError, CommitOutcome, EntryRecord, StoreError, sql_time, to_sql_u64};
 
@@ -69,7 +69,7 @@ pub(crate) struct PgEntryWriter {
 }
 
 struct Conn {
-    client: Client,
+    client: PgClient,
     insert: Statement,
 }
 
