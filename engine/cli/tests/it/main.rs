@@ -15,6 +15,7 @@ mod front;
 mod http;
 mod http_client;
 mod policy;
+mod postgres;
 mod quic;
 mod server;
 mod site;
