@@ -495,6 +495,24 @@ mod tests {
     }
 
     #[test]
+    fn store_location_is_read_and_checked() {
+        use crate::store::StoreLocation;
+        assert_eq!(Config::default().store, None);
+        let c = Config::from_toml("store = \"sqlite\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.store, Some(StoreLocation::Sqlite));
+        let err = Config::from_toml("store = \"mysql://h/db\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        if cfg!(feature = "postgres") {
+            let c = Config::from_toml("store = \"postgres://gw@db/gw\"\n", Path::new("x.toml"))
+                .unwrap();
+            assert_eq!(
+                c.store,
+                Some(StoreLocation::Postgres("postgres://gw@db/gw".to_owned()))
+            );
+        }
+    }
+
+    #[test]
     fn unknown_key_is_refused_with_its_name() {
         let err = Config::from_toml("[engine]\ndimm = 3\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("dimm"), "{err}");

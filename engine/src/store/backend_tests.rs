@@ -269,3 +269,19 @@ fn the_bulk_loader_is_durable_after_finish() {
     assert_eq!(store.history_stats().unwrap().entries, 50);
     assert_eq!(store.max_seq_per_gate().unwrap(), vec![(GateId(4), 50)]);
 }
+
+#[test]
+fn replay_and_calibration_are_refused_with_a_typed_error() {
+    let Some((dir, url)) = fresh() else { return };
+    let store = open_url(&url, dir.path());
+    let err = EntryArchive::of_store(&store).unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("is not supported on the PostgreSQL store"),
+        "{err}"
+    );
+    let location = StoreLocation::Postgres(url);
+    let err = EntryArchive::open_at(Some(&location), &dir.path().join("store")).unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
+}
