@@ -285,3 +285,25 @@ fn replay_and_calibration_are_refused_with_a_typed_error() {
     let err = EntryArchive::open_at(Some(&location), &dir.path().join("store")).unwrap_err();
     assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
 }
+
+#[test]
+fn maintenance_makes_partitions_ahead_of_the_commit_path() {
+    let Some((dir, url)) = fresh() else { return };
+    let store = open_url(&url, dir.path());
+    let count = || {
+        store.test_query("SELECT count(*) FROM pg_inherits WHERE inhparent = 'entries'::regclass")
+    };
+    assert_eq!(count(), vec![vec!["0".to_owned()]]);
+    let mut cp = Checkpointer::default();
+    store.checkpoint_entries(&mut cp, UnixMillis(T0)).unwrap();
+    assert_eq!(
+        count(),
+        vec![vec!["3".to_owned()]],
+        "today and two days ahead"
+    );
+    store.checkpoint_entries(&mut cp, UnixMillis(T0)).unwrap();
+    store
+        .checkpoint_entries(&mut cp, UnixMillis(T0 + 86_400_000))
+        .unwrap();
+    assert_eq!(count(), vec![vec!["4".to_owned()]], "one more the next day");
+}

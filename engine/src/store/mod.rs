@@ -47,7 +47,7 @@
 //! # PostgreSQL (`store = "postgres://..."`, several nodes)
 //!
 //! The same tables in one database, entries in a table partitioned by UTC day (declarative
-//! partitioning; a day's partition is created when its first record arrives, and retention
+//! partitioning; partitions are made two days ahead by the maintenance thread, and retention
 //! drops whole partitions), `(gate, seq)` unique across days, and one transaction per pipeline
 //! batch with `synchronous_commit = on`. See `pg` for the layout and the client choice.
 

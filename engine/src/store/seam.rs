@@ -563,10 +563,12 @@ impl Store {
     }
 
     /// One checkpoint pass over the SQLite partitions (the maintenance thread calls it;
-    /// nothing on the commit path does). PostgreSQL checkpoints itself: nothing to do there.
+    /// nothing on the commit path does). PostgreSQL checkpoints itself; there the pass makes
+    /// the day partitions of today and the next two days if they are missing, so that the
+    /// commit path never waits for one to be made.
     ///
     /// # Errors
-    /// SQLite failures; counted, and the next pass tries again.
+    /// SQLite or PostgreSQL failures; counted, and the next pass tries again.
     pub fn checkpoint_entries(
         &self,
         cp: &mut Checkpointer,
@@ -575,7 +577,9 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(b) => b.checkpoint_entries(cp, now),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(_) => Ok(CheckpointReport::default()),
+            Backend::Postgres(b) => b
+                .prepare_partitions(now)
+                .map(|()| CheckpointReport::default()),
         }
     }
 

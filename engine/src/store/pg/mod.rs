@@ -36,7 +36,7 @@ mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -256,6 +256,8 @@ pub(crate) struct PgStore {
     readers: Mutex<Vec<PgClient>>,
     forms: Forms,
     counters: Counters,
+    /// The last day whose partition the maintenance thread has made (ahead of time).
+    prepared_through: AtomicI64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -286,6 +288,7 @@ impl PgStore {
             readers: Mutex::new(Vec::new()),
             forms: Forms::default(),
             counters: Counters::default(),
+            prepared_through: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -1292,6 +1295,20 @@ impl PgStore {
         })();
         self.give_back(client);
         result
+    }
+
+    /// Makes the partitions of today and the next two days if they are not made yet (the
+    /// maintenance thread calls it every pass; it connects once a day). The writer then never
+    /// makes a partition on the commit path while the maintenance thread runs.
+    pub(crate) fn prepare_partitions(&self, now: UnixMillis) -> Result<(), StoreError> {
+        let today = day_of(now);
+        if self.prepared_through.load(Ordering::Relaxed) >= today + 2 {
+            return Ok(());
+        }
+        let mut client = self.db.connect(true)?;
+        writer::make_partitions(&mut client, today..=today + 2)?;
+        self.prepared_through.store(today + 2, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn history_counters(&self) -> HistoryCounters {

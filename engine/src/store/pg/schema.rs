@@ -6,8 +6,9 @@
 //! partitioned by UTC day instead of one SQLite file per day:
 //!
 //! - `entries` is `PARTITION BY RANGE (decided_at)`, one partition `entries_d<day>` per UTC day
-//!   (`<day>` = days since 1970-01-01), created by the entry writer when a day first arrives
-//!   (and the next day with it, ahead of midnight); retention detaches and drops whole
+//!   (`<day>` = days since 1970-01-01), made ahead by the maintenance thread (today and the
+//!   next two days; making one locks the table for a moment, so not on the commit path), or by
+//!   the entry writer when a day arrives without one; retention detaches and drops whole
 //!   partitions;
 //! - a unique constraint of a partitioned table must include its partition key, so `(gate,
 //!   seq)` cannot be unique across days there. `entry_keys` is that key, in a table of its own

@@ -14,9 +14,10 @@
 //! so a record is written only if its `(gate, seq)` is new in the whole database (another
 //! node's concurrent insert of the same key waits for that node's commit, then counts as a
 //! duplicate), and the round trips per batch stay at one however large it is. Day partitions
-//! are made before the batch's statement, outside its transaction, under an advisory lock so
-//! that nodes do not race on the DDL; the next day's partition is made with today's, so the
-//! first records after midnight do not wait for one.
+//! are made ahead by the maintenance thread (today and the next two days); a writer that meets
+//! a day without one (no maintenance thread: tools, tests) makes it and the next day's before
+//! the batch's statement, outside its transaction, under an advisory lock so that nodes do not
+//! race on the DDL.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -333,21 +334,32 @@ impl PgEntryWriter {
             return Ok(());
         }
         let client = &mut self.conn()?.client;
-        let op = pg("making an entry partition");
-        let mut tx = client.transaction().map_err(&op)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
-            .map_err(&op)?;
-        for d in [day, day + 1] {
-            let lo = d.saturating_mul(DAY_MS as i64);
-            let hi = lo.saturating_add(DAY_MS as i64);
-            tx.batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {} PARTITION OF entries FOR VALUES FROM ({lo}) TO ({hi})",
-                partition_name(d)
-            ))
-            .map_err(&op)?;
-        }
-        tx.commit().map_err(&op)?;
+        make_partitions(client, [day, day + 1])?;
         self.days.insert(day);
         Ok(())
     }
+}
+
+/// Makes the partitions of `days` that do not exist yet, under an advisory lock so that nodes
+/// do not race on the DDL. Making one locks `entries` for a moment: the maintenance thread
+/// makes them two days ahead (`PgStore::prepare_partitions`), so that the commit path finds
+/// them made and its own `IF NOT EXISTS` takes no lock.
+pub(super) fn make_partitions(
+    client: &mut postgres::Client,
+    days: impl IntoIterator<Item = i64>,
+) -> Result<(), StoreError> {
+    let op = pg("making an entry partition");
+    let mut tx = client.transaction().map_err(&op)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+        .map_err(&op)?;
+    for d in days {
+        let lo = d.saturating_mul(DAY_MS as i64);
+        let hi = lo.saturating_add(DAY_MS as i64);
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF entries FOR VALUES FROM ({lo}) TO ({hi})",
+            partition_name(d)
+        ))
+        .map_err(&op)?;
+    }
+    tx.commit().map_err(&op)
 }
