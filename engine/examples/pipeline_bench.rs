@@ -1,5 +1,6 @@
 //! In-process benchmark of the whole pipeline: queue, micro-batched matching, policy, group
-//! commit to a real SQLite file with `synchronous=FULL`, replies. No network.
+//! commit to a real SQLite file with `synchronous=FULL` (or to PostgreSQL with
+//! `synchronous_commit = on`, `--stores`), replies. No network.
 //!
 //! A gallery of `--subjects` people (d = 512 by default) is enrolled in a temporary folder;
 //! then, for each batch limit B, the same stream of events (70% verify with ID card, 20%
@@ -11,6 +12,10 @@
 //! cargo run --release -p gatewarden --features testing --example pipeline_bench -- \
 //!     --subjects 100000 --events 20000 --batches 1,16,64
 //! ```
+//!
+//! `--stores sqlite,postgres:///db?host=/tmp/pg` runs the same events on each store in turn,
+//! in the same run, and adds the CPU time per event: this process's, plus (for PostgreSQL)
+//! that of every `postgres` process on the machine, read from `/proc` (Linux).
 
 // A benchmark harness: a failed set-up step should stop it loudly, as in benches/.
 #![allow(clippy::expect_used)]
@@ -32,6 +37,7 @@ struct Args {
     events: usize,
     in_flight: usize,
     batches: Vec<usize>,
+    stores: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +47,7 @@ fn parse_args() -> Args {
         events: 20_000,
         in_flight: 512,
         batches: vec![1, 16, 64],
+        stores: vec!["sqlite".to_owned()],
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     for pair in raw.chunks(2) {
@@ -56,6 +63,7 @@ fn parse_args() -> Args {
                     .map(|b| b.parse().expect("--batches 1,16,64"))
                     .collect()
             }
+            "--stores" => args.stores = value.split(',').map(str::to_owned).collect(),
             other => panic!("unknown option {other}; see the example's docs"),
         }
     }
@@ -69,8 +77,11 @@ fn now() -> UnixMillis {
     gatewarden::clock::Clock::now(&gatewarden::clock::SystemClock)
 }
 
-fn config(dim: usize, batch: usize) -> Config {
-    let mut config = Config::default();
+fn config(dim: usize, batch: usize, store: &str) -> Config {
+    let mut config = Config {
+        store: Some(gatewarden::store::StoreLocation::parse(store).expect("--stores")),
+        ..Config::default()
+    };
     config.engine.dim = dim;
     config.engine.model = MODEL.to_owned();
     config.engine.max_batch = batch;
@@ -200,21 +211,47 @@ fn run(engine: &Engine, events: Vec<Event>, in_flight: usize) -> (f64, Vec<Durat
     (secs, latencies, busy)
 }
 
+/// CPU time (user + system, seconds) of this process, and of every process named `postgres`.
+fn cpu_seconds() -> (f64, f64) {
+    // /proc/PID/stat: fields 14 and 15 are utime and stime in clock ticks (100 per second on
+    // Linux's usual USER_HZ).
+    let ticks = |stat: &str| -> Option<(String, f64)> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let name = stat[open + 1..close].to_owned();
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some((name, t / 100.0))
+    };
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks(&s))
+        .map_or(0.0, |(_, t)| t);
+    let mut pg = 0.0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Ok(stat) = std::fs::read_to_string(e.path().join("stat"))
+                && let Some((name, t)) = ticks(&stat)
+                && name == "postgres"
+            {
+                pg += t;
+            }
+        }
+    }
+    (own, pg)
+}
+
 fn main() {
     let args = parse_args();
-    let dir = std::env::temp_dir().join(format!("gatewarden-bench-{}", std::process::id()));
+    let root = std::env::temp_dir().join(format!("gatewarden-bench-{}", std::process::id()));
     let population = FacePopulation::new(42, args.subjects, args.dim);
-    {
-        let engine = Engine::open(&dir, config(args.dim, 64)).expect("open");
-        enroll(&engine, &population, args.subjects);
-        engine.shutdown();
-    }
     println!(
         "pipeline: {} subjects, d = {}, {} events per run (70% verify, 20% identify, 10% sign-in), {} in flight",
         args.subjects, args.dim, args.events, args.in_flight
     );
     println!(
-        "{:>5} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>6}",
+        "{:>8} {:>5} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>6} {:>11} {:>11}",
+        "store",
         "B",
         "events/s",
         "p50 ms",
@@ -223,40 +260,61 @@ fn main() {
         "commit p50",
         "commit p99",
         "batch avg",
-        "busy"
+        "busy",
+        "cpu us/ev",
+        "pg cpu us/ev"
     );
-    let mut seq = 1_u64;
-    for &b in &args.batches {
-        let engine = Engine::open(&dir, config(args.dim, b)).expect("open");
-        let mut rng = Rng::new(7 + b as u64);
-        let events: Vec<Event> = (0..args.events)
-            .map(|_| {
-                seq += 1;
-                event(&mut rng, &population, args.subjects, seq)
-            })
-            .collect();
-        let (secs, lat, busy) = run(&engine, events, args.in_flight);
-        let stats = engine.stats();
-        println!(
-            "{:>5} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}ms {:>8.2}ms {:>9.1} {:>6}",
-            b,
-            lat.len() as f64 / secs,
-            percentile(&lat, 0.50),
-            percentile(&lat, 0.99),
-            percentile(&lat, 1.0),
-            stats.commit_us.p50 as f64 / 1e3,
-            stats.commit_us.p99 as f64 / 1e3,
-            stats.batch_size.mean,
-            busy
-        );
-        eprintln!(
-            "  B={b}: queue wait mean {:.2} ms, matching per batch mean {:.2} ms, commit mean {:.2} ms over {:.0} records",
-            stats.queue_wait_us.mean / 1e3,
-            stats.matching_us.mean / 1e3,
-            stats.commit_us.mean / 1e3,
-            stats.commit_size.mean
-        );
-        engine.shutdown();
+    for (i, store) in args.stores.iter().enumerate() {
+        let name = if store == "sqlite" {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        let dir = root.join(i.to_string());
+        {
+            let engine = Engine::open(&dir, config(args.dim, 64, store)).expect("open");
+            enroll(&engine, &population, args.subjects);
+            engine.shutdown();
+        }
+        let mut seq = 1_u64;
+        for &b in &args.batches {
+            let engine = Engine::open(&dir, config(args.dim, b, store)).expect("open");
+            let mut rng = Rng::new(7 + b as u64);
+            let events: Vec<Event> = (0..args.events)
+                .map(|_| {
+                    seq += 1;
+                    event(&mut rng, &population, args.subjects, seq)
+                })
+                .collect();
+            let (own0, pg0) = cpu_seconds();
+            let (secs, lat, busy) = run(&engine, events, args.in_flight);
+            let (own1, pg1) = cpu_seconds();
+            let stats = engine.stats();
+            let per_event = |s: f64| s / args.events as f64 * 1e6;
+            println!(
+                "{:>8} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}ms {:>8.2}ms {:>9.1} {:>6} {:>11.0} {:>11.0}",
+                name,
+                b,
+                lat.len() as f64 / secs,
+                percentile(&lat, 0.50),
+                percentile(&lat, 0.99),
+                percentile(&lat, 1.0),
+                stats.commit_us.p50 as f64 / 1e3,
+                stats.commit_us.p99 as f64 / 1e3,
+                stats.batch_size.mean,
+                busy,
+                per_event(own1 - own0),
+                per_event(pg1 - pg0),
+            );
+            eprintln!(
+                "  {name} B={b}: queue wait mean {:.2} ms, matching per batch mean {:.2} ms, commit mean {:.2} ms over {:.0} records",
+                stats.queue_wait_us.mean / 1e3,
+                stats.matching_us.mean / 1e3,
+                stats.commit_us.mean / 1e3,
+                stats.commit_size.mean
+            );
+            engine.shutdown();
+        }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -2,6 +2,10 @@
 //! so an empty file (or none) is a working configuration.
 //!
 //! ```toml
+//! store = "sqlite"          # where the durable state lives: "sqlite" (DATA/store, the default)
+//!                           # or a PostgreSQL URL, "postgres://user@host/db"
+//!                           # (`gatewarden serve --store URL` overrides it)
+//!
 //! [engine]
 //! dim = 512                 # embedding dimension of the face model
 //! model = "demo-face-v1"    # face model id every embedding must come from
@@ -83,6 +87,10 @@ pub const CONFIG_FILE: &str = "gatewarden.toml";
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the store lives; `None` is SQLite in the data folder. Its `Debug` never shows a
+    /// password.
+    #[serde(default)]
+    pub store: Option<crate::store::StoreLocation>,
     /// Matching, policy and pipeline.
     #[serde(default)]
     pub engine: EngineConfig,
@@ -626,6 +634,24 @@ mod tests {
         assert!(c.validate().is_err());
         c.http.allow_remote = true;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn store_location_is_read_and_checked() {
+        use crate::store::StoreLocation;
+        assert_eq!(Config::default().store, None);
+        let c = Config::from_toml("store = \"sqlite\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.store, Some(StoreLocation::Sqlite));
+        let err = Config::from_toml("store = \"mysql://h/db\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        if cfg!(feature = "postgres") {
+            let c = Config::from_toml("store = \"postgres://gw@db/gw\"\n", Path::new("x.toml"))
+                .unwrap();
+            assert_eq!(
+                c.store,
+                Some(StoreLocation::Postgres("postgres://gw@db/gw".to_owned()))
+            );
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::pipeline::{Pipeline, PipelineParts, Reply, StatsSnapshot};
 use crate::policy::{PolicyBook, PolicyError, PolicyVersion};
 use crate::store::{
     ContactRow, EntryRow, Escalation, EscalationState, FrequencyRow, Resolution, ResolvedAs,
-    SignInRow, Store,
+    SignInRow, Store, StoreLocation,
 };
 
 /// Templates inserted into the gallery per snapshot swap when loading from the store.
@@ -75,7 +75,9 @@ impl Engine {
         let retention = config.retention;
         retention.validate()?;
         let cfg = config.engine;
-        let store = Arc::new(Store::open_with_key(
+        let location = config.store.unwrap_or(StoreLocation::Sqlite);
+        let store = Arc::new(Store::open_location(
+            &location,
             &data_dir.join("store"),
             &cfg.credential_key_path(&data_dir),
         )?);
@@ -113,6 +115,7 @@ impl Engine {
         })
         .map_err(crate::pipeline::PipelineError::Spawn)?;
         tracing::info!(
+            store = store.backend_name(),
             subjects = store.subject_count(),
             templates = gallery.len(),
             workers = cfg.worker_count(),

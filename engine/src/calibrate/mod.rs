@@ -54,7 +54,15 @@ const Z95: f64 = 1.959_964;
 /// site, and the store's and gallery's own errors.
 pub fn open_site_gallery(data_dir: &Path, config: &Config) -> Result<LiveGallery, crate::Error> {
     let cfg = &config.engine;
-    let store = Store::open_with_key(&data_dir.join("store"), &cfg.credential_key_path(data_dir))?;
+    let location = config
+        .store
+        .clone()
+        .unwrap_or(crate::store::StoreLocation::Sqlite);
+    let store = Store::open_location(
+        &location,
+        &data_dir.join("store"),
+        &cfg.credential_key_path(data_dir),
+    )?;
     let gallery = LiveGallery::open(
         &data_dir.join("gallery"),
         GalleryOptions::new(cfg.dim, cfg.precision.into()),

@@ -34,7 +34,7 @@ use crate::Engine;
 use crate::calibrate::{self, FpirEstimate};
 use crate::clock::{self, Clock};
 use crate::policy::{PolicyBook, PolicyError};
-use crate::store::EntryArchive;
+use crate::store::{EntryArchive, StoreError};
 use crate::whatif::{self, ReplayRange, ReplayReport};
 
 /// The FPIR the console and `/metrics` hold the estimate against (NIST FRVT's figure for
@@ -325,8 +325,10 @@ fn replay(engine: &Engine, text: &str, r: &ReplayRequest) -> Result<ReplayView, 
         other => ApiError::BadRequest(other.to_string()),
     })?;
     let offset = engine.config().utc_offset();
-    let archive = EntryArchive::open(&engine.data_dir().join("store"))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let archive = EntryArchive::of_store(engine.store()).map_err(|e| match e {
+        StoreError::Unsupported { .. } => ApiError::BadRequest(e.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    })?;
     let missing: Vec<String> = whatif::missing_days(&archive, offset, r.first, r.last)
         .into_iter()
         .map(clock::format_day)

@@ -16,9 +16,9 @@ use serde::Serialize;
 use super::codes::{self, Named};
 use super::history::partition::Partition;
 use super::history::record;
-use super::history::writer::EntryWriter;
+use super::history::writer::SqliteEntryWriter;
 use super::schema::Role;
-use super::{Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
+use super::{SqliteStore, StoreError, from_sql_u64, sql_time, to_sql_u64};
 use crate::policy::PolicyVersion;
 
 /// What kind of request an event made: its [`Mode`] without the credential.
@@ -59,8 +59,9 @@ impl From<&Mode> for ModeKind {
     }
 }
 
-/// A keyed 128-bit digest of everything an event carried ([`Store::event_fingerprint`]): two
-/// events with the same `(gate, seq)` are the same event only if their fingerprints are equal.
+/// A keyed 128-bit digest of everything an event carried
+/// ([`Store::event_fingerprint`](super::Store::event_fingerprint)): two events with the same
+/// `(gate, seq)` are the same event only if their fingerprints are equal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EventFingerprint(pub [u8; 16]);
 
@@ -105,7 +106,7 @@ pub struct EntryRecord {
     pub policy: Option<PolicyVersion>,
 }
 
-/// What [`EntryWriter::commit`] did with one record.
+/// What [`EntryWriter::commit`](super::EntryWriter::commit) did with one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CommitOutcome {
@@ -154,28 +155,23 @@ pub(super) const ENTRY_COLUMNS: &str = "gate, seq, market, zone, subject, decisi
 /// The columns [`Store::verdict_from_row`] reads after [`ENTRY_COLUMNS`].
 const RECORD_COLUMNS: &str = "fingerprint";
 
-impl Store {
+impl SqliteStore {
     /// A new entry writer with its own connections, for the pipeline's commit thread.
     ///
     /// # Errors
     /// None today; kept fallible so that a writer can open its files eagerly.
-    pub fn entry_writer(&self) -> Result<EntryWriter, StoreError> {
-        Ok(EntryWriter::new(self.history.clone(), Role::EntryWriter))
+    pub(crate) fn entry_writer(&self) -> Result<SqliteEntryWriter, StoreError> {
+        Ok(SqliteEntryWriter::new(
+            self.history.clone(),
+            Role::EntryWriter,
+        ))
     }
 
     /// A writer for loading past entries in bulk (the history generator): its transactions
     /// are not synced one by one, so nothing it writes is durable until
     /// [`EntryWriter::finish`] returns. Never use it for live events.
-    pub fn bulk_entry_loader(&self) -> EntryWriter {
-        EntryWriter::new(self.history.clone(), Role::BulkLoader)
-    }
-
-    /// The verdict recorded for `(gate, seq)`, marked `replayed`, or `None` if there is none.
-    ///
-    /// # Errors
-    /// SQLite failures, or [`StoreError::Corrupt`] if the stored verdict does not decode.
-    pub fn verdict_for(&self, gate: GateId, seq: u64) -> Result<Option<Verdict>, StoreError> {
-        Ok(self.recorded_entry(gate, seq)?.map(|r| r.verdict))
+    pub(crate) fn bulk_entry_loader(&self) -> SqliteEntryWriter {
+        SqliteEntryWriter::new(self.history.clone(), Role::BulkLoader)
     }
 
     /// What the entry log holds for `(gate, seq)`, or `None` if nothing is recorded. Reads
@@ -183,7 +179,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] if the stored record does not decode.
-    pub fn recorded_entry(
+    pub(crate) fn recorded_entry(
         &self,
         gate: GateId,
         seq: u64,
@@ -209,7 +205,7 @@ impl Store {
     }
 
     /// The keyed fingerprint of an event's canonical bytes (the pipeline builds the bytes).
-    pub fn event_fingerprint(&self, canonical: &[u8]) -> EventFingerprint {
+    pub(crate) fn event_fingerprint(&self, canonical: &[u8]) -> EventFingerprint {
         EventFingerprint(self.key.fingerprint(canonical))
     }
 
@@ -218,7 +214,7 @@ impl Store {
     ///
     /// # Errors
     /// None today (the seq directory is in memory); kept fallible for the callers' sake.
-    pub fn max_seq_per_gate(&self) -> Result<Vec<(GateId, u64)>, StoreError> {
+    pub(crate) fn max_seq_per_gate(&self) -> Result<Vec<(GateId, u64)>, StoreError> {
         Ok(self.history.seqs.max_per_gate())
     }
 
@@ -227,7 +223,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] for a row gatewarden could not have written.
-    pub fn for_each_entry_since(
+    pub(crate) fn for_each_entry_since(
         &self,
         since: UnixMillis,
         mut f: impl FnMut(&EntryRow),

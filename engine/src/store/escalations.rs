@@ -15,7 +15,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use super::entries::ENTRY_COLUMNS;
-use super::{EntryRow, Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
+use super::{EntryRow, SqliteStore, StoreError, from_sql_u64, sql_time, to_sql_u64};
 
 /// `decision = escalate`, as partitions store it.
 const ESCALATE: u8 = Decision::Escalate.code();
@@ -84,7 +84,7 @@ pub enum EscalationState {
 }
 
 impl EscalationState {
-    fn admits(self, resolution: Option<&Resolution>) -> bool {
+    pub(super) fn admits(self, resolution: Option<&Resolution>) -> bool {
         match self {
             Self::Open => resolution.is_none(),
             Self::Resolved => resolution.is_some(),
@@ -108,13 +108,13 @@ pub struct Escalation {
 const RESOLUTION_COLUMNS: &str =
     "gate, seq, subject, market, escalated_at, outcome, resolved_by, note, resolved_at";
 
-impl Store {
+impl SqliteStore {
     /// The escalations at `market` decided in `[since, until)` in `state`, newest first, at
     /// most `limit`, each with its resolution if there is one.
     ///
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] for an undecodable row.
-    pub fn escalations(
+    pub(crate) fn escalations(
         &self,
         market: MarketId,
         since: UnixMillis,
@@ -171,7 +171,10 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures; nothing is recorded then.
-    pub fn resolve_escalation(&self, r: &Resolution) -> Result<Option<Resolution>, StoreError> {
+    pub(crate) fn resolve_escalation(
+        &self,
+        r: &Resolution,
+    ) -> Result<Option<Resolution>, StoreError> {
         let mut conn = self.writer();
         let sql = |e| self.sql_err("recording a resolution", e);
         let tx = conn
@@ -219,7 +222,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures.
-    pub fn resolutions_of(
+    pub(crate) fn resolutions_of(
         &self,
         subject: SubjectId,
         since: UnixMillis,

@@ -19,7 +19,7 @@ use super::{StoreError, fsutil};
 const KEY_LEN: usize = 32;
 /// The label hashed to derive the key check stored in `meta`.
 const CHECK_LABEL: &[u8] = b"gatewarden credential key check v1";
-const CHECK_META: &str = "credential_key_check";
+pub(super) const CHECK_META: &str = "credential_key_check";
 /// Domain separation: a QR-token hash never equals an ID-card hash, nor a fingerprint either.
 const QR_LABEL: &[u8] = b"gatewarden staff qr v1\0";
 /// Domain separation: an event fingerprint can never equal a credential hash.
@@ -97,6 +97,31 @@ pub(super) fn load_or_create(
         })
         .optional()
         .map_err(sql("reading the credential key check"))?;
+    load_or_create_with(
+        path,
+        recorded,
+        || Ok(history_has_entries || has_id_cards(conn, db)?),
+        |check| {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [CHECK_META, check],
+            )
+            .map(drop)
+            .map_err(sql("recording the credential key check"))
+        },
+    )
+}
+
+/// The backend-independent part of [`load_or_create`]: `recorded` is the check value the
+/// database holds, `has_hashes` says whether anything in it was made with the key (credential
+/// hashes, fingerprinted entries), and `record` stores a new check value.
+pub(super) fn load_or_create_with(
+    path: &Path,
+    recorded: Option<String>,
+    mut has_hashes: impl FnMut() -> Result<bool, StoreError>,
+    record: impl FnOnce(&str) -> Result<(), StoreError>,
+) -> Result<CredentialKey, StoreError> {
     let key = match fs::read(path) {
         Ok(bytes) if bytes.len() == KEY_LEN => CredentialKey::new(&bytes),
         Ok(bytes) => {
@@ -106,7 +131,7 @@ pub(super) fn load_or_create(
             });
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if recorded.is_some() && (history_has_entries || has_id_cards(conn, db)?) {
+            if recorded.is_some() && has_hashes()? {
                 return Err(StoreError::KeyMissing {
                     path: path.to_owned(),
                 });
@@ -123,20 +148,13 @@ pub(super) fn load_or_create(
     let check = key.check_value();
     match recorded {
         Some(r) if r == check => {}
-        Some(_) if history_has_entries || has_id_cards(conn, db)? => {
+        Some(_) if has_hashes()? => {
             return Err(StoreError::KeyMismatch {
                 path: path.to_owned(),
             });
         }
-        _ => {
-            // No hash depends on the old key (or there was none): record this one.
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [CHECK_META, check.as_str()],
-            )
-            .map_err(sql("recording the credential key check"))?;
-        }
+        // No hash depends on the old key (or there was none): record this one.
+        _ => record(&check)?,
     }
     Ok(key)
 }

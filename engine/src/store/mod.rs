@@ -1,4 +1,13 @@
-//! The store: the engine's durable state in SQLite files, plus the in-memory registry cache.
+//! The store: the engine's durable state, in SQLite files (the default) or in PostgreSQL,
+//! plus the in-memory registry cache.
+//!
+//! [`Store`] is the seam between the engine and its two backends; why it is an enum over them
+//! rather than a trait object is written down in `seam`. Both backends keep the same logical
+//! schema (subjects, credentials, templates, health, gates, the revocation audit trail,
+//! entries keyed by `(gate, seq)`, resolutions of escalations), each with its own versioned
+//! migrations, and both serve the per-event registry reads from the same in-memory cache.
+//!
+//! # SQLite (embedded, one machine)
 //!
 //! ```text
 //! DATA/store/gatewarden.db (+ -wal, -shm)   the registry: SQLite, WAL, synchronous=FULL
@@ -34,6 +43,13 @@
 //! Personal data: ID-card numbers and staff QR tokens are stored only as keyed HMAC-SHA256
 //! hashes (the key is `credential.key`, never in the database), so a copy of the database
 //! alone does not reveal them. Files are created owner-only (0600, directory 0700).
+//!
+//! # PostgreSQL (`store = "postgres://..."`, several nodes)
+//!
+//! The same tables in one database, entries in a table partitioned by UTC day (declarative
+//! partitioning; partitions are made two days ahead by the maintenance thread, and retention
+//! drops whole partitions), `(gate, seq)` unique across days, and one transaction per pipeline
+//! batch with `synchronous_commit = on`. See `pg` for the layout and the client choice.
 
 mod cache;
 mod codes;
@@ -43,9 +59,12 @@ mod fsutil;
 mod history;
 pub mod import;
 mod key;
+#[cfg(feature = "postgres")]
+mod pg;
 mod queries;
 mod registry;
 mod schema;
+mod seam;
 mod templates;
 
 #[cfg(test)]
@@ -66,7 +85,9 @@ pub use history::upkeep::{
     CheckpointReport, Checkpointer, HistoryCounters, HistoryStats, PartitionStats, PrunedPartition,
     history_stats_in,
 };
-pub use history::writer::{CommitError, EntryWriter};
+pub use history::writer::CommitError;
+use history::writer::SqliteEntryWriter;
+pub use seam::{EntryWriter, Store, StoreLocation};
 
 pub use escalations::{Escalation, EscalationState, Resolution, ResolvedAs};
 #[cfg(any(test, feature = "testing"))]
@@ -83,8 +104,8 @@ pub const DB_FILE: &str = "gatewarden.db";
 /// File name of the credential-hash key inside the store directory.
 pub const KEY_FILE: &str = "credential.key";
 
-/// The engine's durable state and its registry cache. `Send + Sync`; share it in an `Arc`.
-pub struct Store {
+/// The SQLite backend: the engine's durable state in SQLite files, and its registry cache.
+pub(crate) struct SqliteStore {
     dir: PathBuf,
     db_path: PathBuf,
     key: CredentialKey,
@@ -94,16 +115,16 @@ pub struct Store {
     history: Arc<History>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("SqliteStore")
             .field("dir", &self.dir)
             .field("subjects", &self.cache.subjects.len())
             .finish_non_exhaustive()
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens the store in `dir` (normally `DATA/store`), creating it if it does not exist.
     ///
     /// Creates the directory (0700) and files (0600), switches the database to WAL with
@@ -117,7 +138,7 @@ impl Store {
     /// - [`StoreError::KeyMissing`] / [`StoreError::KeyMismatch`] if the credential key is not
     ///   the one the stored ID-card hashes were made with;
     /// - [`StoreError::Io`] / [`StoreError::Sqlite`] for file-system and SQLite failures.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_key(dir, &dir.join(KEY_FILE))
     }
 
@@ -126,7 +147,7 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::open`].
-    pub fn open_with_key(dir: &Path, key_path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open_with_key(dir: &Path, key_path: &Path) -> Result<Self, StoreError> {
         fsutil::create_private_dir(dir)?;
         let db_path = dir.join(DB_FILE);
         schema::check_file(&db_path)?;
@@ -172,7 +193,7 @@ impl Store {
     }
 
     /// The store directory.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
@@ -180,7 +201,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Corrupt`] naming the first problem SQLite found.
-    pub fn verify(&self) -> Result<(), StoreError> {
+    pub(crate) fn verify(&self) -> Result<(), StoreError> {
         let conn = self.readers.get()?;
         let result: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -210,6 +231,33 @@ impl Store {
             path: self.db_path.clone(),
             detail: detail.into(),
         }
+    }
+}
+
+#[cfg(test)]
+impl SqliteStore {
+    /// Runs `sql` on a read connection; every value as text (`NULL` for null).
+    pub(crate) fn test_query(&self, sql: &str) -> Vec<Vec<String>> {
+        use rusqlite::types::Value;
+        let conn = self.readers.get().unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get::<_, Value>(i)? {
+                        Value::Integer(v) => v.to_string(),
+                        Value::Real(v) => v.to_string(),
+                        Value::Text(t) => t,
+                        Value::Null => "NULL".to_owned(),
+                        Value::Blob(b) => format!("{b:?}"),
+                    })
+                })
+                .collect()
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
     }
 }
 
@@ -324,6 +372,31 @@ pub enum StoreError {
         /// The encoder's error.
         #[source]
         source: serde_json::Error,
+    },
+    /// The `store` setting is neither `sqlite` nor a PostgreSQL URL this build can use.
+    #[error("store location {location:?} is not usable: {reason}")]
+    BadLocation {
+        /// The setting, its password (if any) replaced by `***`.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+    /// PostgreSQL failed: the server cannot be reached, refused the login, or failed a
+    /// statement.
+    #[cfg(feature = "postgres")]
+    #[error("postgresql failed while {op}: {source}")]
+    Postgres {
+        /// What the store was doing.
+        op: &'static str,
+        /// The client's error (it never holds the connection's password).
+        #[source]
+        source: postgres::Error,
+    },
+    /// The operation exists on the SQLite store only (for now).
+    #[error("{what} is not supported on the PostgreSQL store")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
     },
     /// SQLite failed (busy past the timeout, disk full, I/O error).
     #[error("sqlite failed while {op}: {source}")]

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::codes;
 use super::entries::ENTRY_COLUMNS;
 use super::history::partition::Partition;
-use super::{EntryRow, ModeKind, Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
+use super::{EntryRow, ModeKind, SqliteStore, StoreError, from_sql_u64, sql_time, to_sql_u64};
 
 /// How often one subject was admitted into a market in a period.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -79,13 +79,13 @@ const ENTRY: u8 = Direction::Entry.code();
 /// `mode = sign_in`.
 const SIGN_IN: u8 = ModeKind::SignIn.code();
 
-impl Store {
+impl SqliteStore {
     /// Every entry record of `subject` decided in `[since, until)`, in time order: admitted or
     /// not, at every market.
     ///
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] for an undecodable row.
-    pub fn trajectory(
+    pub(crate) fn trajectory(
         &self,
         subject: SubjectId,
         since: UnixMillis,
@@ -122,7 +122,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures.
-    pub fn frequency(
+    pub(crate) fn frequency(
         &self,
         market: MarketId,
         since: UnixMillis,
@@ -191,7 +191,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures.
-    pub fn signins(
+    pub(crate) fn signins(
         &self,
         market: MarketId,
         since: UnixMillis,
@@ -248,7 +248,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures.
-    pub fn contacts(
+    pub(crate) fn contacts(
         &self,
         subject: SubjectId,
         window_ms: u64,

@@ -9,69 +9,62 @@ use gatewarden_protocol::{
 };
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::cache::CredentialHashes;
-use super::{Store, StoreError, from_sql_u64, sql_time, to_sql_u64};
+use super::cache::{Cache, CredentialHashes};
+use super::key::CredentialKey;
+use super::{SqliteStore, StoreError, from_sql_u64, sql_time, to_sql_u64};
 use crate::model::GateInfo;
 
-const KIND_ID_CARD: &str = "id_card";
+pub(super) const KIND_ID_CARD: &str = "id_card";
 
 /// The categories that work at a market (and sign in daily), as opposed to its visitors.
-fn is_staff(category: Category) -> bool {
+pub(super) fn is_staff(category: Category) -> bool {
     matches!(
         category,
         Category::ServiceWorker | Category::Manager | Category::Staff | Category::Merchant
     )
 }
-const KIND_QR: &str = "staff_qr_hmac";
+pub(super) const KIND_QR: &str = "staff_qr_hmac";
 
-impl Store {
-    /// A subject's record, from the cache. The cached copy has `id_card = None` and no
-    /// `qr_tokens` (both are kept only as keyed hashes), so do not write it back through
-    /// [`Store::upsert_subjects`]: that replaces the whole record and would drop them.
-    pub fn subject(&self, id: SubjectId) -> Option<Arc<SubjectRecord>> {
-        self.cache.subjects.get(&id).map(|r| Arc::clone(&r))
+impl Cache {
+    /// A subject's record (without its credentials, which are kept only as hashes).
+    pub(super) fn subject(&self, id: SubjectId) -> Option<Arc<SubjectRecord>> {
+        self.subjects.get(&id).map(|r| Arc::clone(&r))
     }
 
-    /// The subject a credential belongs to: the credential is hashed with the store's key and
-    /// looked up by hash.
-    pub fn resolve_credential(&self, credential: &Credential) -> Option<SubjectId> {
+    /// The subject a credential belongs to, looked up by its keyed hash.
+    pub(super) fn resolve_credential(
+        &self,
+        key: &CredentialKey,
+        credential: &Credential,
+    ) -> Option<SubjectId> {
         match credential {
             Credential::IdCard(number) => {
-                let hash = self.key.hash_id_card(number);
-                self.cache.id_cards.get(&hash).map(|s| *s)
+                let hash = key.hash_id_card(number);
+                self.id_cards.get(&hash).map(|s| *s)
             }
             Credential::StaffQr(token) => {
-                let hash = self.key.hash_qr_token(token);
-                self.cache.qr_tokens.get(&hash).map(|s| *s)
+                let hash = key.hash_qr_token(token);
+                self.qr_tokens.get(&hash).map(|s| *s)
             }
         }
     }
 
-    /// A subject's latest health record, from the cache.
-    pub fn health(&self, id: SubjectId) -> Option<HealthRecord> {
-        self.cache.health.get(&id).map(|h| h.clone())
+    pub(super) fn health(&self, id: SubjectId) -> Option<HealthRecord> {
+        self.health.get(&id).map(|h| h.clone())
     }
 
-    /// A gate of the registry, from the cache.
-    pub fn gate(&self, id: GateId) -> Option<GateInfo> {
-        self.cache.gates.get(&id).map(|g| g.clone())
+    pub(super) fn gate(&self, id: GateId) -> Option<GateInfo> {
+        self.gates.get(&id).map(|g| g.clone())
     }
 
-    /// Every gate, ordered by id.
-    pub fn gates(&self) -> Vec<GateInfo> {
-        let mut gates: Vec<GateInfo> = self.cache.gates.iter().map(|g| g.clone()).collect();
+    pub(super) fn gates(&self) -> Vec<GateInfo> {
+        let mut gates: Vec<GateInfo> = self.gates.iter().map(|g| g.clone()).collect();
         gates.sort_by_key(|g| g.gate);
         gates
     }
 
-    /// The staff of a market: subjects of a staff category (service worker, manager, staff,
-    /// merchant) whose home market it is, ordered by id, whatever their status or validity:
-    /// callers showing who works on a given day (the hall display) filter revoked,
-    /// blocklisted and out-of-validity people themselves. Read from the cache; a scan of the
-    /// registry, meant for the hall display, not for the per-event path.
-    pub fn market_staff(&self, market: MarketId) -> Vec<Arc<SubjectRecord>> {
+    pub(super) fn market_staff(&self, market: MarketId) -> Vec<Arc<SubjectRecord>> {
         let mut staff: Vec<Arc<SubjectRecord>> = self
-            .cache
             .subjects
             .iter()
             .filter(|r| r.home_market == market && is_staff(r.category))
@@ -81,16 +74,68 @@ impl Store {
         staff
     }
 
-    /// Every subject id, ascending. A scan of the cache, for tools (the history generator),
-    /// not for the per-event path.
-    pub fn subject_ids(&self) -> Vec<SubjectId> {
-        let mut ids: Vec<SubjectId> = self.cache.subjects.iter().map(|r| *r.key()).collect();
+    pub(super) fn subject_ids(&self) -> Vec<SubjectId> {
+        let mut ids: Vec<SubjectId> = self.subjects.iter().map(|r| *r.key()).collect();
         ids.sort_unstable();
         ids
     }
 
-    /// How many subjects the registry holds.
-    pub fn subject_count(&self) -> usize {
+    /// See [`Store::find_status_lift`](super::Store::find_status_lift).
+    pub(super) fn find_status_lift(
+        &self,
+        records: &[SubjectRecord],
+    ) -> Option<(usize, StoreError)> {
+        records.iter().enumerate().find_map(|(i, new)| {
+            let old = self.subject(new.subject)?;
+            lifts(old.status, new.status).then(|| {
+                let error = StoreError::StatusLift {
+                    subject: new.subject,
+                    from: old.status,
+                    to: new.status,
+                };
+                (i, error)
+            })
+        })
+    }
+
+    pub(super) fn refuse_status_lift(&self, records: &[SubjectRecord]) -> Result<(), StoreError> {
+        match self.find_status_lift(records) {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SqliteStore {
+    pub(crate) fn subject(&self, id: SubjectId) -> Option<Arc<SubjectRecord>> {
+        self.cache.subject(id)
+    }
+
+    pub(crate) fn resolve_credential(&self, credential: &Credential) -> Option<SubjectId> {
+        self.cache.resolve_credential(&self.key, credential)
+    }
+
+    pub(crate) fn health(&self, id: SubjectId) -> Option<HealthRecord> {
+        self.cache.health(id)
+    }
+
+    pub(crate) fn gate(&self, id: GateId) -> Option<GateInfo> {
+        self.cache.gate(id)
+    }
+
+    pub(crate) fn gates(&self) -> Vec<GateInfo> {
+        self.cache.gates()
+    }
+
+    pub(crate) fn market_staff(&self, market: MarketId) -> Vec<Arc<SubjectRecord>> {
+        self.cache.market_staff(market)
+    }
+
+    pub(crate) fn subject_ids(&self) -> Vec<SubjectId> {
+        self.cache.subject_ids()
+    }
+
+    pub(crate) fn subject_count(&self) -> usize {
         self.cache.subjects.len()
     }
 
@@ -102,10 +147,10 @@ impl Store {
     /// [`StoreError::CredentialTaken`] if a card or token belongs to another subject,
     /// [`StoreError::Invalid`] for an empty card or token, [`StoreError::StatusLift`] for a
     /// record that would lift a revocation or blocklisting; nothing is written then.
-    pub fn upsert_subjects(&self, records: &[SubjectRecord]) -> Result<usize, StoreError> {
+    pub(crate) fn upsert_subjects(&self, records: &[SubjectRecord]) -> Result<usize, StoreError> {
         let mut conn = self.writer();
         // Under the writer lock, so no revocation can slip in between this check and the write.
-        self.refuse_status_lift(records)?;
+        self.cache.refuse_status_lift(records)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.sql_err("starting a subject upsert", e))?;
@@ -218,7 +263,10 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures; nothing is applied then.
-    pub fn upsert_health(&self, records: &[HealthRecord]) -> Result<UpdateHealthAck, StoreError> {
+    pub(crate) fn upsert_health(
+        &self,
+        records: &[HealthRecord],
+    ) -> Result<UpdateHealthAck, StoreError> {
         let mut conn = self.writer();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -274,29 +322,11 @@ impl Store {
         Ok(ack)
     }
 
-    /// The first record that would lift a revocation or blocklisting, if any: its index, and
-    /// the error [`upsert_subjects`](Self::upsert_subjects) refuses it with. A record replaces
-    /// the stored one whole and `status` defaults to active, so re-importing an old roster would
-    /// otherwise let revoked people back in. Tightening (revoked to blocklisted) is allowed.
-    pub fn find_status_lift(&self, records: &[SubjectRecord]) -> Option<(usize, StoreError)> {
-        records.iter().enumerate().find_map(|(i, new)| {
-            let old = self.subject(new.subject)?;
-            lifts(old.status, new.status).then(|| {
-                let error = StoreError::StatusLift {
-                    subject: new.subject,
-                    from: old.status,
-                    to: new.status,
-                };
-                (i, error)
-            })
-        })
-    }
-
-    fn refuse_status_lift(&self, records: &[SubjectRecord]) -> Result<(), StoreError> {
-        match self.find_status_lift(records) {
-            Some((_, error)) => Err(error),
-            None => Ok(()),
-        }
+    pub(crate) fn find_status_lift(
+        &self,
+        records: &[SubjectRecord],
+    ) -> Option<(usize, StoreError)> {
+        self.cache.find_status_lift(records)
     }
 
     /// Lifts a revocation or blocklisting: the subject becomes active again, and the audit
@@ -305,7 +335,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures; nothing is changed then.
-    pub fn reinstate(
+    pub(crate) fn reinstate(
         &self,
         id: SubjectId,
         reason: &str,
@@ -345,7 +375,12 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures; nothing is changed then.
-    pub fn revoke(&self, id: SubjectId, reason: &str, now: UnixMillis) -> Result<bool, StoreError> {
+    pub(crate) fn revoke(
+        &self,
+        id: SubjectId,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.writer();
         let Some(current) = self.subject(id) else {
             return Ok(false);
@@ -377,7 +412,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures; nothing is written then.
-    pub fn upsert_gates(&self, gates: &[GateInfo]) -> Result<usize, StoreError> {
+    pub(crate) fn upsert_gates(&self, gates: &[GateInfo]) -> Result<usize, StoreError> {
         let mut conn = self.writer();
         let sql = |e| self.sql_err("writing gates", e);
         let tx = conn
@@ -405,14 +440,14 @@ impl Store {
 }
 
 /// The cached form of a record: no card number, no tokens (the cache holds their hashes).
-fn cached_copy(r: &SubjectRecord) -> SubjectRecord {
+pub(super) fn cached_copy(r: &SubjectRecord) -> SubjectRecord {
     let mut copy = r.clone();
     copy.id_card = None;
     copy.qr_tokens.clear();
     copy
 }
 
-fn invalid(subject: SubjectId, what: &'static str, reason: &str) -> StoreError {
+pub(super) fn invalid(subject: SubjectId, what: &'static str, reason: &str) -> StoreError {
     StoreError::Invalid {
         subject,
         what,
@@ -421,7 +456,7 @@ fn invalid(subject: SubjectId, what: &'static str, reason: &str) -> StoreError {
 }
 
 /// Whether going from `old` to `new` lifts a revocation or blocklisting.
-fn lifts(old: SubjectStatus, new: SubjectStatus) -> bool {
+pub(super) fn lifts(old: SubjectStatus, new: SubjectStatus) -> bool {
     match old {
         SubjectStatus::Active => false,
         SubjectStatus::Revoked => new == SubjectStatus::Active,

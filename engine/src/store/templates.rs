@@ -5,9 +5,10 @@
 use gatewarden_protocol::SubjectId;
 use rusqlite::{TransactionBehavior, params};
 
-use super::{Store, StoreError, from_sql_u64, to_sql_u64};
+use super::cache::Cache;
+use super::{SqliteStore, StoreError, from_sql_u64, to_sql_u64};
 
-impl Store {
+impl SqliteStore {
     /// Adds templates `(subject, model, embedding)` in one transaction and returns their new
     /// ids, ascending. Keep batches to a few thousand rows: the entry writer waits while this
     /// transaction holds the database's write lock.
@@ -16,12 +17,12 @@ impl Store {
     /// [`StoreError::UnknownSubject`] for a subject not in the registry, and
     /// [`StoreError::Invalid`] for an empty model or embedding or a non-finite value; nothing
     /// is added then.
-    pub fn add_templates(
+    pub(crate) fn add_templates(
         &self,
         rows: &[(SubjectId, &str, &[f32])],
     ) -> Result<Vec<u64>, StoreError> {
         for (i, (subject, model, embedding)) in rows.iter().enumerate() {
-            self.check_template(i, *subject, model, embedding)?;
+            check_template(&self.cache, i, *subject, model, embedding)?;
         }
         let mut conn = self.writer();
         let sql = |e| self.sql_err("adding templates", e);
@@ -53,43 +54,13 @@ impl Store {
         Ok(ids)
     }
 
-    fn check_template(
-        &self,
-        index: usize,
-        subject: SubjectId,
-        model: &str,
-        embedding: &[f32],
-    ) -> Result<(), StoreError> {
-        if !self.cache.subjects.contains_key(&subject) {
-            return Err(StoreError::UnknownSubject(subject));
-        }
-        let invalid = |reason: String| StoreError::Invalid {
-            subject,
-            what: "template",
-            reason,
-        };
-        if model.is_empty() {
-            return Err(invalid(format!("template {index} has an empty model id")));
-        }
-        if embedding.is_empty() {
-            return Err(invalid(format!("template {index} has no values")));
-        }
-        // The position only: the value is biometric data.
-        if let Some(at) = embedding.iter().position(|v| !v.is_finite()) {
-            return Err(invalid(format!(
-                "template {index} has a non-finite value at index {at}"
-            )));
-        }
-        Ok(())
-    }
-
     /// Calls `f(id, subject, embedding)` for every template with `id > watermark`, in
     /// ascending id order, and returns how many it visited. Rows are decoded one at a time
     /// into one reused buffer, so a gallery of any size streams through in constant memory.
     ///
     /// # Errors
     /// [`StoreError::Corrupt`] for a vector whose length is not a whole number of f32.
-    pub fn for_each_template_since(
+    pub(crate) fn for_each_template_since(
         &self,
         watermark: u64,
         mut f: impl FnMut(u64, SubjectId, &[f32]),
@@ -125,10 +96,41 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures.
-    pub fn template_count(&self) -> Result<u64, StoreError> {
+    pub(crate) fn template_count(&self) -> Result<u64, StoreError> {
         let conn = self.readers.get()?;
         conn.query_row("SELECT count(*) FROM templates", [], |r| r.get::<_, i64>(0))
             .map(|n| n.max(0) as u64)
             .map_err(|e| self.sql_err("counting templates", e))
     }
+}
+
+/// Refuses a template that names an unknown subject or holds no usable values.
+pub(super) fn check_template(
+    cache: &Cache,
+    index: usize,
+    subject: SubjectId,
+    model: &str,
+    embedding: &[f32],
+) -> Result<(), StoreError> {
+    if !cache.subjects.contains_key(&subject) {
+        return Err(StoreError::UnknownSubject(subject));
+    }
+    let invalid = |reason: String| StoreError::Invalid {
+        subject,
+        what: "template",
+        reason,
+    };
+    if model.is_empty() {
+        return Err(invalid(format!("template {index} has an empty model id")));
+    }
+    if embedding.is_empty() {
+        return Err(invalid(format!("template {index} has no values")));
+    }
+    // The position only: the value is biometric data.
+    if let Some(at) = embedding.iter().position(|v| !v.is_finite()) {
+        return Err(invalid(format!(
+            "template {index} has a non-finite value at index {at}"
+        )));
+    }
+    Ok(())
 }

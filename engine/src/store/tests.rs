@@ -113,7 +113,14 @@ pub(super) fn entry(
     }
 }
 
+/// The store of test folder `dir`: SQLite files in it, or, while a test runs through
+/// `on_postgres`, a PostgreSQL database of the shared test server that belongs to `dir` (so
+/// that reopening `dir` reopens the same database).
 pub(super) fn open(dir: &Path) -> Store {
+    #[cfg(feature = "postgres")]
+    if let Some(store) = on_postgres::open(dir) {
+        return store;
+    }
     Store::open(&dir.join("store")).unwrap()
 }
 
@@ -571,13 +578,8 @@ fn revoke_changes_status_and_audits() {
         store.subject(SubjectId(1)).unwrap().status,
         SubjectStatus::Revoked
     );
-    let audits: i64 = store
-        .readers
-        .get()
-        .unwrap()
-        .query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(audits, 2);
+    let audits = store.test_query("SELECT count(*) FROM revocations");
+    assert_eq!(audits, vec![vec!["2".to_owned()]]);
 }
 
 #[test]
@@ -1073,13 +1075,8 @@ fn a_v1_store_migrates_and_keeps_its_entries() {
     assert_eq!(recorded.mode, ModeKind::Identify);
     assert_eq!(recorded.verdict.decision, Decision::Admit);
     assert!(recorded.verdict.replayed);
-    let action: String = store
-        .readers
-        .get()
-        .unwrap()
-        .query_row("SELECT action FROM revocations", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(action, "revoke");
+    let action = store.test_query("SELECT action FROM revocations");
+    assert_eq!(action, vec![vec!["revoke".to_owned()]]);
     // New entries carry their fingerprint.
     let mut w = store.entry_writer().unwrap();
     let record = entry(4, 10, 1, Some(1), Decision::Admit, ModeKind::Verify, 5);
@@ -1169,24 +1166,16 @@ fn only_a_reinstatement_lifts_a_revocation() {
         store.subject(SubjectId(1)).unwrap().status,
         SubjectStatus::Active
     );
-    let audits: Vec<(String, String)> = {
-        let conn = store.readers.get().unwrap();
-        let mut stmt = conn
-            .prepare("SELECT action, reason FROM revocations WHERE subject = 1 ORDER BY id")
-            .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let audits =
+        store.test_query("SELECT action, reason FROM revocations WHERE subject = 1 ORDER BY id");
     assert_eq!(
         audits,
         vec![
-            ("revoke".to_owned(), "lost card".to_owned()),
-            (
+            vec!["revoke".to_owned(), "lost card".to_owned()],
+            vec![
                 "reinstate".to_owned(),
                 "card found; checked by staff".to_owned()
-            )
+            ]
         ]
     );
 }
@@ -1305,3 +1294,7 @@ fn escalations_are_listed_resolved_once_and_expire_with_their_entries() {
             .is_empty()
     );
 }
+
+#[cfg(feature = "postgres")]
+#[path = "backend_tests.rs"]
+mod on_postgres;

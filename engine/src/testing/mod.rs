@@ -15,6 +15,9 @@
 
 use gatewarden_protocol::SubjectId;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 /// The SplitMix64 finalizer: a bijective mix of 64 bits, so distinct inputs give distinct
 /// outputs. Also useful to derive seeds and to spread counters.
 pub fn mix64(mut z: u64) -> u64 {

@@ -101,7 +101,7 @@ pub(crate) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         snapshot.len()
     );
     let nonmates = Scores::new(nonmates(&snapshot, &args));
-    let (mates, source) = mates(&snapshot, &args)?;
+    let (mates, source) = mates(&snapshot, &args, &config)?;
     let precision = snapshot.precision().resolve(snapshot.len()).name();
     let report = CalibrationReport::new(&Inputs {
         nonmates: &nonmates,
@@ -224,12 +224,16 @@ fn check_strangers(
 }
 
 /// Mated scores: the labelled set if given, else the entry log's card-verified matches.
-fn mates(snapshot: &GallerySnapshot, args: &CalibrateArgs) -> anyhow::Result<(Vec<f32>, String)> {
+fn mates(
+    snapshot: &GallerySnapshot,
+    args: &CalibrateArgs,
+    config: &gatewarden::Config,
+) -> anyhow::Result<(Vec<f32>, String)> {
     if let (Some(vectors), Some(ids)) = (&args.mates, &args.mate_subjects) {
         return labelled_mates(snapshot, vectors, ids);
     }
     let store = args.data.join("store");
-    let archive = EntryArchive::open(&store)
+    let archive = EntryArchive::open_at(config.store.as_ref(), &store)
         .with_context(|| format!("cannot read the entry history in {}", store.display()))?;
     let now = SystemClock.now();
     let since = UnixMillis(now.0.saturating_sub(args.mate_days.saturating_mul(DAY_MS)));

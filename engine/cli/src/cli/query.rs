@@ -129,7 +129,11 @@ pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
 fn open_existing(data: &Path, config: &gatewarden::Config) -> anyhow::Result<Store> {
     let dir = data.join("store");
     anyhow::ensure!(
-        dir.join(store::DB_FILE).exists(),
+        config
+            .store
+            .as_ref()
+            .is_some_and(|l| *l != store::StoreLocation::Sqlite)
+            || dir.join(store::DB_FILE).exists(),
         "no store in {}: import subjects or run the server first, or pass --data",
         dir.display()
     );

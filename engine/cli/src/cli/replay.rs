@@ -57,11 +57,11 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let (first, last) = days(&args.from, &args.to)?;
     let store_dir = args.data.join("store");
     anyhow::ensure!(
-        store_dir.join(DB_FILE).is_file(),
+        config.store.is_some() || store_dir.join(DB_FILE).is_file(),
         "no store in {}: nothing has been recorded there",
         store_dir.display()
     );
-    let archive = EntryArchive::open(&store_dir)
+    let archive = EntryArchive::open_at(config.store.as_ref(), &store_dir)
         .with_context(|| format!("cannot read the entry history in {}", store_dir.display()))?;
     let missing = missing_days(&archive, offset, first, last)?;
     let range = ReplayRange {

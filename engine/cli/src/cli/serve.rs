@@ -35,6 +35,10 @@ pub(crate) struct ServeArgs {
     /// Do not start the admin HTTP API.
     #[arg(long)]
     no_http: bool,
+    /// Where the store lives, overriding the configuration's `store`: `sqlite` (the data
+    /// folder's files) or a PostgreSQL URL (`postgres://user@host/db`).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -64,6 +68,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.no_http {
         config.http.enabled = false;
+    }
+    if let Some(store) = &args.store {
+        config.store = Some(gatewarden::store::StoreLocation::parse(store)?);
     }
     // The flags may have changed what the file said: check the result again.
     config.validate()?;

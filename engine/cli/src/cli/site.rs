@@ -35,12 +35,18 @@ pub(crate) fn open(data: &Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Opens the site's store directly (for the CLI's imports, queries and status changes), with
-/// the credential key where the configuration puts it.
+/// Opens the site's store directly (for the CLI's imports, queries and status changes), where
+/// the configuration's `store` says, with the credential key where it puts it.
 pub(crate) fn open_store(data: &Path, config: &Config) -> anyhow::Result<gatewarden::store::Store> {
+    use gatewarden::store::{Store, StoreLocation};
     let dir = data.join("store");
-    gatewarden::store::Store::open_with_key(&dir, &config.engine.credential_key_path(data))
-        .with_context(|| format!("cannot open the store in {}", dir.display()))
+    let location = config.store.clone().unwrap_or(StoreLocation::Sqlite);
+    Store::open_location(&location, &dir, &config.engine.credential_key_path(data)).with_context(
+        || match &location {
+            StoreLocation::Sqlite => format!("cannot open the store in {}", dir.display()),
+            other => format!("cannot open the store at {other:?}"),
+        },
+    )
 }
 
 /// A site has its configuration file (written by `init` and the demo), or at least a store

@@ -56,8 +56,15 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
 }
 
 fn stats(args: &StatsArgs) -> anyhow::Result<()> {
-    super::site::open(&args.data)?;
-    let stats = history_stats_in(&args.data.join("store").join(ENTRIES_DIR))?;
+    let config = super::site::open(&args.data)?;
+    let stats = match &config.store {
+        // PostgreSQL: the partitions are in the database (opening it does not lock the site,
+        // so this works beside a running server, as the SQLite files do).
+        Some(location) if *location != gatewarden::store::StoreLocation::Sqlite => {
+            super::site::open_store(&args.data, &config)?.history_stats()?
+        }
+        _ => history_stats_in(&args.data.join("store").join(ENTRIES_DIR))?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {

@@ -17,7 +17,7 @@ use gatewarden_protocol::{Event, GateId, Message, UnixMillis, Verdict};
 use crate::quic::Client;
 use crate::support::{self, GATES, verify_event};
 
-const PER_GATE: u64 = 100;
+pub(crate) const PER_GATE: u64 = 100;
 
 /// A server child that is killed if the test fails before stopping it.
 pub(crate) struct ServerGuard(pub(crate) Child);
@@ -30,9 +30,15 @@ impl Drop for ServerGuard {
 }
 
 pub(crate) fn spawn_server(dir: &Path) -> (ServerGuard, SocketAddr) {
+    spawn_server_with(dir, &[])
+}
+
+/// [`spawn_server`] with more arguments for `gatewarden serve`.
+pub(crate) fn spawn_server_with(dir: &Path, extra: &[&str]) -> (ServerGuard, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatewarden"))
         .args(["serve", "--data"])
         .arg(dir)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -74,7 +80,7 @@ fn prepare_with(dir: &Path, now: UnixMillis, engine_extra: &str, sections: &str)
     ensure_dev_certs(&CertDir(dir.join("certs")), (1..=GATES).map(GateId)).unwrap();
 }
 
-fn events(now: UnixMillis) -> Vec<Event> {
+pub(crate) fn events(now: UnixMillis) -> Vec<Event> {
     (1..=GATES)
         .flat_map(|g| (1..=PER_GATE).map(move |seq| (g, seq)))
         .map(|(g, seq)| verify_event(g, seq, 1 + (seq + u64::from(g)) % support::PEOPLE, now))
@@ -83,7 +89,7 @@ fn events(now: UnixMillis) -> Vec<Event> {
 
 /// Sends every event concurrently; returns the verdicts that arrived. With `kill_after`,
 /// SIGKILLs the server once that many verdicts have arrived and stops waiting shortly after.
-async fn drive(
+pub(crate) async fn drive(
     addr: SocketAddr,
     certs: &Path,
     events: &[Event],

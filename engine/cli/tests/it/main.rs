@@ -16,6 +16,7 @@ mod front;
 mod http;
 mod http_client;
 mod policy;
+mod postgres;
 mod quic;
 mod server;
 mod site;

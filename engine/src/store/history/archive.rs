@@ -89,6 +89,37 @@ impl EntryArchive {
         })
     }
 
+    /// The archive of the site whose store is at `location` (`None`: SQLite) in `store_dir`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] for a PostgreSQL store: the archive reads SQLite day files
+    /// (policy replay and calibration from recorded entries are not there yet); otherwise as
+    /// [`EntryArchive::open`].
+    pub fn open_at(
+        location: Option<&crate::store::StoreLocation>,
+        store_dir: &Path,
+    ) -> Result<Self, StoreError> {
+        match location {
+            None | Some(crate::store::StoreLocation::Sqlite) => Self::open(store_dir),
+            Some(_) => Err(StoreError::Unsupported {
+                what: "reading the entry history for policy replay or calibration",
+            }),
+        }
+    }
+
+    /// The archive of an open store's history; see [`EntryArchive::open_at`].
+    ///
+    /// # Errors
+    /// As [`EntryArchive::open_at`].
+    pub fn of_store(store: &crate::store::Store) -> Result<Self, StoreError> {
+        match store.backend_name() {
+            "sqlite" => Self::open(store.dir()),
+            _ => Err(StoreError::Unsupported {
+                what: "reading the entry history for policy replay or calibration",
+            }),
+        }
+    }
+
     /// The UTC days that have a partition, oldest first.
     pub fn days(&self) -> Vec<i64> {
         self.days.keys().copied().collect()

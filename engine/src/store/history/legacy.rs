@@ -12,7 +12,7 @@ use gatewarden_protocol::{Direction, MarketId, UnixMillis, Verdict, ZoneId};
 use rusqlite::{Connection, params};
 
 use super::History;
-use super::writer::{EntryWriter, RecordRef};
+use super::writer::{RecordRef, SqliteEntryWriter};
 use crate::store::schema::Role;
 use crate::store::{EntryRecord, EventFingerprint, ModeKind, StoreError};
 
@@ -36,7 +36,7 @@ pub(crate) fn move_entries(
         entries = total,
         "moving entry records into day partitions (once)"
     );
-    let mut loader = EntryWriter::new(history.clone(), Role::BulkLoader);
+    let mut loader = SqliteEntryWriter::new(history.clone(), Role::BulkLoader);
     let mut stmt = conn
         .prepare(
             "SELECT id, market, zone, mode, direction, captured_at, verdict, fingerprint

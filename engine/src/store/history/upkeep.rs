@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::partition::{self, Day};
 use super::{History, day_of};
 use crate::store::schema::{self, Role};
-use crate::store::{Store, StoreError};
+use crate::store::{SqliteStore, StoreError};
 
 /// A partition deleted by retention.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -321,7 +321,7 @@ fn partition_stats(part: &partition::Partition) -> Result<Option<PartitionStats>
     }))
 }
 
-fn summarise(partitions: Vec<PartitionStats>) -> HistoryStats {
+pub(crate) fn summarise(partitions: Vec<PartitionStats>) -> HistoryStats {
     let entries = partitions.iter().map(|p| p.entries).sum();
     let bytes = partitions.iter().map(|p| p.bytes).sum();
     HistoryStats {
@@ -352,13 +352,13 @@ pub struct HistoryCounters {
     pub wal_peak_bytes: u64,
 }
 
-impl Store {
+impl SqliteStore {
     /// Deletes the entry partitions older than the `entry_days` days ending on `now`'s UTC day
     /// (today included): see `[retention] entry_days`.
     ///
     /// # Errors
     /// File-system failures; partitions deleted before the failure stay deleted.
-    pub fn prune_entries(
+    pub(crate) fn prune_entries(
         &self,
         now: gatewarden_protocol::UnixMillis,
         entry_days: u32,
@@ -379,7 +379,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite failures; counted, and the next pass tries again.
-    pub fn checkpoint_entries(
+    pub(crate) fn checkpoint_entries(
         &self,
         cp: &mut Checkpointer,
         now: gatewarden_protocol::UnixMillis,
@@ -398,7 +398,7 @@ impl Store {
     ///
     /// # Errors
     /// A partition that cannot be read.
-    pub fn history_stats(&self) -> Result<HistoryStats, StoreError> {
+    pub(crate) fn history_stats(&self) -> Result<HistoryStats, StoreError> {
         let mut partitions = Vec::new();
         for part in self.history.all() {
             if let Some(stats) = partition_stats(&part)? {
@@ -409,7 +409,7 @@ impl Store {
     }
 
     /// The history's counters since start-up.
-    pub fn history_counters(&self) -> HistoryCounters {
+    pub(crate) fn history_counters(&self) -> HistoryCounters {
         let c = &self.history.counters;
         HistoryCounters {
             pruned_partitions: c.pruned_partitions.load(Ordering::Relaxed),

@@ -55,17 +55,18 @@ impl std::error::Error for CommitError {
     }
 }
 
-/// The group-commit writer of entry records. Owns its connections; `Send`, not shared.
-pub struct EntryWriter {
+/// The group-commit writer of entry records into SQLite day partitions. Owns its
+/// connections; `Send`, not shared.
+pub(crate) struct SqliteEntryWriter {
     history: Arc<History>,
     role: Role,
     days: BTreeMap<Day, DayWriter>,
     body: Vec<u8>,
 }
 
-impl std::fmt::Debug for EntryWriter {
+impl std::fmt::Debug for SqliteEntryWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntryWriter")
+        f.debug_struct("SqliteEntryWriter")
             .field("dir", &self.history.dir)
             .field("open_days", &self.days.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
@@ -86,7 +87,7 @@ pub(crate) struct RecordRef<'a> {
     pub(crate) fingerprint: Option<&'a EventFingerprint>,
 }
 
-impl EntryWriter {
+impl SqliteEntryWriter {
     pub(crate) fn new(history: Arc<History>, role: Role) -> Self {
         Self {
             history,
@@ -104,7 +105,10 @@ impl EntryWriter {
     /// # Errors
     /// SQLite failures (disk full, I/O error, busy past the timeout); [`CommitError`] says
     /// which records, if any, were recorded all the same.
-    pub fn commit(&mut self, records: &[EntryRecord]) -> Result<Vec<CommitOutcome>, CommitError> {
+    pub(crate) fn commit(
+        &mut self,
+        records: &[EntryRecord],
+    ) -> Result<Vec<CommitOutcome>, CommitError> {
         let refs: Vec<RecordRef<'_>> = records
             .iter()
             .map(|r| RecordRef {
@@ -146,7 +150,7 @@ impl EntryWriter {
     ///
     /// # Errors
     /// SQLite and file-system failures.
-    pub fn finish(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn finish(&mut self) -> Result<(), StoreError> {
         for (_, day) in std::mem::take(&mut self.days) {
             day.close(self.role)?;
         }
