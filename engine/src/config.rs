@@ -9,7 +9,7 @@
 //! [engine]
 //! dim = 512                 # embedding dimension of the face model
 //! model = "demo-face-v1"    # face model id every embedding must come from
-//! precision = "auto"        # gallery scan: "auto" (int8; binary from 200k rows), "int8", "binary", "f32"
+//! precision = "auto"        # gallery scan: "auto" (int8; binary from 100k rows), "int8", "binary", "f32"
 //! utc_offset_minutes = 480  # the markets' local time (Beijing)
 //! policy = "policy.toml"    # relative to the data folder; absent: the embedded demo policy
 //! queue_capacity = 4096     # events waiting for a matcher; beyond it gates get Busy

@@ -71,7 +71,7 @@ const CONFIG_TEMPLATE: &str = "\
 [engine]
 dim = 512
 model = \"demo-face-v1\"
-precision = \"auto\"     # int8 scan below 200k templates, 1-bit codes + exact re-rank above
+precision = \"auto\"     # int8 scan below 100k templates, 1-bit codes + exact re-rank above
 utc_offset_minutes = 480
 policy = \"policy.toml\"
 workers = 0          # matcher threads; 0 = one per core but one

@@ -43,10 +43,15 @@ pub const BINARY_CANDIDATES: usize = 64;
 ///
 /// The binary scan is faster at every size measured (one query, 1 thread, AVX-512, a loaded
 /// machine: 0.36 against 3.05 ms at 100k rows, 4.3 against 67 ms at 1M), but only the int8
-/// scan is exact. Below 200k rows an int8 query costs at most about 3.5 ms of one core on a
-/// quiet machine of this class (1.6 ms at 100k in the README), so `auto` keeps exactness
-/// there and switches where the scan starts to dominate the server's CPU.
-pub const AUTO_BINARY_MIN_ROWS: usize = 200_000;
+/// scan is exact (the binary scan's scores are exact too, but its shortlist can miss). `auto`
+/// keeps exactness while the exact scan costs less than the rest of the server's work per
+/// event, and switches where it would cost more. Measured end to end (`GATEWARDEN_ISA=avx2`,
+/// 1,000 gates, the load generator on the same two cores): at 100k people int8 took 0.72 ms
+/// of server CPU per verdict against 0.43 ms with binary (0.3 ms of it the rest of the
+/// server), and the highest sustainable rate was 2,500 ev/s with int8 against 4,000 with
+/// binary (`benches/overload/run.sh`, benches/README.md). At 50k the int8 scan costs about
+/// half the rest.
+pub const AUTO_BINARY_MIN_ROWS: usize = 100_000;
 
 /// The prefilter keeps at least one row in this many (see the module docs).
 pub const PREFILTER_SHARE: usize = 64;
