@@ -148,11 +148,11 @@ pub struct EntryRow {
     pub failed: Vec<CheckKind>,
 }
 
-/// The columns [`Store::entry_from_row`] reads, in its order.
+/// The columns [`SqliteStore::entry_from_row`] reads, in its order.
 pub(super) const ENTRY_COLUMNS: &str = "gate, seq, market, zone, subject, decision, mode, direction, score, captured_at, \
      decided_at, body";
 
-/// The columns [`Store::verdict_from_row`] reads after [`ENTRY_COLUMNS`].
+/// The columns `SqliteStore::recorded_from_row` reads after [`ENTRY_COLUMNS`].
 const RECORD_COLUMNS: &str = "fingerprint";
 
 impl SqliteStore {
@@ -169,7 +169,7 @@ impl SqliteStore {
 
     /// A writer for loading past entries in bulk (the history generator): its transactions
     /// are not synced one by one, so nothing it writes is durable until
-    /// [`EntryWriter::finish`] returns. Never use it for live events.
+    /// [`EntryWriter::finish`](super::EntryWriter::finish) returns. Never use it for live events.
     pub(crate) fn bulk_entry_loader(&self) -> SqliteEntryWriter {
         SqliteEntryWriter::new(self.history.clone(), Role::BulkLoader)
     }
