@@ -34,6 +34,7 @@ pg_start() { # DIR: makes a cluster in DIR/data with its socket in DIR
   cat >>"$dir/data/postgresql.conf" <<CONF
 listen_addresses = ''
 unix_socket_directories = '$dir'
+unix_socket_permissions = 0700
 port = 5432
 fsync = on
 synchronous_commit = on

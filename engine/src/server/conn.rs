@@ -584,10 +584,17 @@ async fn on_event(event: Event, state: &ConnState, ctx: &Ctx) -> Message {
             ),
         );
     }
-    // The market may have moved to another node since the Hello: then this node no longer
-    // decides its events (cluster::MarketDirectory says what a lease must guarantee).
-    if let Some(answer) = served_elsewhere(greeted.market, greeted.version, ctx) {
-        debug!(gate = %gate, seq = event.seq, market = %greeted.market, "event redirected");
+    // The market may have moved to another node since the Hello, or the gate to another
+    // market (the registry's record is read per event, from the in-memory cache, as the
+    // engine itself does when deciding): then this node no longer decides its events
+    // (cluster::MarketDirectory says what a lease must guarantee).
+    let market = ctx
+        .engine
+        .store()
+        .gate(*gate)
+        .map_or(greeted.market, |info| info.market);
+    if let Some(answer) = served_elsewhere(market, greeted.version, ctx) {
+        debug!(gate = %gate, seq = event.seq, market = %market, "event redirected");
         return answer;
     }
     match ctx.engine.submit(event).await {

@@ -141,6 +141,11 @@ impl PgServer {
         ));
         std::fs::create_dir(&root)
             .map_err(|e| failed("making the server's folder", e.to_string()))?;
+        // The server trusts every connection to its socket (a superuser with no password), so
+        // nobody but its owner may reach the socket: the folder and the socket are owner-only
+        // (root, which runs the tests in CI, passes anyway).
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| failed("making the server's folder owner-only", e.to_string()))?;
         let server = Self {
             root,
             bindir,
@@ -176,6 +181,7 @@ impl PgServer {
         )?;
         let conf = format!(
             "\n# gatewarden test server\nlisten_addresses = ''\nunix_socket_directories = '{}'\n\
+             unix_socket_permissions = 0700\n\
              port = 5432\nfsync = on\nsynchronous_commit = on\nmax_connections = 200\n\
              shared_buffers = 64MB\n",
             server.root.display()

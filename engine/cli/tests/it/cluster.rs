@@ -433,3 +433,41 @@ fn a_market_no_node_serves_is_told_to_wait() {
         running.stop().await;
     });
 }
+
+/// In process, over real QUIC: a gate moved in the registry to a market this node does not
+/// serve is redirected on its next event, on the connection it opened while its market was
+/// served here: the market is read from the registry per event, not remembered from Hello.
+#[test]
+fn a_gate_moved_to_a_market_served_elsewhere_is_redirected_on_its_next_event() {
+    let config = gatewarden::Config::from_toml(
+        "[cluster]\nnode = \"a\"\n\
+         [[cluster.nodes]]\nname = \"a\"\naddresses = [\"127.0.0.1:4433\"]\nmarkets = [1]\n\
+         [[cluster.nodes]]\nname = \"b\"\naddresses = [\"127.0.0.1:4434\"]\nmarkets = [2]\n",
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    let markets = StaticDirectory::new(config.cluster.as_ref().unwrap()).unwrap();
+    crate::server::runtime().block_on(async {
+        let running = crate::server::start_with_markets(Arc::new(markets)).await;
+        let client = Client::gate(running.addr, &running.certs, 1).await;
+        assert!(matches!(client.hello(1).await, Message::HelloAck(_)));
+        let now = crate::server::now();
+        let first = crate::support::verify_event(1, 1, 1, now);
+        let reply = client.request(&Message::Event(first)).await.unwrap();
+        assert!(
+            matches!(reply, Message::Verdict(_) | Message::Busy(_)),
+            "{reply:?}"
+        );
+        let mut moved = running.engine.store().gate(GateId(1)).unwrap();
+        moved.market = MarketId(2);
+        running.engine.store().upsert_gates(&[moved]).unwrap();
+        let second = crate::support::verify_event(1, 2, 2, now);
+        let reply = client.request(&Message::Event(second)).await.unwrap();
+        assert!(
+            matches!(&reply, Message::Redirect(r) if r.market == MarketId(2) && r.node == "b"),
+            "{reply:?}"
+        );
+        client.close().await;
+        running.stop().await;
+    });
+}

@@ -29,6 +29,8 @@ pub(crate) struct Running {
     pub(crate) certs: PathBuf,
     /// The server's counters.
     pub(crate) stats: Arc<gatewarden::server::ServerStats>,
+    /// The engine behind it (its registry can be changed under the server).
+    pub(crate) engine: Arc<gatewarden::Engine>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -59,7 +61,8 @@ async fn start_full(
     let mut config = support::config();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     adjust(&mut config.server);
-    let mut server = Server::bind(engine, &config.server, &CertDir(certs.clone())).unwrap();
+    let mut server =
+        Server::bind(Arc::clone(&engine), &config.server, &CertDir(certs.clone())).unwrap();
     if let Some(markets) = markets {
         server = server.with_markets(markets);
     }
@@ -73,6 +76,7 @@ async fn start_full(
         addr,
         certs,
         stats,
+        engine,
         stop: Some(stop),
         task,
         _dir: dir,

@@ -88,9 +88,10 @@ mod entry {
         ($isa:ident: $($name:ident => $f:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
             $(
                 pub(super) fn $name($($arg: $ty),*) $(-> $ret)? {
-                    // SAFETY: this entry is only stored in the table that `x86_64::avx2()` or
-                    // `x86_64::avx512()` (the one named like its module) built after
-                    // detecting every feature the callee enables.
+                    // SAFETY: this entry is only stored in tables built after detecting every
+                    // feature the callee enables: the `avx2` and `avx512` entries in the table
+                    // of that name, the `gather` entry (POPCNT) in both, and both
+                    // constructors detect POPCNT.
                     unsafe { $isa::$f($($arg),*) }
                 }
             )*
@@ -208,10 +209,6 @@ mod avx2 {
         }
     }
 
-    /// Densely packed 4-word codes (the code heads at d = 512), four rows per step: the
-    /// rows' `vpsadbw` sums (four u64 each) are added across rows with two unpack/add rounds
-    /// and one cross-lane add, instead of a horizontal sum per row. Returns how many rows it
-    /// scored.
     /// Densely packed 4-word codes (the code heads at d = 512), eight rows per step: four
     /// by nibble lookup, whose `vpsadbw` sums (four u64 each) are added across rows with two
     /// unpack/add rounds and one cross-lane add instead of a horizontal sum per row, and
