@@ -107,38 +107,6 @@ impl Cache {
 }
 
 impl SqliteStore {
-    pub(crate) fn subject(&self, id: SubjectId) -> Option<Arc<SubjectRecord>> {
-        self.cache.subject(id)
-    }
-
-    pub(crate) fn resolve_credential(&self, credential: &Credential) -> Option<SubjectId> {
-        self.cache.resolve_credential(&self.key, credential)
-    }
-
-    pub(crate) fn health(&self, id: SubjectId) -> Option<HealthRecord> {
-        self.cache.health(id)
-    }
-
-    pub(crate) fn gate(&self, id: GateId) -> Option<GateInfo> {
-        self.cache.gate(id)
-    }
-
-    pub(crate) fn gates(&self) -> Vec<GateInfo> {
-        self.cache.gates()
-    }
-
-    pub(crate) fn market_staff(&self, market: MarketId) -> Vec<Arc<SubjectRecord>> {
-        self.cache.market_staff(market)
-    }
-
-    pub(crate) fn subject_ids(&self) -> Vec<SubjectId> {
-        self.cache.subject_ids()
-    }
-
-    pub(crate) fn subject_count(&self) -> usize {
-        self.cache.subjects.len()
-    }
-
     /// Inserts or replaces subject records, in one transaction. Each record replaces the
     /// stored one entirely, credentials included: a record without `id_card` removes the
     /// subject's card. Returns the number of records written.
@@ -342,7 +310,7 @@ impl SqliteStore {
         now: UnixMillis,
     ) -> Result<Option<SubjectStatus>, StoreError> {
         let mut conn = self.writer();
-        let Some(current) = self.subject(id) else {
+        let Some(current) = self.cache.subject(id) else {
             return Ok(None);
         };
         if current.status == SubjectStatus::Active {
@@ -382,7 +350,7 @@ impl SqliteStore {
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
         let mut conn = self.writer();
-        let Some(current) = self.subject(id) else {
+        let Some(current) = self.cache.subject(id) else {
             return Ok(false);
         };
         let sql = |e| self.sql_err("revoking a subject", e);

@@ -238,49 +238,60 @@ impl Store {
         dispatch!(self, b => b.verify())
     }
 
+    /// The registry cache and credential key of either backend: the cache reads below are the
+    /// same code for both, and never touch the database.
+    fn cache_and_key(&self) -> (&super::cache::Cache, &super::key::CredentialKey) {
+        dispatch!(self, b => (&b.cache, &b.key))
+    }
+
+    fn cache(&self) -> &super::cache::Cache {
+        self.cache_and_key().0
+    }
+
     /// A subject's record, from the cache. The cached copy has `id_card = None` and no
     /// `qr_tokens` (both are kept only as keyed hashes), so do not write it back through
     /// [`Store::upsert_subjects`]: that replaces the whole record and would drop them.
     pub fn subject(&self, id: SubjectId) -> Option<std::sync::Arc<SubjectRecord>> {
-        dispatch!(self, b => b.subject(id))
+        self.cache().subject(id)
     }
 
     /// The subject a credential belongs to: the credential is hashed with the store's key and
     /// looked up by hash.
     pub fn resolve_credential(&self, credential: &Credential) -> Option<SubjectId> {
-        dispatch!(self, b => b.resolve_credential(credential))
+        let (cache, key) = self.cache_and_key();
+        cache.resolve_credential(key, credential)
     }
 
     /// A subject's latest health record, from the cache.
     pub fn health(&self, id: SubjectId) -> Option<HealthRecord> {
-        dispatch!(self, b => b.health(id))
+        self.cache().health(id)
     }
 
     /// A gate of the registry, from the cache.
     pub fn gate(&self, id: GateId) -> Option<GateInfo> {
-        dispatch!(self, b => b.gate(id))
+        self.cache().gate(id)
     }
 
     /// Every gate, ordered by id.
     pub fn gates(&self) -> Vec<GateInfo> {
-        dispatch!(self, b => b.gates())
+        self.cache().gates()
     }
 
     /// The staff of a market: subjects of a staff category (service worker, manager, staff,
     /// merchant) whose home market it is, ordered by id, whatever their status or validity.
     pub fn market_staff(&self, market: MarketId) -> Vec<std::sync::Arc<SubjectRecord>> {
-        dispatch!(self, b => b.market_staff(market))
+        self.cache().market_staff(market)
     }
 
     /// Every subject id, ascending. A scan of the cache, for tools, not for the per-event
     /// path.
     pub fn subject_ids(&self) -> Vec<SubjectId> {
-        dispatch!(self, b => b.subject_ids())
+        self.cache().subject_ids()
     }
 
     /// How many subjects the registry holds.
     pub fn subject_count(&self) -> usize {
-        dispatch!(self, b => b.subject_count())
+        self.cache().subjects.len()
     }
 
     /// Inserts or replaces subject records, in one transaction. Each record replaces the

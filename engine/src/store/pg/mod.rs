@@ -41,8 +41,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use gatewarden_protocol::{
-    Check, CodeColour, Credential, Decision, Direction, GateId, HealthRecord, MarketId, Outcome,
-    SubjectId, SubjectRecord, SubjectStatus, TestResult, UnixMillis, UpdateHealthAck, ZoneId,
+    Check, CodeColour, Decision, Direction, GateId, HealthRecord, MarketId, Outcome, SubjectId,
+    SubjectRecord, SubjectStatus, TestResult, UnixMillis, UpdateHealthAck, ZoneId,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -250,8 +250,8 @@ struct Counters {
 pub(crate) struct PgStore {
     dir: PathBuf,
     db: Arc<Db>,
-    key: CredentialKey,
-    cache: Cache,
+    pub(in crate::store) key: CredentialKey,
+    pub(in crate::store) cache: Cache,
     writer: Mutex<PgClient>,
     readers: Mutex<Vec<PgClient>>,
     forms: Forms,
@@ -362,38 +362,6 @@ impl PgStore {
     }
 
     // ---- the registry (cache reads) ----
-
-    pub(crate) fn subject(&self, id: SubjectId) -> Option<Arc<SubjectRecord>> {
-        self.cache.subject(id)
-    }
-
-    pub(crate) fn resolve_credential(&self, credential: &Credential) -> Option<SubjectId> {
-        self.cache.resolve_credential(&self.key, credential)
-    }
-
-    pub(crate) fn health(&self, id: SubjectId) -> Option<HealthRecord> {
-        self.cache.health(id)
-    }
-
-    pub(crate) fn gate(&self, id: GateId) -> Option<GateInfo> {
-        self.cache.gate(id)
-    }
-
-    pub(crate) fn gates(&self) -> Vec<GateInfo> {
-        self.cache.gates()
-    }
-
-    pub(crate) fn market_staff(&self, market: MarketId) -> Vec<Arc<SubjectRecord>> {
-        self.cache.market_staff(market)
-    }
-
-    pub(crate) fn subject_ids(&self) -> Vec<SubjectId> {
-        self.cache.subject_ids()
-    }
-
-    pub(crate) fn subject_count(&self) -> usize {
-        self.cache.subjects.len()
-    }
 
     pub(crate) fn find_status_lift(
         &self,
@@ -545,7 +513,7 @@ impl PgStore {
         now: UnixMillis,
     ) -> Result<Option<SubjectStatus>, StoreError> {
         let mut client = self.writer()?;
-        let Some(current) = self.subject(id) else {
+        let Some(current) = self.cache.subject(id) else {
             return Ok(None);
         };
         if current.status == SubjectStatus::Active {
@@ -578,7 +546,7 @@ impl PgStore {
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
         let mut client = self.writer()?;
-        let Some(current) = self.subject(id) else {
+        let Some(current) = self.cache.subject(id) else {
             return Ok(false);
         };
         let op = pg("revoking a subject");
