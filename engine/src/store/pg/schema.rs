@@ -29,7 +29,7 @@ use super::Db;
 use crate::store::StoreError;
 
 /// The schema version this build writes and understands.
-pub(super) const SCHEMA_VERSION: u32 = 1;
+pub(super) const SCHEMA_VERSION: u32 = 3;
 
 /// `pg_advisory_xact_lock` key held while migrating: "GWRD".
 const MIGRATION_LOCK: i64 = 0x4757_5244;
@@ -151,7 +151,14 @@ CREATE INDEX entries_market ON entries (market, decided_at);
 CREATE INDEX entries_time ON entries (decided_at);
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 1 → 2: market leases (issue 14). Reserved: filled by the lease work.
+const V2: &str = "SELECT 1;";
+
+/// Version 2 → 3: the registry's change log for propagation between nodes (issue 14).
+/// Reserved: filled by the propagation work.
+const V3: &str = "SELECT 1;";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 impl Db {
     /// Brings the schema up to [`SCHEMA_VERSION`], or refuses a database it cannot understand.
