@@ -164,7 +164,8 @@ def fleet_proof(args, data: Path) -> dict:
     log(f"fleet proof: {args.fleet} gates, {args.fleet_rate:.0f} ev/s, {args.fleet_s} s "
         f"(load average {load_average()})")
     port, http = free_port(), f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
-    proc, addr = overload.start_server(args.bin_dir, data, f"127.0.0.1:{port}", http)
+    proc, addr = overload.start_server(args.bin_dir, data, f"127.0.0.1:{port}", http,
+                                        args.server_extra)
     report_path = data / "report-fleet.json"
     try:
         time.sleep(1.0)
@@ -235,7 +236,8 @@ def restart_proof(args, data: Path) -> dict:
         f"{args.kill_at_s} s of {args.fleet_s} s (load average {load_average()})")
     port = free_port()
     listen = f"127.0.0.1:{port}"
-    proc, addr = overload.start_server(args.bin_dir, data, listen)
+    proc, addr = overload.start_server(args.bin_dir, data, listen,
+                                        server_extra=args.server_extra)
     report_path = data / "report-restart.json"
     verdicts_path = data / "verdicts-restart.jsonl"
     verdicts_path.unlink(missing_ok=True)
@@ -259,7 +261,8 @@ def restart_proof(args, data: Path) -> dict:
         killed = time.monotonic()
         proc.wait()
         kill_t = killed - load_start
-        second, _ = overload.start_server(args.bin_dir, data, listen)
+        second, _ = overload.start_server(args.bin_dir, data, listen,
+                                          server_extra=args.server_extra)
         start_s = time.monotonic() - killed
         log(f"  killed at t = {kill_t:.1f} s; the new server listened {start_s:.2f} s later")
         lg.wait(timeout=args.fleet_s + 300)
@@ -300,8 +303,9 @@ def restart_proof(args, data: Path) -> dict:
         "latency_ms": report["latency_ms"], "loadgen_cpu_s": report["cpu_s"],
         "server_peak_rss_after_restart_mib": peak2,
         "first_server_cpu_s": cpu_first,
-        "per_second": [{k: s[k] for k in ("t", "verdicts", "busy", "p99_ms",
-                                          "gates_connected")} for s in report["per_second"]],
+        "per_second": [{k: s.get(k) for k in ("t", "verdicts", "busy", "p99_ms",
+                                              "gates_connected", "gates_lost")}
+                       for s in report["per_second"]],
     }
     fmt = lambda v: "never" if v is None else f"{v:.1f} s"  # noqa: E731
     log(f"  every gate back {fmt(r['all_reconnected_after_s'])} after the kill; p99 back under "
@@ -344,9 +348,14 @@ def main() -> int:
                     help="skip the search: the highest sustainable rate, measured before")
     ap.add_argument("--only", choices=["retry", "fleet", "restart"], action="append",
                     help="run only these proofs (repeatable)")
+    ap.add_argument("--server-set", dest="server_extra", action="append", default=[],
+                    metavar="KEY=VALUE",
+                    help="a [server] setting for the fleet and restart servers, e.g. "
+                         "max_handshakes=1024 (repeatable)")
     ap.add_argument("--keep", type=Path, help="prepared data folder to use and keep")
     ap.add_argument("--seed", type=int, default=300)
     args = ap.parse_args()
+    args.server_extra = "".join(f"{line}\n" for line in args.server_extra)
     data = args.keep or Path(tempfile.mkdtemp(prefix="gatewarden-storms-"))
     proofs = args.only or ["retry", "fleet", "restart"]
     try:

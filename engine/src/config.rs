@@ -38,7 +38,7 @@
 //! stream_read_timeout_ms = 5000
 //! udp_buffer_bytes = 4194304
 //! shutdown_grace_ms = 5000
-//! max_handshakes = 256      # handshakes in progress at once; more are refused (the gate
+//! max_handshakes = 2048     # handshakes in progress at once; more are refused (the gate
 //!                           # backs off and retries: a reconnect storm waits in the gates);
 //!                           # from half that many on, new addresses get a QUIC Retry first
 //! shed_below_requests = true  # while the engine sheds: Busy from the event header, and no
@@ -316,7 +316,7 @@ impl Default for ServerConfig {
             stream_read_timeout_ms: 5_000,
             udp_buffer_bytes: 4 << 20,
             shutdown_grace_ms: 5_000,
-            max_handshakes: 256,
+            max_handshakes: 2048,
             shed_below_requests: true,
         }
     }

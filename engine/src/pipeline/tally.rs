@@ -51,15 +51,15 @@ impl Tally {
     ) -> Result<Self, crate::store::StoreError> {
         let mut tally = Self::default();
         let (day_start, _) = offset.day_bounds(now);
-        store.for_each_entry_since(day_start, |row| {
+        store.for_each_passage_since(day_start, |p| {
             tally.observe(
                 &Observation {
-                    subject: row.subject,
-                    market: row.market,
-                    mode: row.mode,
-                    direction: row.direction,
-                    decision: row.decision,
-                    at: row.decided_at,
+                    subject: Some(p.subject),
+                    market: p.market,
+                    mode: p.mode,
+                    direction: p.direction,
+                    decision: Decision::Admit,
+                    at: p.at,
                 },
                 offset,
             );

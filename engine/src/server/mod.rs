@@ -23,6 +23,7 @@ pub mod certs;
 mod conn;
 mod log_text;
 mod reset;
+mod tickets;
 pub mod tls;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use super::certs::{ADMIN_NAME, CertDir, gate_name};
+use super::tickets::DerivedTicketer;
 
 /// TLS set-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +71,24 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The server's provider: ring's, with `TLS13_AES_128_GCM_SHA256` first. ring's default
+/// order puts the AES-256/SHA-384 suite first, whose key schedule runs SHA-512 in software
+/// on x86 (no SHA-512 instructions), a measurable part of each handshake in a reconnect storm;
+/// SHA-256 runs on the SHA extensions, and AES-128 is QUIC's own Initial suite. The server
+/// picks by its own order (`ignore_client_order`), whatever a gate's firmware prefers.
+fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
+}
+
 /// The server's rustls configuration: its certificate, and client certificates required and
-/// verified against the fleet CA.
+/// verified against the fleet CA. Session tickets are sealed under keys derived from the
+/// server's private key (tickets.rs), so a gate resumes its session, skipping both
+/// certificate checks, even with a restarted server: that is what makes a reconnect storm
+/// cheaper.
 ///
 /// # Errors
 /// Missing or invalid certificate files.
@@ -81,15 +98,16 @@ pub fn server_config(dir: &CertDir) -> Result<rustls::ServerConfig, TlsError> {
         roots.add(ca)?;
     }
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), server_provider()).build()?;
+    let key_path = dir.server_key();
+    let secret = std::fs::read(&key_path).map_err(|e| pem_err(&key_path, e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            load_certs(&dir.server_cert())?,
-            load_key(&dir.server_key())?,
-        )?;
+        .with_single_cert(load_certs(&dir.server_cert())?, load_key(&key_path)?)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    config.ignore_client_order = true;
+    config.ticketer = Arc::new(DerivedTicketer::new(&secret));
     Ok(config)
 }
 
@@ -158,6 +176,95 @@ mod tests {
         // PROTOCOL.md section 1: no 0-RTT, so no replayable request reaches the server.
         assert_eq!(config.max_early_data_size, 0);
         assert_eq!(config.alpn_protocols, vec![ALPN.to_vec()]);
+    }
+
+    /// Runs a TLS handshake between two in-memory connections, and delivers whatever the
+    /// server sends after it (its session tickets).
+    fn handshake(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+        let mut wire = Vec::new();
+        for _ in 0..16 {
+            wire.clear();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let mut from_client = wire.as_slice();
+            while !from_client.is_empty() {
+                server.read_tls(&mut from_client).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            wire.clear();
+            while server.wants_write() {
+                server.write_tls(&mut wire).unwrap();
+            }
+            let mut from_server = wire.as_slice();
+            while !from_server.is_empty() {
+                client.read_tls(&mut from_server).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !client.is_handshaking() && !server.is_handshaking() && !server.wants_write() {
+                return;
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn a_gate_resumes_its_session_with_a_restarted_server_and_keeps_its_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir(dir.path().to_owned());
+        ensure_dev_certs(&certs, [GateId(7)]).unwrap();
+        let gate = Arc::new(
+            client_config(
+                &certs,
+                &certs.gate_cert(GateId(7)),
+                &certs.gate_key(GateId(7)),
+            )
+            .unwrap(),
+        );
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let connect = |server_config: &Arc<rustls::ServerConfig>| {
+            let mut client =
+                rustls::ClientConnection::new(Arc::clone(&gate), name.clone()).unwrap();
+            let mut server = rustls::ServerConnection::new(Arc::clone(server_config)).unwrap();
+            handshake(&mut client, &mut server);
+            (client, server)
+        };
+        let first_process = Arc::new(server_config(&certs).unwrap());
+        let (client, server) = connect(&first_process);
+        assert_eq!(client.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        assert_eq!(
+            client.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        let full_identity = server.peer_certificates().unwrap().to_vec();
+        // The server restarts: a new configuration from the same files.
+        let second_process = Arc::new(server_config(&certs).unwrap());
+        let (client, server) = connect(&second_process);
+        assert_eq!(
+            client.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        assert_eq!(
+            server.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        let resumed_identity = server.peer_certificates().unwrap().to_vec();
+        assert_eq!(resumed_identity, full_identity);
+        assert!(
+            PeerCert::from_chain(&resumed_identity)
+                .unwrap()
+                .is_gate(GateId(7))
+        );
+        // Another server (another key) cannot open the ticket: a full handshake.
+        let other = tempfile::tempdir().unwrap();
+        let other_certs = CertDir(other.path().to_owned());
+        ensure_dev_certs(&other_certs, []).unwrap();
+        std::fs::copy(certs.ca_cert(), other_certs.ca_cert()).unwrap();
+        std::fs::copy(certs.ca_key(), other_certs.ca_key()).unwrap();
+        std::fs::remove_file(other_certs.server_cert()).unwrap();
+        ensure_dev_certs(&other_certs, []).unwrap();
+        let (client, _) = connect(&Arc::new(server_config(&other_certs).unwrap()));
+        assert_eq!(client.handshake_kind(), Some(rustls::HandshakeKind::Full));
     }
 
     #[test]

@@ -83,6 +83,7 @@ again_on_postgres!(
     signins_list_first_admitted_signin_per_subject,
     contacts_find_others_in_the_same_market_within_the_window,
     for_each_entry_since_streams_in_time_order,
+    passages_are_the_admitted_entries_of_known_people_in_time_order,
     market_staff_lists_working_categories_of_the_home_market,
     event_fingerprints_are_keyed_per_store,
     only_a_reinstatement_lifts_a_revocation,

@@ -76,6 +76,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use gatewarden_protocol::{GateId, SubjectId};
 use rusqlite::Connection;
 
+pub(crate) use entries::Passage;
 pub use entries::{
     CommitOutcome, EntryRecord, EntryRow, EventFingerprint, ModeKind, RecordedEntry,
 };

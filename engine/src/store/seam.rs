@@ -35,7 +35,7 @@ use gatewarden_protocol::{
 use super::{
     CheckpointReport, Checkpointer, CommitError, CommitOutcome, ContactRow, EntryRecord, EntryRow,
     Escalation, EscalationState, EventFingerprint, FrequencyRow, HistoryCounters, HistoryStats,
-    PrunedPartition, RecordedEntry, Resolution, SignInRow, SqliteEntryWriter, SqliteStore,
+    Passage, PrunedPartition, RecordedEntry, Resolution, SignInRow, SqliteEntryWriter, SqliteStore,
     StoreError,
 };
 use crate::model::GateInfo;
@@ -462,6 +462,16 @@ impl Store {
         f: impl FnMut(&EntryRow),
     ) -> Result<(), StoreError> {
         dispatch!(self, b => b.for_each_entry_since(since, f))
+    }
+
+    /// Streams the admitted passages of known people decided at or after `since`, in the
+    /// order they were decided, from the indexed columns alone (today's tallies).
+    pub(crate) fn for_each_passage_since(
+        &self,
+        since: UnixMillis,
+        f: impl FnMut(&Passage),
+    ) -> Result<(), StoreError> {
+        dispatch!(self, b => b.for_each_passage_since(since, f))
     }
 
     /// A subject's recorded entries decided in `[since, until)`, in time order.

@@ -839,6 +839,41 @@ fn for_each_entry_since_streams_in_time_order() {
 }
 
 #[test]
+fn passages_are_the_admitted_entries_of_known_people_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    query_fixture(&store);
+    let mut expected = Vec::new();
+    store
+        .for_each_entry_since(at(20), |r| {
+            if let (Decision::Admit, Some(subject)) = (r.decision, r.subject) {
+                expected.push(Passage {
+                    subject,
+                    market: r.market,
+                    mode: r.mode,
+                    direction: r.direction,
+                    at: r.decided_at,
+                });
+            }
+        })
+        .unwrap();
+    let mut passages = Vec::new();
+    store
+        .for_each_passage_since(at(20), |p| passages.push(*p))
+        .unwrap();
+    assert_eq!(passages, expected);
+    // The fixture's deny at 20 s and the unknown person at 5001 s are not passages; the exit
+    // at 6000 s is.
+    let times: Vec<UnixMillis> = passages.iter().map(|p| p.at).collect();
+    assert_eq!(
+        times,
+        [30, 50, 100, 2000, 5000, 6000, 9000, 9010].map(at).to_vec()
+    );
+    assert_eq!(passages[5].direction, Direction::Exit);
+    assert_eq!(passages[1].mode, ModeKind::SignIn);
+}
+
+#[test]
 fn readers_see_commits_while_the_writer_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(dir.path()));

@@ -433,6 +433,8 @@ struct Shared {
     max_busy_retries: Option<u32>,
     /// Gates with a live connection (see [`keep_connected`]).
     connected: AtomicU32,
+    /// Connections that ended since the last interval closed (losses the gates noticed).
+    losses: AtomicU32,
     /// The gates' keep-alive interval.
     keep_alive: Duration,
 }
@@ -445,6 +447,11 @@ impl Shared {
     /// Gates with a live connection right now (kept by [`keep_connected`]).
     fn gates_connected(&self) -> u32 {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Connections lost since the last call.
+    fn take_losses(&self) -> u32 {
+        self.losses.swap(0, Ordering::Relaxed)
     }
 
     fn stats(&self) -> MutexGuard<'_, Stats> {
@@ -513,6 +520,7 @@ async fn drive(
         load_start: OnceLock::new(),
         max_busy_retries: cfg.max_busy_retries,
         connected: AtomicU32::new(0),
+        losses: AtomicU32::new(0),
         keep_alive: cfg.keep_alive,
     });
 
@@ -694,6 +702,7 @@ async fn keep_connected(shared: Arc<Shared>, gate: usize, mut done: watch::Recei
         }
         drop(conn);
         shared.connected.fetch_sub(1, Ordering::Relaxed);
+        shared.losses.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -852,7 +861,11 @@ async fn dispatch(
     let mut stats = shared.stats();
     if stats.interval_has_data() {
         let t = load_start.elapsed().as_secs_f64();
-        let s = stats.tick((t * 1000.0).round() / 1000.0, shared.gates_connected());
+        let s = stats.tick(
+            (t * 1000.0).round() / 1000.0,
+            shared.gates_connected(),
+            shared.take_losses(),
+        );
         if cfg.progress {
             eprintln!("{}", stats.progress_line(&s));
         }
@@ -874,7 +887,7 @@ async fn tick(shared: Arc<Shared>, progress: bool, mut done: watch::Receiver<boo
         let t = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         let line = {
             let mut stats = shared.stats();
-            let s = stats.tick(t, shared.gates_connected());
+            let s = stats.tick(t, shared.gates_connected(), shared.take_losses());
             progress.then(|| stats.progress_line(&s))
         };
         if let Some(line) = line {

@@ -195,6 +195,9 @@ pub struct SecondStats {
     /// Gates holding a live connection at the end of the interval.
     #[serde(default)]
     pub gates_connected: u32,
+    /// Gate connections that ended in the interval (a lost server noticed, a redirect).
+    #[serde(default)]
+    pub gates_lost: u32,
 }
 
 /// A verdict that disagreed with the ground truth. No biometric data.

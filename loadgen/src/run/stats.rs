@@ -187,10 +187,11 @@ impl Stats {
     }
 
     /// Closes the current one-second interval.
-    pub(crate) fn tick(&mut self, t: f64, gates_connected: u32) -> SecondStats {
+    pub(crate) fn tick(&mut self, t: f64, gates_connected: u32, gates_lost: u32) -> SecondStats {
         let s = SecondStats {
             t,
             gates_connected,
+            gates_lost,
             sent: self.interval_sent,
             verdicts: self.interval_verdicts,
             busy: self.interval_busy,
@@ -399,11 +400,11 @@ mod tests {
             &meta(Decision::Admit, None),
         );
         assert!(s.interval_has_data());
-        let t = s.tick(1.0, 3);
+        let t = s.tick(1.0, 3, 0);
         assert_eq!((t.sent, t.verdicts, t.gates_connected), (1, 1, 3));
         assert!((t.p99_ms - 4.0).abs() < 0.01);
         assert!(!s.interval_has_data());
-        assert_eq!(s.tick(2.0, 3).verdicts, 0);
+        assert_eq!(s.tick(2.0, 3, 0).verdicts, 0);
         assert_eq!(s.report.per_second.len(), 2);
         assert!(s.progress_line(&t).contains("verdicts"));
     }

@@ -227,6 +227,7 @@ mod tests {
                 p50_ms: 2.0,
                 p99_ms: 9.5,
                 gates_connected: 1,
+                gates_lost: 0,
             })
             .collect();
         let svg = r.plot_svg();
@@ -254,6 +255,7 @@ mod tests {
             p50_ms: 2.0,
             p99_ms: 9.0,
             gates_connected: 1,
+            gates_lost: 0,
         };
         // 1,000 verdicts/s throughout; the run ends 0.5 s into its third second, and a last
         // sliver of 0.1 s follows.

@@ -61,8 +61,9 @@ use super::seam::redact_url;
 use super::templates::check_template;
 use super::{
     ContactRow, EntryRow, Escalation, EscalationState, EventFingerprint, FrequencyRow,
-    HistoryCounters, HistoryStats, ModeKind, PartitionStats, PrunedPartition, RecordedEntry,
-    Resolution, ResolvedAs, SignInRow, StoreError, from_sql_u64, fsutil, sql_time, to_sql_u64,
+    HistoryCounters, HistoryStats, ModeKind, PartitionStats, Passage, PrunedPartition,
+    RecordedEntry, Resolution, ResolvedAs, SignInRow, StoreError, from_sql_u64, fsutil, sql_time,
+    to_sql_u64,
 };
 use crate::model::GateInfo;
 use crate::policy::PolicyVersion;
@@ -802,6 +803,33 @@ impl PgStore {
                     failed: failed_checks(&body.checks),
                     ..entry
                 });
+            }
+            Ok(())
+        })
+    }
+
+    /// Streams the [`Passage`]s decided at or after `since`, in the order they were decided.
+    pub(crate) fn for_each_passage_since(
+        &self,
+        since: UnixMillis,
+        mut f: impl FnMut(&Passage),
+    ) -> Result<(), StoreError> {
+        let op = pg("reading passages");
+        self.read(|tx| {
+            let mut rows = tx
+                .query_raw(&*Passage::query("entries", "$1"), [sql_time(since)])
+                .map_err(&op)?;
+            while let Some(row) = rows.next().map_err(&op)? {
+                let market = u32_of(&self.db, row.try_get(1).map_err(&op)?, "market")?;
+                let passage = Passage::from_columns(
+                    row.try_get(0).map_err(&op)?,
+                    MarketId(market),
+                    i64::from(row.try_get::<_, i16>(2).map_err(&op)?),
+                    i64::from(row.try_get::<_, i16>(3).map_err(&op)?),
+                    row.try_get(4).map_err(&op)?,
+                )
+                .map_err(|detail| self.db.corrupt(detail))?;
+                f(&passage);
             }
             Ok(())
         })
