@@ -461,7 +461,70 @@ impl Store {
         since: UnixMillis,
         f: impl FnMut(&EntryRow),
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.for_each_entry_since(since, f))
+        match &self.backend {
+            Backend::Sqlite(b) => b.for_each_entry_since(since, f),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.for_each_entry_since(since, None, f),
+        }
+    }
+
+    /// [`Store::for_each_entry_since`] for the entries of `markets` only: a new owner of
+    /// markets rebuilds their counters from it while the node serves the others.
+    ///
+    /// # Errors
+    /// As [`Store::for_each_entry_since`].
+    pub fn for_each_market_entry_since(
+        &self,
+        markets: &[MarketId],
+        since: UnixMillis,
+        mut f: impl FnMut(&EntryRow),
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            // One file per day, no index by market: the day's scan, filtered.
+            Backend::Sqlite(b) => b.for_each_entry_since(since, |row| {
+                if markets.contains(&row.market) {
+                    f(row);
+                }
+            }),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.for_each_entry_since(since, Some(markets), f),
+        }
+    }
+
+    /// The market-lease table of the PostgreSQL store, as node `node`, on a connection of
+    /// its own.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] on SQLite; [`StoreError::Postgres`] if the connection
+    /// cannot be made.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn lease_table(
+        &self,
+        node: &str,
+    ) -> Result<super::pg::lease::LeaseTable, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(StoreError::Unsupported {
+                what: "market leases (they need the PostgreSQL store)",
+            }),
+            Backend::Postgres(b) => b.lease_table(node),
+        }
+    }
+
+    /// Fences every later commit of this store's entry writers by the node's leases.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] on SQLite, or for a second fence.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn fence_commits(
+        &self,
+        fence: std::sync::Arc<super::pg::lease::LeaseFence>,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(StoreError::Unsupported {
+                what: "market leases (they need the PostgreSQL store)",
+            }),
+            Backend::Postgres(b) => b.fence_commits(fence),
+        }
     }
 
     /// A subject's recorded entries decided in `[since, until)`, in time order.
