@@ -675,6 +675,7 @@ impl Engine {
             cluster,
             &self.store,
             self.pipeline.market_rebuilder(),
+            Arc::clone(&self.clock),
         )
     }
 

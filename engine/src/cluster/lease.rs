@@ -16,7 +16,7 @@
 //!   the node's entry writer, in the transaction of every group commit, locks the lease rows
 //!   of the batch's markets `FOR SHARE` where `holder` is this node and `epoch` the epoch it
 //!   holds; the records of a market that fails are not recorded, and their events get an
-//!   error, never a verdict ([`StoreError::LeaseLost`](crate::store::StoreError::LeaseLost));
+//!   error, never a verdict ([`StoreError::LeaseLost`]);
 //!   the gate retries with the same seq and is sent to the new owner. A take waits on those
 //!   row locks, so every record the old holder committed is in the log before the new holder
 //!   reads it.
@@ -58,6 +58,7 @@ use arc_swap::ArcSwap;
 use gatewarden_protocol::MarketId;
 
 use super::{MarketDirectory, Node, Ownership};
+use crate::clock::Clock;
 use crate::config::{ClusterConfig, ConfigError, LeaseConfig};
 use crate::error::Error;
 use crate::pipeline::MarketRebuilder;
@@ -83,6 +84,8 @@ struct Inner {
     view: ArcSwap<View>,
     fence: Arc<LeaseFence>,
     rebuild: MarketRebuilder,
+    /// The monotonic clock the lease deadlines are measured on.
+    clock: Arc<dyn Clock>,
     stop: Mutex<bool>,
     wake: Condvar,
     takeovers: AtomicU64,
@@ -139,6 +142,7 @@ impl LeaseDirectory {
         cluster: &ClusterConfig,
         store: &Store,
         rebuild: MarketRebuilder,
+        clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, Error> {
         cluster.validate()?;
         let leases = cluster.leases.ok_or_else(|| ConfigError::Invalid {
@@ -148,7 +152,7 @@ impl LeaseDirectory {
         let mut table = store.lease_table(&cluster.node)?;
         let fence = Arc::new(LeaseFence::new(&cluster.node));
         store.fence_commits(Arc::clone(&fence))?;
-        let inner = Arc::new(Inner::new(cluster, leases, fence, rebuild));
+        let inner = Arc::new(Inner::new(cluster, leases, fence, rebuild, clock));
         let mut held = BTreeMap::new();
         inner.round(&mut table, &mut held)?;
         let runner = Arc::clone(&inner);
@@ -181,7 +185,7 @@ impl LeaseDirectory {
 
     /// The markets this node answers `Here` for now, in order.
     pub fn markets_here(&self) -> Vec<MarketId> {
-        let now = Instant::now();
+        let now = self.inner.clock.instant();
         let mut here: Vec<MarketId> = self
             .inner
             .view
@@ -198,7 +202,9 @@ impl LeaseDirectory {
     /// The epoch of this node's lease of `market`, while it answers `Here` for it.
     pub fn epoch(&self, market: MarketId) -> Option<u64> {
         match self.inner.view.load().markets.get(&market) {
-            Some(Answer::Here { epoch, until }) if Instant::now() < *until => Some(*epoch),
+            Some(Answer::Here { epoch, until }) if self.inner.clock.instant() < *until => {
+                Some(*epoch)
+            }
             _ => None,
         }
     }
@@ -270,7 +276,9 @@ impl MarketDirectory for LeaseDirectory {
             retry_after: self.inner.unowned,
         };
         match self.inner.view.load().markets.get(&market) {
-            Some(Answer::Here { until, .. }) if Instant::now() < *until => Ownership::Here,
+            Some(Answer::Here { until, .. }) if self.inner.clock.instant() < *until => {
+                Ownership::Here
+            }
             Some(Answer::Elsewhere(node)) => Ownership::Elsewhere(Arc::clone(node)),
             _ => unowned,
         }
@@ -283,6 +291,7 @@ impl Inner {
         leases: LeaseConfig,
         fence: Arc<LeaseFence>,
         rebuild: MarketRebuilder,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let nodes = cluster
             .nodes
@@ -315,6 +324,7 @@ impl Inner {
             view: ArcSwap::from_pointee(View::default()),
             fence,
             rebuild,
+            clock,
             stop: Mutex::new(false),
             wake: Condvar::new(),
             takeovers: AtomicU64::new(0),
@@ -325,7 +335,7 @@ impl Inner {
     fn run(&self, table: &mut LeaseTable, held: &mut BTreeMap<MarketId, Lease>) {
         let mut failing = false;
         loop {
-            let started = Instant::now();
+            let started = self.clock.instant();
             {
                 let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
                 let wait = self.renew.saturating_sub(started.elapsed());
@@ -373,7 +383,7 @@ impl Inner {
         held: &mut BTreeMap<MarketId, Lease>,
     ) -> Result<(), StoreError> {
         let mine: Vec<Held> = held.iter().map(|(m, l)| (*m, l.epoch)).collect();
-        let sent = Instant::now();
+        let sent = self.clock.instant();
         let renewed: HashMap<MarketId, u64> = table.renew(&mine, self.ttl)?.into_iter().collect();
         let until = sent + self.ttl - self.margin;
         held.retain(|market, lease| {
@@ -397,7 +407,7 @@ impl Inner {
         table: &mut LeaseTable,
         held: &mut BTreeMap<MarketId, Lease>,
     ) -> Result<(), StoreError> {
-        let sent = Instant::now();
+        let sent = self.clock.instant();
         let taken = table.acquire(&self.preferred, self.ttl, self.grace)?;
         let until = sent + self.ttl - self.margin;
         for (market, epoch) in taken {
@@ -427,7 +437,7 @@ impl Inner {
         // The fence must know the new epochs before any event of these markets is decided.
         self.fence
             .set(held.iter().map(|(m, l)| (*m, l.epoch)).collect());
-        let started = Instant::now();
+        let started = self.clock.instant();
         match (self.rebuild)(&pending) {
             Ok(()) => {
                 for market in &pending {

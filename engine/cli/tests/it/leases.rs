@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatewarden::clock::{Clock, SystemClock};
 use gatewarden::model::GateInfo;
@@ -97,7 +97,7 @@ fn passage(gate: u32, seq: u64, subject: u64, direction: Direction, now: UnixMil
 /// Connects gate `gate` to `addr` and says Hello until the node serves its market (a redirect
 /// or a refusal while the market is between owners is waited out); at most 60 s.
 async fn served(addr: SocketAddr, certs: &Path, gate: u32, market: u32) -> Client {
-    let give_up = Instant::now() + Duration::from_secs(60);
+    let give_up = SystemClock.instant() + Duration::from_secs(60);
     let dir = CertDir(certs.to_owned());
     let (cert, key) = (dir.gate_cert(GateId(gate)), dir.gate_key(GateId(gate)));
     loop {
@@ -110,7 +110,7 @@ async fn served(addr: SocketAddr, certs: &Path, gate: u32, market: u32) -> Clien
             client.close().await;
         }
         assert!(
-            Instant::now() < give_up,
+            SystemClock.instant() < give_up,
             "node {addr} never served gate {gate}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -226,7 +226,7 @@ fn a_killed_nodes_market_is_taken_over_with_its_counters_and_no_event_lost() {
 
     let acknowledged = runtime.block_on(async {
         // A gate of market 1 at b is sent to a (once b has read who holds it).
-        let give_up = Instant::now() + Duration::from_secs(30);
+        let give_up = SystemClock.instant() + Duration::from_secs(30);
         loop {
             let client = Client::gate(addr_b, &certs, 1).await;
             let reply = client.request(&hello(1, 1, 1, 2)).await.unwrap();
@@ -237,7 +237,7 @@ fn a_killed_nodes_market_is_taken_over_with_its_counters_and_no_event_lost() {
                 break;
             }
             assert!(
-                Instant::now() < give_up,
+                SystemClock.instant() < give_up,
                 "b never sent gate 1 to a: {reply:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -314,7 +314,7 @@ fn a_killed_nodes_market_is_taken_over_with_its_counters_and_no_event_lost() {
     // Every event is in PostgreSQL exactly once, and each acknowledged one as acknowledged.
     let store_dir = site_b.join("store");
     let store = Store::open_location(
-        &StoreLocation::Postgres(url.clone()),
+        &StoreLocation::Postgres(url),
         &store_dir,
         &store_dir.join(KEY_FILE),
     )

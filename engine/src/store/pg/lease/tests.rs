@@ -5,11 +5,12 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatewarden_protocol::{Decision, GateId, MarketId, ZoneId};
 
 use crate::Config;
+use crate::clock::{Clock, SystemClock};
 use crate::cluster::lease::LeaseDirectory;
 use crate::cluster::{MarketDirectory, Ownership};
 use crate::config::ClusterConfig;
@@ -57,10 +58,13 @@ fn recorder() -> (MarketRebuilder, Arc<Mutex<Vec<Vec<u32>>>>) {
 
 /// Polls `done` every 10 ms for up to 30 s, calling `each` at every poll.
 fn wait_until(what: &str, mut done: impl FnMut() -> bool, mut each: impl FnMut()) {
-    let give_up = Instant::now() + Duration::from_secs(30);
+    let give_up = SystemClock.instant() + Duration::from_secs(30);
     while !done() {
         each();
-        assert!(Instant::now() < give_up, "gave up waiting until {what}");
+        assert!(
+            SystemClock.instant() < give_up,
+            "gave up waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -93,8 +97,10 @@ fn a_dead_nodes_market_passes_to_the_other_node_and_its_late_commit_is_fenced() 
         .unwrap();
     let (rebuild_a, _) = recorder();
     let (rebuild_b, rebuilt_b) = recorder();
-    let a = LeaseDirectory::start(&cluster("a"), &store_a, rebuild_a).unwrap();
-    let b = LeaseDirectory::start(&cluster("b"), &store_b, rebuild_b).unwrap();
+    let a =
+        LeaseDirectory::start(&cluster("a"), &store_a, rebuild_a, Arc::new(SystemClock)).unwrap();
+    let b =
+        LeaseDirectory::start(&cluster("b"), &store_b, rebuild_b, Arc::new(SystemClock)).unwrap();
     let (m1, m2) = (MarketId(1), MarketId(2));
 
     // Each holds the market it prefers, and sends the other's gates to the other.
@@ -188,7 +194,8 @@ fn a_dead_nodes_market_passes_to_the_other_node_and_its_late_commit_is_fenced() 
     // a comes back (a new process): market 1 is b's while b lives; a does not take it.
     let store_a2 = open(&url, dir.path());
     let (rebuild_a2, rebuilt_a2) = recorder();
-    let a2 = LeaseDirectory::start(&cluster("a"), &store_a2, rebuild_a2).unwrap();
+    let a2 =
+        LeaseDirectory::start(&cluster("a"), &store_a2, rebuild_a2, Arc::new(SystemClock)).unwrap();
     assert!(matches!(a2.owner(m1), Ownership::Elsewhere(n) if n.name == "b"));
     assert!(rebuilt_a2.lock().unwrap().is_empty());
 
@@ -212,7 +219,8 @@ fn leases_on_sqlite_are_refused_with_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
     let (rebuild, _) = recorder();
-    let err = LeaseDirectory::start(&cluster("a"), &store, rebuild).unwrap_err();
+    let err =
+        LeaseDirectory::start(&cluster("a"), &store, rebuild, Arc::new(SystemClock)).unwrap_err();
     assert!(
         matches!(&err, crate::Error::Store(StoreError::Unsupported { .. })),
         "{err}"
