@@ -58,6 +58,10 @@
 //! addresses = ["127.0.0.1:4433"]  # where its gates reach it, host:port, in order; sent to
 //!                               # gates of its markets that connect to another node
 //! markets = [1]                 # the markets it serves; a market belongs to one node
+//!                               # (with [cluster.leases]: the markets it prefers)
+//! # [cluster.leases]            # PostgreSQL store only: markets served by lease
+//! # ttl_ms = 3000               # a lease lasts this long after its last renewal
+//! # renew_ms = 1000             # renewal period, at most ttl_ms / 3
 //! ```
 //!
 //! The admin API is plain HTTP: the bearer token and the personal data it guards cross the
@@ -70,6 +74,13 @@
 //! is served by none: its gates are told to retry after `unowned_retry_ms`. `serve` rereads
 //! the section on SIGHUP, which is how a market is moved by hand: reload the old owner first and the new one a
 //! second later.
+//!
+//! `[cluster.leases]` (with `store = "postgres://..."`; on SQLite it is refused) serves each
+//! market by a lease in the store instead of by the table: a node serves a market while it
+//! holds the lease, takes its preferred markets when their leases are free, and takes any
+//! market whose lease ran out `ttl_ms` ago (a dead node's), rebuilding its counters first
+//! (`cluster::lease`, built with the `postgres` feature). The section is then read
+//! once, at start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -379,7 +390,7 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeConfig>,
     /// Market leases in PostgreSQL: with them, each node's `markets` are the markets it
     /// prefers, and which node serves a market is decided by a lease instead of this table
-    /// ([`crate::cluster::lease`]). Absent: the table is the assignment.
+    /// (`cluster::lease`). Absent: the table is the assignment.
     #[serde(default)]
     pub leases: Option<LeaseConfig>,
 }

@@ -1,6 +1,7 @@
 //! The PostgreSQL backend of the store (`store = "postgres://..."`).
 //!
-//! Layout and migrations are in `schema`; the group-commit entry writer is in `writer`.
+//! Layout and migrations are in `schema`; the group-commit entry writer is in `writer`; the
+//! market-lease table and the commit fence are in `lease`.
 //!
 //! # The client crate: `postgres` (rust-postgres, synchronous), without TLS
 //!
