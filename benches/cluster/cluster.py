@@ -38,7 +38,7 @@ from pathlib import Path
 SERVED_AGAIN_LIMIT_S = 10.0
 P99_BACK_LIMIT_S = 15.0
 P99_LIMIT_MS = 100.0
-ADMIT, ENTRY, EXIT = 1, 1, 2
+ADMIT, ENTRY, EXIT, SIGN_IN = 1, 1, 2, 3  # the entry log's codes
 
 
 def log(msg):
@@ -169,14 +169,16 @@ def log_checks(args, day_start_ms: int, cap: int) -> dict:
     dupes = psql(args, "SELECT count(*) FROM (SELECT gate, seq FROM entries GROUP BY gate, seq "
                        "HAVING count(*) > 1) d")[0][0]
     # Per person and market, in decision order: an admitted entry right after an admitted
-    # entry is a person let in while inside.
+    # entry is a person let in while inside. (A staff sign-in is not checked for anti-passback
+    # by the policy, so it may follow an entry; it still counts as being inside.)
     passback = psql(args, f"""
         WITH adm AS (
-          SELECT market, subject, direction, lag(direction) OVER (
+          SELECT gate, seq, market, subject, mode, direction, lag(direction) OVER (
                    PARTITION BY market, subject ORDER BY decided_at, id) AS prev
           FROM entries
           WHERE decision = {ADMIT} AND subject IS NOT NULL AND decided_at >= {day_start_ms})
-        SELECT count(*) FROM adm WHERE direction = {ENTRY} AND prev = {ENTRY}""")[0][0]
+        SELECT gate, seq, market, subject FROM adm
+        WHERE direction = {ENTRY} AND prev = {ENTRY} AND mode <> {SIGN_IN}""")
     # The occupancy as the engine counts it (an entry counts if the person was not inside, an
     # exit if they were), its running maximum per market.
     occupancy = psql(args, f"""
@@ -193,7 +195,8 @@ def log_checks(args, day_start_ms: int, cap: int) -> dict:
         SELECT market, max(occ) FROM (
           SELECT market, sum(delta) OVER (PARTITION BY market ORDER BY decided_at, id) AS occ
           FROM d) s GROUP BY market ORDER BY market""")
-    return {"duplicates": int(dupes), "anti_passback_violations": int(passback),
+    return {"duplicates": int(dupes), "anti_passback_violations": len(passback),
+            "anti_passback_examples": passback[:10],
             "max_occupancy": {m: int(o) for m, o in occupancy}, "occupancy_cap": cap}
 
 
