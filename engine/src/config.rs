@@ -625,8 +625,8 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "cluster.leases",
                 reason: "market leases live in the PostgreSQL store that every node shares; set \
-                         store = \"postgres://...\" (or serve --store), or remove \
-                         [cluster.leases] to assign markets by the [[cluster.nodes]] table"
+                         store = \"postgres://...\" in this file, or remove [cluster.leases] to \
+                         assign markets by the [[cluster.nodes]] table"
                     .to_owned(),
             });
         }

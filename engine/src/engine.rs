@@ -649,8 +649,9 @@ impl Engine {
     }
 
     /// Rebuilds today's counters (occupancy, anti-passback, frequency) of `markets` from the
-    /// entry log, while the engine goes on deciding the other markets' events. A node that
-    /// takes markets over calls it before it decides their events.
+    /// entry log, and learns their gates' last recorded seqs, while the engine goes on deciding
+    /// the other markets' events. A node that takes markets over calls it before it decides
+    /// their events.
     ///
     /// # Errors
     /// [`Error::Store`] if the entry log cannot be read; the counters in place stay.

@@ -20,6 +20,10 @@
 //!   the gate retries with the same seq and is sent to the new owner. A take waits on those
 //!   row locks, so every record the old holder committed is in the log before the new holder
 //!   reads it.
+//!   The epoch a commit is fenced with is the one the node holds when it commits. An event
+//!   admitted under an earlier epoch of the same node would pass only if the node lost the
+//!   market and took it back while the event waited: that takes more than a `ttl`, while
+//!   `[engine] deadline_ms` bounds the wait and the configuration requires `ttl_ms` above it.
 //! - **A dead node's markets go.** It stops renewing; its leases run out after `ttl`. Any live
 //!   node then takes them: at once the node that lists the market in its `[[cluster.nodes]]
 //!   markets` (its preferred markets), any other node `ttl` later (the grace lets a starting
@@ -29,7 +33,8 @@
 //!   node is alive), plus the rebuild.
 //! - **The new owner rebuilds before it answers `Here`.** A market taken is `Unowned` (gates
 //!   retry after `min(unowned_retry_ms, renew_ms)`) until this node has rebuilt its day
-//!   counters (occupancy, anti-passback, frequency, sign-ins) from the entry log
+//!   counters (occupancy, anti-passback, frequency, sign-ins) from the entry log, and learned
+//!   its gates' last recorded seqs, so that their retries are answered from the log
 //!   ([`crate::Engine::rebuild_market_counters`]); the other markets are served meanwhile.
 //!   The rebuild runs at every take, so counters left from an earlier time this node held
 //!   the market are never reused.

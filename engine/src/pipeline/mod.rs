@@ -169,14 +169,27 @@ impl Shared {
     }
 
     /// Rebuilds today's counters of `markets` from their entry records and puts them in
-    /// place of what this node had for them; the other markets' counters are not touched,
-    /// and their events go on being decided meanwhile.
+    /// place of what this node had for them, and raises their gates' high-water marks to what
+    /// the log holds; the other markets' counters are not touched, and their events go on
+    /// being decided meanwhile.
     fn rebuild_markets(
         &self,
         markets: &[gatewarden_protocol::MarketId],
     ) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now();
         let fresh = tally::Tally::rebuild_markets(&self.store, markets, now, self.offset)?;
+        // The markets' gates may have recorded events at their previous node: learn their
+        // high-water marks, so that a retry of such an event is looked up in the entry log
+        // before it is decided (not decided, counted, and only then found to be a duplicate).
+        for (gate, seq) in self.store.max_seq_per_gate()? {
+            if self
+                .store
+                .gate(gate)
+                .is_some_and(|g| markets.contains(&g.market))
+            {
+                self.keys.recorded(gate, seq);
+            }
+        }
         self.tally
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
