@@ -18,6 +18,10 @@
 //! a day without one (no maintenance thread: tools, tests) makes it and the next day's before
 //! the batch's statement, outside its transaction, under an advisory lock so that nodes do not
 //! race on the DDL.
+//!
+//! On a node with market leases (`cluster::lease`) each day's batch is a transaction of its
+//! own instead: the fence's `SELECT .. FOR SHARE` of the batch's lease rows, the insert of the
+//! records whose markets passed, the commit (four round trips instead of one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
