@@ -339,11 +339,12 @@ impl Inner {
     /// The renewal thread: a round every `renew`, until stopped.
     fn run(&self, table: &mut LeaseTable, held: &mut BTreeMap<MarketId, Lease>) {
         let mut failing = false;
+        // A round every `renew` from the start of the last one, however long that one took.
+        let mut next = self.clock.instant() + self.renew;
         loop {
-            let started = self.clock.instant();
             {
                 let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
-                let wait = self.renew.saturating_sub(started.elapsed());
+                let wait = next.saturating_duration_since(self.clock.instant());
                 let (stop, _) = self
                     .wake
                     .wait_timeout_while(stop, wait, |stop| !*stop)
@@ -352,6 +353,7 @@ impl Inner {
                     return;
                 }
             }
+            next = self.clock.instant() + self.renew;
             match self.round(table, held) {
                 Ok(()) if failing => {
                     failing = false;
