@@ -24,8 +24,10 @@
 //!   once the events it admitted before are decided (a second is ample: the queue wait is
 //!   bounded by `[engine] deadline_ms`, a group commit takes milliseconds), the new owner's.
 //!   Nothing in a static table notices a dead node; that is the lease's job.
-//! - A lease in PostgreSQL (issue 14, with the PostgreSQL store): the same trait, answered
-//!   from the lease table; see [`MarketDirectory`] for what it must guarantee.
+//! - [`lease::LeaseDirectory`] (`[cluster.leases]`, with the PostgreSQL store; cargo feature
+//!   `postgres`): a market is served by the node that holds its lease in PostgreSQL; a dead
+//!   node's leases run out and the live nodes take its markets, rebuilding their counters
+//!   first. See [`MarketDirectory`] for what it must guarantee and the module for how it does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -36,6 +38,9 @@ use arc_swap::ArcSwap;
 use gatewarden_protocol::MarketId;
 
 use crate::config::{ClusterConfig, ConfigError};
+
+#[cfg(feature = "postgres")]
+pub mod lease;
 
 /// Answers, for a market, which node serves it right now.
 ///

@@ -58,6 +58,10 @@
 //! addresses = ["127.0.0.1:4433"]  # where its gates reach it, host:port, in order; sent to
 //!                               # gates of its markets that connect to another node
 //! markets = [1]                 # the markets it serves; a market belongs to one node
+//!                               # (with [cluster.leases]: the markets it prefers)
+//! # [cluster.leases]            # PostgreSQL store only: markets served by lease
+//! # ttl_ms = 3000               # a lease lasts this long after its last renewal
+//! # renew_ms = 1000             # renewal period, at most ttl_ms / 3
 //! ```
 //!
 //! The admin API is plain HTTP: the bearer token and the personal data it guards cross the
@@ -70,6 +74,13 @@
 //! is served by none: its gates are told to retry after `unowned_retry_ms`. `serve` rereads
 //! the section on SIGHUP, which is how a market is moved by hand: reload the old owner first and the new one a
 //! second later.
+//!
+//! `[cluster.leases]` (with `store = "postgres://..."`; on SQLite it is refused) serves each
+//! market by a lease in the store instead of by the table: a node serves a market while it
+//! holds the lease, takes its preferred markets when their leases are free, and takes any
+//! market whose lease ran out `ttl_ms` ago (a dead node's), rebuilding its counters first
+//! (`cluster::lease`, built with the `postgres` feature). The section is then read
+//! once, at start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -377,6 +388,67 @@ pub struct ClusterConfig {
     pub unowned_retry_ms: u32,
     /// Every node of the site, this one included.
     pub nodes: Vec<NodeConfig>,
+    /// Market leases in PostgreSQL: with them, each node's `markets` are the markets it
+    /// prefers, and which node serves a market is decided by a lease instead of this table
+    /// (`cluster::lease`). Absent: the table is the assignment.
+    #[serde(default)]
+    pub leases: Option<LeaseConfig>,
+}
+
+/// `[cluster.leases]`: how long a market's lease lasts and how often it is renewed.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LeaseConfig {
+    /// How long (ms) a lease lasts after its last renewal, by the database's clock: a dead
+    /// node's markets are served again after about `ttl_ms` (its own markets' preferred
+    /// node) or `2 * ttl_ms` (any other node). 300..=600000, above `[engine] deadline_ms`.
+    pub ttl_ms: u32,
+    /// How often (ms) the node renews its leases and looks for free markets; at most a
+    /// third of `ttl_ms`, so that two renewals can fail before a lease runs out.
+    pub renew_ms: u32,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 3_000,
+            renew_ms: 1_000,
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// The lease's length.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(u64::from(self.ttl_ms))
+    }
+
+    /// The renewal period.
+    pub fn renew(&self) -> Duration {
+        Duration::from_millis(u64::from(self.renew_ms))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(300..=600_000).contains(&self.ttl_ms) {
+            return Err(ConfigError::Invalid {
+                field: "cluster.leases.ttl_ms",
+                reason: format!("{} is not in 300..=600000", self.ttl_ms),
+            });
+        }
+        if self.renew_ms < 50 || self.renew_ms > self.ttl_ms / 3 {
+            return Err(ConfigError::Invalid {
+                field: "cluster.leases.renew_ms",
+                reason: format!(
+                    "{} is not in 50..={} (a third of ttl_ms, so that a lease survives two \
+                     failed renewals)",
+                    self.renew_ms,
+                    self.ttl_ms / 3
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One node of `[cluster]`.
@@ -480,7 +552,10 @@ impl ClusterConfig {
                 ),
             );
         }
-        Ok(())
+        match &self.leases {
+            Some(leases) => leases.validate(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -537,8 +612,35 @@ impl Config {
         self.retention.validate()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+            if let Some(leases) = &cluster.leases {
+                self.check_leases(leases)?;
+            }
         }
         self.http.validate()
+    }
+
+    /// Leases live in the shared PostgreSQL store, and must outlast an event's queue wait.
+    fn check_leases(&self, leases: &LeaseConfig) -> Result<(), ConfigError> {
+        if !matches!(self.store, Some(crate::store::StoreLocation::Postgres(_))) {
+            return Err(ConfigError::Invalid {
+                field: "cluster.leases",
+                reason: "market leases live in the PostgreSQL store that every node shares; set \
+                         store = \"postgres://...\" in this file, or remove [cluster.leases] to \
+                         assign markets by the [[cluster.nodes]] table"
+                    .to_owned(),
+            });
+        }
+        if u64::from(leases.ttl_ms) <= self.engine.deadline_ms {
+            return Err(ConfigError::Invalid {
+                field: "cluster.leases.ttl_ms",
+                reason: format!(
+                    "{} ms is not above [engine] deadline_ms ({} ms): an event admitted under a \
+                     lease must be decided before the lease can pass to another node",
+                    leases.ttl_ms, self.engine.deadline_ms
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Reads `DATA/gatewarden.toml`; a missing file gives the defaults.
@@ -718,6 +820,52 @@ mod tests {
         let err =
             Config::from_toml(&format!("{two}[cluster.extra]\n"), Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn leases_need_postgres_and_a_sane_renewal() {
+        let one = "[cluster]\nnode = \"a\"\n[cluster.leases]\nttl_ms = 2000\nrenew_ms = 500\n\
+                   [[cluster.nodes]]\nname = \"a\"\naddresses = [\"127.0.0.1:4433\"]\nmarkets = [1]\n";
+        let on_pg = format!("store = \"postgres://gw@db/gw\"\n{one}");
+        if cfg!(feature = "postgres") {
+            let c = Config::from_toml(&on_pg, Path::new("x.toml")).unwrap();
+            let leases = c.cluster.unwrap().leases.unwrap();
+            assert_eq!((leases.ttl_ms, leases.renew_ms), (2000, 500));
+            for (bad, field) in [
+                (
+                    on_pg.replace("renew_ms = 500", "renew_ms = 700"),
+                    "cluster.leases.renew_ms",
+                ),
+                (
+                    on_pg.replace("ttl_ms = 2000", "ttl_ms = 100"),
+                    "cluster.leases.ttl_ms",
+                ),
+                (
+                    on_pg.replace("[cluster]\n", "[engine]\ndeadline_ms = 3000\n[cluster]\n"),
+                    "cluster.leases.ttl_ms",
+                ),
+            ] {
+                let err = Config::from_toml(&bad, Path::new("x.toml")).unwrap_err();
+                assert!(
+                    matches!(&err, ConfigError::Invalid { field: f, .. } if *f == field),
+                    "{bad}: {err}"
+                );
+            }
+        }
+        // On SQLite (the default) a lease has nowhere to live: a clear error, not a node that
+        // silently serves alone.
+        let err = Config::from_toml(one, Path::new("x.toml")).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ConfigError::Invalid {
+                    field: "cluster.leases",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("postgres://"), "{err}");
     }
 
     #[test]

@@ -648,6 +648,38 @@ impl Engine {
         }
     }
 
+    /// Rebuilds today's counters (occupancy, anti-passback, frequency) of `markets` from the
+    /// entry log, and learns their gates' last recorded seqs, while the engine goes on deciding
+    /// the other markets' events. A node that takes markets over calls it before it decides
+    /// their events.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the entry log cannot be read; the counters in place stay.
+    pub fn rebuild_market_counters(&self, markets: &[MarketId]) -> Result<(), Error> {
+        (self.pipeline.market_rebuilder())(markets).map_err(Error::from)
+    }
+
+    /// Starts market leases in the PostgreSQL store for this node ([`crate::cluster::lease`]):
+    /// the returned directory answers who serves each market, renews on a thread of its own,
+    /// rebuilds the counters of every market it takes before it answers `Here` for it, and
+    /// fences this engine's entry commits by the leases' epochs.
+    ///
+    /// # Errors
+    /// [`Error::Config`] without `[cluster.leases]`; [`Error::Store`] on SQLite, if the
+    /// database cannot be reached, or if leases were already started on this engine.
+    #[cfg(feature = "postgres")]
+    pub fn start_leases(
+        &self,
+        cluster: &crate::config::ClusterConfig,
+    ) -> Result<Arc<crate::cluster::lease::LeaseDirectory>, Error> {
+        crate::cluster::lease::LeaseDirectory::start(
+            cluster,
+            &self.store,
+            self.pipeline.market_rebuilder(),
+            Arc::clone(&self.clock),
+        )
+    }
+
     /// Pipeline counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.pipeline.stats()

@@ -76,8 +76,14 @@ fn commit_group(
         // recorded gets an error and the gate retries it with the same seq. (A group that
         // straddles midnight is two transactions; the first may have been recorded.)
         let lost = outcomes.iter().filter(|o| o.is_none()).count();
-        tracing::error!(error = %err, records = records.len(), not_recorded = lost, "group commit failed");
-        shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        if matches!(err, crate::store::StoreError::LeaseLost { .. }) {
+            // Another node took the markets: expected once per takeover, not a failure of
+            // this node's store.
+            tracing::warn!(error = %err, not_recorded = lost, "records refused by the lease fence");
+        } else {
+            tracing::error!(error = %err, records = records.len(), not_recorded = lost, "group commit failed");
+            shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
     if failure.is_some() || outcomes.iter().any(|o| *o != Some(CommitOutcome::Inserted)) {
         // A duplicate or an unrecorded event was counted when decided but is not a new entry.

@@ -61,6 +61,12 @@ pub use submit::Submission;
 
 use exactly_once::{EventIdentity, ExactlyOnce, InFlightClaim};
 
+/// Rebuilds the counters of the given markets from the entry log (see
+/// [`Pipeline::market_rebuilder`]).
+pub(crate) type MarketRebuilder = Arc<
+    dyn Fn(&[gatewarden_protocol::MarketId]) -> Result<(), crate::store::StoreError> + Send + Sync,
+>;
+
 /// The engine's answer to one submitted event.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
@@ -160,6 +166,35 @@ impl Shared {
             }
             Err(e) => tracing::error!(error = %e, "cannot rebuild today's counters"),
         }
+    }
+
+    /// Rebuilds today's counters of `markets` from their entry records and puts them in
+    /// place of what this node had for them, and raises their gates' high-water marks to what
+    /// the log holds; the other markets' counters are not touched, and their events go on
+    /// being decided meanwhile.
+    fn rebuild_markets(
+        &self,
+        markets: &[gatewarden_protocol::MarketId],
+    ) -> Result<(), crate::store::StoreError> {
+        let now = self.clock.now();
+        let fresh = tally::Tally::rebuild_markets(&self.store, markets, now, self.offset)?;
+        // The markets' gates may have recorded events at their previous node: learn their
+        // high-water marks, so that a retry of such an event is looked up in the entry log
+        // before it is decided (not decided, counted, and only then found to be a duplicate).
+        for (gate, seq) in self.store.max_seq_per_gate()? {
+            if self
+                .store
+                .gate(gate)
+                .is_some_and(|g| markets.contains(&g.market))
+            {
+                self.keys.recorded(gate, seq);
+            }
+        }
+        self.tally
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace_markets(markets, fresh, now, self.offset);
+        Ok(())
     }
 
     fn internal_error(message: String) -> Reply {
@@ -307,6 +342,13 @@ impl Pipeline {
     }
 
     /// Pipeline counters.
+    /// A handle that rebuilds markets' counters ([`Shared::rebuild_markets`]), for a market
+    /// directory that takes markets over while the pipeline runs.
+    pub(crate) fn market_rebuilder(&self) -> MarketRebuilder {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move |markets| shared.rebuild_markets(markets))
+    }
+
     pub(crate) fn stats(&self) -> StatsSnapshot {
         let (depth, capacity) = self.queue_fill();
         StatsSnapshot {

@@ -11,7 +11,7 @@ use gatewarden_protocol::{Decision, Direction, MarketId, SubjectId, UnixMillis};
 
 use crate::clock::UtcOffset;
 use crate::policy::{MarketState, PersonState};
-use crate::store::ModeKind;
+use crate::store::{ModeKind, Passage};
 
 #[derive(Clone, Copy, Debug, Default)]
 struct PersonDay {
@@ -51,20 +51,62 @@ impl Tally {
     ) -> Result<Self, crate::store::StoreError> {
         let mut tally = Self::default();
         let (day_start, _) = offset.day_bounds(now);
-        store.for_each_passage_since(day_start, |p| {
-            tally.observe(
-                &Observation {
-                    subject: Some(p.subject),
-                    market: p.market,
-                    mode: p.mode,
-                    direction: p.direction,
-                    decision: Decision::Admit,
-                    at: p.at,
-                },
-                offset,
-            );
+        store.for_each_passage_since(day_start, None, |p| tally.observe_passage(p, offset))?;
+        Ok(tally)
+    }
+
+    /// Today's counters of `markets` only, rebuilt from their entry records.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub(crate) fn rebuild_markets(
+        store: &crate::store::Store,
+        markets: &[MarketId],
+        now: UnixMillis,
+        offset: UtcOffset,
+    ) -> Result<Self, crate::store::StoreError> {
+        let mut tally = Self::default();
+        let (day_start, _) = offset.day_bounds(now);
+        store.for_each_passage_since(day_start, Some(markets), |p| {
+            tally.observe_passage(p, offset);
         })?;
         Ok(tally)
+    }
+
+    fn observe_passage(&mut self, p: &Passage, offset: UtcOffset) {
+        self.observe(
+            &Observation {
+                subject: Some(p.subject),
+                market: p.market,
+                mode: p.mode,
+                direction: p.direction,
+                decision: Decision::Admit,
+                at: p.at,
+            },
+            offset,
+        );
+    }
+
+    /// Replaces the counters of `markets` with `fresh`'s, a rebuild of those markets only
+    /// ([`Tally::rebuild_markets`]); the other markets' counters stay as they are. Sign-ins are
+    /// the person's, not a market's, and only accumulate within a day: `fresh`'s are added.
+    pub(crate) fn replace_markets(
+        &mut self,
+        markets: &[MarketId],
+        fresh: Self,
+        now: UnixMillis,
+        offset: UtcOffset,
+    ) {
+        self.roll(now, offset);
+        self.people
+            .retain(|(_, market), _| !markets.contains(market));
+        self.occupancy.retain(|market, _| !markets.contains(market));
+        if fresh.day.is_some() && fresh.day != self.day {
+            return; // rebuilt across midnight: today's counters of these markets start empty
+        }
+        self.people.extend(fresh.people);
+        self.occupancy.extend(fresh.occupancy);
+        self.signed_in.extend(fresh.signed_in);
     }
 
     /// Forgets yesterday when `now` falls on a new local day.
@@ -193,6 +235,41 @@ mod tests {
             0
         );
         assert_eq!(t.market(MarketId(1), tomorrow, OFFSET).occupancy, 0);
+    }
+
+    #[test]
+    fn replacing_a_market_keeps_the_others() {
+        let now = 100 * DAY_MS;
+        let mut t = Tally::default();
+        let mut elsewhere = obs(8, Direction::Entry, Decision::Admit, now);
+        elsewhere.market = MarketId(2);
+        t.observe(&obs(7, Direction::Entry, Decision::Admit, now), OFFSET);
+        t.observe(&elsewhere, OFFSET);
+        // Market 1 as the entry log has it: person 7 went out, person 9 came in.
+        let mut fresh = Tally::default();
+        fresh.observe(&obs(7, Direction::Entry, Decision::Admit, now), OFFSET);
+        fresh.observe(&obs(7, Direction::Exit, Decision::Admit, now + 1), OFFSET);
+        fresh.observe(&obs(9, Direction::Entry, Decision::Admit, now + 2), OFFSET);
+        t.replace_markets(&[MarketId(1)], fresh, UnixMillis(now + 3), OFFSET);
+        let at = UnixMillis(now + 3);
+        assert_eq!(t.market(MarketId(1), at, OFFSET).occupancy, 1);
+        assert_eq!(
+            t.person(SubjectId(7), MarketId(1), at, OFFSET).inside,
+            Some(false)
+        );
+        assert_eq!(
+            t.person(SubjectId(9), MarketId(1), at, OFFSET).inside,
+            Some(true)
+        );
+        assert_eq!(
+            t.market(MarketId(2), at, OFFSET).occupancy,
+            1,
+            "market 2 untouched"
+        );
+        assert_eq!(
+            t.person(SubjectId(8), MarketId(2), at, OFFSET).inside,
+            Some(true)
+        );
     }
 
     #[test]

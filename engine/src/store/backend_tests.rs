@@ -213,7 +213,7 @@ fn open_refuses_a_newer_schema_and_a_foreign_database() {
             err,
             StoreError::Incompatible {
                 found: 99,
-                supported: 1
+                supported: 3
             }
         ),
         "{err}"

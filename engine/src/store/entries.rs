@@ -134,19 +134,21 @@ pub(crate) struct Passage {
 }
 
 impl Passage {
-    /// The query of the passages decided at or after its one parameter, in the order they
-    /// were decided, reading `source` (the table and any access hint) with `param` as that
-    /// parameter. The columns are those [`Passage::from_columns`] takes, in order.
+    /// The query of the passages decided at or after its first parameter, in the order they
+    /// were decided, reading `source` (the table and any access hint) with `since` as that
+    /// parameter, and with `markets` (if any) as a parameter holding an array of markets to
+    /// keep. The columns are those [`Passage::from_columns`] takes, in order.
     ///
     /// SQLite reads `entries NOT INDEXED`: a day file's rows are nearly all at or after the
     /// day's start, and walking the time index fetched each row from the table by its own
     /// B-tree descent (three quarters of a restart's start-up late in a busy day, measured),
     /// where one sequential scan and a sort read each page once. PostgreSQL reads `entries`,
     /// whose day partitions it prunes by the same condition.
-    pub(crate) fn query(source: &str, param: &str) -> String {
+    pub(crate) fn query(source: &str, since: &str, markets: Option<&str>) -> String {
+        let only = markets.map_or(String::new(), |m| format!(" AND market = ANY({m})"));
         format!(
             "SELECT subject, market, mode, direction, decided_at FROM {source}
-             WHERE decided_at >= {param} AND decision = {admit} AND subject IS NOT NULL
+             WHERE decided_at >= {since} AND decision = {admit} AND subject IS NOT NULL{only}
              ORDER BY decided_at, id",
             admit = Decision::Admit.code()
         )
@@ -318,7 +320,7 @@ impl SqliteStore {
             let conn = part.readers.get()?;
             let sql = |e| StoreError::from_sqlite(&part.path, "reading passages", e);
             let mut stmt = conn
-                .prepare_cached(&Passage::query("entries NOT INDEXED", "?1"))
+                .prepare_cached(&Passage::query("entries NOT INDEXED", "?1", None))
                 .map_err(sql)?;
             let mut rows = stmt.query([sql_time(since)]).map_err(sql)?;
             while let Some(row) = rows.next().map_err(sql)? {

@@ -88,6 +88,8 @@ pub use history::upkeep::{
 };
 pub use history::writer::CommitError;
 use history::writer::SqliteEntryWriter;
+#[cfg(feature = "postgres")]
+pub(crate) use pg::lease::{Held, LeaseFence, LeaseRow, LeaseTable};
 pub use seam::{EntryWriter, Store, StoreLocation};
 
 pub use escalations::{Escalation, EscalationState, Resolution, ResolvedAs};
@@ -392,6 +394,18 @@ pub enum StoreError {
         /// The client's error (it never holds the connection's password).
         #[source]
         source: postgres::Error,
+    },
+    /// The entry writer's fence refused records: this node no longer holds the lease of
+    /// their markets at the epoch it decided them under (another node took the markets), so
+    /// they were not recorded and their verdicts must not be released. The gates retry with
+    /// the same seq, and are sent to the markets' new node.
+    #[error(
+        "this node no longer holds the lease of market(s) {markets:?}; their entries were not \
+         recorded (the gates retry at the markets' new node)"
+    )]
+    LeaseLost {
+        /// The markets whose records were refused.
+        markets: Vec<gatewarden_protocol::MarketId>,
     },
     /// The operation exists on the SQLite store only (for now).
     #[error("{what} is not supported on the PostgreSQL store")]

@@ -461,17 +461,72 @@ impl Store {
         since: UnixMillis,
         f: impl FnMut(&EntryRow),
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.for_each_entry_since(since, f))
+        match &self.backend {
+            Backend::Sqlite(b) => b.for_each_entry_since(since, f),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.for_each_entry_since(since, f),
+        }
+    }
+
+    /// The market-lease table of the PostgreSQL store, as node `node`, on a connection of
+    /// its own.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] on SQLite; [`StoreError::Postgres`] if the connection
+    /// cannot be made.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn lease_table(
+        &self,
+        node: &str,
+    ) -> Result<super::pg::lease::LeaseTable, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(StoreError::Unsupported {
+                what: "market leases (they need the PostgreSQL store)",
+            }),
+            Backend::Postgres(b) => b.lease_table(node),
+        }
+    }
+
+    /// Fences every later commit of this store's entry writers by the node's leases.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] on SQLite, or for a second fence.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn fence_commits(
+        &self,
+        fence: std::sync::Arc<super::pg::lease::LeaseFence>,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(StoreError::Unsupported {
+                what: "market leases (they need the PostgreSQL store)",
+            }),
+            Backend::Postgres(b) => b.fence_commits(fence),
+        }
     }
 
     /// Streams the admitted passages of known people decided at or after `since`, in the
-    /// order they were decided, from the indexed columns alone (today's tallies).
+    /// order they were decided, from the indexed columns alone (today's counters); only those
+    /// of `markets` if given (a takeover's rebuild of the markets it took).
+    ///
+    /// # Errors
+    /// As [`Store::for_each_entry_since`].
     pub(crate) fn for_each_passage_since(
         &self,
         since: UnixMillis,
-        f: impl FnMut(&Passage),
+        markets: Option<&[MarketId]>,
+        mut f: impl FnMut(&Passage),
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.for_each_passage_since(since, f))
+        match (&self.backend, markets) {
+            (Backend::Sqlite(b), None) => b.for_each_passage_since(since, f),
+            // One file per day, no index by market: the day's scan, filtered.
+            (Backend::Sqlite(b), Some(markets)) => b.for_each_passage_since(since, |p| {
+                if markets.contains(&p.market) {
+                    f(p);
+                }
+            }),
+            #[cfg(feature = "postgres")]
+            (Backend::Postgres(b), markets) => b.for_each_passage_since(since, markets, f),
+        }
     }
 
     /// A subject's recorded entries decided in `[since, until)`, in time order.

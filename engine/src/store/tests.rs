@@ -859,7 +859,7 @@ fn passages_are_the_admitted_entries_of_known_people_in_time_order() {
         .unwrap();
     let mut passages = Vec::new();
     store
-        .for_each_passage_since(at(20), |p| passages.push(*p))
+        .for_each_passage_since(at(20), None, |p| passages.push(*p))
         .unwrap();
     assert_eq!(passages, expected);
     // The fixture's deny at 20 s and the unknown person at 5001 s are not passages; the exit
@@ -871,6 +871,12 @@ fn passages_are_the_admitted_entries_of_known_people_in_time_order() {
     );
     assert_eq!(passages[5].direction, Direction::Exit);
     assert_eq!(passages[1].mode, ModeKind::SignIn);
+    // One market's passages only (a takeover's rebuild).
+    let mut market_2 = Vec::new();
+    store
+        .for_each_passage_since(at(0), Some(&[MarketId(2)]), |p| market_2.push(*p))
+        .unwrap();
+    assert_eq!(market_2, passages[6..].to_vec());
 }
 
 #[test]

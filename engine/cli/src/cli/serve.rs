@@ -80,18 +80,34 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let server_config = config.server.clone();
     let http_config = config.http.clone();
-    // [cluster]: the markets this node serves; without it, every market (one node).
+    // [cluster]: the markets this node serves (a table, or leases in PostgreSQL); without
+    // it, every market (one node).
+    let cluster_config = config.cluster.clone();
     let cluster = match &config.cluster {
-        Some(table) => Some(ClusterReload {
+        Some(table) if table.leases.is_none() => Some(ClusterReload {
             directory: Arc::new(StaticDirectory::new(table)?),
             path: config_path,
         }),
-        None => None,
+        _ => None,
     };
     let engine = Arc::new(
         gatewarden::Engine::open(&args.data, config)
             .with_context(|| format!("cannot open data folder {}", args.data.display()))?,
     );
+    let leases = match &cluster_config {
+        Some(table) if table.leases.is_some() => {
+            let leases = engine
+                .start_leases(table)
+                .context("cannot start the market leases")?;
+            tracing::info!(
+                node = %leases.node(),
+                here = ?leases.markets_here(),
+                "cluster: markets served by lease; [cluster] is read once, at start"
+            );
+            Some(leases)
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gw-quic")
@@ -109,9 +125,16 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             );
             server = server.with_markets(directory as Arc<dyn MarketDirectory>);
         }
+        if let Some(leases) = &leases {
+            server = server.with_markets(Arc::clone(leases) as Arc<dyn MarketDirectory>);
+        }
         let addr = server.local_addr()?;
-        if let Some(cluster) = &cluster {
-            let own = cluster.directory.addresses();
+        let own = match (&cluster, &leases) {
+            (Some(cluster), _) => Some(cluster.directory.addresses()),
+            (None, Some(leases)) => Some(leases.addresses()),
+            (None, None) => None,
+        };
+        if let Some(own) = own {
             let port = addr.port().to_string();
             if !own.iter().any(|a| a.rsplit_once(':').is_some_and(|(_, p)| p == port)) {
                 tracing::warn!(
@@ -167,6 +190,21 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Nobody may be reading stdout any more; that must not fail the shutdown.
         let line = format!("stats {}\n", serde_json::to_string(&engine.stats())?);
         let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
+        if let Some(leases) = leases {
+            // A clean stop ends this node's leases at once (after its last record), so the
+            // other nodes take its markets without waiting for them to run out.
+            let engine = Arc::clone(&engine);
+            let released = tokio::task::spawn_blocking(move || {
+                engine.shutdown();
+                leases.release(engine.store())
+            })
+            .await;
+            match released {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "market leases not released; they run out after their ttl"),
+                Err(e) => tracing::warn!(error = %e, "market leases not released; they run out after their ttl"),
+            }
+        }
         anyhow::Ok(())
     })
 }

@@ -33,7 +33,7 @@ const GATES: u32 = 8;
 const SUBJECTS: usize = 200;
 
 /// A free UDP port on loopback (released at once: the node binds it moments later).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -103,7 +103,7 @@ fn make_site(root: &Path, site: &Path) -> PathBuf {
 }
 
 /// Copies a stopped site (store, gallery, certificates: the same fleet CA) to `to`.
-fn copy_site(from: &Path, to: &Path) {
+pub(crate) fn copy_site(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -151,7 +151,7 @@ fn signal(server: &ServerGuard, sig: &str) {
     assert!(status.success());
 }
 
-fn hello(gate: u32, market: u32, min_version: u16, max_version: u16) -> Message {
+pub(crate) fn hello(gate: u32, market: u32, min_version: u16, max_version: u16) -> Message {
     Message::Hello(Hello {
         min_version,
         max_version,

@@ -15,6 +15,7 @@ mod enroll;
 mod front;
 mod http;
 mod http_client;
+mod leases;
 mod policy;
 mod postgres;
 mod quic;

@@ -1,6 +1,7 @@
 //! The PostgreSQL backend of the store (`store = "postgres://..."`).
 //!
-//! Layout and migrations are in `schema`; the group-commit entry writer is in `writer`.
+//! Layout and migrations are in `schema`; the group-commit entry writer is in `writer`; the
+//! market-lease table and the commit fence are in `lease`.
 //!
 //! # The client crate: `postgres` (rust-postgres, synchronous), without TLS
 //!
@@ -31,6 +32,7 @@
 //! What is not here yet: the nodes' caches are loaded at open and updated by this node's
 //! writes only (propagating other nodes' writes is the next part of issue 14).
 
+pub(crate) mod lease;
 mod schema;
 mod writer;
 
@@ -259,6 +261,9 @@ pub(crate) struct PgStore {
     counters: Counters,
     /// The last day whose partition the maintenance thread has made (ahead of time).
     prepared_through: AtomicI64,
+    /// The node's lease fence, once it runs with market leases; shared with its entry
+    /// writers, made before or after it is set.
+    fence: Arc<std::sync::OnceLock<Arc<lease::LeaseFence>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -290,7 +295,21 @@ impl PgStore {
             forms: Forms::default(),
             counters: Counters::default(),
             prepared_through: AtomicI64::new(i64::MIN),
+            fence: Arc::default(),
         })
+    }
+
+    /// Fences every later commit of this store's entry writers by `fence` (once; a second
+    /// fence is refused, since two lease directories over one store would contradict).
+    pub(crate) fn fence_commits(&self, fence: Arc<lease::LeaseFence>) -> Result<(), StoreError> {
+        self.fence.set(fence).map_err(|_| StoreError::Unsupported {
+            what: "a second market-lease fence on one store",
+        })
+    }
+
+    /// The lease table, on a connection of its own, as node `node`.
+    pub(crate) fn lease_table(&self, node: &str) -> Result<lease::LeaseTable, StoreError> {
+        lease::LeaseTable::connect(Arc::clone(&self.db), node)
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -683,7 +702,7 @@ impl PgStore {
     // ---- the entry log ----
 
     pub(crate) fn entry_writer(&self) -> Result<PgEntryWriter, StoreError> {
-        PgEntryWriter::connect(Arc::clone(&self.db))
+        PgEntryWriter::connect(Arc::clone(&self.db), Arc::clone(&self.fence))
     }
 
     pub(crate) fn bulk_entry_loader(&self) -> PgEntryWriter {
@@ -774,6 +793,8 @@ impl PgStore {
         })
     }
 
+    /// Every entry decided at or after `since`, of `markets` only if given (the markets'
+    /// index then narrows the read).
     pub(crate) fn for_each_entry_since(
         &self,
         since: UnixMillis,
@@ -808,17 +829,29 @@ impl PgStore {
         })
     }
 
-    /// Streams the [`Passage`]s decided at or after `since`, in the order they were decided.
+    /// Streams the [`Passage`]s decided at or after `since` (in `markets` only, if given), in
+    /// the order they were decided.
     pub(crate) fn for_each_passage_since(
         &self,
         since: UnixMillis,
+        markets: Option<&[MarketId]>,
         mut f: impl FnMut(&Passage),
     ) -> Result<(), StoreError> {
         let op = pg("reading passages");
+        let since = sql_time(since);
+        let markets: Option<Vec<i64>> = markets.map(|m| m.iter().map(|m| i64::from(m.0)).collect());
         self.read(|tx| {
-            let mut rows = tx
-                .query_raw(&*Passage::query("entries", "$1"), [sql_time(since)])
-                .map_err(&op)?;
+            let mut rows = match &markets {
+                None => tx.query_raw(
+                    &*Passage::query("entries", "$1", None),
+                    [&since as &(dyn ToSql + Sync)],
+                ),
+                Some(markets) => tx.query_raw(
+                    &*Passage::query("entries", "$1", Some("$2")),
+                    [&since as &(dyn ToSql + Sync), markets],
+                ),
+            }
+            .map_err(&op)?;
             while let Some(row) = rows.next().map_err(&op)? {
                 let market = u32_of(&self.db, row.try_get(1).map_err(&op)?, "market")?;
                 let passage = Passage::from_columns(

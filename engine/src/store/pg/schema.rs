@@ -151,8 +151,18 @@ CREATE INDEX entries_market ON entries (market, decided_at);
 CREATE INDEX entries_time ON entries (decided_at);
 ";
 
-/// Version 1 → 2: market leases (issue 14). Reserved: filled by the lease work.
-const V2: &str = "SELECT 1;";
+/// Version 1 → 2: market leases (issue 14; `store::pg::lease`, `cluster::lease`). One row per
+/// market, made when a node first sees the market (in `gates` or a node's preferences). Times
+/// are the database's own (`clock_timestamp()`): no node's clock decides who holds a market.
+const V2: &str = "
+CREATE TABLE market_leases (
+    market      BIGINT PRIMARY KEY,
+    holder      TEXT,                        -- the node's name; NULL: never held
+    epoch       BIGINT NOT NULL DEFAULT 0,   -- +1 at every acquisition: the fencing token
+    expires_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    acquired_at TIMESTAMPTZ
+);
+";
 
 /// Version 2 → 3: the registry's change log for propagation between nodes (issue 14).
 /// Reserved: filled by the propagation work.

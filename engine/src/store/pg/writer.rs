@@ -18,14 +18,19 @@
 //! a day without one (no maintenance thread: tools, tests) makes it and the next day's before
 //! the batch's statement, outside its transaction, under an advisory lock so that nodes do not
 //! race on the DDL.
+//!
+//! On a node with market leases (`cluster::lease`) each day's batch is a transaction of its
+//! own instead: the fence's `SELECT .. FOR SHARE` of the batch's lease rows, the insert of the
+//! records whose markets passed, the commit (four round trips instead of one).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
-use gatewarden_protocol::{Check, GateId};
-use postgres::Statement;
+use gatewarden_protocol::{Check, GateId, MarketId};
 use postgres::error::SqlState;
+use postgres::{GenericClient, Statement};
 
+use super::lease::{FENCE, LeaseFence};
 use super::{Db, PgClient, partition_name, pg};
 use crate::store::history::{DAY_MS, day_of, record};
 use crate::store::{CommitError, CommitOutcome, EntryRecord, StoreError, sql_time, to_sql_u64};
@@ -67,6 +72,17 @@ pub(crate) struct PgEntryWriter {
     forms: HashMap<Vec<u8>, u32>,
     /// Days whose partition this writer has made sure of.
     days: HashSet<i64>,
+    /// The node's market leases, once it runs with them: every commit is then fenced by
+    /// their epochs (see [`PgEntryWriter::commit`]).
+    fence: Arc<OnceLock<Arc<LeaseFence>>>,
+}
+
+/// What one day's statement wrote.
+struct Written {
+    /// The keys inserted.
+    rows: Vec<postgres::Row>,
+    /// The markets whose records the fence refused.
+    refused: HashSet<i64>,
 }
 
 struct Conn {
@@ -101,27 +117,54 @@ struct Columns {
     fingerprint: Vec<Option<Vec<u8>>>,
 }
 
+impl Columns {
+    /// The rows whose market passes `keep`.
+    fn only(&self, keep: impl Fn(i64) -> bool) -> Self {
+        let mut out = Self::default();
+        for i in (0..self.gate.len()).filter(|&i| keep(self.market[i])) {
+            out.gate.push(self.gate[i]);
+            out.seq.push(self.seq[i]);
+            out.market.push(self.market[i]);
+            out.zone.push(self.zone[i]);
+            out.subject.push(self.subject[i]);
+            out.decision.push(self.decision[i]);
+            out.mode.push(self.mode[i]);
+            out.direction.push(self.direction[i]);
+            out.score.push(self.score[i]);
+            out.captured_at.push(self.captured_at[i]);
+            out.decided_at.push(self.decided_at[i]);
+            out.body.push(self.body[i].clone());
+            out.fingerprint.push(self.fingerprint[i].clone());
+        }
+        out
+    }
+}
+
 impl PgEntryWriter {
     /// The pipeline's writer: connects now, so that a store that cannot be written fails the
     /// start rather than the first event.
-    pub(crate) fn connect(db: Arc<Db>) -> Result<Self, StoreError> {
-        let mut writer = Self::new(db, false);
+    pub(crate) fn connect(
+        db: Arc<Db>,
+        fence: Arc<OnceLock<Arc<LeaseFence>>>,
+    ) -> Result<Self, StoreError> {
+        let mut writer = Self::new(db, false, fence);
         writer.conn()?;
         Ok(writer)
     }
 
-    /// The bulk loader; connects at its first commit.
+    /// The bulk loader; connects at its first commit. Never fenced: it loads past days.
     pub(crate) fn bulk(db: Arc<Db>) -> Self {
-        Self::new(db, true)
+        Self::new(db, true, Arc::default())
     }
 
-    fn new(db: Arc<Db>, bulk: bool) -> Self {
+    fn new(db: Arc<Db>, bulk: bool, fence: Arc<OnceLock<Arc<LeaseFence>>>) -> Self {
         Self {
             db,
             conn: None,
             bulk,
             forms: HashMap::new(),
             days: HashSet::new(),
+            fence,
         }
     }
 
@@ -142,6 +185,13 @@ impl PgEntryWriter {
     }
 
     /// See [`EntryWriter::commit`](crate::store::EntryWriter::commit).
+    ///
+    /// With leases, each day's insert runs in a transaction that first locks the lease rows
+    /// of the batch's markets at the epochs this node holds them (`FOR SHARE`): records of a
+    /// market held at another epoch, or by another node, are not recorded and come back as
+    /// `None` with [`StoreError::LeaseLost`]; the rest are committed. A takeover's `UPDATE`
+    /// of those rows waits for the commit, so the new holder's rebuild reads every record the
+    /// old holder committed.
     pub(crate) fn commit(
         &mut self,
         records: &[EntryRecord],
@@ -154,11 +204,15 @@ impl PgEntryWriter {
                 .push(i);
         }
         let mut recorded: Vec<Option<CommitOutcome>> = vec![None; records.len()];
+        let mut lost: BTreeSet<MarketId> = BTreeSet::new();
         for (day, idxs) in by_day {
             match self.commit_day(day, records, &idxs) {
                 Ok(outcomes) => {
                     for (i, o) in idxs.into_iter().zip(outcomes) {
-                        recorded[i] = Some(o);
+                        if o.is_none() {
+                            lost.insert(records[i].market);
+                        }
+                        recorded[i] = o;
                     }
                 }
                 Err(error) => {
@@ -167,6 +221,14 @@ impl PgEntryWriter {
                     return Err(CommitError { error, recorded });
                 }
             }
+        }
+        if !lost.is_empty() {
+            return Err(CommitError {
+                error: StoreError::LeaseLost {
+                    markets: lost.into_iter().collect(),
+                },
+                recorded,
+            });
         }
         Ok(recorded.into_iter().flatten().collect())
     }
@@ -196,7 +258,7 @@ impl PgEntryWriter {
         day: i64,
         records: &[EntryRecord],
         idxs: &[usize],
-    ) -> Result<Vec<CommitOutcome>, StoreError> {
+    ) -> Result<Vec<Option<CommitOutcome>>, StoreError> {
         self.ensure_partitions(day)?;
         // A key twice in one batch: the first is the record, the others duplicates of it.
         let mut seen: HashSet<(GateId, u64)> = HashSet::with_capacity(idxs.len());
@@ -224,19 +286,20 @@ impl PgEntryWriter {
             cols.fingerprint.push(Some(rec.fingerprint.0.to_vec()));
             sent.push((v.gate, v.seq));
         }
-        let rows = match Self::insert(self.conn()?, &cols) {
+        let fence = self.fence.get().cloned();
+        let written = match Self::write(self.conn()?, fence.as_deref(), &cols) {
             // Retention dropped the day's partition since this writer made sure of it (a
             // record late by more than the retention period): make it again, once.
             Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => {
                 self.days.remove(&day);
                 self.ensure_partitions(day)?;
-                Self::insert(self.conn()?, &cols)
+                Self::write(self.conn()?, fence.as_deref(), &cols)
             }
             other => other,
         }
         .map_err(pg("committing entry records"))?;
-        let mut inserted: HashSet<(GateId, u64)> = HashSet::with_capacity(rows.len());
-        for row in rows {
+        let mut inserted: HashSet<(GateId, u64)> = HashSet::with_capacity(written.rows.len());
+        for row in written.rows {
             let gate: i64 = row.try_get(0).map_err(pg("committing entry records"))?;
             let seq: i64 = row.try_get(1).map_err(pg("committing entry records"))?;
             let gate = u32::try_from(gate)
@@ -248,19 +311,74 @@ impl PgEntryWriter {
             .iter()
             .map(|&i| {
                 let v = &records[i].verdict;
-                if inserted.remove(&(v.gate, v.seq)) {
-                    CommitOutcome::Inserted
+                if written.refused.contains(&i64::from(records[i].market.0)) {
+                    None
+                } else if inserted.remove(&(v.gate, v.seq)) {
+                    Some(CommitOutcome::Inserted)
                 } else {
-                    CommitOutcome::Duplicate
+                    Some(CommitOutcome::Duplicate)
                 }
             })
             .collect())
     }
 
-    /// Runs the batch insert: one statement, one transaction.
-    fn insert(conn: &mut Conn, cols: &Columns) -> Result<Vec<postgres::Row>, postgres::Error> {
-        conn.client.query(
-            &conn.insert,
+    /// Writes one day's batch: without a fence, the insert alone (one statement, one
+    /// transaction); with one, the fence's check and the insert of the records it lets
+    /// through in one transaction.
+    fn write(
+        conn: &mut Conn,
+        fence: Option<&LeaseFence>,
+        cols: &Columns,
+    ) -> Result<Written, postgres::Error> {
+        let Some(fence) = fence else {
+            let rows = Self::insert(&mut *conn.client, &conn.insert, cols)?;
+            return Ok(Written {
+                rows,
+                refused: HashSet::new(),
+            });
+        };
+        let markets: BTreeSet<i64> = cols.market.iter().copied().collect();
+        let (mut held, mut epochs) = (Vec::new(), Vec::new());
+        for &m in &markets {
+            let epoch = u32::try_from(m).ok().and_then(|m| fence.epoch(MarketId(m)));
+            if let Some(epoch) = epoch {
+                held.push(m);
+                epochs.push(i64::try_from(epoch).unwrap_or(i64::MAX));
+            }
+        }
+        let mut tx = conn.client.transaction()?;
+        let passed: HashSet<i64> = tx
+            .query(FENCE, &[&fence.node(), &held, &epochs])?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let refused: HashSet<i64> = markets
+            .iter()
+            .filter(|m| !passed.contains(m))
+            .copied()
+            .collect();
+        let rows = if refused.is_empty() {
+            Self::insert(&mut tx, &conn.insert, cols)?
+        } else {
+            let kept = cols.only(|market| passed.contains(&market));
+            if kept.gate.is_empty() {
+                Vec::new()
+            } else {
+                Self::insert(&mut tx, &conn.insert, &kept)?
+            }
+        };
+        tx.commit()?;
+        Ok(Written { rows, refused })
+    }
+
+    /// Runs the batch insert.
+    fn insert(
+        client: &mut impl GenericClient,
+        insert: &Statement,
+        cols: &Columns,
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        client.query(
+            insert,
             &[
                 &cols.gate,
                 &cols.seq,
