@@ -514,7 +514,7 @@ async fn drive(
     let shared = Arc::new(Shared {
         answered: gates.iter().map(|_| Mutex::new(None)).collect(),
         fleet,
-        connect_timeout: cfg.reply_timeout,
+        connect_timeout: cfg.reply_timeout.min(client::CONNECT_TIMEOUT),
         stats: Mutex::new(stats),
         keep_answered: cfg.bad_input > 0.0,
         load_start: OnceLock::new(),
