@@ -17,6 +17,7 @@ mod http;
 mod http_client;
 mod policy;
 mod postgres;
+mod propagation;
 mod quic;
 mod server;
 mod site;

@@ -433,3 +433,135 @@ pub(super) fn subject_keys(ids: impl IntoIterator<Item = SubjectId>) -> Vec<i64>
 pub(super) fn gate_keys(ids: impl IntoIterator<Item = GateId>) -> Vec<i64> {
     ids.into_iter().map(|g| i64::from(g.0)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use gatewarden_protocol::{GateId, MarketId, ZoneId};
+
+    use super::*;
+    use crate::model::GateInfo;
+    use crate::testing::postgres;
+
+    fn waiting_for_the_registry_lock(client: &mut ::postgres::Client) -> bool {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND NOT granted AND objid = $1",
+                &[&(REGISTRY_LOCK as u32)],
+            )
+            .and_then(|r| r.try_get::<_, i64>(0))
+            .unwrap()
+            > 0
+    }
+
+    /// The classic gap of a watermark over a sequence: a write that took the lower id but
+    /// commits later. Here a registry write holds its change (id n) uncommitted while another
+    /// node writes; that write must wait for it, so no follower can see n + 1 without n.
+    #[test]
+    fn a_change_committed_late_is_not_skipped_by_a_follower() {
+        let Some(server) = postgres::shared() else {
+            return;
+        };
+        let url = server.database().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("credential.key");
+        let a = Arc::new(PgStore::open(&url, dir.path(), &key).unwrap());
+        let b = PgStore::open(&url, dir.path(), &key).unwrap();
+        let mut slow = a.db.connect(true).unwrap();
+        let mut observer = a.db.connect(true).unwrap();
+
+        // The slow writer takes the lock and id 1, and does not commit yet.
+        let mut tx = slow.transaction().unwrap();
+        lock(&mut tx).unwrap();
+        record(&mut tx, ChangeKind::Gate, &[9]).unwrap();
+
+        // Meanwhile node a writes a gate, on a thread: it must queue behind the slow writer.
+        let writer = {
+            let a = Arc::clone(&a);
+            std::thread::spawn(move || {
+                a.upsert_gates(&[GateInfo {
+                    gate: GateId(1),
+                    market: MarketId(1),
+                    zone: ZoneId(1),
+                    name: "gate 1".to_owned(),
+                }])
+                .unwrap()
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !waiting_for_the_registry_lock(&mut observer) {
+            assert!(
+                !writer.is_finished(),
+                "the second write committed while the first held its change uncommitted"
+            );
+            assert!(Instant::now() < deadline, "the second write never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        // A follower reading now sees neither write, so its watermark stays below both.
+        let mut feed = b.change_feed(false).unwrap();
+        assert_eq!(b.apply_changes(&mut feed).unwrap().changes, 0);
+        assert_eq!(b.follow.watermark.load(Ordering::Relaxed), 0);
+
+        tx.commit().unwrap();
+        writer.join().unwrap();
+        let applied = b.apply_changes(&mut feed).unwrap();
+        assert_eq!(applied.changes, 2, "both, the late one included");
+        assert!(b.cache.gates.contains_key(&GateId(1)));
+        let order: Vec<(i64, i64)> = observer
+            .query("SELECT id, key FROM registry_changes ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(order, vec![(1, 9), (2, 1)], "ids in commit order");
+    }
+
+    /// Writes from two nodes at once while a follower reads: the follower's watermark never
+    /// passes a change it has not read.
+    #[test]
+    fn a_follower_reads_every_change_of_concurrent_writers() {
+        let Some(server) = postgres::shared() else {
+            return;
+        };
+        let url = server.database().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("credential.key");
+        let nodes: Vec<Arc<PgStore>> = (0..2)
+            .map(|_| Arc::new(PgStore::open(&url, dir.path(), &key).unwrap()))
+            .collect();
+        let follower = PgStore::open(&url, dir.path(), &key).unwrap();
+        let writers: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(n, node)| (0..2).map(move |t| (n, t, Arc::clone(node))))
+            .map(|(n, t, node)| {
+                std::thread::spawn(move || {
+                    for i in 0..25u32 {
+                        let id = 1 + (n as u32 * 2 + t) * 100 + i;
+                        node.upsert_gates(&[GateInfo {
+                            gate: GateId(id),
+                            market: MarketId(1),
+                            zone: ZoneId(1),
+                            name: format!("gate {id}"),
+                        }])
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut feed = follower.change_feed(true).unwrap();
+        let mut applied = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            applied += follower.apply_changes(&mut feed).unwrap().changes;
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        applied += follower.apply_changes(&mut feed).unwrap().changes;
+        assert_eq!(applied, 100);
+        assert_eq!(follower.cache.gates.len(), 100, "every gate reached the follower");
+    }
+}
