@@ -680,6 +680,26 @@ mod tests {
     }
 
     #[test]
+    fn registry_following_is_read_and_checked() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!((c.engine.registry_poll_ms, c.engine.registry_notify), (500, true));
+        let c = Config::from_toml(
+            "[engine]\nregistry_poll_ms = 200\nregistry_notify = false\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!((c.engine.registry_poll_ms, c.engine.registry_notify), (200, false));
+        for bad in ["0", "60001"] {
+            let err = Config::from_toml(
+                &format!("[engine]\nregistry_poll_ms = {bad}\n"),
+                Path::new("x.toml"),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("engine.registry_poll_ms"), "{err}");
+        }
+    }
+
+    #[test]
     fn cluster_section_is_read_and_checked() {
         let two = "[cluster]\nnode = \"b\"\n\
                    [[cluster.nodes]]\nname = \"a\"\naddresses = [\"10.0.0.1:4433\"]\nmarkets = [1]\n\

@@ -1,6 +1,7 @@
 //! The PostgreSQL backend of the store (`store = "postgres://..."`).
 //!
-//! Layout and migrations are in `schema`; the group-commit entry writer is in `writer`.
+//! Layout and migrations are in `schema`; the group-commit entry writer is in `writer`; the
+//! registry's change log and its follower's reads in `changes`.
 //!
 //! # The client crate: `postgres` (rust-postgres, synchronous), without TLS
 //!
@@ -26,10 +27,13 @@
 //! - one connection per [`PgEntryWriter`] (the pipeline's commit thread): one statement, so
 //!   one transaction and one durable commit (`synchronous_commit = on`), per batch and day;
 //! - a small pool of read connections for queries, each read in a `REPEATABLE READ` read-only
-//!   transaction so that the record forms it resolves are those of the rows it reads.
+//!   transaction so that the record forms it resolves are those of the rows it reads;
+//! - one follower connection (`changes`), opened by the engine's follower thread: it
+//!   `LISTEN`s for the registry's change notifications and reads the change log, so that
+//!   every node's cache and gallery follow the registry writes of every other node.
 //!
-//! What is not here yet: the nodes' caches are loaded at open and updated by this node's
-//! writes only (propagating other nodes' writes is the next part of issue 14).
+//! Registry writes take the registry's advisory lock first and record their changes last, in
+//! their own transaction (`changes` says why the lock closes the watermark gap).
 
 mod changes;
 mod schema;
