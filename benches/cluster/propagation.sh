@@ -10,6 +10,7 @@
 #   NOTIFY=false benches/cluster/propagation.sh        # the poll alone ([engine] registry_notify)
 #   POLL_MS=200 benches/cluster/propagation.sh         # [engine] registry_poll_ms (default 500)
 #   PROFILE=dev benches/cluster/propagation.sh         # reuse a dev build instead of --release
+#   KEEP=1 benches/cluster/propagation.sh              # keep the nodes' folders and logs
 #
 # Against nodes that already run (benches/cluster/run.sh), call the tool itself:
 #   gatewarden-loadgen propagation --admin A_HTTP --token-file A/admin.token \
@@ -33,16 +34,17 @@ else
 fi
 
 work=$(mktemp -d /tmp/gw-propagation.XXXXXX)
+# Beside, not inside: the server's user must reach its folder, and $work is owner-only.
+pgdir=$(mktemp -d /tmp/gw-bench-pg.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  pg_stop "$work/pg"
-  rm -rf "$work"
+  pg_stop "$pgdir"
+  if [ -n "${KEEP:-}" ]; then echo "kept the nodes' folders and logs in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-mkdir "$work/pg"
-url=$(pg_start "$work/pg")
+url=$(pg_start "$pgdir")
 echo "postgres $("$bindir/postgres" --version | awk '{print $3}') at $url" >&2
 
 # Node A's folder (certificates of the fleet and its gates) made by init; both nodes use its
@@ -82,7 +84,7 @@ start b
 a_http=$(sed -n 's/^http on //p' "$work/a.out")
 b_quic=$(sed -n 's/^listening on //p' "$work/b.out")
 
-args=(--writes 200)
+args=(--writes 200 --pause-ms "$poll_ms")
 [ $# -gt 0 ] && args=("$@")
 cmd=("$bin/gatewarden-loadgen" propagation --admin "$a_http" --token-file "$work/a/admin.token"
      --target "$b_quic" --certs "$work/a/certs" --gate 1 --market 1 "${args[@]}")

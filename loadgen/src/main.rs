@@ -85,6 +85,10 @@ struct PropagationArgs {
     /// The longest a round may wait for node B, in seconds, before the run fails.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
+    /// Before each round a random pause of up to this long (ms), so that the writes fall at
+    /// every phase of node B's poll; give at least B's `registry_poll_ms`.
+    #[arg(long, default_value_t = 500)]
+    pause_ms: u64,
     /// Print the report as JSON (every round's latency included).
     #[arg(long)]
     json: bool,
@@ -271,6 +275,7 @@ fn measure_propagation(a: PropagationArgs) -> anyhow::Result<ExitCode> {
         dim: a.dim,
         first_subject: a.first_subject,
         timeout: Duration::from_secs(a.timeout_s),
+        pause: Duration::from_millis(a.pause_ms),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -12,6 +12,11 @@
 //! Every round is a new person, so no policy rule that counts a person's entries can
 //! interfere: before propagation B denies an unknown card, which counts for nobody. The
 //! faces are random unit vectors (seeded); the probe is the enrolled face itself.
+//!
+//! Rounds are paused by a random time first: a round starts just after B applied the last
+//! one, so without the pause every write would land just after one of B's polls, and a run
+//! without notifications would measure the whole poll interval every time instead of its
+//! spread.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -52,6 +57,9 @@ pub struct PropagationConfig {
     pub first_subject: u64,
     /// The longest one round may wait for B before the run fails.
     pub timeout: Duration,
+    /// Before each round a pause drawn uniformly from `[0, pause)`, so that writes do not
+    /// fall at one phase of B's poll (see the module docs).
+    pub pause: Duration,
 }
 
 /// The latencies measured, in milliseconds, in round order.
@@ -86,6 +94,7 @@ pub async fn measure(cfg: &PropagationConfig) -> anyhow::Result<PropagationRepor
     let mut rounds = Vec::with_capacity(cfg.writes);
     let mut probes = 0u64;
     for round in 0..cfg.writes {
+        tokio::time::sleep(cfg.pause.mul_f64(uniform(round as u64))).await;
         let subject = cfg.first_subject + round as u64;
         let face = face(subject, cfg.dim);
         enrol(cfg, subject, &face).with_context(|| format!("enrolling {subject} at node A"))?;
@@ -118,6 +127,14 @@ pub async fn measure(cfg: &PropagationConfig) -> anyhow::Result<PropagationRepor
     }
     conn.close(0u32.into(), b"done");
     Ok(report(rounds, probes))
+}
+
+/// A number in `[0, 1)` drawn from `n` (SplitMix64's finaliser): the same rounds pause alike.
+fn uniform(n: u64) -> f64 {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
 }
 
 fn report(rounds: Vec<f64>, probes: u64) -> PropagationReport {
@@ -240,4 +257,28 @@ fn post(cfg: &PropagationConfig, path: &str, body: &serde_json::Value) -> anyhow
         reply.lines().next().unwrap_or("no answer")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_takes_nearest_rank_percentiles() {
+        let rounds: Vec<f64> = (1..=200).rev().map(f64::from).collect();
+        let r = report(rounds, 250);
+        assert_eq!((r.p50_ms, r.p99_ms, r.max_ms), (100.0, 198.0, 200.0));
+        assert!((r.mean_ms - 100.5).abs() < 1e-9);
+        assert_eq!(r.rounds_ms[0], 200.0, "rounds stay in their order");
+        let one = report(vec![7.0], 1);
+        assert_eq!((one.p50_ms, one.p99_ms), (7.0, 7.0));
+    }
+
+    #[test]
+    fn pauses_are_spread_over_the_interval() {
+        let draws: Vec<f64> = (0..1000).map(uniform).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        let low = draws.iter().filter(|u| **u < 0.5).count();
+        assert!((400..600).contains(&low), "{low} of 1000 below one half");
+    }
 }
