@@ -682,13 +682,19 @@ mod tests {
     #[test]
     fn registry_following_is_read_and_checked() {
         let c = Config::from_toml("", Path::new("x.toml")).unwrap();
-        assert_eq!((c.engine.registry_poll_ms, c.engine.registry_notify), (500, true));
+        assert_eq!(
+            (c.engine.registry_poll_ms, c.engine.registry_notify),
+            (500, true)
+        );
         let c = Config::from_toml(
             "[engine]\nregistry_poll_ms = 200\nregistry_notify = false\n",
             Path::new("x.toml"),
         )
         .unwrap();
-        assert_eq!((c.engine.registry_poll_ms, c.engine.registry_notify), (200, false));
+        assert_eq!(
+            (c.engine.registry_poll_ms, c.engine.registry_notify),
+            (200, false)
+        );
         for bad in ["0", "60001"] {
             let err = Config::from_toml(
                 &format!("[engine]\nregistry_poll_ms = {bad}\n"),

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use gatewarden_protocol::SubjectId;
 
+use crate::clock::{Clock, SystemClock};
 use crate::gallery::LiveGallery;
 use crate::store::{ChangeFeed, Store, StoreError};
 
@@ -121,6 +122,13 @@ fn run(parts: &FollowParts, stop: &Receiver<()>) {
     }
 }
 
+/// The monotonic time. The follower's waits are real waits on a connection (its notifications
+/// and the poll), so it reads the system's clock, not the engine's (which tests may hold
+/// still).
+fn now() -> Instant {
+    SystemClock.instant()
+}
+
 /// One connection's life: catch up, then wait for notifications or the poll and apply.
 fn follow(
     parts: &FollowParts,
@@ -139,19 +147,20 @@ fn follow(
         poll_ms = parts.poll.as_millis() as u64,
         "registry follower connected"
     );
-    let mut next_poll = Instant::now();
+    let mut next_poll = now();
     loop {
-        let now = Instant::now();
-        if now >= next_poll {
+        if now() >= next_poll {
             if let Err(e) = apply(parts, &mut feed, templates_after) {
                 return Ended::Failed(e);
             }
-            next_poll = Instant::now() + parts.poll;
+            next_poll = now() + parts.poll;
         }
-        let wait = next_poll.saturating_duration_since(Instant::now()).min(STOP_CHECK);
+        let wait = next_poll
+            .saturating_duration_since(now())
+            .min(STOP_CHECK);
         match feed.wait(wait) {
             // A change was committed somewhere: read it now.
-            Ok(true) => next_poll = Instant::now(),
+            Ok(true) => next_poll = now(),
             Ok(false) => {}
             Err(e) => return Ended::Failed(e),
         }
@@ -204,12 +213,14 @@ fn load_templates_after(parts: &FollowParts, after: u64) -> Result<(), StoreErro
         }
         pending.clear();
     };
-    parts.store.for_each_template_since(after, |id, subject, v| {
-        pending.push((id, subject, v.to_vec()));
-        if pending.len() == TEMPLATE_CHUNK {
-            flush(&mut pending);
-        }
-    })?;
+    parts
+        .store
+        .for_each_template_since(after, |id, subject, v| {
+            pending.push((id, subject, v.to_vec()));
+            if pending.len() == TEMPLATE_CHUNK {
+                flush(&mut pending);
+            }
+        })?;
     flush(&mut pending);
     Ok(())
 }

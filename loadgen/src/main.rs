@@ -288,7 +288,11 @@ fn measure_propagation(a: PropagationArgs) -> anyhow::Result<ExitCode> {
         println!(
             "propagation over {} writes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, mean {:.1} ms \
              ({} verdicts asked)",
-            report.writes, report.p50_ms, report.p99_ms, report.max_ms, report.mean_ms,
+            report.writes,
+            report.p50_ms,
+            report.p99_ms,
+            report.max_ms,
+            report.mean_ms,
             report.probes
         );
     }

@@ -140,7 +140,8 @@ fn uniform(n: u64) -> f64 {
 fn report(rounds: Vec<f64>, probes: u64) -> PropagationReport {
     let mut sorted = rounds.clone();
     sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    let at =
+        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
     PropagationReport {
         writes: rounds.len(),
         p50_ms: at(0.50),
@@ -231,7 +232,11 @@ fn enrol(cfg: &PropagationConfig, subject: u64, face: &[f32]) -> anyhow::Result<
     }]);
     post(cfg, "/api/v1/health", &health)?;
     let templates = serde_json::json!({"model": cfg.model, "embeddings": [face]});
-    post(cfg, &format!("/api/v1/subjects/{subject}/templates"), &templates)
+    post(
+        cfg,
+        &format!("/api/v1/subjects/{subject}/templates"),
+        &templates,
+    )
 }
 
 /// One HTTP/1.1 POST of JSON with the admin token; any status but 200 is an error.

@@ -326,14 +326,20 @@ fn registry_writes_at_one_node_reach_the_other_nodes_cache() {
     a.upsert_health(&[health(7, T0, CodeColour::Red)]).unwrap();
     let card = Credential::IdCard("110101199001010007".to_owned());
     let qr = Credential::StaffQr("qr-7".to_owned());
-    assert!(b.subject(SubjectId(7)).is_none(), "b was loaded before the writes");
+    assert!(
+        b.subject(SubjectId(7)).is_none(),
+        "b was loaded before the writes"
+    );
     assert!(b.gate(GateId(1)).is_none());
 
     let applied = follow(&b);
     assert_eq!(applied.changes, 3);
     assert_eq!(applied.templates_after, None);
     assert_eq!(b.gate(GateId(1)), Some(gate(1, 1)));
-    assert_eq!(b.subject(SubjectId(7)).unwrap().status, SubjectStatus::Active);
+    assert_eq!(
+        b.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Active
+    );
     assert_eq!(b.resolve_credential(&card), Some(SubjectId(7)));
     assert_eq!(b.resolve_credential(&qr), Some(SubjectId(7)));
     assert_eq!(b.health(SubjectId(7)).unwrap().health_code, CodeColour::Red);
@@ -350,7 +356,10 @@ fn registry_writes_at_one_node_reach_the_other_nodes_cache() {
     a.upsert_subjects(&[new_card]).unwrap();
     let before = b.template_count().unwrap();
     let ids = a
-        .add_templates(&[(SubjectId(7), "m", &vector(7, 8)), (SubjectId(7), "m", &vector(8, 8))])
+        .add_templates(&[
+            (SubjectId(7), "m", &vector(7, 8)),
+            (SubjectId(7), "m", &vector(8, 8)),
+        ])
         .unwrap();
     let applied = follow(&b);
     assert_eq!(applied.changes, 3);
@@ -360,7 +369,10 @@ fn registry_writes_at_one_node_reach_the_other_nodes_cache() {
         .unwrap();
     assert_eq!(seen, vec![(ids[0], SubjectId(7)), (ids[1], SubjectId(7))]);
     assert_eq!(before, 0);
-    assert_eq!(b.subject(SubjectId(7)).unwrap().status, SubjectStatus::Revoked);
+    assert_eq!(
+        b.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Revoked
+    );
     assert_eq!(b.resolve_credential(&card), None, "the old card is gone");
     assert_eq!(b.resolve_credential(&qr), None, "so is the QR token");
     assert_eq!(
@@ -371,11 +383,17 @@ fn registry_writes_at_one_node_reach_the_other_nodes_cache() {
 
     // a follows its own writes: harmless, its cache stays as its writes left it.
     assert_eq!(follow(&a).changes, 6);
-    assert_eq!(a.subject(SubjectId(7)).unwrap().status, SubjectStatus::Revoked);
+    assert_eq!(
+        a.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Revoked
+    );
     assert_eq!(a.resolve_credential(&card), None);
     a.reinstate(SubjectId(7), "found", UnixMillis(T0)).unwrap();
     follow(&b);
-    assert_eq!(b.subject(SubjectId(7)).unwrap().status, SubjectStatus::Active);
+    assert_eq!(
+        b.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Active
+    );
 }
 
 #[test]
@@ -385,7 +403,11 @@ fn a_node_opened_after_writes_starts_following_where_its_cache_was_loaded() {
     a.upsert_gates(&[gate(1, 1), gate(2, 1)]).unwrap();
     let b = open_url(&url, dir.path());
     assert!(b.gate(GateId(2)).is_some(), "loaded at open");
-    assert_eq!(follow(&b).changes, 0, "the open's snapshot already held them");
+    assert_eq!(
+        follow(&b).changes,
+        0,
+        "the open's snapshot already held them"
+    );
     a.upsert_gates(&[gate(3, 2)]).unwrap();
     assert_eq!(follow(&b).changes, 1);
     assert_eq!(b.gate(GateId(3)), Some(gate(3, 2)));

@@ -87,9 +87,9 @@ pub use history::upkeep::{
 };
 pub use history::writer::CommitError;
 use history::writer::SqliteEntryWriter;
-pub use seam::{EntryWriter, Store, StoreLocation};
 #[cfg(feature = "postgres")]
 pub(crate) use pg::ChangeFeed;
+pub use seam::{EntryWriter, Store, StoreLocation};
 
 pub use escalations::{Escalation, EscalationState, Resolution, ResolvedAs};
 #[cfg(any(test, feature = "testing"))]

@@ -637,7 +637,10 @@ impl Store {
     /// The database failed; nothing after the last change applied is lost (the next call
     /// reads it again).
     #[cfg(feature = "postgres")]
-    pub(crate) fn apply_changes(&self, feed: &mut ChangeFeed) -> Result<AppliedChanges, StoreError> {
+    pub(crate) fn apply_changes(
+        &self,
+        feed: &mut ChangeFeed,
+    ) -> Result<AppliedChanges, StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(AppliedChanges::default()),
             Backend::Postgres(b) => b.apply_changes(feed),

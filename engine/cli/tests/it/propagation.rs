@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatewarden::clock::{Clock, SystemClock};
 use gatewarden::server::certs::{CertDir, ensure_dev_certs};
@@ -20,9 +20,9 @@ use gatewarden::store::{KEY_FILE, StoreLocation};
 use gatewarden::testing::postgres;
 use gatewarden::{Config, Engine, Reply};
 use gatewarden_protocol::{
-    Category, CheckKind, CodeColour, Decision, Enroll, GateId, HealthRecord, Message, Outcome,
-    Revoke, SubjectId, SubjectRecord, SubjectStatus, FaceTemplate, TestResult, UnixMillis,
-    UpdateHealth, Verdict,
+    Category, CheckKind, CodeColour, Decision, Enroll, FaceTemplate, GateId, HealthRecord, Message,
+    Outcome, Revoke, SubjectId, SubjectRecord, SubjectStatus, TestResult, UnixMillis, UpdateHealth,
+    Verdict,
 };
 
 use crate::crash::ServerGuard;
@@ -35,9 +35,9 @@ const BOUND: Duration = Duration::from_secs(30);
 
 /// Waits, polling, until `check` holds; fails after [`BOUND`].
 fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOUND;
+    let deadline = SystemClock.instant() + BOUND;
     while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {BOUND:?}");
+        assert!(SystemClock.instant() < deadline, "{what}: not within {BOUND:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -371,8 +371,16 @@ fn serve_nodes_follow_writes_made_through_another_nodes_api_and_the_command_line
     // admits again.
     let admin = node_site(root.path(), "admin", &url, &key);
     let out = support::gw(&["reinstate", "7", "--reason", "card found"], &admin);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    b_says(7, &admitted, "b admits 7 after the command line reinstated them");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b_says(
+        7,
+        &admitted,
+        "b admits 7 after the command line reinstated them",
+    );
 
     // A new person enrolled through node a's API: record, health, face.
     let now = SystemClock.now();
@@ -403,7 +411,9 @@ fn serve_nodes_follow_writes_made_through_another_nodes_api_and_the_command_line
     // Node b's metrics show its follower.
     let metrics = crate::http_client::get(b.http, "/metrics", None);
     assert!(
-        metrics.body.contains("gatewarden_registry_changes_applied_total"),
+        metrics
+            .body
+            .contains("gatewarden_registry_changes_applied_total"),
         "{}",
         metrics.body
     );

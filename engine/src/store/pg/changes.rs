@@ -313,7 +313,10 @@ impl PgStore {
     /// Reads every change above the follow watermark, puts the rows they name in the cache,
     /// and moves the watermark. Templates are the caller's: see
     /// [`AppliedChanges::templates_after`].
-    pub(crate) fn apply_changes(&self, feed: &mut ChangeFeed) -> Result<AppliedChanges, StoreError> {
+    pub(crate) fn apply_changes(
+        &self,
+        feed: &mut ChangeFeed,
+    ) -> Result<AppliedChanges, StoreError> {
         let mut applied = AppliedChanges::default();
         loop {
             let after = self.follow.watermark.load(Ordering::Relaxed);
@@ -361,7 +364,10 @@ impl PgStore {
         let mut hashes = self.credentials_of(&mut tx, &subjects)?;
         let rows = tx
             .query(
-                &*format!("SELECT {} FROM subjects WHERE id = ANY($1)", super::SUBJECT_COLUMNS),
+                &*format!(
+                    "SELECT {} FROM subjects WHERE id = ANY($1)",
+                    super::SUBJECT_COLUMNS
+                ),
                 &[&subjects],
             )
             .map_err(&op)?;
@@ -373,7 +379,10 @@ impl PgStore {
         let health: Vec<i64> = named.health.iter().copied().collect();
         for row in tx
             .query(
-                &*format!("SELECT {} FROM health WHERE subject = ANY($1)", super::HEALTH_COLUMNS),
+                &*format!(
+                    "SELECT {} FROM health WHERE subject = ANY($1)",
+                    super::HEALTH_COLUMNS
+                ),
                 &[&health],
             )
             .map_err(&op)?
@@ -384,7 +393,10 @@ impl PgStore {
         let gates: Vec<i64> = named.gates.iter().copied().collect();
         for row in tx
             .query(
-                &*format!("SELECT {} FROM gates WHERE id = ANY($1)", super::GATE_COLUMNS),
+                &*format!(
+                    "SELECT {} FROM gates WHERE id = ANY($1)",
+                    super::GATE_COLUMNS
+                ),
                 &[&gates],
             )
             .map_err(&op)?
@@ -436,11 +448,12 @@ pub(super) fn gate_keys(ids: impl IntoIterator<Item = GateId>) -> Vec<i64> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use gatewarden_protocol::{GateId, MarketId, ZoneId};
 
     use super::*;
+    use crate::clock::{Clock, SystemClock};
     use crate::model::GateInfo;
     use crate::testing::postgres;
 
@@ -490,13 +503,13 @@ mod tests {
                 .unwrap()
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = SystemClock.instant() + Duration::from_secs(30);
         while !waiting_for_the_registry_lock(&mut observer) {
             assert!(
                 !writer.is_finished(),
                 "the second write committed while the first held its change uncommitted"
             );
-            assert!(Instant::now() < deadline, "the second write never started");
+            assert!(SystemClock.instant() < deadline, "the second write never started");
             std::thread::sleep(Duration::from_millis(10));
         }
 
@@ -562,6 +575,10 @@ mod tests {
         }
         applied += follower.apply_changes(&mut feed).unwrap().changes;
         assert_eq!(applied, 100);
-        assert_eq!(follower.cache.gates.len(), 100, "every gate reached the follower");
+        assert_eq!(
+            follower.cache.gates.len(),
+            100,
+            "every gate reached the follower"
+        );
     }
 }
