@@ -155,9 +155,7 @@ fn follow(
             }
             next_poll = now() + parts.poll;
         }
-        let wait = next_poll
-            .saturating_duration_since(now())
-            .min(STOP_CHECK);
+        let wait = next_poll.saturating_duration_since(now()).min(STOP_CHECK);
         match feed.wait(wait) {
             // A change was committed somewhere: read it now.
             Ok(true) => next_poll = now(),

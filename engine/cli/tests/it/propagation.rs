@@ -37,7 +37,10 @@ const BOUND: Duration = Duration::from_secs(30);
 fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = SystemClock.instant() + BOUND;
     while !check() {
-        assert!(SystemClock.instant() < deadline, "{what}: not within {BOUND:?}");
+        assert!(
+            SystemClock.instant() < deadline,
+            "{what}: not within {BOUND:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

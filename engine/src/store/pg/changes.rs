@@ -509,7 +509,10 @@ mod tests {
                 !writer.is_finished(),
                 "the second write committed while the first held its change uncommitted"
             );
-            assert!(SystemClock.instant() < deadline, "the second write never started");
+            assert!(
+                SystemClock.instant() < deadline,
+                "the second write never started"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
 
