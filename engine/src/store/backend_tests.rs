@@ -416,3 +416,34 @@ fn a_node_opened_after_writes_starts_following_where_its_cache_was_loaded() {
     assert_eq!(kinds.len(), 3);
     assert_eq!(kinds[2], vec!["gate".to_owned(), "3".to_owned()]);
 }
+
+#[test]
+fn a_write_judges_the_databases_rows_not_a_cache_the_follower_has_not_caught_up() {
+    let Some((dir, url)) = fresh() else { return };
+    let a = open_url(&url, dir.path());
+    let b = open_url(&url, dir.path());
+    a.upsert_subjects(&[subject(7)]).unwrap();
+    // b has not followed a yet, and still knows 7 at once when it writes about them.
+    let ack = b
+        .upsert_health(&[health(7, T0, CodeColour::Green)])
+        .unwrap();
+    assert_eq!((ack.applied, ack.unknown_subjects), (1, 0));
+    assert!(b.revoke(SubjectId(7), "lost card", UnixMillis(T0)).unwrap());
+    // a's copy still says active; an upload of 7 as active must not lift b's revocation.
+    assert_eq!(
+        a.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Active
+    );
+    let err = a.upsert_subjects(&[subject(7)]).unwrap_err();
+    assert!(matches!(err, StoreError::StatusLift { .. }), "{err}");
+    assert_eq!(
+        a.reinstate(SubjectId(7), "found", UnixMillis(T0)).unwrap(),
+        Some(SubjectStatus::Revoked),
+        "a reinstates what b revoked"
+    );
+    follow(&b);
+    assert_eq!(
+        b.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Active
+    );
+}

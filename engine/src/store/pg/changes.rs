@@ -271,16 +271,26 @@ pub(crate) struct AppliedChanges {
     pub(crate) templates_after: Option<u64>,
 }
 
-/// The ids a batch of changes names, deduplicated.
+/// Registry rows by id (what a batch of changes names, deduplicated).
 #[derive(Default)]
-struct Named {
+pub(super) struct Rows {
     subjects: BTreeSet<i64>,
     health: BTreeSet<i64>,
     gates: BTreeSet<i64>,
     templates_after: Option<i64>,
 }
 
-impl Named {
+impl Rows {
+    /// Subjects (their records, credentials and health records).
+    pub(super) fn subjects(ids: impl IntoIterator<Item = SubjectId>) -> Self {
+        let subjects: BTreeSet<i64> = ids.into_iter().map(|s| to_sql_u64(s.0)).collect();
+        Self {
+            health: subjects.clone(),
+            subjects,
+            ..Self::default()
+        }
+    }
+
     fn of(changes: &[Change]) -> Self {
         let mut named = Self::default();
         for c in changes {
@@ -324,7 +334,7 @@ impl PgStore {
             let Some(last) = changes.last().copied() else {
                 return Ok(applied);
             };
-            let named = Named::of(&changes);
+            let named = Rows::of(&changes);
             self.refresh_cache(&mut feed.client, &named)?;
             if let Some(t) = named.templates_after {
                 let t = from_sql_u64(t);
@@ -348,20 +358,30 @@ impl PgStore {
     /// snapshot and puts them in the cache. Under the registry writer's lock, so that a write
     /// of this node cannot slip between this read and its cache update and be overwritten by
     /// the older row.
-    fn refresh_cache(&self, client: &mut PgClient, named: &Named) -> Result<(), StoreError> {
+    fn refresh_cache(&self, client: &mut PgClient, named: &Rows) -> Result<(), StoreError> {
         if named.subjects.is_empty() && named.health.is_empty() && named.gates.is_empty() {
             return Ok(());
         }
         let _writes = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let op = pg("rereading changed registry rows");
         let mut tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
-            .map_err(&op)?;
+            .map_err(pg("rereading changed registry rows"))?;
+        self.reread(&mut tx, named)?;
+        tx.commit().map_err(pg("rereading changed registry rows"))
+    }
+
+    /// Puts the rows `named` as `tx` sees them in the cache. A registry write of this node
+    /// calls it first, under the registry lock, for the subjects it is about: its checks
+    /// against the cache (a revoked person uploaded as active, a health record of someone
+    /// enrolled moments ago at another node) then judge the database's rows, not a copy that
+    /// the follower has not brought up to date yet.
+    pub(super) fn reread(&self, tx: &mut Transaction<'_>, named: &Rows) -> Result<(), StoreError> {
+        let op = pg("rereading changed registry rows");
         let subjects: Vec<i64> = named.subjects.iter().copied().collect();
-        let mut hashes = self.credentials_of(&mut tx, &subjects)?;
+        let mut hashes = self.credentials_of(tx, &subjects)?;
         let rows = tx
             .query(
                 &*format!(
@@ -404,7 +424,7 @@ impl PgStore {
             let gate = gate_from_row(&self.db, &row)?;
             self.cache.gates.insert(gate.gate, gate);
         }
-        tx.commit().map_err(&op)
+        Ok(())
     }
 
     /// The credential hashes of `subjects`, as stored.

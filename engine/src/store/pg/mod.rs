@@ -56,7 +56,7 @@ use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
 pub(crate) use changes::{AppliedChanges, ChangeFeed};
 pub(crate) use writer::PgEntryWriter;
 
-use self::changes::ChangeKind;
+use self::changes::{ChangeKind, Rows};
 use super::cache::{Cache, CredentialHashes};
 use super::codes::Named;
 use super::history::record::{self, Form};
@@ -399,12 +399,14 @@ impl PgStore {
 
     pub(crate) fn upsert_subjects(&self, records: &[SubjectRecord]) -> Result<usize, StoreError> {
         let mut client = self.writer()?;
-        // Under the writer lock, so no revocation of this node slips in between.
-        self.cache.refuse_status_lift(records)?;
         let mut tx = client
             .transaction()
             .map_err(pg("starting a subject upsert"))?;
         changes::lock(&mut tx)?;
+        // Under the registry lock, against the database's rows: no revocation of any node
+        // slips in between.
+        self.reread(&mut tx, &Rows::subjects(records.iter().map(|r| r.subject)))?;
+        self.cache.refuse_status_lift(records)?;
         let mut hashes = Vec::with_capacity(records.len());
         for record in records {
             hashes.push(self.write_subject(&mut tx, record)?);
@@ -485,6 +487,8 @@ impl PgStore {
             .transaction()
             .map_err(pg("starting a health upsert"))?;
         changes::lock(&mut tx)?;
+        // A person enrolled at another node a moment ago is known here too.
+        self.reread(&mut tx, &Rows::subjects(records.iter().map(|r| r.subject)))?;
         let stmt = tx
             .prepare(
                 "INSERT INTO health (subject, test_at, test_result, vaccine_doses, health_code,
@@ -546,15 +550,17 @@ impl PgStore {
         now: UnixMillis,
     ) -> Result<Option<SubjectStatus>, StoreError> {
         let mut client = self.writer()?;
+        let op = pg("reinstating a subject");
+        let mut tx = client.transaction().map_err(&op)?;
+        changes::lock(&mut tx)?;
+        // The status as the database holds it (another node may have revoked just now).
+        self.reread(&mut tx, &Rows::subjects([id]))?;
         let Some(current) = self.cache.subject(id) else {
             return Ok(None);
         };
         if current.status == SubjectStatus::Active {
             return Ok(Some(SubjectStatus::Active));
         }
-        let op = pg("reinstating a subject");
-        let mut tx = client.transaction().map_err(&op)?;
-        changes::lock(&mut tx)?;
         tx.execute(
             "UPDATE subjects SET status = 'active' WHERE id = $1",
             &[&to_sql_u64(id.0)],
@@ -581,12 +587,14 @@ impl PgStore {
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
         let mut client = self.writer()?;
-        let Some(current) = self.cache.subject(id) else {
-            return Ok(false);
-        };
         let op = pg("revoking a subject");
         let mut tx = client.transaction().map_err(&op)?;
         changes::lock(&mut tx)?;
+        // The person as the database holds them (enrolled at another node a moment ago, say).
+        self.reread(&mut tx, &Rows::subjects([id]))?;
+        let Some(current) = self.cache.subject(id) else {
+            return Ok(false);
+        };
         tx.execute(
             "UPDATE subjects SET status = 'revoked' WHERE id = $1 AND status = 'active'",
             &[&to_sql_u64(id.0)],
