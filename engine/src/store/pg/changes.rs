@@ -7,7 +7,10 @@
 //! reinstatements, gates, templates) runs [`lock`] first in its transaction and [`record`]
 //! last: one row per changed thing (ids only, never personal data) and one `NOTIFY
 //! gatewarden_registry`, which PostgreSQL delivers to the listeners when, and only if, the
-//! transaction commits.
+//! transaction commits. Between the two, under the lock, it rereads the rows it is about into
+//! the cache ([`PgStore::reread`]): its checks against the cache (an upload that would lift a
+//! revocation, a health record for someone unknown, a revocation or reinstatement) then judge
+//! the database's rows, not a copy the follower has not brought up to date yet.
 //!
 //! # The watermark gap, and why a lock closes it
 //!
