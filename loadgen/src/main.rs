@@ -287,13 +287,14 @@ fn measure_propagation(a: PropagationArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "propagation over {} writes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, mean {:.1} ms \
-             ({} verdicts asked)",
+             ({} verdicts asked; p99 of the admitting verdict itself {:.1} ms)",
             report.writes,
             report.p50_ms,
             report.p99_ms,
             report.max_ms,
             report.mean_ms,
-            report.probes
+            report.probes,
+            report.last_verdict_p99_ms
         );
     }
     Ok(ExitCode::SUCCESS)

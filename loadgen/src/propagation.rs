@@ -77,6 +77,11 @@ pub struct PropagationReport {
     pub mean_ms: f64,
     /// Verdicts asked of B in all (those before propagation denied).
     pub probes: u64,
+    /// The 99th percentile of the admitting verdict's own round trip (ask to answer): the
+    /// part of a round's latency that is B deciding and committing, not propagation. A slow
+    /// round with a slow last verdict was slowed by B's verdicts (its commits), not by B's
+    /// follower.
+    pub last_verdict_p99_ms: f64,
     /// Each round's latency.
     pub rounds_ms: Vec<f64>,
 }
@@ -92,6 +97,7 @@ pub async fn measure(cfg: &PropagationConfig) -> anyhow::Result<PropagationRepor
     // Seqs above any this gate has used before: the gate's time-ordered counter.
     let mut seq = wall_clock().0.saturating_mul(1000);
     let mut rounds = Vec::with_capacity(cfg.writes);
+    let mut last_verdicts = Vec::with_capacity(cfg.writes);
     let mut probes = 0u64;
     for round in 0..cfg.writes {
         tokio::time::sleep(cfg.pause.mul_f64(uniform(round as u64))).await;
@@ -106,6 +112,7 @@ pub async fn measure(cfg: &PropagationConfig) -> anyhow::Result<PropagationRepor
             let event = probe(cfg, subject, seq, &face);
             let mut frame = Vec::new();
             encode_frame(&Message::Event(event), &mut frame);
+            let asked = Instant::now();
             let reply = exchange(&conn, &frame)
                 .await
                 .map_err(|e| anyhow::anyhow!("asking node B: {e}"))?;
@@ -113,6 +120,7 @@ pub async fn measure(cfg: &PropagationConfig) -> anyhow::Result<PropagationRepor
                 && v.decision == Decision::Admit
             {
                 rounds.push(written.elapsed().as_secs_f64() * 1e3);
+                last_verdicts.push(asked.elapsed().as_secs_f64() * 1e3);
                 break;
             }
             if written.elapsed() > cfg.timeout {
@@ -126,7 +134,7 @@ pub async fn measure(cfg: &PropagationConfig) -> anyhow::Result<PropagationRepor
         }
     }
     conn.close(0u32.into(), b"done");
-    Ok(report(rounds, probes))
+    Ok(report(rounds, &last_verdicts, probes))
 }
 
 /// A number in `[0, 1)` drawn from `n` (SplitMix64's finaliser): the same rounds pause alike.
@@ -137,18 +145,22 @@ fn uniform(n: u64) -> f64 {
     (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
 }
 
-fn report(rounds: Vec<f64>, probes: u64) -> PropagationReport {
-    let mut sorted = rounds.clone();
+/// The nearest-rank percentile `q` of `values` (not empty).
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let at =
-        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn report(rounds: Vec<f64>, last_verdicts: &[f64], probes: u64) -> PropagationReport {
     PropagationReport {
         writes: rounds.len(),
-        p50_ms: at(0.50),
-        p99_ms: at(0.99),
-        max_ms: at(1.0),
+        p50_ms: percentile(&rounds, 0.50),
+        p99_ms: percentile(&rounds, 0.99),
+        max_ms: percentile(&rounds, 1.0),
         mean_ms: rounds.iter().sum::<f64>() / rounds.len() as f64,
         probes,
+        last_verdict_p99_ms: percentile(last_verdicts, 0.99),
         rounds_ms: rounds,
     }
 }
@@ -271,11 +283,12 @@ mod tests {
     #[test]
     fn the_report_takes_nearest_rank_percentiles() {
         let rounds: Vec<f64> = (1..=200).rev().map(f64::from).collect();
-        let r = report(rounds, 250);
+        let r = report(rounds.clone(), &rounds, 250);
         assert_eq!((r.p50_ms, r.p99_ms, r.max_ms), (100.0, 198.0, 200.0));
         assert!((r.mean_ms - 100.5).abs() < 1e-9);
         assert_eq!(r.rounds_ms[0], 200.0, "rounds stay in their order");
-        let one = report(vec![7.0], 1);
+        assert_eq!(r.last_verdict_p99_ms, 198.0);
+        let one = report(vec![7.0], &[7.0], 1);
         assert_eq!((one.p50_ms, one.p99_ms), (7.0, 7.0));
     }
 
