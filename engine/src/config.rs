@@ -24,6 +24,9 @@
 //! checkpoint_interval_ms = 1000     # how often it checkpoints the entry log (never the writer)
 //! credential_key = "store/credential.key"  # HMAC key of card/QR hashes and fingerprints;
 //!                           # relative to the data folder; keep it apart from store backups
+//! registry_poll_ms = 500    # PostgreSQL store: how often this node reads the registry's
+//!                           # change log for other nodes' writes (the guarantee; 1..=60000)
+//! registry_notify = true    # PostgreSQL store: also wake at once on their notifications
 //!
 //! [retention]
 //! entry_days = 180          # days of entry records kept, today (UTC) included; older days
@@ -204,6 +207,8 @@ pub struct EngineConfig {
     pub maintenance_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
     pub credential_key: Option<PathBuf>,
+    pub registry_poll_ms: u64,
+    pub registry_notify: bool,
 }
 
 impl Default for EngineConfig {
@@ -225,6 +230,8 @@ impl Default for EngineConfig {
             maintenance_interval_ms: 10_000,
             checkpoint_interval_ms: 1_000,
             credential_key: None,
+            registry_poll_ms: 500,
+            registry_notify: true,
         }
     }
 }
@@ -287,6 +294,12 @@ impl EngineConfig {
                 "compact_after, maintenance_interval_ms and checkpoint_interval_ms must be at \
                  least 1"
                     .to_owned(),
+            );
+        }
+        if !(1..=60_000).contains(&self.registry_poll_ms) {
+            return bad(
+                "engine.registry_poll_ms",
+                format!("{} is not in 1..=60000", self.registry_poll_ms),
             );
         }
         if self.queue_capacity == 0 || self.max_batch == 0 || self.commit_max == 0 {
@@ -766,6 +779,32 @@ mod tests {
     fn out_of_range_value_is_refused() {
         let err = Config::from_toml("[engine]\ndim = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("engine.dim"), "{err}");
+    }
+
+    #[test]
+    fn registry_following_is_read_and_checked() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(
+            (c.engine.registry_poll_ms, c.engine.registry_notify),
+            (500, true)
+        );
+        let c = Config::from_toml(
+            "[engine]\nregistry_poll_ms = 200\nregistry_notify = false\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.engine.registry_poll_ms, c.engine.registry_notify),
+            (200, false)
+        );
+        for bad in ["0", "60001"] {
+            let err = Config::from_toml(
+                &format!("[engine]\nregistry_poll_ms = {bad}\n"),
+                Path::new("x.toml"),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("engine.registry_poll_ms"), "{err}");
+        }
     }
 
     #[test]

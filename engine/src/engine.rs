@@ -42,6 +42,9 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     pipeline: Pipeline,
     maintenance: Mutex<Maintenance>,
+    /// Follows other nodes' registry writes (PostgreSQL store only).
+    #[cfg(feature = "postgres")]
+    follower: Mutex<Option<crate::follow::Follower>>,
     config: EngineConfig,
     data_dir: PathBuf,
     /// Serializes enrollments so the duplicate check sees every earlier template.
@@ -114,6 +117,14 @@ impl Engine {
             entry_days: retention.entry_days,
         })
         .map_err(crate::pipeline::PipelineError::Spawn)?;
+        #[cfg(feature = "postgres")]
+        let follower = crate::follow::Follower::start(crate::follow::FollowParts {
+            store: Arc::clone(&store),
+            gallery: Arc::clone(&gallery),
+            poll: std::time::Duration::from_millis(cfg.registry_poll_ms.max(1)),
+            listen: cfg.registry_notify,
+        })
+        .map_err(crate::pipeline::PipelineError::Spawn)?;
         tracing::info!(
             store = store.backend_name(),
             subjects = store.subject_count(),
@@ -129,6 +140,8 @@ impl Engine {
             clock,
             pipeline,
             maintenance: Mutex::new(maintenance),
+            #[cfg(feature = "postgres")]
+            follower: Mutex::new(follower),
             config: cfg,
             data_dir,
             enroll_lock: Mutex::new(()),
@@ -688,6 +701,15 @@ impl Engine {
     /// Stops taking events, decides and records everything already queued, and joins the
     /// pipeline's threads. Events submitted afterwards get `ShuttingDown`.
     pub fn shutdown(&self) {
+        #[cfg(feature = "postgres")]
+        if let Some(follower) = self
+            .follower
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            follower.stop();
+        }
         self.pipeline.shutdown();
         self.maintenance
             .lock()

@@ -29,6 +29,8 @@
 //! - [`pipeline`]: submit, exactly-once (claims, high-water marks, fingerprints), queue,
 //!   micro-batching, workers, group commit, stats.
 //! - `maintenance`: the engine's background thread (gallery compaction).
+//! - `follow` (feature `postgres`): the registry follower, which carries registry writes made
+//!   at other nodes into this node's cache and gallery.
 //! - [`calibrate`]: FPIR and FNIR of the thresholds at the live gallery size.
 //! - [`whatif`]: policy replay over the recorded entries (read-only).
 //! - [`model`]: small domain records shared across modules.
@@ -51,6 +53,8 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 mod error;
+#[cfg(feature = "postgres")]
+mod follow;
 pub mod gallery;
 pub mod index;
 mod maintenance;

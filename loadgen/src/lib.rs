@@ -24,6 +24,7 @@
 
 pub mod history;
 pub mod population;
+pub mod propagation;
 pub mod run;
 pub mod strangers;
 

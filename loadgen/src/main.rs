@@ -46,6 +46,52 @@ enum Command {
     /// Write faces of people who were never enrolled, exactly as a run's strangers are made,
     /// to check `gatewarden calibrate`'s FPIR estimate against them (`--strangers`).
     Strangers(StrangersArgs),
+    /// Measure registry propagation between two nodes on one PostgreSQL: enrol a new person
+    /// at node A (admin HTTP API), then ask a gate at node B until it admits them; report
+    /// p50/p99 of the time from the write to B's verdict.
+    Propagation(PropagationArgs),
+}
+
+#[derive(Debug, Args)]
+struct PropagationArgs {
+    /// Node A's admin HTTP API, host:port (where the writes go).
+    #[arg(long)]
+    admin: SocketAddr,
+    /// Node A's admin token file (DATA/admin.token).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Node B's QUIC address, host:port (where the verdicts come from).
+    #[arg(long)]
+    target: SocketAddr,
+    /// The fleet's certificates (ca.pem and gates/), as for `run`.
+    #[arg(long)]
+    certs: PathBuf,
+    /// The gate at node B that asks, and its market.
+    #[arg(long, default_value_t = 1)]
+    gate: u32,
+    #[arg(long, default_value_t = 1)]
+    market: u32,
+    /// Rounds: one new person enrolled at A and verified at B each.
+    #[arg(long, default_value_t = 200)]
+    writes: usize,
+    /// The site's face model id and dimension (`[engine] model` and `dim`).
+    #[arg(long, default_value = "demo-face-v1")]
+    model: String,
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// The first subject id enrolled (one more per round): ids the site does not use.
+    #[arg(long, default_value_t = 900_000_000)]
+    first_subject: u64,
+    /// The longest a round may wait for node B, in seconds, before the run fails.
+    #[arg(long, default_value_t = 30)]
+    timeout_s: u64,
+    /// Before each round a random pause of up to this long (ms), so that the writes fall at
+    /// every phase of node B's poll; give at least B's `registry_poll_ms`.
+    #[arg(long, default_value_t = 500)]
+    pause_ms: u64,
+    /// Print the report as JSON (every round's latency included).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +260,46 @@ fn main() -> ExitCode {
     }
 }
 
+fn measure_propagation(a: PropagationArgs) -> anyhow::Result<ExitCode> {
+    let token = std::fs::read_to_string(&a.token_file)
+        .with_context(|| format!("reading {}", a.token_file.display()))?;
+    let cfg = gatewarden_loadgen::propagation::PropagationConfig {
+        admin: a.admin,
+        token: token.trim().to_owned(),
+        target: a.target,
+        certs: a.certs,
+        gate: a.gate,
+        market: a.market,
+        writes: a.writes,
+        model: a.model,
+        dim: a.dim,
+        first_subject: a.first_subject,
+        timeout: Duration::from_secs(a.timeout_s),
+        pause: Duration::from_millis(a.pause_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(gatewarden_loadgen::propagation::measure(&cfg))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "propagation over {} writes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, mean {:.1} ms \
+             ({} verdicts asked; p99 of the admitting verdict itself {:.1} ms)",
+            report.writes,
+            report.p50_ms,
+            report.p99_ms,
+            report.max_ms,
+            report.mean_ms,
+            report.probes,
+            report.last_verdict_p99_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn real_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Population(a) => {
@@ -235,6 +321,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => run_fleet(a),
+        Command::Propagation(a) => measure_propagation(a),
         Command::History(a) => write_history(a),
         Command::Strangers(a) => {
             anyhow::ensure!(a.count > 0, "--count must be at least 1");

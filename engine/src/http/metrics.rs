@@ -28,6 +28,7 @@ pub fn render(stats: &StatsSnapshot, server: &ServerStatsSnapshot) -> String {
     decisions(&mut out, stats);
     counters(&mut out, stats, server);
     gauges(&mut out, stats, server);
+    registry(&mut out, stats);
     histograms(&mut out, stats);
     out.0
 }
@@ -231,6 +232,47 @@ fn gauges(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot) {
         "gauge",
         "The largest write-ahead log total a checkpoint pass has found since start-up.",
         stats.history.wal_peak_bytes,
+    );
+}
+
+/// The registry follower's counters, on the PostgreSQL store only.
+fn registry(out: &mut Text, stats: &StatsSnapshot) {
+    let Some(r) = stats.registry else { return };
+    out.single(
+        "gatewarden_registry_watermark",
+        "gauge",
+        "The registry change-log id this node has applied up to (other nodes' writes included).",
+        r.watermark,
+    );
+    out.single(
+        "gatewarden_registry_lag_seconds",
+        "gauge",
+        "Age of the last registry change applied when it was read, by the database's clock.",
+        r.lag_ms as f64 / 1000.0,
+    );
+    out.single(
+        "gatewarden_registry_changes_applied_total",
+        "counter",
+        "Registry changes applied to this node's cache and gallery.",
+        r.applied,
+    );
+    out.single(
+        "gatewarden_registry_polls_total",
+        "counter",
+        "Reads of the registry change log.",
+        r.polls,
+    );
+    out.single(
+        "gatewarden_registry_notifications_total",
+        "counter",
+        "Registry change notifications received.",
+        r.notifications,
+    );
+    out.single(
+        "gatewarden_registry_connects_total",
+        "counter",
+        "Connections the registry follower made (1 plus its reconnections).",
+        r.connects,
     );
 }
 

@@ -353,6 +353,7 @@ impl Pipeline {
         let (depth, capacity) = self.queue_fill();
         StatsSnapshot {
             history: self.shared.store.history_counters(),
+            registry: self.shared.store.registry_follow_counters(),
             policy_version: self.shared.policies.load().version().to_string(),
             ..self.shared.stats.snapshot(depth, capacity)
         }

@@ -256,6 +256,8 @@ pub struct StatsSnapshot {
     pub commit_size: HistogramSnapshot,
     /// The entry history: checkpoints, write-ahead log size, retention.
     pub history: crate::store::HistoryCounters,
+    /// How far this node follows other nodes' registry writes (PostgreSQL store only).
+    pub registry: Option<crate::store::RegistryFollowCounters>,
 }
 
 impl PipelineStats {
@@ -281,6 +283,7 @@ impl PipelineStats {
             batch_size: self.batch_size.snapshot(),
             commit_size: self.commit_size.snapshot(),
             history: crate::store::HistoryCounters::default(),
+            registry: None,
         }
     }
 }

@@ -308,3 +308,143 @@ fn maintenance_makes_partitions_ahead_of_the_commit_path() {
         .unwrap();
     assert_eq!(count(), vec![vec!["4".to_owned()]], "one more the next day");
 }
+
+/// Applies every registry change `store`'s follower has not applied yet.
+fn follow(store: &Store) -> pg::AppliedChanges {
+    let mut feed = store.change_feed(false).unwrap().unwrap();
+    store.apply_changes(&mut feed).unwrap()
+}
+
+#[test]
+fn registry_writes_at_one_node_reach_the_other_nodes_cache() {
+    let Some((dir, url)) = fresh() else { return };
+    let a = open_url(&url, dir.path());
+    let b = open_url(&url, dir.path());
+    a.upsert_gates(&[gate(1, 1)]).unwrap();
+    let mut person = subject(7);
+    person.id_card = Some("110101199001010007".to_owned());
+    a.upsert_subjects(&[person]).unwrap();
+    a.upsert_health(&[health(7, T0, CodeColour::Red)]).unwrap();
+    let card = Credential::IdCard("110101199001010007".to_owned());
+    let qr = Credential::StaffQr("qr-7".to_owned());
+    assert!(
+        b.subject(SubjectId(7)).is_none(),
+        "b was loaded before the writes"
+    );
+    assert!(b.gate(GateId(1)).is_none());
+
+    let applied = follow(&b);
+    assert_eq!(applied.changes, 3);
+    assert_eq!(applied.templates_after, None);
+    assert_eq!(b.gate(GateId(1)), Some(gate(1, 1)));
+    assert_eq!(
+        b.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Active
+    );
+    assert_eq!(b.resolve_credential(&card), Some(SubjectId(7)));
+    assert_eq!(b.resolve_credential(&qr), Some(SubjectId(7)));
+    assert_eq!(b.health(SubjectId(7)).unwrap().health_code, CodeColour::Red);
+    let counters = b.registry_follow_counters().unwrap();
+    assert_eq!(counters.applied, 3);
+    assert!(counters.watermark >= 3);
+
+    // A revocation, a replaced card, templates: each reaches b; nothing is applied twice over.
+    a.revoke(SubjectId(7), "lost card", UnixMillis(T0)).unwrap();
+    let mut new_card = subject(7);
+    new_card.status = SubjectStatus::Revoked;
+    new_card.id_card = Some("110101199001010070".to_owned());
+    new_card.qr_tokens = vec![];
+    a.upsert_subjects(&[new_card]).unwrap();
+    let before = b.template_count().unwrap();
+    let ids = a
+        .add_templates(&[
+            (SubjectId(7), "m", &vector(7, 8)),
+            (SubjectId(7), "m", &vector(8, 8)),
+        ])
+        .unwrap();
+    let applied = follow(&b);
+    assert_eq!(applied.changes, 3);
+    let after = applied.templates_after.unwrap();
+    let mut seen = Vec::new();
+    b.for_each_template_since(after, |id, s, _| seen.push((id, s)))
+        .unwrap();
+    assert_eq!(seen, vec![(ids[0], SubjectId(7)), (ids[1], SubjectId(7))]);
+    assert_eq!(before, 0);
+    assert_eq!(
+        b.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Revoked
+    );
+    assert_eq!(b.resolve_credential(&card), None, "the old card is gone");
+    assert_eq!(b.resolve_credential(&qr), None, "so is the QR token");
+    assert_eq!(
+        b.resolve_credential(&Credential::IdCard("110101199001010070".to_owned())),
+        Some(SubjectId(7))
+    );
+    assert_eq!(follow(&b).changes, 0, "nothing new");
+
+    // a follows its own writes: harmless, its cache stays as its writes left it.
+    assert_eq!(follow(&a).changes, 6);
+    assert_eq!(
+        a.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Revoked
+    );
+    assert_eq!(a.resolve_credential(&card), None);
+    a.reinstate(SubjectId(7), "found", UnixMillis(T0)).unwrap();
+    follow(&b);
+    assert_eq!(
+        b.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Active
+    );
+}
+
+#[test]
+fn a_node_opened_after_writes_starts_following_where_its_cache_was_loaded() {
+    let Some((dir, url)) = fresh() else { return };
+    let a = open_url(&url, dir.path());
+    a.upsert_gates(&[gate(1, 1), gate(2, 1)]).unwrap();
+    let b = open_url(&url, dir.path());
+    assert!(b.gate(GateId(2)).is_some(), "loaded at open");
+    assert_eq!(
+        follow(&b).changes,
+        0,
+        "the open's snapshot already held them"
+    );
+    a.upsert_gates(&[gate(3, 2)]).unwrap();
+    assert_eq!(follow(&b).changes, 1);
+    assert_eq!(b.gate(GateId(3)), Some(gate(3, 2)));
+    // Change rows hold ids only: nothing personal in the log.
+    let kinds = b.test_query("SELECT kind, key FROM registry_changes ORDER BY id");
+    assert_eq!(kinds.len(), 3);
+    assert_eq!(kinds[2], vec!["gate".to_owned(), "3".to_owned()]);
+}
+
+#[test]
+fn a_write_judges_the_databases_rows_not_a_cache_the_follower_has_not_caught_up() {
+    let Some((dir, url)) = fresh() else { return };
+    let a = open_url(&url, dir.path());
+    let b = open_url(&url, dir.path());
+    a.upsert_subjects(&[subject(7)]).unwrap();
+    // b has not followed a yet, and still knows 7 at once when it writes about them.
+    let ack = b
+        .upsert_health(&[health(7, T0, CodeColour::Green)])
+        .unwrap();
+    assert_eq!((ack.applied, ack.unknown_subjects), (1, 0));
+    assert!(b.revoke(SubjectId(7), "lost card", UnixMillis(T0)).unwrap());
+    // a's copy still says active; an upload of 7 as active must not lift b's revocation.
+    assert_eq!(
+        a.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Active
+    );
+    let err = a.upsert_subjects(&[subject(7)]).unwrap_err();
+    assert!(matches!(err, StoreError::StatusLift { .. }), "{err}");
+    assert_eq!(
+        a.reinstate(SubjectId(7), "found", UnixMillis(T0)).unwrap(),
+        Some(SubjectStatus::Revoked),
+        "a reinstates what b revoked"
+    );
+    follow(&b);
+    assert_eq!(
+        b.subject(SubjectId(7)).unwrap().status,
+        SubjectStatus::Active
+    );
+}

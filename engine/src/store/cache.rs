@@ -1,6 +1,7 @@
 //! The in-memory copy of the registry that the pipeline reads per event. Loaded once at open;
 //! afterwards every registry write updates SQLite first and this cache second, under the
-//! writer lock, so the cache never shows what is not on disk.
+//! writer lock, so the cache never shows what is not on disk. On PostgreSQL the follower also
+//! puts here the rows that other nodes' writes changed (`pg::changes`), under the same lock.
 
 use std::path::Path;
 use std::sync::Arc;

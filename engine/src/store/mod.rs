@@ -89,6 +89,8 @@ pub use history::upkeep::{
 pub use history::writer::CommitError;
 use history::writer::SqliteEntryWriter;
 #[cfg(feature = "postgres")]
+pub(crate) use pg::ChangeFeed;
+#[cfg(feature = "postgres")]
 pub(crate) use pg::lease::{Held, LeaseFence, LeaseRow, LeaseTable};
 pub use seam::{EntryWriter, Store, StoreLocation};
 
@@ -101,6 +103,25 @@ use cache::Cache;
 use history::History;
 use key::CredentialKey;
 use schema::ReadPool;
+
+/// How far a node follows the registry writes of other nodes (PostgreSQL store): the change
+/// log's id it has applied up to, and what it has done since start-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RegistryFollowCounters {
+    /// The highest change applied (at start: the one the registry was loaded at).
+    pub watermark: u64,
+    /// Changes applied since start-up (this node's own included).
+    pub applied: u64,
+    /// Age of the last change applied when it was read, by the database's clock (ms).
+    pub lag_ms: u64,
+    /// Reads of the change log.
+    pub polls: u64,
+    /// Change notifications received.
+    pub notifications: u64,
+    /// Connections made by the follower (1 plus its reconnections).
+    pub connects: u64,
+}
 
 /// File name of the SQLite database inside the store directory.
 pub const DB_FILE: &str = "gatewarden.db";

@@ -35,13 +35,13 @@ use gatewarden_protocol::{
 use super::{
     CheckpointReport, Checkpointer, CommitError, CommitOutcome, ContactRow, EntryRecord, EntryRow,
     Escalation, EscalationState, EventFingerprint, FrequencyRow, HistoryCounters, HistoryStats,
-    Passage, PrunedPartition, RecordedEntry, Resolution, SignInRow, SqliteEntryWriter, SqliteStore,
-    StoreError,
+    Passage, PrunedPartition, RecordedEntry, RegistryFollowCounters, Resolution, SignInRow,
+    SqliteEntryWriter, SqliteStore, StoreError,
 };
 use crate::model::GateInfo;
 
 #[cfg(feature = "postgres")]
-use super::pg::{PgEntryWriter, PgStore};
+use super::pg::{AppliedChanges, ChangeFeed, PgEntryWriter, PgStore};
 
 /// Where the store lives: the `store` key of `gatewarden.toml`, or `--store`.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
@@ -670,6 +670,46 @@ impl Store {
     /// The history's counters since start-up.
     pub fn history_counters(&self) -> HistoryCounters {
         dispatch!(self, b => b.history_counters())
+    }
+
+    /// How far this node follows registry writes made at other nodes (PostgreSQL); `None`
+    /// on SQLite, where one node holds the registry.
+    pub fn registry_follow_counters(&self) -> Option<RegistryFollowCounters> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => Some(b.follow_counters()),
+        }
+    }
+
+    /// A connection that follows the registry's change log (see `pg::changes`), `LISTEN`ing
+    /// when `listen`; `None` on SQLite, which has nothing to follow.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn change_feed(&self, listen: bool) -> Result<Option<ChangeFeed>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(b) => b.change_feed(listen).map(Some),
+        }
+    }
+
+    /// Applies the registry changes written since the last call (at any node) to the cache;
+    /// the templates are the caller's ([`AppliedChanges::templates_after`]).
+    ///
+    /// # Errors
+    /// The database failed; nothing after the last change applied is lost (the next call
+    /// reads it again).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn apply_changes(
+        &self,
+        feed: &mut ChangeFeed,
+    ) -> Result<AppliedChanges, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(AppliedChanges::default()),
+            Backend::Postgres(b) => b.apply_changes(feed),
+        }
     }
 
     /// Runs `sql` (written to work on both backends) and returns every value as text.

@@ -223,6 +223,31 @@ impl PgServer {
         )
     }
 
+    /// Runs `sql` (one or more statements, no parameters) on the database at `url` and
+    /// returns the rows they return, each value as text (`None` for NULL): for
+    /// tests that look into the database or act on it as its administrator would.
+    ///
+    /// # Errors
+    /// [`PgServerError::Failed`] when the connection or a statement fails.
+    pub fn execute(url: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgServerError> {
+        let mut client = postgres::Client::connect(url, postgres::NoTls)
+            .map_err(|e| failed("connecting to the test server", e.to_string()))?;
+        let messages = client
+            .simple_query(sql)
+            .map_err(|e| failed("running a test statement", e.to_string()))?;
+        let mut rows = Vec::new();
+        for message in messages {
+            if let postgres::SimpleQueryMessage::Row(row) = message {
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                );
+            }
+        }
+        Ok(rows)
+    }
+
     /// Makes a new, empty database and returns its URL.
     ///
     /// # Errors

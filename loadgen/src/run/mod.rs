@@ -29,7 +29,7 @@
 
 mod arrivals;
 mod badinput;
-mod client;
+pub(crate) mod client;
 mod cpu;
 mod plan;
 mod report;

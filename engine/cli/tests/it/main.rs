@@ -18,6 +18,7 @@ mod http_client;
 mod leases;
 mod policy;
 mod postgres;
+mod propagation;
 mod quic;
 mod server;
 mod site;

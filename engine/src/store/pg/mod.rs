@@ -1,7 +1,8 @@
 //! The PostgreSQL backend of the store (`store = "postgres://..."`).
 //!
 //! Layout and migrations are in `schema`; the group-commit entry writer is in `writer`; the
-//! market-lease table and the commit fence are in `lease`.
+//! market-lease table and the commit fence are in `lease`; the registry's change log and its
+//! follower's reads in `changes`.
 //!
 //! # The client crate: `postgres` (rust-postgres, synchronous), without TLS
 //!
@@ -27,11 +28,15 @@
 //! - one connection per [`PgEntryWriter`] (the pipeline's commit thread): one statement, so
 //!   one transaction and one durable commit (`synchronous_commit = on`), per batch and day;
 //! - a small pool of read connections for queries, each read in a `REPEATABLE READ` read-only
-//!   transaction so that the record forms it resolves are those of the rows it reads.
+//!   transaction so that the record forms it resolves are those of the rows it reads;
+//! - one follower connection (`changes`), opened by the engine's follower thread: it
+//!   `LISTEN`s for the registry's change notifications and reads the change log, so that
+//!   every node's cache and gallery follow the registry writes of every other node.
 //!
-//! What is not here yet: the nodes' caches are loaded at open and updated by this node's
-//! writes only (propagating other nodes' writes is the next part of issue 14).
+//! Registry writes take the registry's advisory lock first and record their changes last, in
+//! their own transaction (`changes` says why the lock closes the watermark gap).
 
+mod changes;
 pub(crate) mod lease;
 mod schema;
 mod writer;
@@ -50,8 +55,10 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
 
+pub(crate) use changes::{AppliedChanges, ChangeFeed};
 pub(crate) use writer::PgEntryWriter;
 
+use self::changes::{ChangeKind, Rows};
 use super::cache::{Cache, CredentialHashes};
 use super::codes::Named;
 use super::history::record::{self, Form};
@@ -123,6 +130,17 @@ impl Db {
                 "SET synchronous_commit = off"
             })
             .map_err(pg("setting up the connection"))?;
+        Ok(PgClient(Some(client)))
+    }
+
+    /// A new connection named `application` in `pg_stat_activity` (the follower's), with
+    /// the store's defaults otherwise.
+    pub(crate) fn connect_as(&self, application: &str) -> Result<PgClient, StoreError> {
+        let mut config = self.config.clone();
+        config.application_name(application);
+        let client = config
+            .connect(NoTls)
+            .map_err(pg("connecting to the database"))?;
         Ok(PgClient(Some(client)))
     }
 
@@ -264,6 +282,8 @@ pub(crate) struct PgStore {
     /// The node's lease fence, once it runs with market leases; shared with its entry
     /// writers, made before or after it is set.
     fence: Arc<std::sync::OnceLock<Arc<lease::LeaseFence>>>,
+    /// Where following other nodes' registry writes has got to (`changes`).
+    follow: Arc<changes::FollowState>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -284,12 +304,13 @@ impl PgStore {
         let mut client = db.connect(true)?;
         db.migrate(&mut client)?;
         let key = load_key(&db, &mut client, key_path)?;
-        let cache = load_cache(&db, &mut client)?;
+        let (cache, changes_at) = load_cache(&db, &mut client)?;
         Ok(Self {
             dir: dir.to_owned(),
             db,
             key,
             cache,
+            follow: Arc::new(changes::FollowState::at(changes_at)),
             writer: Mutex::new(client),
             readers: Mutex::new(Vec::new()),
             forms: Forms::default(),
@@ -398,15 +419,23 @@ impl PgStore {
 
     pub(crate) fn upsert_subjects(&self, records: &[SubjectRecord]) -> Result<usize, StoreError> {
         let mut client = self.writer()?;
-        // Under the writer lock, so no revocation of this node slips in between.
-        self.cache.refuse_status_lift(records)?;
         let mut tx = client
             .transaction()
             .map_err(pg("starting a subject upsert"))?;
+        changes::lock(&mut tx)?;
+        // Under the registry lock, against the database's rows: no revocation of any node
+        // slips in between.
+        self.reread(&mut tx, &Rows::subjects(records.iter().map(|r| r.subject)))?;
+        self.cache.refuse_status_lift(records)?;
         let mut hashes = Vec::with_capacity(records.len());
         for record in records {
             hashes.push(self.write_subject(&mut tx, record)?);
         }
+        changes::record(
+            &mut tx,
+            ChangeKind::Subject,
+            &changes::subject_keys(records.iter().map(|r| r.subject)),
+        )?;
         tx.commit().map_err(pg("committing subjects"))?;
         for (record, hash) in records.iter().zip(hashes) {
             self.cache.replace_subject(cached_copy(record), hash);
@@ -477,6 +506,9 @@ impl PgStore {
         let mut tx = client
             .transaction()
             .map_err(pg("starting a health upsert"))?;
+        changes::lock(&mut tx)?;
+        // A person enrolled at another node a moment ago is known here too.
+        self.reread(&mut tx, &Rows::subjects(records.iter().map(|r| r.subject)))?;
         let stmt = tx
             .prepare(
                 "INSERT INTO health (subject, test_at, test_result, vaccine_doses, health_code,
@@ -515,6 +547,11 @@ impl PgStore {
                 applied.push(r);
             }
         }
+        changes::record(
+            &mut tx,
+            ChangeKind::Health,
+            &changes::subject_keys(applied.iter().map(|r| r.subject)),
+        )?;
         tx.commit().map_err(pg("committing health records"))?;
         let ack = UpdateHealthAck {
             applied: u32::try_from(applied.len()).unwrap_or(u32::MAX),
@@ -533,14 +570,17 @@ impl PgStore {
         now: UnixMillis,
     ) -> Result<Option<SubjectStatus>, StoreError> {
         let mut client = self.writer()?;
+        let op = pg("reinstating a subject");
+        let mut tx = client.transaction().map_err(&op)?;
+        changes::lock(&mut tx)?;
+        // The status as the database holds it (another node may have revoked just now).
+        self.reread(&mut tx, &Rows::subjects([id]))?;
         let Some(current) = self.cache.subject(id) else {
             return Ok(None);
         };
         if current.status == SubjectStatus::Active {
             return Ok(Some(SubjectStatus::Active));
         }
-        let op = pg("reinstating a subject");
-        let mut tx = client.transaction().map_err(&op)?;
         tx.execute(
             "UPDATE subjects SET status = 'active' WHERE id = $1",
             &[&to_sql_u64(id.0)],
@@ -552,6 +592,7 @@ impl PgStore {
             &[&to_sql_u64(id.0), &reason, &sql_time(now)],
         )
         .map_err(&op)?;
+        changes::record(&mut tx, ChangeKind::Subject, &changes::subject_keys([id]))?;
         tx.commit().map_err(&op)?;
         let mut record = (*current).clone();
         record.status = SubjectStatus::Active;
@@ -566,11 +607,14 @@ impl PgStore {
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
         let mut client = self.writer()?;
+        let op = pg("revoking a subject");
+        let mut tx = client.transaction().map_err(&op)?;
+        changes::lock(&mut tx)?;
+        // The person as the database holds them (enrolled at another node a moment ago, say).
+        self.reread(&mut tx, &Rows::subjects([id]))?;
         let Some(current) = self.cache.subject(id) else {
             return Ok(false);
         };
-        let op = pg("revoking a subject");
-        let mut tx = client.transaction().map_err(&op)?;
         tx.execute(
             "UPDATE subjects SET status = 'revoked' WHERE id = $1 AND status = 'active'",
             &[&to_sql_u64(id.0)],
@@ -581,6 +625,7 @@ impl PgStore {
             &[&to_sql_u64(id.0), &reason, &sql_time(now)],
         )
         .map_err(&op)?;
+        changes::record(&mut tx, ChangeKind::Subject, &changes::subject_keys([id]))?;
         tx.commit().map_err(&op)?;
         if current.status == SubjectStatus::Active {
             let mut record = (*current).clone();
@@ -594,6 +639,7 @@ impl PgStore {
         let mut client = self.writer()?;
         let op = pg("writing gates");
         let mut tx = client.transaction().map_err(&op)?;
+        changes::lock(&mut tx)?;
         let stmt = tx
             .prepare(
                 "INSERT INTO gates (id, market, zone, name) VALUES ($1, $2, $3, $4)
@@ -613,6 +659,11 @@ impl PgStore {
             )
             .map_err(&op)?;
         }
+        changes::record(
+            &mut tx,
+            ChangeKind::Gate,
+            &changes::gate_keys(gates.iter().map(|g| g.gate)),
+        )?;
         tx.commit().map_err(&op)?;
         for g in gates {
             self.cache.gates.insert(g.gate, g.clone());
@@ -632,6 +683,7 @@ impl PgStore {
         let mut client = self.writer()?;
         let op = pg("adding templates");
         let mut tx = client.transaction().map_err(&op)?;
+        changes::lock(&mut tx)?;
         let stmt = tx
             .prepare(
                 "INSERT INTO templates (subject, model, dim, vector) VALUES ($1, $2, $3, $4)
@@ -648,6 +700,15 @@ impl PgStore {
                 .query_one(&stmt, &[&to_sql_u64(subject.0), model, &dim, &bytes])
                 .map_err(&op)?;
             ids.push(from_sql_u64(row.try_get(0).map_err(&op)?));
+        }
+        // Under the lock, this write's ids are the only ones taken since it began: every
+        // one is above the smallest less one.
+        if let Some(first) = ids.iter().min() {
+            changes::record(
+                &mut tx,
+                ChangeKind::Templates,
+                &[to_sql_u64(first.saturating_sub(1))],
+            )?;
         }
         tx.commit().map_err(&op)?;
         Ok(ids)
@@ -1340,6 +1401,10 @@ impl PgStore {
         Ok(())
     }
 
+    pub(crate) fn follow_counters(&self) -> super::RegistryFollowCounters {
+        self.follow.snapshot()
+    }
+
     pub(crate) fn history_counters(&self) -> HistoryCounters {
         HistoryCounters {
             pruned_partitions: self.counters.pruned_partitions.load(Ordering::Relaxed),
@@ -1476,96 +1541,145 @@ fn load_key(db: &Db, client: &mut Client, path: &Path) -> Result<CredentialKey, 
     )
 }
 
-/// Reads the whole registry into a new cache.
-fn load_cache(db: &Db, client: &mut Client) -> Result<Cache, StoreError> {
+/// The columns [`subject_from_row`] reads, in its order.
+const SUBJECT_COLUMNS: &str =
+    "id, category, home_market, markets, zones, valid_from, valid_until, status";
+
+/// The columns [`health_from_row`] reads, in its order.
+const HEALTH_COLUMNS: &str =
+    "subject, test_at, test_result, vaccine_doses, health_code, travel_code, updated_at";
+
+/// The columns [`gate_from_row`] reads, in its order.
+const GATE_COLUMNS: &str = "id, market, zone, name";
+
+/// Reads the whole registry into a new cache, in one snapshot, and the change-log id that
+/// snapshot is at (where following other nodes' writes starts).
+fn load_cache(db: &Db, client: &mut Client) -> Result<(Cache, i64), StoreError> {
     let cache = Cache::default();
     let op = pg("loading the registry");
-    for row in client
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(&op)?;
+    let at = changes::latest(&mut tx)?;
+    for row in tx
         .query("SELECT kind, key, subject FROM credentials", &[])
         .map_err(&op)?
     {
-        let kind: String = row.try_get(0).map_err(&op)?;
-        let key: Vec<u8> = row.try_get(1).map_err(&op)?;
-        let subject = SubjectId(from_sql_u64(row.try_get(2).map_err(&op)?));
-        let hash: [u8; 32] = key
-            .try_into()
-            .map_err(|_| db.corrupt(format!("a {kind} hash is not 32 bytes")))?;
-        match kind.as_str() {
-            KIND_ID_CARD => {
+        let (kind, hash, subject) = credential_from_row(db, &row)?;
+        match kind {
+            CredentialKind::IdCard => {
                 cache.id_cards.insert(hash, subject);
                 cache.id_card_of.insert(subject, hash);
             }
-            KIND_QR => {
+            CredentialKind::Qr => {
                 cache.qr_tokens.insert(hash, subject);
                 cache.qr_of.entry(subject).or_default().push(hash);
             }
-            other => return Err(db.corrupt(format!("unknown credential kind {other:?}"))),
         }
     }
-    for row in client
-        .query(
-            "SELECT id, category, home_market, markets, zones, valid_from, valid_until, status
-             FROM subjects",
-            &[],
-        )
+    for row in tx
+        .query(&*format!("SELECT {SUBJECT_COLUMNS} FROM subjects"), &[])
         .map_err(&op)?
     {
-        let record = SubjectRecord {
-            subject: SubjectId(from_sql_u64(row.try_get(0).map_err(&op)?)),
-            category: label(db, &row, 1, "category")?,
-            home_market: MarketId(u32_of(db, row.try_get(2).map_err(&op)?, "market")?),
-            markets: id_list(db, &row, 3, "markets", MarketId)?,
-            zones: id_list(db, &row, 4, "zones", ZoneId)?,
-            valid_from: row.try_get::<_, Option<i64>>(5).map_err(&op)?.map(millis),
-            valid_until: row.try_get::<_, Option<i64>>(6).map_err(&op)?.map(millis),
-            id_card: None,
-            qr_tokens: Vec::new(),
-            status: label(db, &row, 7, "status")?,
-        };
+        let record = subject_from_row(db, &row)?;
         cache.subjects.insert(record.subject, Arc::new(record));
     }
-    for row in client
-        .query(
-            "SELECT subject, test_at, test_result, vaccine_doses, health_code, travel_code,
-                    updated_at
-             FROM health",
-            &[],
-        )
+    for row in tx
+        .query(&*format!("SELECT {HEALTH_COLUMNS} FROM health"), &[])
         .map_err(&op)?
     {
-        let test_result: Option<String> = row.try_get(2).map_err(&op)?;
-        let test_result = test_result
-            .map(|s| {
-                TestResult::from_label(&s)
-                    .ok_or_else(|| db.corrupt(format!("unknown test result {s:?}")))
-            })
-            .transpose()?;
-        let doses: i64 = row.try_get(3).map_err(&op)?;
-        let record = HealthRecord {
-            subject: SubjectId(from_sql_u64(row.try_get(0).map_err(&op)?)),
-            test_at: row.try_get::<_, Option<i64>>(1).map_err(&op)?.map(millis),
-            test_result,
-            vaccine_doses: u8::try_from(doses)
-                .map_err(|_| db.corrupt(format!("{doses} vaccine doses")))?,
-            health_code: label::<CodeColour>(db, &row, 4, "health code")?,
-            travel_code: label::<CodeColour>(db, &row, 5, "travel code")?,
-            updated_at: millis(row.try_get(6).map_err(&op)?),
-        };
+        let record = health_from_row(db, &row)?;
         cache.health.insert(record.subject, record);
     }
-    for row in client
-        .query("SELECT id, market, zone, name FROM gates", &[])
+    for row in tx
+        .query(&*format!("SELECT {GATE_COLUMNS} FROM gates"), &[])
         .map_err(&op)?
     {
-        let gate = GateInfo {
-            gate: GateId(u32_of(db, row.try_get(0).map_err(&op)?, "gate")?),
-            market: MarketId(u32_of(db, row.try_get(1).map_err(&op)?, "market")?),
-            zone: ZoneId(u32_of(db, row.try_get(2).map_err(&op)?, "zone")?),
-            name: row.try_get(3).map_err(&op)?,
-        };
+        let gate = gate_from_row(db, &row)?;
         cache.gates.insert(gate.gate, gate);
     }
-    Ok(cache)
+    tx.commit().map_err(&op)?;
+    Ok((cache, at))
+}
+
+/// Which credential a stored hash is of.
+enum CredentialKind {
+    IdCard,
+    Qr,
+}
+
+/// A `credentials` row: its kind, its keyed hash and its holder.
+fn credential_from_row(
+    db: &Db,
+    row: &Row,
+) -> Result<(CredentialKind, [u8; 32], SubjectId), StoreError> {
+    let op = pg("loading the registry");
+    let kind: String = row.try_get(0).map_err(&op)?;
+    let key: Vec<u8> = row.try_get(1).map_err(&op)?;
+    let subject = SubjectId(from_sql_u64(row.try_get(2).map_err(&op)?));
+    let hash: [u8; 32] = key
+        .try_into()
+        .map_err(|_| db.corrupt(format!("a {kind} hash is not 32 bytes")))?;
+    let kind = match kind.as_str() {
+        KIND_ID_CARD => CredentialKind::IdCard,
+        KIND_QR => CredentialKind::Qr,
+        other => return Err(db.corrupt(format!("unknown credential kind {other:?}"))),
+    };
+    Ok((kind, hash, subject))
+}
+
+/// A row of [`SUBJECT_COLUMNS`], as the cache keeps it (no credentials).
+fn subject_from_row(db: &Db, row: &Row) -> Result<SubjectRecord, StoreError> {
+    let op = pg("loading the registry");
+    Ok(SubjectRecord {
+        subject: SubjectId(from_sql_u64(row.try_get(0).map_err(&op)?)),
+        category: label(db, row, 1, "category")?,
+        home_market: MarketId(u32_of(db, row.try_get(2).map_err(&op)?, "market")?),
+        markets: id_list(db, row, 3, "markets", MarketId)?,
+        zones: id_list(db, row, 4, "zones", ZoneId)?,
+        valid_from: row.try_get::<_, Option<i64>>(5).map_err(&op)?.map(millis),
+        valid_until: row.try_get::<_, Option<i64>>(6).map_err(&op)?.map(millis),
+        id_card: None,
+        qr_tokens: Vec::new(),
+        status: label(db, row, 7, "status")?,
+    })
+}
+
+/// A row of [`HEALTH_COLUMNS`].
+fn health_from_row(db: &Db, row: &Row) -> Result<HealthRecord, StoreError> {
+    let op = pg("loading the registry");
+    let test_result: Option<String> = row.try_get(2).map_err(&op)?;
+    let test_result = test_result
+        .map(|s| {
+            TestResult::from_label(&s)
+                .ok_or_else(|| db.corrupt(format!("unknown test result {s:?}")))
+        })
+        .transpose()?;
+    let doses: i64 = row.try_get(3).map_err(&op)?;
+    Ok(HealthRecord {
+        subject: SubjectId(from_sql_u64(row.try_get(0).map_err(&op)?)),
+        test_at: row.try_get::<_, Option<i64>>(1).map_err(&op)?.map(millis),
+        test_result,
+        vaccine_doses: u8::try_from(doses)
+            .map_err(|_| db.corrupt(format!("{doses} vaccine doses")))?,
+        health_code: label::<CodeColour>(db, row, 4, "health code")?,
+        travel_code: label::<CodeColour>(db, row, 5, "travel code")?,
+        updated_at: millis(row.try_get(6).map_err(&op)?),
+    })
+}
+
+/// A row of [`GATE_COLUMNS`].
+fn gate_from_row(db: &Db, row: &Row) -> Result<GateInfo, StoreError> {
+    let op = pg("loading the registry");
+    Ok(GateInfo {
+        gate: GateId(u32_of(db, row.try_get(0).map_err(&op)?, "gate")?),
+        market: MarketId(u32_of(db, row.try_get(1).map_err(&op)?, "market")?),
+        zone: ZoneId(u32_of(db, row.try_get(2).map_err(&op)?, "zone")?),
+        name: row.try_get(3).map_err(&op)?,
+    })
 }
 
 fn label<T: Named>(db: &Db, row: &Row, idx: usize, what: &str) -> Result<T, StoreError> {

@@ -165,8 +165,21 @@ CREATE TABLE market_leases (
 ";
 
 /// Version 2 → 3: the registry's change log for propagation between nodes (issue 14).
-/// Reserved: filled by the propagation work.
-const V3: &str = "SELECT 1;";
+///
+/// One row per registry write, in the writer's transaction: `kind` names what changed and
+/// `key` which one (a subject id for `subject` and `health`, a gate id for `gate`, and for
+/// `templates` the highest template id before the write, so that every template of the write
+/// has a greater id). No personal data: ids only. `at` is the database's clock at the write,
+/// for the followers' lag. Ids are assigned under the registry's write lock (see
+/// `pg::changes`), so they commit in id order and a follower's `id > watermark` misses none.
+const V3: &str = "
+CREATE TABLE registry_changes (
+    id   BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('subject', 'health', 'gate', 'templates')),
+    key  BIGINT NOT NULL,
+    at   BIGINT NOT NULL
+);
+";
 
 const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
