@@ -535,6 +535,27 @@ proptest! {
 /// resolved card means 1:1 with its holder, none means 1:N, an unknown card no match), and
 /// the registry and health records are the candidate's own.
 fn as_the_pipeline_builds_it(mut f: Fixture) -> Fixture {
+    // The pipeline looks a credential up only when the event carries one, and finds it or not
+    // (`pipeline::worker::lookup_credential`): a Verify event is never "not presented", and
+    // an event without a credential never resolves one.
+    let carries_credential = match &f.event.mode {
+        Mode::Verify { .. } => true,
+        Mode::SignIn { credential } => credential.is_some(),
+        Mode::Identify => false,
+    };
+    f.credential = match (carries_credential, f.credential) {
+        (true, CredentialLookup::NotPresented) => CredentialLookup::Unknown,
+        (false, _) => CredentialLookup::NotPresented,
+        (true, lookup) => lookup,
+    };
+    // The index ranks its answers: a runner-up never scores above the best.
+    if let FaceResult::Identified {
+        best: Some((_, best)),
+        runner_up: Some((_, runner_up)),
+    } = &mut f.face
+    {
+        *runner_up = runner_up.min(*best);
+    }
     let score = match f.face {
         FaceResult::Verified { score, .. } => score,
         FaceResult::Identified { best, .. } => best.map(|(_, s)| s),
