@@ -141,7 +141,6 @@ fn follow(
         Ok(None) => return Ended::Stopped,
         Err(e) => return Ended::Failed(e),
     };
-    *connected = true;
     tracing::info!(
         listen = parts.listen,
         poll_ms = parts.poll.as_millis() as u64,
@@ -153,6 +152,9 @@ fn follow(
             if let Err(e) = apply(parts, &mut feed, templates_after) {
                 return Ended::Failed(e);
             }
+            // Only a session that applied something resets the back-off: a change that fails
+            // every time after connecting must not reconnect ten times a second.
+            *connected = true;
             next_poll = now() + parts.poll;
         }
         let wait = next_poll.saturating_duration_since(now()).min(STOP_CHECK);

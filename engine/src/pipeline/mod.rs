@@ -128,6 +128,10 @@ struct Shared {
     gallery: Arc<LiveGallery>,
     policies: Arc<ArcSwap<PolicyBook>>,
     tally: Mutex<tally::Tally>,
+    /// Held by every rebuild of counters from the log, across its read and its swap: a full
+    /// resync whose read began before a takeover committed must not land after that takeover's
+    /// per-market rebuild and put back counters without the old owner's last records.
+    rebuilding: Mutex<()>,
     stats: stats::PipelineStats,
     clock: Arc<dyn Clock>,
     offset: UtcOffset,
@@ -160,6 +164,10 @@ impl Shared {
     /// decided; when its record then fails to commit (or was already recorded), the log is the
     /// truth to return to. Rare, so a full rebuild is cheaper than tracking undo records.
     fn resync_tally(&self) {
+        let _one_rebuild_at_a_time = self
+            .rebuilding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match tally::Tally::rebuild(&self.store, self.clock.now(), self.offset) {
             Ok(fresh) => {
                 *self.tally.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
@@ -176,6 +184,10 @@ impl Shared {
         &self,
         markets: &[gatewarden_protocol::MarketId],
     ) -> Result<(), crate::store::StoreError> {
+        let _one_rebuild_at_a_time = self
+            .rebuilding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
         let fresh = tally::Tally::rebuild_markets(&self.store, markets, now, self.offset)?;
         // The markets' gates may have recorded events at their previous node: learn their
@@ -241,6 +253,7 @@ impl Pipeline {
         let offset = cfg.utc_offset();
         let shared = Arc::new(Shared {
             tally: Mutex::new(tally::Tally::rebuild(&store, clock.now(), offset)?),
+            rebuilding: Mutex::new(()),
             keys: ExactlyOnce::load(&store)?,
             admission: admission::Admission::for_deadline(
                 cfg.deadline(),

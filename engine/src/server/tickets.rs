@@ -13,13 +13,22 @@
 //! stateless-reset key is (reset.rs): the restarted process derives the same keys and accepts
 //! the tickets its predecessor issued.
 //!
-//! What that costs, stated: a ticket holds the session's resumption secret and the gate's
-//! certificate chain, sealed under a key that anyone holding the server's private key can
-//! derive. Such a party can already impersonate the server; with the ticket key it could also
-//! open a recorded ticket and, within the ticket's lifetime, resume as that gate. Keys roll
-//! every period and a ticket is accepted in its own period and the next only, so a ticket is
-//! useless after at most two periods, and a gate's certificate is checked in full at least
-//! that often. A server whose key leaks gets a new key, which voids every ticket.
+//! What that costs, stated:
+//!
+//! - A ticket holds the session's resumption secret and the gate's certificate chain, sealed
+//!   under a key that anyone holding the server's private key can derive. Such a party can
+//!   already impersonate the server; with the ticket key it could also open a recorded ticket
+//!   and, within the ticket's lifetime, resume as that gate.
+//! - Resumption chains: a resumed connection is issued fresh tickets that carry the chain of
+//!   the session's first, full handshake (rustls copies it). Keys roll every period and a
+//!   ticket is accepted in its own period and the next (6 to 12 hours after it was issued),
+//!   so a gate that stays away 12 hours makes a full handshake; but a gate that reconnects
+//!   more often keeps the
+//!   identity its certificate proved once, even after that certificate expires. What still
+//!   holds on every connection: the gate must hold the session secret (no one else can use
+//!   its tickets), and its `Hello` is checked against the registry, so a gate removed from
+//!   the registry is refused. Replacing the fleet CA, or refusing expired certificates at
+//!   once, therefore also needs a new server key, which voids every ticket.
 //!
 //! The ticket format: the period number (8 bytes, little-endian, also the AEAD's associated
 //! data), a random 96-bit nonce, then the AES-256-GCM ciphertext and tag. Random nonces are

@@ -14,6 +14,7 @@ use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::codes::{self, Named};
+use super::history::DAY_MS;
 use super::history::partition::Partition;
 use super::history::record;
 use super::history::writer::SqliteEntryWriter;
@@ -139,11 +140,12 @@ impl Passage {
     /// parameter, and with `markets` (if any) as a parameter holding an array of markets to
     /// keep. The columns are those [`Passage::from_columns`] takes, in order.
     ///
-    /// SQLite reads `entries NOT INDEXED`: a day file's rows are nearly all at or after the
-    /// day's start, and walking the time index fetched each row from the table by its own
-    /// B-tree descent (three quarters of a restart's start-up late in a busy day, measured),
-    /// where one sequential scan and a sort read each page once. PostgreSQL reads `entries`,
-    /// whose day partitions it prunes by the same condition.
+    /// SQLite reads the day files that start at or after `since` as `entries NOT INDEXED`:
+    /// all their rows qualify, and walking the time index fetched each row from the table by
+    /// its own B-tree descent (three quarters of a restart's start-up late in a busy day,
+    /// measured), where one sequential scan and a sort read each page once; the file `since`
+    /// falls inside keeps the index. PostgreSQL reads `entries`, whose day partitions it
+    /// prunes by the same condition.
     pub(crate) fn query(source: &str, since: &str, markets: Option<&str>) -> String {
         let only = markets.map_or(String::new(), |m| format!(" AND market = ANY({m})"));
         format!(
@@ -319,8 +321,17 @@ impl SqliteStore {
         for part in self.history.in_range(since, UnixMillis(u64::MAX)) {
             let conn = part.readers.get()?;
             let sql = |e| StoreError::from_sqlite(&part.path, "reading passages", e);
+            // A file that starts at or after `since` is read whole: one scan. The file `since`
+            // falls inside (the previous UTC day's, when the local day starts before UTC's)
+            // is read through the time index, since most of its rows are before `since`.
+            let whole_file = u64::try_from(part.day).is_ok_and(|day| day * DAY_MS >= since.0);
+            let source = if whole_file {
+                "entries NOT INDEXED"
+            } else {
+                "entries"
+            };
             let mut stmt = conn
-                .prepare_cached(&Passage::query("entries NOT INDEXED", "?1", None))
+                .prepare_cached(&Passage::query(source, "?1", None))
                 .map_err(sql)?;
             let mut rows = stmt.query([sql_time(since)]).map_err(sql)?;
             while let Some(row) = rows.next().map_err(sql)? {
