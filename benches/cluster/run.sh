@@ -20,37 +20,8 @@ root=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 profile=${GW_PROFILE:-release}
 
-pg_bindir() {
-  if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
-    pg_config --bindir; return
-  fi
-  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | while read -r d; do
-    [ -x "$d/initdb" ] && echo "$d"
-  done | tail -n 1
-}
-bindir=$(pg_bindir)
-[ -n "$bindir" ] || { echo "no PostgreSQL server binaries: apt-get install postgresql" >&2; exit 1; }
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-pg_start() { # DIR: makes a cluster in DIR/data with its socket in DIR
-  local dir=$1
-  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir"
-  as_pg "$bindir/initdb" -D "$dir/data" -U gw --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-  cat >>"$dir/data/postgresql.conf" <<CONF
-listen_addresses = ''
-unix_socket_directories = '$dir'
-unix_socket_permissions = 0700
-port = 5432
-fsync = on
-synchronous_commit = on
-shared_buffers = 256MB
-max_connections = 100
-CONF
-  as_pg "$bindir/pg_ctl" start -w -D "$dir/data" -l "$dir/server.log" >/dev/null
-  as_pg "$bindir/psql" -h "$dir" -U gw -d postgres -qc "CREATE DATABASE bench" >/dev/null
-  echo "postgresql:///bench?host=$dir&port=5432&user=gw"
-}
-pg_stop() { as_pg "$bindir/pg_ctl" stop -m immediate -w -D "$1/data" >/dev/null 2>&1 || true; rm -rf "$1"; }
+# shellcheck source=benches/cluster/pg.sh
+source "$here/pg.sh"
 
 if [ "$profile" = release ]; then
   (cd "$root" && cargo build --release --locked -p gatewarden-cli -p gatewarden-loadgen)
