@@ -107,6 +107,35 @@ pub struct EntryRecord {
     pub policy: Option<PolicyVersion>,
 }
 
+impl RecordedEntry {
+    /// A recorded entry from a decoded row: its indexed facts, its body and its stored
+    /// fingerprint (both backends read them alike).
+    pub(super) fn from_parts(
+        entry: EntryRow,
+        body: record::Body,
+        fingerprint: Option<EventFingerprint>,
+    ) -> Self {
+        Self {
+            verdict: Verdict {
+                gate: entry.gate,
+                seq: entry.seq,
+                decision: entry.decision,
+                subject: entry.subject,
+                score: entry.score,
+                checks: body.checks,
+                display: body.display,
+                decided_at: entry.decided_at,
+                replayed: true,
+            },
+            fingerprint,
+            captured_at: entry.captured_at,
+            mode: entry.mode,
+            market: entry.market,
+            policy: body.policy.map(PolicyVersion::from_stored),
+        }
+    }
+}
+
 /// What [`EntryWriter::commit`](super::EntryWriter::commit) did with one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -390,24 +419,7 @@ impl SqliteStore {
                     .map_err(|_| bad(format!("a {}-byte fingerprint", bytes.len())))
             })
             .transpose()?;
-        Ok(RecordedEntry {
-            verdict: Verdict {
-                gate: entry.gate,
-                seq: entry.seq,
-                decision: entry.decision,
-                subject: entry.subject,
-                score: entry.score,
-                checks: body.checks,
-                display: body.display,
-                decided_at: entry.decided_at,
-                replayed: true,
-            },
-            fingerprint,
-            captured_at: entry.captured_at,
-            mode: entry.mode,
-            market: entry.market,
-            policy: body.policy.map(PolicyVersion::from_stored),
-        })
+        Ok(RecordedEntry::from_parts(entry, body, fingerprint))
     }
 
     /// The row's indexed facts (with `failed` left empty) and its decoded body.

@@ -75,7 +75,6 @@ use super::{
     to_sql_u64,
 };
 use crate::model::GateInfo;
-use crate::policy::PolicyVersion;
 
 /// How long opening a connection may take before the store gives up (an unreachable host
 /// fails start-up instead of hanging it), unless the URL says otherwise.
@@ -805,24 +804,7 @@ impl PgStore {
                         })
                 })
                 .transpose()?;
-            Ok(Some(RecordedEntry {
-                verdict: gatewarden_protocol::Verdict {
-                    gate: entry.gate,
-                    seq: entry.seq,
-                    decision: entry.decision,
-                    subject: entry.subject,
-                    score: entry.score,
-                    checks: body.checks,
-                    display: body.display,
-                    decided_at: entry.decided_at,
-                    replayed: true,
-                },
-                fingerprint,
-                captured_at: entry.captured_at,
-                mode: entry.mode,
-                market: entry.market,
-                policy: body.policy.map(PolicyVersion::from_stored),
-            }))
+            Ok(Some(RecordedEntry::from_parts(entry, body, fingerprint)))
         })
     }
 
