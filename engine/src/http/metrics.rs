@@ -233,6 +233,13 @@ fn gauges(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot) {
         "The largest write-ahead log total a checkpoint pass has found since start-up.",
         stats.history.wal_peak_bytes,
     );
+    out.single(
+        "gatewarden_entry_checkpoint_hold_max_seconds",
+        "gauge",
+        "The longest a checkpoint has held commits back (to make a write-ahead log start over) \
+         since start-up.",
+        stats.history.restart_hold_max_us as f64 / 1e6,
+    );
 }
 
 /// The registry follower's counters, on the PostgreSQL store only.

@@ -410,9 +410,10 @@ fn spawn_threads(
 ) -> Result<Threads, PipelineError> {
     let writer = shared.store.entry_writer()?;
     let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
-    // The hand-off to the committer holds at most one group: when commits fall behind,
-    // workers wait, the queue fills, and events expire into Busy instead of piling up
-    // between matching and the disk, where no deadline applies.
+    // The hand-off to the committer holds at most one group: when commits fall behind for
+    // long, workers wait, the queue fills, and events expire into Busy instead of piling up
+    // between matching and the disk, where no deadline applies. A group is large enough
+    // (commit_max) that one slow sync delays the events behind it rather than refusing them.
     let (commit_tx, commit_rx) = crossbeam_channel::bounded(cfg.commit_max);
     let committer = {
         let shared = Arc::clone(shared);

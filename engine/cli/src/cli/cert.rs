@@ -78,7 +78,7 @@ workers = 0          # matcher threads; 0 = one per core but one
 max_batch = 64
 max_wait_ms = 2
 deadline_ms = 40
-commit_max = 64
+commit_max = 256
 
 [server]
 listen = \"127.0.0.1:4433\"

@@ -79,6 +79,8 @@ pub(crate) struct Counters {
     pub(crate) wal_bytes: AtomicU64,
     /// The largest total the checkpoint pass has seen before checkpointing.
     pub(crate) wal_peak_bytes: AtomicU64,
+    /// The longest a checkpoint held the commit gate to make a log start over (µs).
+    pub(crate) restart_hold_max_us: AtomicU64,
 }
 
 impl History {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::partition::{self, Day};
 use super::{History, day_of};
+use crate::clock::Clock;
 use crate::store::schema::{self, Role};
 use crate::store::{SqliteStore, StoreError};
 
@@ -60,10 +61,14 @@ pub struct HistoryStats {
 /// new commits back) before it gives up until the next pass.
 const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Passive rounds before the restart, at most.
-const PASSIVE_ROUNDS: usize = 4;
+/// Passive rounds in one pass, at most; the restart follows the last of them regardless, so
+/// that the log starts over every pass and commits keep overwriting the file it already has
+/// (a log that grows instead makes every commit's sync allocate, and slows it).
+const PASSIVE_ROUNDS: usize = 8;
 
-/// The restart goes ahead once at most this many frames (of 4 KiB) are left to copy.
+/// The restart goes ahead after a passive round that found at most this many new frames (of
+/// 4 KiB) to copy: such a round is short, so the writer appended about as few meanwhile, and
+/// the restart holds commits back only while it copies and syncs those.
 const RESTART_BACKLOG_FRAMES: i64 = 256;
 
 /// The size of a file, 0 if it does not exist.
@@ -219,7 +224,11 @@ impl History {
                 }
             };
             if part.day >= newest {
-                catch_up_and_restart(conn, &part.path, &self.commit_gate)?;
+                let held = catch_up_and_restart(conn, &part.path, &self.commit_gate)?;
+                let held_us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+                self.counters
+                    .restart_hold_max_us
+                    .fetch_max(held_us, Ordering::Relaxed);
             } else {
                 checkpoint_once(conn, &part.path, "TRUNCATE")?;
             }
@@ -238,24 +247,56 @@ impl History {
     }
 }
 
-/// Passive checkpoints (which never hold the writer back) until what is left to copy is
-/// small, then a restart checkpoint behind the commit gate for the rest, so that commits wait
-/// only for that rest to be copied and synced.
+/// Passive checkpoints (which never hold the writer back) until one finds little new to copy,
+/// then a restart checkpoint behind the commit gate for the rest, so that commits wait only
+/// for that rest to be copied and synced; returns how long they waited. A restart copies
+/// what the writer appended during the last passive round, and syncs the file: the file's
+/// pages are scattered, and on a virtual disk that sync took over 100 ms when the restart
+/// followed a round of a whole second's log (issue 13: at 6,000 events a second, every pass
+/// then stalled the commits long enough for the queue to stand and shed). After a round
+/// that found only a few hundred new frames, the restart held commits back for 25 ms
+/// (median), still more when the disk is slow to sync.
 fn catch_up_and_restart(
     conn: &Connection,
     path: &Path,
     commit_gate: &std::sync::Mutex<()>,
-) -> Result<(), StoreError> {
+) -> Result<std::time::Duration, StoreError> {
+    let mut catch_up = CatchUp::default();
     for _ in 0..PASSIVE_ROUNDS {
         let (log, copied) = checkpoint_once(conn, path, "PASSIVE")?;
-        if log - copied <= RESTART_BACKLOG_FRAMES {
+        if catch_up.round(log, copied) {
             break;
         }
     }
     let _gate = commit_gate
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    checkpoint_once(conn, path, "RESTART").map(drop)
+    // A measurement for /metrics, not a decision: the system's monotonic clock will do.
+    let clock = crate::clock::SystemClock;
+    let held = clock.instant();
+    checkpoint_once(conn, path, "RESTART")?;
+    Ok(clock.instant().saturating_duration_since(held))
+}
+
+/// Judges passive rounds: whether the last one found so little to copy that a restart now
+/// would hold commits back only briefly.
+#[derive(Debug, Default)]
+struct CatchUp {
+    /// Frames copied by the previous round (0 before the first).
+    copied_before: i64,
+}
+
+impl CatchUp {
+    /// A round reported `log` frames in the log, `copied` of them copied. What it found beyond
+    /// the previous round's copy is what the writer appended while that round ran (the whole
+    /// log, for the first round), and the next copy, the restart's, finds about as much as
+    /// this round took time. A log shorter than the last copy started over (the writer does
+    /// that itself once every frame was copied and nobody reads the log).
+    fn round(&mut self, log: i64, copied: i64) -> bool {
+        let found = log.saturating_sub(self.copied_before).max(0);
+        self.copied_before = copied;
+        found <= RESTART_BACKLOG_FRAMES
+    }
 }
 
 /// One checkpoint; returns (frames in the log, frames copied). A checkpoint that could not
@@ -350,6 +391,8 @@ pub struct HistoryCounters {
     pub wal_bytes: u64,
     /// The largest total seen before a pass.
     pub wal_peak_bytes: u64,
+    /// The longest a checkpoint held commits back (µs), while it made a log start over.
+    pub restart_hold_max_us: u64,
 }
 
 impl SqliteStore {
@@ -418,6 +461,46 @@ impl SqliteStore {
             checkpoint_failures: c.checkpoint_failures.load(Ordering::Relaxed),
             wal_bytes: c.wal_bytes.load(Ordering::Relaxed),
             wal_peak_bytes: c.wal_peak_bytes.load(Ordering::Relaxed),
+            restart_hold_max_us: c.restart_hold_max_us.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CatchUp, RESTART_BACKLOG_FRAMES};
+
+    #[test]
+    fn a_short_first_round_restarts_at_once() {
+        let mut c = CatchUp::default();
+        assert!(c.round(RESTART_BACKLOG_FRAMES, RESTART_BACKLOG_FRAMES));
+    }
+
+    #[test]
+    fn a_long_backlog_restarts_after_a_round_that_found_little_new() {
+        let mut c = CatchUp::default();
+        // A second's log: long to copy, and the writer went on meanwhile.
+        assert!(!c.round(30_000, 30_000));
+        // It appended 3,000 frames during that round: still too many to copy behind the gate.
+        assert!(!c.round(33_000, 33_000));
+        // This round was short: the writer appended little meanwhile.
+        assert!(c.round(33_200, 33_200));
+    }
+
+    #[test]
+    fn a_writer_faster_than_the_rounds_is_never_held_back() {
+        let mut c = CatchUp::default();
+        let mut log = 0;
+        for _ in 0..8 {
+            log += 5_000;
+            assert!(!c.round(log, log - 1_000));
+        }
+    }
+
+    #[test]
+    fn a_log_that_started_over_counts_as_caught_up() {
+        let mut c = CatchUp::default();
+        assert!(!c.round(10_000, 10_000));
+        assert!(c.round(40, 40));
     }
 }
