@@ -336,7 +336,7 @@ def main() -> int:
     ap.add_argument("--kill-at-s", type=int, default=20)
     ap.add_argument("--keep-alive", default="3s", help="the gates' keep-alive interval")
     ap.add_argument("--retry-gates", type=int, default=1000)
-    ap.add_argument("--rates", default="2000,2500,3000,3500",
+    ap.add_argument("--rates", default="2000,3000,4000,5000,6000",
                     help="ascending rates for the sustainable-rate search")
     ap.add_argument("--step-s", type=int, default=20, help="length of a search step")
     ap.add_argument("--retry-s", type=int, default=60, help="length of the 2x and 4x runs")

@@ -71,8 +71,8 @@ use super::templates::check_template;
 use super::{
     ContactRow, EntryRow, Escalation, EscalationState, EventFingerprint, FrequencyRow,
     HistoryCounters, HistoryStats, ModeKind, PartitionStats, Passage, PrunedPartition,
-    RecordedEntry, Resolution, ResolvedAs, SignInRow, StoreError, from_sql_u64, fsutil, sql_time,
-    to_sql_u64,
+    RecordedEntry, Resolution, ResolvedAs, SignInRow, StoreError, TIME_ORDER, from_sql_u64, fsutil,
+    sql_time, to_sql_u64,
 };
 use crate::model::GateInfo;
 
@@ -886,11 +886,11 @@ impl PgStore {
         self.read(|tx| {
             let mut rows = match &markets {
                 None => tx.query_raw(
-                    &*Passage::query("entries", "$1", None),
+                    &*Passage::query("entries", "$1", None, TIME_ORDER),
                     [&since as &(dyn ToSql + Sync)],
                 ),
                 Some(markets) => tx.query_raw(
-                    &*Passage::query("entries", "$1", Some("$2")),
+                    &*Passage::query("entries", "$1", Some("$2"), TIME_ORDER),
                     [&since as &(dyn ToSql + Sync), markets],
                 ),
             }
