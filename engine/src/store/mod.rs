@@ -76,10 +76,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use gatewarden_protocol::{GateId, SubjectId};
 use rusqlite::Connection;
 
+pub(crate) use entries::Passage;
 pub use entries::{
     CommitOutcome, EntryRecord, EntryRow, EventFingerprint, ModeKind, RecordedEntry,
 };
-pub(crate) use entries::{Passage, TIME_ORDER};
 pub use history::ENTRIES_DIR;
 pub use history::archive::{ArchivedEntry, EntryArchive};
 pub use history::upkeep::{

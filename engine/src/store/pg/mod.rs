@@ -61,6 +61,7 @@ pub(crate) use writer::PgEntryWriter;
 use self::changes::{ChangeKind, Rows};
 use super::cache::{Cache, CredentialHashes};
 use super::codes::Named;
+use super::entries::TIME_ORDER;
 use super::history::record::{self, Form};
 use super::history::upkeep::{first_kept_day, summarise};
 use super::history::{DAY_MS, day_of};
@@ -71,8 +72,8 @@ use super::templates::check_template;
 use super::{
     ContactRow, EntryRow, Escalation, EscalationState, EventFingerprint, FrequencyRow,
     HistoryCounters, HistoryStats, ModeKind, PartitionStats, Passage, PrunedPartition,
-    RecordedEntry, Resolution, ResolvedAs, SignInRow, StoreError, TIME_ORDER, from_sql_u64, fsutil,
-    sql_time, to_sql_u64,
+    RecordedEntry, Resolution, ResolvedAs, SignInRow, StoreError, from_sql_u64, fsutil, sql_time,
+    to_sql_u64,
 };
 use crate::model::GateInfo;
 
