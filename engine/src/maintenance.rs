@@ -4,7 +4,8 @@
 //!   checkpoints (a checkpoint on the commit path was most of the slowdown of a long history),
 //!   so this thread copies the write-ahead log into the partition from its own connection,
 //!   passively (without waiting for the writer), then restarts the log, holding the next
-//!   commit back for the few milliseconds that takes, so that the log's size stays bounded.
+//!   commit back while it copies and syncs the last few hundred frames (tens of
+//!   milliseconds; more when the disk is slow to sync), so that the log's size stays bounded.
 //! - **Retention**, at start-up and then hourly: entry partitions older than
 //!   `[retention] entry_days` are deleted as whole files.
 //! - **Gallery compaction**, checked every `maintenance_interval_ms`: the live gallery's

@@ -12,7 +12,7 @@ use crate::policy::{MarketState, PersonState};
 use crate::store::{ModeKind, Passage};
 
 // The keys are ids the registry assigns, not input an outsider chooses, so a keyed hash buys
-// nothing; rebuilding the counters late in a busy day (8.5 million passages) spent most of its
+// nothing; rebuilding the counters late in a busy day (5.1 million passages) spent most of its
 // time in `observe`, much of it hashing.
 type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 type HashSet<T> = rustc_hash::FxHashSet<T>;

@@ -14,7 +14,6 @@ use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::codes::{self, Named};
-use super::history::DAY_MS;
 use super::history::partition::Partition;
 use super::history::record;
 use super::history::writer::SqliteEntryWriter;
@@ -163,28 +162,42 @@ pub(crate) struct Passage {
     pub at: UnixMillis,
 }
 
-/// Passages in the order they were decided ([`Passage::query`]).
-pub(crate) const TIME_ORDER: &str = "decided_at, id";
-/// Passages in the order they were recorded ([`Passage::query`]).
-pub(crate) const RECORDED_ORDER: &str = "id";
+/// The order [`Passage::query`] reads passages in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PassageOrder {
+    /// The order they were decided (time, then id): the PostgreSQL store's.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Decided,
+    /// The order they were recorded (id: the committer's order).
+    Recorded,
+}
 
 impl Passage {
     /// The query of the passages decided at or after its first parameter, reading `source`
     /// (the table and any access hint) with `since` as that parameter, and with `markets` (if
-    /// any) as a parameter holding an array of markets to keep, in the order `order` names.
-    /// The columns are those [`Passage::from_columns`] takes, in order.
+    /// any) as a parameter holding an array of markets to keep, in `order`. The columns are
+    /// those [`Passage::from_columns`] takes, in order.
     ///
-    /// SQLite reads the day files that start at or after `since` as `entries NOT INDEXED`, in
-    /// the order they were recorded ([`RECORDED_ORDER`]): all their rows qualify, and walking
-    /// the time index fetched each row from the table by its own B-tree descent (three
-    /// quarters of a restart's start-up late in a busy day, measured); a sort by time then
-    /// spilled to temporary files (a fifth of what was left, at 8.5 million entries), where
-    /// the table's own order needs none. Within a day that order is the committer's, which is
-    /// the order the live counters saw the decisions as closely as the time is. The file
-    /// `since` falls inside keeps the index, in time order ([`TIME_ORDER`]). PostgreSQL reads
-    /// `entries`, whose day partitions it prunes by the same condition, in time order.
-    pub(crate) fn query(source: &str, since: &str, markets: Option<&str>, order: &str) -> String {
+    /// SQLite reads each day file as `entries NOT INDEXED`, in the order the passages were
+    /// recorded: one sequential scan, with no sort. No index of a day file leads with the
+    /// time, so the planner's choice for the time condition walked another index and fetched
+    /// each row from the table by its own B-tree descent (three quarters of a restart's
+    /// start-up late in a busy day, measured), and the sort by time spilled to temporary files
+    /// (a fifth of what was left, at 7.9 million entries). Within a day the recorded order is
+    /// the committer's, which follows the order the live counters saw the decisions as
+    /// closely as the time does. PostgreSQL reads `entries`, whose day partitions it prunes
+    /// by the same condition, in the order they were decided.
+    pub(crate) fn query(
+        source: &str,
+        since: &str,
+        markets: Option<&str>,
+        order: PassageOrder,
+    ) -> String {
         let only = markets.map_or(String::new(), |m| format!(" AND market = ANY({m})"));
+        let order = match order {
+            PassageOrder::Decided => "decided_at, id",
+            PassageOrder::Recorded => "id",
+        };
         format!(
             "SELECT subject, market, mode, direction, decided_at FROM {source}
              WHERE decided_at >= {since} AND decision = {admit} AND subject IS NOT NULL{only}
@@ -350,7 +363,10 @@ impl SqliteStore {
     }
 
     /// Streams the [`Passage`]s decided at or after `since`, day by day, and within a day in
-    /// the order they were recorded (see [`Passage::query`]).
+    /// the order they were recorded (see [`Passage::query`]). The file `since` falls inside
+    /// is read whole as well: most of its rows are before `since` (with the default UTC+8, it
+    /// holds the local day's first eight hours), but with no index that leads with the time a
+    /// sequential scan is the cheapest way to find the rest.
     pub(crate) fn for_each_passage_since(
         &self,
         since: UnixMillis,
@@ -359,18 +375,8 @@ impl SqliteStore {
         for part in self.history.in_range(since, UnixMillis(u64::MAX)) {
             let conn = part.readers.get()?;
             let sql = |e| StoreError::from_sqlite(&part.path, "reading passages", e);
-            // A file that starts at or after `since` is read whole: one scan. The file `since`
-            // falls inside (the previous UTC day's, when the local day starts before UTC's)
-            // is read through the time index, since most of its rows are before `since`.
-            let whole_file = u64::try_from(part.day).is_ok_and(|day| day * DAY_MS >= since.0);
-            let (source, order) = if whole_file {
-                ("entries NOT INDEXED", RECORDED_ORDER)
-            } else {
-                ("entries", TIME_ORDER)
-            };
-            let mut stmt = conn
-                .prepare_cached(&Passage::query(source, "?1", None, order))
-                .map_err(sql)?;
+            let query = Passage::query("entries NOT INDEXED", "?1", None, PassageOrder::Recorded);
+            let mut stmt = conn.prepare_cached(&query).map_err(sql)?;
             let mut rows = stmt.query([sql_time(since)]).map_err(sql)?;
             while let Some(row) = rows.next().map_err(sql)? {
                 let passage = Passage::from_columns(

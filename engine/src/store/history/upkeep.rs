@@ -61,15 +61,21 @@ pub struct HistoryStats {
 /// new commits back) before it gives up until the next pass.
 const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Passive rounds in one pass, at most; the restart follows the last of them regardless, so
-/// that the log starts over every pass and commits keep overwriting the file it already has
-/// (a log that grows instead makes every commit's sync allocate, and slows it).
+/// Passive rounds in one pass, at most; the restart follows the last of them (unless a reader
+/// is in the way), so that the log starts over every pass and commits keep overwriting the
+/// file it already has (a log that grows instead makes every commit's sync allocate, and
+/// slows it).
 const PASSIVE_ROUNDS: usize = 8;
 
 /// The restart goes ahead after a passive round that found at most this many new frames (of
 /// 4 KiB) to copy: such a round is short, so the writer appended about as few meanwhile, and
 /// the restart holds commits back only while it copies and syncs those.
 const RESTART_BACKLOG_FRAMES: i64 = 256;
+
+/// A log this long is restarted even while a reader holds an older snapshot (the restart then
+/// waits up to `CHECKPOINT_WAIT` for it behind the gate): readers that overlap without end
+/// must not let the log grow without end.
+const RESTART_FORCE_BYTES: u64 = 256 << 20;
 
 /// The size of a file, 0 if it does not exist.
 fn file_len(path: &Path) -> u64 {
@@ -193,12 +199,13 @@ impl History {
     /// The newest (the one being written) first gets passive checkpoints, which copy what
     /// they can without waiting for the writer or any reader. That alone never lets the log
     /// start over under steady load: by the time one finishes the writer has appended more,
-    /// and SQLite restarts the log only once every frame is copied. So once the backlog is
-    /// small a restart checkpoint follows, which copies the rest while holding new commits
-    /// back (the history's commit gate) for that short while, and lets the writer's next
-    /// commit start the log from the top. It waits at most `CHECKPOINT_WAIT` for
-    /// readers of an older snapshot; if they are still there it gives up, and the next pass
-    /// tries again. Older partitions are no longer written: their log is folded in and
+    /// and SQLite restarts the log only once every frame is copied. So after the passive
+    /// rounds (see `catch_up_and_restart`) a restart checkpoint copies the rest while holding
+    /// new commits back (the history's commit gate) for that short while, and lets the
+    /// writer's next commit start the log from the top. While a reader of an older snapshot
+    /// keeps the rounds from copying everything, the pass skips the restart (until the log
+    /// is past `RESTART_FORCE_BYTES`; the restart then waits at most `CHECKPOINT_WAIT` for
+    /// the reader, and gives up until the next pass if it is still there). Older partitions are no longer written: their log is folded in and
     /// truncated to nothing, and their connection closed.
     fn checkpoint(
         &self,
@@ -254,19 +261,24 @@ impl History {
 /// pages are scattered, and on a virtual disk that sync took over 100 ms when the restart
 /// followed a round of a whole second's log (issue 13: at 6,000 events a second, every pass
 /// then stalled the commits long enough for the queue to stand and shed). After a round
-/// that found only a few hundred new frames, the restart held commits back for 25 ms
-/// (median), still more when the disk is slow to sync.
+/// that found only a few hundred new frames, the restart held commits back for tens of
+/// milliseconds, more when the disk is slow to sync.
 fn catch_up_and_restart(
     conn: &Connection,
     path: &Path,
     commit_gate: &std::sync::Mutex<()>,
 ) -> Result<std::time::Duration, StoreError> {
     let mut catch_up = CatchUp::default();
+    let mut next = Next::Round;
     for _ in 0..PASSIVE_ROUNDS {
         let (log, copied) = checkpoint_once(conn, path, "PASSIVE")?;
-        if catch_up.round(log, copied) {
+        next = catch_up.round(log, copied);
+        if next == Next::Restart {
             break;
         }
+    }
+    if next == Next::Wait && file_len(&sidecar(path, "-wal")) < RESTART_FORCE_BYTES {
+        return Ok(std::time::Duration::ZERO);
     }
     let _gate = commit_gate
         .lock()
@@ -278,24 +290,63 @@ fn catch_up_and_restart(
     Ok(clock.instant().saturating_duration_since(held))
 }
 
-/// Judges passive rounds: whether the last one found so little to copy that a restart now
-/// would hold commits back only briefly.
-#[derive(Debug, Default)]
+/// What a pass does after a passive round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Another round: the last one gained on the writer. (After the pass's last round: the
+    /// restart, with what that round left.)
+    Round,
+    /// The restart, now: the last round found little new to copy, or stopped gaining.
+    Restart,
+    /// A reader holds an older snapshot, so the round could not copy the whole log. Another
+    /// round may find it gone; if the pass's last round still finds it there, the pass skips
+    /// the restart, which would wait for that reader behind the gate and then copy all the
+    /// reader had held back. The next pass tries again.
+    Wait,
+}
+
+/// Judges passive rounds by what each found to copy beyond the previous one's copy: the
+/// writer's appends while that round ran (the whole log, for the first round). The restart's
+/// copy will find about as much as the last round took time.
+#[derive(Debug)]
 struct CatchUp {
     /// Frames copied by the previous round (0 before the first).
     copied_before: i64,
+    /// Frames the previous round found (unbounded before the first).
+    found_before: i64,
+}
+
+impl Default for CatchUp {
+    fn default() -> Self {
+        Self {
+            copied_before: 0,
+            found_before: i64::MAX,
+        }
+    }
 }
 
 impl CatchUp {
-    /// A round reported `log` frames in the log, `copied` of them copied. What it found beyond
-    /// the previous round's copy is what the writer appended while that round ran (the whole
-    /// log, for the first round), and the next copy, the restart's, finds about as much as
-    /// this round took time. A log shorter than the last copy started over (the writer does
-    /// that itself once every frame was copied and nobody reads the log).
-    fn round(&mut self, log: i64, copied: i64) -> bool {
-        let found = log.saturating_sub(self.copied_before).max(0);
+    /// A round reported `log` frames in the log, `copied` of them copied. Each round syncs the
+    /// files, so a round never takes less than a sync; once rounds stop shrinking, more of them
+    /// only add syncs, and the restart goes ahead with what the last one found. A log shorter
+    /// than the last copy started over (the writer does that itself once every frame was
+    /// copied and nobody reads the log): all of it is new.
+    fn round(&mut self, log: i64, copied: i64) -> Next {
+        let found = if log < self.copied_before {
+            log
+        } else {
+            log - self.copied_before
+        };
+        let shrinking = found < self.found_before;
         self.copied_before = copied;
-        found <= RESTART_BACKLOG_FRAMES
+        self.found_before = found;
+        if copied < log {
+            Next::Wait
+        } else if found <= RESTART_BACKLOG_FRAMES || !shrinking {
+            Next::Restart
+        } else {
+            Next::Round
+        }
     }
 }
 
@@ -468,39 +519,53 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{CatchUp, RESTART_BACKLOG_FRAMES};
+    use super::{CatchUp, Next, RESTART_BACKLOG_FRAMES};
 
     #[test]
     fn a_short_first_round_restarts_at_once() {
         let mut c = CatchUp::default();
-        assert!(c.round(RESTART_BACKLOG_FRAMES, RESTART_BACKLOG_FRAMES));
+        let n = RESTART_BACKLOG_FRAMES;
+        assert_eq!(c.round(n, n), Next::Restart);
     }
 
     #[test]
     fn a_long_backlog_restarts_after_a_round_that_found_little_new() {
         let mut c = CatchUp::default();
         // A second's log: long to copy, and the writer went on meanwhile.
-        assert!(!c.round(30_000, 30_000));
+        assert_eq!(c.round(30_000, 30_000), Next::Round);
         // It appended 3,000 frames during that round: still too many to copy behind the gate.
-        assert!(!c.round(33_000, 33_000));
+        assert_eq!(c.round(33_000, 33_000), Next::Round);
         // This round was short: the writer appended little meanwhile.
-        assert!(c.round(33_200, 33_200));
+        assert_eq!(c.round(33_200, 33_200), Next::Restart);
     }
 
     #[test]
-    fn a_writer_faster_than_the_rounds_is_never_held_back() {
+    fn rounds_that_stop_shrinking_restart_with_what_the_last_found() {
         let mut c = CatchUp::default();
-        let mut log = 0;
-        for _ in 0..8 {
-            log += 5_000;
-            assert!(!c.round(log, log - 1_000));
-        }
+        assert_eq!(c.round(30_000, 30_000), Next::Round);
+        assert_eq!(c.round(31_000, 31_000), Next::Round);
+        // Each round takes a sync, and the writer appends as much during it: more rounds
+        // would only add syncs.
+        assert_eq!(c.round(32_000, 32_000), Next::Restart);
     }
 
     #[test]
-    fn a_log_that_started_over_counts_as_caught_up() {
+    fn a_reader_in_the_way_skips_the_restart() {
         let mut c = CatchUp::default();
-        assert!(!c.round(10_000, 10_000));
-        assert!(c.round(40, 40));
+        assert_eq!(c.round(10_000, 4_000), Next::Wait);
+        let mut c = CatchUp::default();
+        assert_eq!(c.round(30_000, 30_000), Next::Round);
+        assert_eq!(c.round(30_100, 30_050), Next::Wait);
+    }
+
+    #[test]
+    fn a_log_that_started_over_is_new_from_its_first_frame() {
+        let mut c = CatchUp::default();
+        assert_eq!(c.round(10_000, 10_000), Next::Round);
+        assert_eq!(c.round(40, 40), Next::Restart);
+        let mut c = CatchUp::default();
+        assert_eq!(c.round(10_000, 10_000), Next::Round);
+        // Started over and already longer than the backlog rule allows.
+        assert_eq!(c.round(5_000, 5_000), Next::Round);
     }
 }
