@@ -335,8 +335,9 @@ impl SqliteStore {
         Ok(self.history.seqs.max_per_gate())
     }
 
-    /// Calls `f` for every entry decided at or after `since`, in decision order. The pipeline
-    /// uses it at start-up to rebuild today's counters (occupancy, frequency, sign-ins).
+    /// Calls `f` for every entry decided at or after `since`, in decision order, each record
+    /// decoded whole (the start-up rebuild of today's counters reads only the indexed
+    /// columns, `for_each_passage_since`).
     ///
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] for a row gatewarden could not have written.

@@ -450,8 +450,9 @@ impl Store {
         dispatch!(self, b => b.max_seq_per_gate())
     }
 
-    /// Calls `f` for every entry decided at or after `since`, in decision order. The pipeline
-    /// uses it at start-up to rebuild today's counters (occupancy, frequency, sign-ins).
+    /// Calls `f` for every entry decided at or after `since`, in decision order, each record
+    /// decoded whole (exports and checks; the start-up rebuild of today's counters reads only
+    /// the indexed columns, `for_each_passage_since`).
     ///
     /// # Errors
     /// Database failures, or [`StoreError::Corrupt`] for a row gatewarden could not have
