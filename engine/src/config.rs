@@ -22,6 +22,9 @@
 //! compact_after = 50000     # fold the in-memory gallery delta into a segment past this size
 //! maintenance_interval_ms = 10000  # how often the maintenance thread looks for gallery work
 //! checkpoint_interval_ms = 1000     # how often it checkpoints the entry log (never the writer)
+//! counters_snapshot_ms = 10000      # SQLite store: how often it saves today's committed
+//!                           # counters (store/counters.snap), so that a restart reads only
+//!                           # the entries recorded since, not the whole day; 0 = never
 //! credential_key = "store/credential.key"  # HMAC key of card/QR hashes and fingerprints;
 //!                           # relative to the data folder; keep it apart from store backups
 //! registry_poll_ms = 500    # PostgreSQL store: how often this node reads the registry's
@@ -210,6 +213,9 @@ pub struct EngineConfig {
     pub compact_after: usize,
     pub maintenance_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
+    /// How often the maintenance thread saves today's committed counters (SQLite store;
+    /// 0: never, and every start reads the whole day's entries).
+    pub counters_snapshot_ms: u64,
     pub credential_key: Option<PathBuf>,
     pub registry_poll_ms: u64,
     pub registry_notify: bool,
@@ -233,6 +239,7 @@ impl Default for EngineConfig {
             compact_after: 50_000,
             maintenance_interval_ms: 10_000,
             checkpoint_interval_ms: 1_000,
+            counters_snapshot_ms: 10_000,
             credential_key: None,
             registry_poll_ms: 500,
             registry_notify: true,

@@ -14,7 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, EngineConfig};
 use crate::error::Error;
 use crate::gallery::{GalleryOptions, GallerySnapshot, LiveGallery};
-use crate::maintenance::{Maintenance, MaintenanceParts};
+use crate::maintenance::{CountersUpkeep, Maintenance, MaintenanceParts};
 pub use crate::pipeline::Submission;
 use crate::pipeline::{Pipeline, PipelineParts, Reply, StatsSnapshot};
 use crate::policy::{PolicyBook, PolicyError, PolicyVersion};
@@ -98,15 +98,25 @@ impl Engine {
             None => PolicyBook::demo(),
         };
         let policies = Arc::new(ArcSwap::from_pointee(policies));
-        let pipeline = Pipeline::start(
+        let snapshot = (cfg.counters_snapshot_ms > 0 && store.supports_passage_marks())
+            .then(|| store.dir().join(crate::pipeline::counters::SNAPSHOT_FILE));
+        let (pipeline, committed) = Pipeline::start(
             PipelineParts {
                 store: Arc::clone(&store),
                 gallery: Arc::clone(&gallery),
                 policies: Arc::clone(&policies),
                 clock: Arc::clone(&clock),
+                snapshot: snapshot.clone(),
             },
             &cfg,
         )?;
+        let counters = snapshot
+            .zip(committed)
+            .map(|(path, counters)| CountersUpkeep {
+                counters,
+                path,
+                every: std::time::Duration::from_millis(cfg.counters_snapshot_ms),
+            });
         let maintenance = Maintenance::start(MaintenanceParts {
             gallery: Arc::clone(&gallery),
             store: Arc::clone(&store),
@@ -115,6 +125,7 @@ impl Engine {
             interval: std::time::Duration::from_millis(cfg.maintenance_interval_ms),
             checkpoint_interval: std::time::Duration::from_millis(cfg.checkpoint_interval_ms),
             entry_days: retention.entry_days,
+            counters,
         })
         .map_err(crate::pipeline::PipelineError::Spawn)?;
         #[cfg(feature = "postgres")]

@@ -8,6 +8,10 @@
 //!   milliseconds; more when the disk is slow to sync), so that the log's size stays bounded.
 //! - **Retention**, at start-up and then hourly: entry partitions older than
 //!   `[retention] entry_days` are deleted as whole files.
+//! - **Today's committed counters**, every `counters_snapshot_ms` (SQLite store): the
+//!   passages recorded since the last time are read into the thread's own copy of the
+//!   counters, which is saved to `store/counters.snap`, so that a restart reads only what was
+//!   recorded after it (pipeline/counters.rs).
 //! - **Gallery compaction**, checked every `maintenance_interval_ms`: the live gallery's
 //!   in-memory delta (online enrolments) and its tombstones are folded into a segment file
 //!   once they reach `compact_after` rows. Without it every online enrolment would stay in
@@ -25,6 +29,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::clock::Clock;
 use crate::gallery::LiveGallery;
+use crate::pipeline::counters::CommittedCounters;
 use crate::store::{Checkpointer, Store};
 
 /// How often retention looks for expired partitions (and once at start-up).
@@ -43,6 +48,15 @@ pub(crate) struct MaintenanceParts {
     pub(crate) checkpoint_interval: Duration,
     /// Days of entries kept.
     pub(crate) entry_days: u32,
+    /// Today's committed counters and their snapshot, if kept.
+    pub(crate) counters: Option<CountersUpkeep>,
+}
+
+/// The committed counters the thread keeps, and where and how often it saves them.
+pub(crate) struct CountersUpkeep {
+    pub(crate) counters: CommittedCounters,
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) every: Duration,
 }
 
 /// The running maintenance thread; stops (and is joined) on [`Maintenance::stop`] or drop.
@@ -57,7 +71,7 @@ impl Maintenance {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("gw-maintain".into())
-            .spawn(move || run(&parts, &stop_rx))?;
+            .spawn(move || run(parts, &stop_rx))?;
         Ok(Self {
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -79,10 +93,13 @@ impl Drop for Maintenance {
     }
 }
 
-fn run(parts: &MaintenanceParts, stop: &Receiver<()>) {
+fn run(mut parts: MaintenanceParts, stop: &Receiver<()>) {
+    let mut counters = parts.counters.take();
+    let parts = &parts;
     let mut checkpointer = Checkpointer::default();
     let start = parts.clock.instant();
     let (mut next_prune, mut next_compact) = (start, start + parts.interval);
+    let mut next_snapshot = start + counters.as_ref().map_or(Duration::ZERO, |c| c.every);
     loop {
         let now = parts.clock.instant();
         if now >= next_prune {
@@ -90,14 +107,23 @@ fn run(parts: &MaintenanceParts, stop: &Receiver<()>) {
             next_prune = now + PRUNE_EVERY;
         }
         checkpoint(parts, &mut checkpointer);
+        if let Some(upkeep) = counters.as_mut().filter(|_| now >= next_snapshot) {
+            save_counters(parts, upkeep);
+            next_snapshot = now + upkeep.every;
+        }
         if now >= next_compact {
             compact_if_due(parts);
             next_compact = now + parts.interval;
         }
         match stop.recv_timeout(parts.checkpoint_interval) {
             Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
         }
+    }
+    // The engine stops this thread after its pipeline has drained: a last save makes the next
+    // start read nothing after the snapshot.
+    if let Some(upkeep) = counters.as_mut() {
+        save_counters(parts, upkeep);
     }
 }
 
@@ -119,6 +145,19 @@ fn checkpoint(parts: &MaintenanceParts, checkpointer: &mut Checkpointer) {
         // A new connection next time: the old one may be what failed.
         *checkpointer = Checkpointer::default();
         tracing::error!(error = %e, "entry log checkpoint failed; will retry");
+    }
+}
+
+/// Reads what was recorded since the last time into the committed counters and saves them.
+/// A failure is logged; the counters stand where the reading stopped, and the next pass goes
+/// on from there (meanwhile a restart reads more of the day, nothing worse).
+fn save_counters(parts: &MaintenanceParts, upkeep: &mut CountersUpkeep) {
+    if let Err(e) = upkeep
+        .counters
+        .catch_up(&parts.store, parts.clock.now())
+        .and_then(|_| upkeep.counters.save(&upkeep.path))
+    {
+        tracing::error!(error = %e, "cannot save today's counters; will retry");
     }
 }
 

@@ -33,12 +33,14 @@
 pub mod admission;
 pub mod batch;
 mod commit;
+pub(crate) mod counters;
 mod exactly_once;
 pub mod stats;
 mod submit;
 mod tally;
 mod worker;
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -132,6 +134,9 @@ struct Shared {
     /// resync whose read began before a takeover committed must not land after that takeover's
     /// per-market rebuild and put back counters without the old owner's last records.
     rebuilding: Mutex<()>,
+    /// The committed counters' snapshot (counters.rs), read by rebuilds; none on PostgreSQL,
+    /// or with `counters_snapshot_ms = 0`.
+    snapshot: Option<PathBuf>,
     stats: stats::PipelineStats,
     clock: Arc<dyn Clock>,
     offset: UtcOffset,
@@ -168,8 +173,9 @@ impl Shared {
             .rebuilding
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match tally::Tally::rebuild(&self.store, self.clock.now(), self.offset) {
-            Ok(fresh) => {
+        let snapshot = self.snapshot.as_deref();
+        match counters::today(&self.store, snapshot, self.clock.now(), self.offset) {
+            Ok((fresh, _)) => {
                 *self.tally.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
             }
             Err(e) => tracing::error!(error = %e, "cannot rebuild today's counters"),
@@ -225,6 +231,8 @@ pub(crate) struct PipelineParts {
     pub(crate) gallery: Arc<LiveGallery>,
     pub(crate) policies: Arc<ArcSwap<PolicyBook>>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Where the committed counters' snapshot is (counters.rs), if there is one.
+    pub(crate) snapshot: Option<PathBuf>,
 }
 
 /// The running pipeline: its threads and the queue's sending side.
@@ -241,19 +249,27 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    /// Rebuilds today's counters and the high-water marks from the store, then starts the
-    /// committer and the matcher workers.
-    pub(crate) fn start(parts: PipelineParts, cfg: &EngineConfig) -> Result<Self, PipelineError> {
+    /// Reads today's counters (from the snapshot and what followed it, if there is one) and
+    /// the high-water marks from the store, then starts the committer and the matcher
+    /// workers. Also returns the committed counters, for the maintenance thread to keep and
+    /// save (none without a snapshot).
+    pub(crate) fn start(
+        parts: PipelineParts,
+        cfg: &EngineConfig,
+    ) -> Result<(Self, Option<counters::CommittedCounters>), PipelineError> {
         let PipelineParts {
             store,
             gallery,
             policies,
             clock,
+            snapshot,
         } = parts;
         let offset = cfg.utc_offset();
+        let (tally, committed) = counters::today(&store, snapshot.as_deref(), clock.now(), offset)?;
         let shared = Arc::new(Shared {
-            tally: Mutex::new(tally::Tally::rebuild(&store, clock.now(), offset)?),
+            tally: Mutex::new(tally),
             rebuilding: Mutex::new(()),
+            snapshot,
             keys: ExactlyOnce::load(&store)?,
             admission: admission::Admission::for_deadline(
                 cfg.deadline(),
@@ -275,12 +291,13 @@ impl Pipeline {
         });
         let batch = BatchPolicy::new(cfg.max_batch, Duration::from_millis(cfg.max_wait_ms));
         let threads = spawn_threads(&shared, cfg, batch)?;
-        Ok(Self {
+        let pipeline = Self {
             shared,
             queue: RwLock::new(Some(threads.queue)),
             capacity: cfg.queue_capacity,
             threads: Mutex::new(threads.handles),
-        })
+        };
+        Ok((pipeline, committed))
     }
 
     /// Queues a job; a full or standing queue answers Busy at once.

@@ -17,7 +17,7 @@ use crate::store::{ModeKind, Passage};
 type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 type HashSet<T> = rustc_hash::FxHashSet<T>;
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct PersonDay {
     entries: u32,
     inside: Option<bool>,
@@ -35,7 +35,7 @@ pub(crate) struct Observation {
 }
 
 /// The day's counters.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Tally {
     day: Option<i64>,
     people: HashMap<(SubjectId, MarketId), PersonDay>,
@@ -77,7 +77,7 @@ impl Tally {
         Ok(tally)
     }
 
-    fn observe_passage(&mut self, p: &Passage, offset: UtcOffset) {
+    pub(crate) fn observe_passage(&mut self, p: &Passage, offset: UtcOffset) {
         self.observe(
             &Observation {
                 subject: Some(p.subject),
@@ -193,6 +193,102 @@ impl Tally {
     }
 }
 
+/// Bytes of one person's counters in [`Tally::encode`]: subject, market, entries, inside.
+const PERSON_BYTES: usize = 8 + 4 + 4 + 1;
+
+impl Tally {
+    /// Appends the counters to `out`, little-endian: the day (`i64::MIN` for none), then the
+    /// people (a count, then subject, market, entries and inside: 0 unknown, 1 out, 2 in),
+    /// the signed-in subjects (a count, then each), and the occupancy (a count, then market
+    /// and count). The snapshot file's body (counters.rs), which checksums it.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.day.unwrap_or(i64::MIN).to_le_bytes());
+        put_len(out, self.people.len());
+        for (&(subject, market), day) in &self.people {
+            out.extend_from_slice(&subject.0.to_le_bytes());
+            out.extend_from_slice(&market.0.to_le_bytes());
+            out.extend_from_slice(&day.entries.to_le_bytes());
+            out.push(match day.inside {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            });
+        }
+        put_len(out, self.signed_in.len());
+        for subject in &self.signed_in {
+            out.extend_from_slice(&subject.0.to_le_bytes());
+        }
+        put_len(out, self.occupancy.len());
+        for (market, count) in &self.occupancy {
+            out.extend_from_slice(&market.0.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+    }
+
+    /// Counters that [`Tally::encode`] wrote at the start of `input`, which is advanced past
+    /// them; `None` for bytes it could not have written (a count beyond the bytes left, an
+    /// unknown inside code, the same key twice).
+    pub(crate) fn decode(input: &mut &[u8]) -> Option<Self> {
+        let day = i64::from_le_bytes(take(input)?);
+        let mut tally = Self {
+            day: (day != i64::MIN).then_some(day),
+            ..Self::default()
+        };
+        let people = take_len(input, PERSON_BYTES)?;
+        tally.people.reserve(people);
+        for _ in 0..people {
+            let subject = SubjectId(u64::from_le_bytes(take(input)?));
+            let market = MarketId(u32::from_le_bytes(take(input)?));
+            let entries = u32::from_le_bytes(take(input)?);
+            let inside = match take::<1>(input)?[0] {
+                0 => None,
+                1 => Some(false),
+                2 => Some(true),
+                _ => return None,
+            };
+            let day = PersonDay { entries, inside };
+            if tally.people.insert((subject, market), day).is_some() {
+                return None;
+            }
+        }
+        for _ in 0..take_len(input, 8)? {
+            if !tally
+                .signed_in
+                .insert(SubjectId(u64::from_le_bytes(take(input)?)))
+            {
+                return None;
+            }
+        }
+        for _ in 0..take_len(input, 8)? {
+            let market = MarketId(u32::from_le_bytes(take(input)?));
+            let count = u32::from_le_bytes(take(input)?);
+            if tally.occupancy.insert(market, count).is_some() {
+                return None;
+            }
+        }
+        Some(tally)
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    // No day has four billion people in it: the registry itself could not hold them.
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+/// A count of records of `record_bytes` each, refused if more than the bytes left could hold
+/// (a damaged count must not reserve gigabytes).
+fn take_len(input: &mut &[u8], record_bytes: usize) -> Option<usize> {
+    let len = u32::from_le_bytes(take(input)?) as usize;
+    (len.checked_mul(record_bytes)? <= input.len()).then_some(len)
+}
+
+/// The next `N` bytes of `input`, which is advanced past them.
+pub(crate) fn take<const N: usize>(input: &mut &[u8]) -> Option<[u8; N]> {
+    let (head, rest) = input.split_first_chunk::<N>()?;
+    *input = rest;
+    Some(*head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +383,44 @@ mod tests {
             t.person(SubjectId(7), MarketId(2), UnixMillis(now), OFFSET)
                 .signed_in_today
         );
+    }
+
+    #[test]
+    fn counters_encode_and_decode_to_themselves() {
+        let now = 100 * DAY_MS;
+        let mut t = Tally::default();
+        let empty = {
+            let mut bytes = Vec::new();
+            t.encode(&mut bytes);
+            Tally::decode(&mut bytes.as_slice())
+        };
+        assert_eq!(empty, Some(Tally::default()));
+        t.observe(&obs(7, Direction::Entry, Decision::Admit, now), OFFSET);
+        t.observe(&obs(7, Direction::Exit, Decision::Admit, now + 1), OFFSET);
+        t.observe(&obs(8, Direction::Entry, Decision::Admit, now + 2), OFFSET);
+        let mut signs_in = obs(9, Direction::Entry, Decision::Admit, now + 3);
+        signs_in.mode = ModeKind::SignIn;
+        signs_in.market = MarketId(2);
+        t.observe(&signs_in, OFFSET);
+        let mut bytes = Vec::new();
+        t.encode(&mut bytes);
+        bytes.extend_from_slice(b"next");
+        let mut input = bytes.as_slice();
+        assert_eq!(Tally::decode(&mut input), Some(t.clone()));
+        assert_eq!(input, b"next", "decode stops at the end of the counters");
+        // Every cut short, and an unknown inside code, is refused, never misread.
+        let mut body = Vec::new();
+        t.encode(&mut body);
+        for cut in 0..body.len() {
+            assert_eq!(Tally::decode(&mut &body[..cut]), None, "cut at {cut}");
+        }
+        let inside = 8 + 4 + PERSON_BYTES - 1;
+        body[inside] = 3;
+        assert_eq!(Tally::decode(&mut body.as_slice()), None);
+        // A count no file could hold is refused before anything is reserved.
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&5i64.to_le_bytes());
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Tally::decode(&mut huge.as_slice()), None);
     }
 }

@@ -10,11 +10,11 @@ use gatewarden_protocol::{
     Check, CheckKind, Decision, Direction, GateId, MarketId, Mode, Outcome, SubjectId, UnixMillis,
     Verdict, ZoneId,
 };
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::codes::{self, Named};
-use super::history::partition::Partition;
+use super::history::partition::{Day, Partition};
 use super::history::record;
 use super::history::writer::SqliteEntryWriter;
 use super::schema::Role;
@@ -145,6 +145,22 @@ pub enum CommitOutcome {
     Inserted,
 }
 
+/// Where a reading of a day file's passages stopped: its last row, by id, and by the
+/// `(gate, seq)` that row holds, so that a file replaced since is noticed
+/// ([`SqliteStore::passage_mark_holds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PassageMark {
+    /// The row id.
+    pub(crate) id: i64,
+    /// The row's gate, as stored.
+    pub(crate) gate: i64,
+    /// The row's seq, as stored.
+    pub(crate) seq: i64,
+}
+
+/// The [`PassageMark`] of every day file read so far, by UTC day.
+pub(crate) type PassageMarks = std::collections::BTreeMap<Day, PassageMark>;
+
 /// An admitted passage of a known person: all that today's tallies are rebuilt from
 /// (`pipeline::tally`). Read from the indexed columns alone, without decoding record bodies,
 /// so a restart late in a busy day does not decode the whole day's records before it listens.
@@ -162,46 +178,20 @@ pub(crate) struct Passage {
     pub at: UnixMillis,
 }
 
-/// The order [`Passage::query`] reads passages in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PassageOrder {
-    /// The order they were decided (time, then id): the PostgreSQL store's.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    Decided,
-    /// The order they were recorded (id: the committer's order).
-    Recorded,
-}
-
 impl Passage {
     /// The query of the passages decided at or after its first parameter, reading `source`
-    /// (the table and any access hint) with `since` as that parameter, and with `markets` (if
-    /// any) as a parameter holding an array of markets to keep, in `order`. The columns are
-    /// those [`Passage::from_columns`] takes, in order.
-    ///
-    /// SQLite reads each day file as `entries NOT INDEXED`, in the order the passages were
-    /// recorded: one sequential scan, with no sort. No index of a day file leads with the
-    /// time, so the planner's choice for the time condition walked another index and fetched
-    /// each row from the table by its own B-tree descent (three quarters of a restart's
-    /// start-up late in a busy day, measured), and the sort by time spilled to temporary files
-    /// (a fifth of what was left, at 7.9 million entries). Within a day the recorded order is
-    /// the committer's, which follows the order the live counters saw the decisions as
-    /// closely as the time does. PostgreSQL reads `entries`, whose day partitions it prunes
-    /// by the same condition, in the order they were decided.
-    pub(crate) fn query(
-        source: &str,
-        since: &str,
-        markets: Option<&str>,
-        order: PassageOrder,
-    ) -> String {
+    /// with `since` as that parameter, and with `markets` (if any) as a parameter holding an
+    /// array of markets to keep, in the order they were decided (time, then id). The columns
+    /// are those [`Passage::from_columns`] takes, in order. PostgreSQL's: it prunes the day
+    /// partitions of `entries` by the time condition. SQLite reads its day files by row id
+    /// instead ([`SqliteStore::for_each_passage_after`]).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn query(source: &str, since: &str, markets: Option<&str>) -> String {
         let only = markets.map_or(String::new(), |m| format!(" AND market = ANY({m})"));
-        let order = match order {
-            PassageOrder::Decided => "decided_at, id",
-            PassageOrder::Recorded => "id",
-        };
         format!(
             "SELECT subject, market, mode, direction, decided_at FROM {source}
              WHERE decided_at >= {since} AND decision = {admit} AND subject IS NOT NULL{only}
-             ORDER BY {order}",
+             ORDER BY decided_at, id",
             admit = Decision::Admit.code()
         )
     }
@@ -364,37 +354,106 @@ impl SqliteStore {
     }
 
     /// Streams the [`Passage`]s decided at or after `since`, day by day, and within a day in
-    /// the order they were recorded (see [`Passage::query`]). The file `since` falls inside
-    /// is read whole as well: most of its rows are before `since` (with the default UTC+8, it
-    /// holds the local day's first eight hours), but with no index that leads with the time a
-    /// sequential scan is the cheapest way to find the rest.
+    /// the order they were recorded: [`SqliteStore::for_each_passage_after`] from no marks.
     pub(crate) fn for_each_passage_since(
         &self,
         since: UnixMillis,
+        f: impl FnMut(&Passage),
+    ) -> Result<(), StoreError> {
+        self.for_each_passage_after(since, &mut PassageMarks::new(), f)
+    }
+
+    /// Streams the [`Passage`]s decided at or after `since` and recorded after `marks`, day
+    /// file by day file, each in the order its rows were recorded, and moves each file's mark
+    /// to its last row read. So a reader that keeps its marks reads each row once however
+    /// often it asks (the counters' snapshot, which catches up every few seconds).
+    ///
+    /// Each file is read by row id: `id` is the row id, which the one writer assigns in commit
+    /// order and nothing deletes, so the rows after a mark are exactly those committed after
+    /// it, and reading them is a range of the table's own B-tree: no sort and no index. (No
+    /// index of a day file leads with the time: with the time condition in the query, the
+    /// planner walked another index and fetched every row by its own descent, three quarters
+    /// of a late restart's start-up, measured, and a sort by time spilled to temporary files.)
+    /// The file `since` falls inside is read whole the first time: most of its rows are
+    /// before `since` (with the default UTC+8, it holds the local day's first eight hours),
+    /// and they are skipped here.
+    ///
+    /// # Errors
+    /// SQLite failures, or [`StoreError::Corrupt`] for a row gatewarden could not have
+    /// written; the marks then stand at the last row read before it.
+    pub(crate) fn for_each_passage_after(
+        &self,
+        since: UnixMillis,
+        marks: &mut PassageMarks,
         mut f: impl FnMut(&Passage),
     ) -> Result<(), StoreError> {
+        let since_sql = sql_time(since);
+        let admit = i64::from(Decision::Admit.code());
         for part in self.history.in_range(since, UnixMillis(u64::MAX)) {
             let conn = part.readers.get()?;
             let sql = |e| StoreError::from_sqlite(&part.path, "reading passages", e);
-            let query = Passage::query("entries NOT INDEXED", "?1", None, PassageOrder::Recorded);
-            let mut stmt = conn.prepare_cached(&query).map_err(sql)?;
-            let mut rows = stmt.query([sql_time(since)]).map_err(sql)?;
-            while let Some(row) = rows.next().map_err(sql)? {
-                let passage = Passage::from_columns(
-                    row.get(0).map_err(sql)?,
-                    MarketId(row.get(1).map_err(sql)?),
-                    row.get(2).map_err(sql)?,
-                    row.get(3).map_err(sql)?,
-                    row.get(4).map_err(sql)?,
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, gate, seq, decision, subject, market, mode, direction, decided_at
+                     FROM entries WHERE id > ?1 ORDER BY id",
                 )
-                .map_err(|detail| StoreError::Corrupt {
-                    path: part.path.clone(),
-                    detail,
-                })?;
-                f(&passage);
+                .map_err(sql)?;
+            let after = marks.get(&part.day).map_or(0, |m| m.id);
+            let mut rows = stmt.query([after]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                let mark = PassageMark {
+                    id: row.get(0).map_err(sql)?,
+                    gate: row.get(1).map_err(sql)?,
+                    seq: row.get(2).map_err(sql)?,
+                };
+                let decision: i64 = row.get(3).map_err(sql)?;
+                let subject: Option<i64> = row.get(4).map_err(sql)?;
+                let decided_at: i64 = row.get(8).map_err(sql)?;
+                if let (true, Some(subject), true) =
+                    (decision == admit, subject, decided_at >= since_sql)
+                {
+                    let passage = Passage::from_columns(
+                        subject,
+                        MarketId(row.get(5).map_err(sql)?),
+                        row.get(6).map_err(sql)?,
+                        row.get(7).map_err(sql)?,
+                        decided_at,
+                    )
+                    .map_err(|detail| StoreError::Corrupt {
+                        path: part.path.clone(),
+                        detail,
+                    })?;
+                    f(&passage);
+                }
+                marks.insert(part.day, mark);
             }
         }
         Ok(())
+    }
+
+    /// Whether day file `day` still holds `mark`'s row: the same `(gate, seq)` at its id. A
+    /// file replaced since the mark was taken (restored from a backup, or another store's)
+    /// fails this, and so does a file that is gone.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub(crate) fn passage_mark_holds(
+        &self,
+        day: Day,
+        mark: &PassageMark,
+    ) -> Result<bool, StoreError> {
+        let Some(part) = self.history.get(day) else {
+            return Ok(false);
+        };
+        let conn = part.readers.get()?;
+        let found: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT gate, seq FROM entries WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([mark.id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| StoreError::from_sqlite(&part.path, "reading a passage mark", e))?;
+        Ok(found == Some((mark.gate, mark.seq)))
     }
 
     /// Decodes a row selected with [`ENTRY_COLUMNS`] from `part` through `conn`.

@@ -68,7 +68,7 @@ mod seam;
 mod templates;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -76,12 +76,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use gatewarden_protocol::{GateId, SubjectId};
 use rusqlite::Connection;
 
-pub(crate) use entries::Passage;
 pub use entries::{
     CommitOutcome, EntryRecord, EntryRow, EventFingerprint, ModeKind, RecordedEntry,
 };
+pub(crate) use entries::{Passage, PassageMark, PassageMarks};
 pub use history::ENTRIES_DIR;
 pub use history::archive::{ArchivedEntry, EntryArchive};
+pub(crate) use history::partition::Day;
 pub use history::upkeep::{
     CheckpointReport, Checkpointer, HistoryCounters, HistoryStats, PartitionStats, PrunedPartition,
     history_stats_in,

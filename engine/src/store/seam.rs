@@ -33,10 +33,10 @@ use gatewarden_protocol::{
 };
 
 use super::{
-    CheckpointReport, Checkpointer, CommitError, CommitOutcome, ContactRow, EntryRecord, EntryRow,
-    Escalation, EscalationState, EventFingerprint, FrequencyRow, HistoryCounters, HistoryStats,
-    Passage, PrunedPartition, RecordedEntry, RegistryFollowCounters, Resolution, SignInRow,
-    SqliteEntryWriter, SqliteStore, StoreError,
+    CheckpointReport, Checkpointer, CommitError, CommitOutcome, ContactRow, Day, EntryRecord,
+    EntryRow, Escalation, EscalationState, EventFingerprint, FrequencyRow, HistoryCounters,
+    HistoryStats, Passage, PassageMark, PassageMarks, PrunedPartition, RecordedEntry,
+    RegistryFollowCounters, Resolution, SignInRow, SqliteEntryWriter, SqliteStore, StoreError,
 };
 use crate::model::GateInfo;
 
@@ -529,6 +529,52 @@ impl Store {
             #[cfg(feature = "postgres")]
             (Backend::Postgres(b), markets) => b.for_each_passage_since(since, markets, f),
         }
+    }
+
+    /// Streams the passages decided at or after `since` and recorded after `marks`, and moves
+    /// the marks past them ([`SqliteStore::for_each_passage_after`]): what the counters'
+    /// snapshot needs to catch up with the entry log without reading it again.
+    ///
+    /// # Errors
+    /// As [`Store::for_each_entry_since`]; [`StoreError::Unsupported`] on PostgreSQL, whose
+    /// ids are not committed in order across nodes (see [`Store::supports_passage_marks`]).
+    pub(crate) fn for_each_passage_after(
+        &self,
+        since: UnixMillis,
+        marks: &mut PassageMarks,
+        f: impl FnMut(&Passage),
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.for_each_passage_after(since, marks, f),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Err(StoreError::Unsupported {
+                what: "passage marks (entry ids of several nodes are not committed in order)",
+            }),
+        }
+    }
+
+    /// Whether the entry log still holds the row `mark` names in day file `day` (false on
+    /// PostgreSQL, which has no marks).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub(crate) fn passage_mark_holds(
+        &self,
+        day: Day,
+        mark: &PassageMark,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.passage_mark_holds(day, mark),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Ok(false),
+        }
+    }
+
+    /// Whether [`Store::for_each_passage_after`] works here: on SQLite, where one writer
+    /// assigns row ids in commit order. Several PostgreSQL nodes draw ids from one sequence and
+    /// commit them out of order, so a mark could skip a row that commits late.
+    pub(crate) fn supports_passage_marks(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite(_))
     }
 
     /// A subject's recorded entries decided in `[since, until)`, in time order.

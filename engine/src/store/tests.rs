@@ -11,7 +11,7 @@ use gatewarden_protocol::{
 use super::*;
 use crate::model::GateInfo;
 
-pub(super) const T0: u64 = 1_780_000_000_000; // 2026-05-28
+pub(crate) const T0: u64 = 1_780_000_000_000; // 2026-05-28
 
 fn subject(id: u64) -> SubjectRecord {
     SubjectRecord {
@@ -40,7 +40,7 @@ fn health(id: u64, updated_at: u64, colour: CodeColour) -> HealthRecord {
     }
 }
 
-pub(super) fn verdict(
+pub(crate) fn verdict(
     gate: u32,
     seq: u64,
     subject: Option<u64>,
@@ -88,7 +88,7 @@ pub(super) fn verdict(
 }
 
 /// An entry at gate `gate` of market `market`, decided at `T0 + at_s` seconds.
-pub(super) fn entry(
+pub(crate) fn entry(
     gate: u32,
     seq: u64,
     market: u32,
@@ -116,7 +116,7 @@ pub(super) fn entry(
 /// The store of test folder `dir`: SQLite files in it, or, while a test runs through
 /// `on_postgres`, a PostgreSQL database of the shared test server that belongs to `dir` (so
 /// that reopening `dir` reopens the same database).
-pub(super) fn open(dir: &Path) -> Store {
+pub(crate) fn open(dir: &Path) -> Store {
     #[cfg(feature = "postgres")]
     if let Some(store) = on_postgres::open(dir) {
         return store;

@@ -125,6 +125,30 @@ impl Rng {
         (0..dim).map(|_| self.gaussian() as f32).collect()
     }
 
+    /// A vector of `dim` independent standard normal samples by Marsaglia's polar method: one
+    /// logarithm and one square root per two samples and no cosine, so about three times as
+    /// fast as [`Rng::gaussian_vector`], which draws one sample per `ln`, `sqrt` and `cos`.
+    /// The same distribution, but a different sequence from the same seed: for noise that
+    /// nothing stored depends on (a gate capture's), never for identities or templates, which
+    /// must stay what the prepared galleries enrolled.
+    pub fn gaussian_vector_polar(&mut self, dim: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(dim + 1);
+        while out.len() < dim {
+            let u = 2.0 * self.next_f64() - 1.0;
+            let v = 2.0 * self.next_f64() - 1.0;
+            let s = u * u + v * v;
+            // A point outside the unit disc, or at its centre, is drawn again (21% of draws).
+            if s >= 1.0 || s == 0.0 {
+                continue;
+            }
+            let scale = (-2.0 * s.ln() / s).sqrt();
+            out.push((u * scale) as f32);
+            out.push((v * scale) as f32);
+        }
+        out.truncate(dim);
+        out
+    }
+
     /// A uniformly random direction: a unit vector in `dim` dimensions (`dim > 0`).
     pub fn unit_vector(&mut self, dim: usize) -> Vec<f32> {
         let mut v = self.gaussian_vector(dim);
@@ -172,7 +196,21 @@ pub fn uniform_vectors(seed: u64, n: usize, dim: usize) -> Vec<f32> {
 /// `identity` must be unit length. The noise is a random direction made orthogonal to the
 /// identity, so the cosine is exact up to rounding.
 pub fn around(rng: &mut Rng, identity: &[f32], cos: f64) -> Vec<f32> {
-    let mut noise = rng.gaussian_vector(identity.len());
+    let noise = rng.gaussian_vector(identity.len());
+    mix(identity, noise, cos)
+}
+
+/// [`around`] with noise from [`Rng::gaussian_vector_polar`]: the same distribution of
+/// results, drawn faster, but other vectors from the same `rng`. For gate captures, which the
+/// load generator draws by the thousand a second and nothing stores.
+pub fn capture_around(rng: &mut Rng, identity: &[f32], cos: f64) -> Vec<f32> {
+    let noise = rng.gaussian_vector_polar(identity.len());
+    mix(identity, noise, cos)
+}
+
+/// Unit vector at cosine `cos` to unit vector `identity`, in the plane of `identity` and the
+/// part of `noise` orthogonal to it.
+fn mix(identity: &[f32], mut noise: Vec<f32>, cos: f64) -> Vec<f32> {
     let along: f64 = noise
         .iter()
         .zip(identity)
@@ -346,14 +384,14 @@ impl IndexedFaces {
     /// A gate capture of enrolled person `index`, its noise drawn from `rng` (so each capture
     /// of one person differs).
     pub fn genuine_probe(&self, index: u64, rng: &mut Rng) -> Vec<f32> {
-        around(rng, &self.identity(index), Self::PROBE_COS)
+        capture_around(rng, &self.identity(index), Self::PROBE_COS)
     }
 
     /// A gate capture of never-enrolled person `index`: an identity from a stream disjoint from
     /// every enrolled person's, plus capture noise from `rng`.
     pub fn impostor_probe(&self, index: u64, rng: &mut Rng) -> Vec<f32> {
         let identity = Rng::stream(self.seed, Self::IMPOSTOR_STREAM, index).unit_vector(self.dim);
-        around(rng, &identity, Self::PROBE_COS)
+        capture_around(rng, &identity, Self::PROBE_COS)
     }
 }
 
@@ -448,15 +486,34 @@ mod tests {
         assert_ne!(first(1, 2, 3), first(1, 3, 2));
     }
 
+    fn moments(xs: &[f64]) -> (f64, f64) {
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        (mean, var)
+    }
+
     #[test]
     fn gaussian_and_exponential_have_their_moments() {
         let mut rng = Rng::new(3);
         let n = 200_000;
         let xs: Vec<f64> = (0..n).map(|_| rng.gaussian()).collect();
-        let mean = xs.iter().sum::<f64>() / n as f64;
-        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        let (mean, var) = moments(&xs);
         assert!(mean.abs() < 0.01, "gaussian mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "gaussian variance {var}");
+        let polar: Vec<f64> = rng
+            .gaussian_vector_polar(n)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        assert_eq!(polar.len(), n);
+        let (mean, var) = moments(&polar);
+        assert!(mean.abs() < 0.01, "polar mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "polar variance {var}");
+        // Gaussian tails, not just its variance: the fourth moment of N(0, 1) is 3.
+        let fourth = polar.iter().map(|x| x.powi(4)).sum::<f64>() / n as f64;
+        assert!((fourth - 3.0).abs() < 0.1, "polar fourth moment {fourth}");
+        // An odd length keeps one sample of the last pair.
+        assert_eq!(rng.gaussian_vector_polar(7).len(), 7);
         let ys: Vec<f64> = (0..n).map(|_| rng.exponential(2.5)).collect();
         assert!(ys.iter().all(|y| y.is_finite() && *y >= 0.0));
         let mean = ys.iter().sum::<f64>() / n as f64;

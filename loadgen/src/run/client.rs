@@ -133,6 +133,25 @@ pub(crate) enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// A short name of the kind of failure, for the report's `connect_attempts_failed`;
+    /// `None` for a pause that was not an attempt.
+    pub(crate) fn kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Backoff { .. } => return None,
+            Self::Timeout { .. } => "timeout",
+            Self::Connection {
+                source: quinn::ConnectionError::ConnectionClosed(close),
+                ..
+            } if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => "refused",
+            Self::Start { .. } | Self::Connection { .. } => "connection",
+            Self::Stream { .. } => "stream",
+            Self::Redirected { .. } => "redirected",
+            Self::Refused { .. } | Self::Decode { .. } | Self::Unexpected { .. } => "hello",
+        })
+    }
+}
+
 /// Why one request got no decodable answer.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ExchangeError {

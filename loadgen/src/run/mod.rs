@@ -464,7 +464,16 @@ impl Shared {
         &self,
         gate: usize,
     ) -> Result<(quinn::Connection, Connected), client::ConnectError> {
-        let (conn, how) = self.fleet[gate].connection(self.connect_timeout).await?;
+        let attempt = self.fleet[gate].connection(self.connect_timeout).await;
+        if let Some(kind) = attempt.as_ref().err().and_then(client::ConnectError::kind) {
+            *self
+                .stats()
+                .report
+                .connect_attempts_failed
+                .entry(kind.to_owned())
+                .or_default() += 1;
+        }
+        let (conn, how) = attempt?;
         if how == Connected::Again {
             self.stats().report.reconnects += 1;
         }

@@ -45,6 +45,12 @@ pub struct Report {
     /// connection or a failed attempt. Counted from the first connect.
     #[serde(default)]
     pub failovers: u64,
+    /// Connection attempts that failed, by why (`timeout`: no handshake and `HelloAck` within
+    /// the attempt's limit; `refused`: the server refused the handshake; `connection`: another
+    /// QUIC failure; `hello`: the `Hello` was refused or its reply unusable). Counted from the
+    /// first connect; pauses between attempts are not attempts.
+    #[serde(default)]
+    pub connect_attempts_failed: BTreeMap<String, u64>,
     /// Gates connected before the load started.
     pub gates_connected: u32,
     /// Gates that failed to connect before the load started.
@@ -329,6 +335,14 @@ impl Report {
                 "  nodes      redirects {}  failovers {}",
                 self.redirects, self.failovers
             );
+        }
+        if !self.connect_attempts_failed.is_empty() {
+            let kinds: Vec<String> = self
+                .connect_attempts_failed
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            let _ = writeln!(s, "  attempts   failed: {}", kinds.join("  "));
         }
         if let Some(e) = &self.connect_error {
             let _ = writeln!(

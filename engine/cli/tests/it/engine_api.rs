@@ -343,6 +343,44 @@ fn a_reopened_engine_keeps_records_and_faces() {
     assert_eq!(found.subject, Some(SubjectId(21)));
 }
 
+/// Today's counters come back after a restart: from the committed counters' snapshot that a
+/// shutdown saves, and, when the snapshot is older than the entry log (a crash between two
+/// saves), from it and the entries recorded after it. Anti-passback shows them: someone inside
+/// cannot enter again.
+#[test]
+fn todays_counters_come_back_from_the_snapshot_and_what_followed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = gatewarden::policy::DEMO_POLICY_TOML
+        .replace("anti_passback = false", "anti_passback = true");
+    std::fs::write(dir.path().join("passback.toml"), policy).unwrap();
+    let mut config = support::config();
+    config.engine.policy = Some("passback.toml".into());
+    let snapshot = dir.path().join("store").join("counters.snap");
+    let enters = |engine: &Engine, seq, subject| {
+        let v = verdict(engine.submit_blocking(verify_event(1, seq, subject, now())));
+        (v.decision, check(&v, CheckKind::AntiPassback))
+    };
+    let inside = (Decision::Deny, Outcome::Fail);
+    {
+        let engine = Engine::open(dir.path(), config.clone()).unwrap();
+        support::populate(&engine, now());
+        assert_eq!(enters(&engine, 1, 7), (Decision::Admit, Outcome::Pass));
+        assert_eq!(enters(&engine, 2, 7), inside);
+        engine.shutdown();
+    }
+    let older = std::fs::read(&snapshot).expect("a shutdown saves the counters");
+    {
+        let engine = Engine::open(dir.path(), config.clone()).unwrap();
+        assert_eq!(enters(&engine, 3, 7), inside, "from the snapshot");
+        assert_eq!(enters(&engine, 4, 8), (Decision::Admit, Outcome::Pass));
+        engine.shutdown();
+    }
+    std::fs::write(&snapshot, older).unwrap();
+    let engine = Engine::open(dir.path(), config).unwrap();
+    assert_eq!(enters(&engine, 5, 7), inside, "from the older snapshot");
+    assert_eq!(enters(&engine, 6, 8), inside, "from the entry after it");
+}
+
 #[test]
 fn enrolling_a_face_twice_under_another_name_is_reported() {
     let dir = tempfile::tempdir().unwrap();

@@ -61,7 +61,6 @@ pub(crate) use writer::PgEntryWriter;
 use self::changes::{ChangeKind, Rows};
 use super::cache::{Cache, CredentialHashes};
 use super::codes::Named;
-use super::entries::PassageOrder;
 use super::history::record::{self, Form};
 use super::history::upkeep::{first_kept_day, summarise};
 use super::history::{DAY_MS, day_of};
@@ -887,11 +886,11 @@ impl PgStore {
         self.read(|tx| {
             let mut rows = match &markets {
                 None => tx.query_raw(
-                    &*Passage::query("entries", "$1", None, PassageOrder::Decided),
+                    &*Passage::query("entries", "$1", None),
                     [&since as &(dyn ToSql + Sync)],
                 ),
                 Some(markets) => tx.query_raw(
-                    &*Passage::query("entries", "$1", Some("$2"), PassageOrder::Decided),
+                    &*Passage::query("entries", "$1", Some("$2")),
                     [&since as &(dyn ToSql + Sync), markets],
                 ),
             }
