@@ -189,6 +189,9 @@ impl From<PrecisionSetting> for Precision {
     }
 }
 
+/// The longest `counters_snapshot_ms`: a day (the counters are a day's).
+pub(crate) const MAX_COUNTERS_SNAPSHOT_MS: u64 = 86_400_000;
+
 /// Engine settings. See the module docs for each field's meaning and default.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -294,6 +297,15 @@ impl EngineConfig {
             return bad(
                 "engine.utc_offset_minutes",
                 format!("{} is not in -840..=840", self.utc_offset_minutes),
+            );
+        }
+        if self.counters_snapshot_ms > MAX_COUNTERS_SNAPSHOT_MS {
+            return bad(
+                "engine.counters_snapshot_ms",
+                format!(
+                    "{} is more than a day ({MAX_COUNTERS_SNAPSHOT_MS}); 0 turns snapshots off",
+                    self.counters_snapshot_ms
+                ),
             );
         }
         if self.compact_after == 0

@@ -110,12 +110,21 @@ impl Engine {
             },
             &cfg,
         )?;
+        if snapshot.is_none() {
+            remove_stale_snapshot(&store.dir().join(crate::pipeline::counters::SNAPSHOT_FILE));
+        }
         let counters = snapshot
             .zip(committed)
             .map(|(path, counters)| CountersUpkeep {
                 counters,
                 path,
-                every: std::time::Duration::from_millis(cfg.counters_snapshot_ms),
+                // Clamped as the configuration file's check would: a library caller's
+                // Config is not checked, and a sum past the clock's range would panic.
+                every: std::time::Duration::from_millis(
+                    cfg.counters_snapshot_ms
+                        .min(crate::config::MAX_COUNTERS_SNAPSHOT_MS),
+                ),
+                saved: None,
             });
         let maintenance = Maintenance::start(MaintenanceParts {
             gallery: Arc::clone(&gallery),
@@ -806,6 +815,20 @@ pub struct Duplicate {
 }
 
 /// Adds "delete the folder to rebuild it" to the gallery errors that deleting it cures.
+/// Deletes a counters snapshot that nothing will read or update (snapshots turned off, or
+/// the site moved to PostgreSQL): it holds personal data (who was inside, who signed in).
+fn remove_stale_snapshot(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(path = %path.display(), "removed the unused counters snapshot"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "cannot remove the unused counters snapshot"
+        ),
+    }
+}
+
 fn rebuild_hint(e: crate::gallery::GalleryError, dir: PathBuf) -> Error {
     use crate::gallery::GalleryError as G;
     match e {

@@ -57,6 +57,9 @@ pub(crate) struct CountersUpkeep {
     pub(crate) counters: CommittedCounters,
     pub(crate) path: std::path::PathBuf,
     pub(crate) every: Duration,
+    /// The position ([`CommittedCounters::position`]) of the last save: a quiet site does not
+    /// rewrite the same file every few seconds.
+    pub(crate) saved: Option<(i64, crate::store::PassageMarks)>,
 }
 
 /// The running maintenance thread; stops (and is joined) on [`Maintenance::stop`] or drop.
@@ -100,6 +103,7 @@ fn run(mut parts: MaintenanceParts, stop: &Receiver<()>) {
     let start = parts.clock.instant();
     let (mut next_prune, mut next_compact) = (start, start + parts.interval);
     let mut next_snapshot = start + counters.as_ref().map_or(Duration::ZERO, |c| c.every);
+    // (`every` is at most a day, engine.rs: these sums cannot overflow.)
     loop {
         let now = parts.clock.instant();
         if now >= next_prune {
@@ -152,11 +156,19 @@ fn checkpoint(parts: &MaintenanceParts, checkpointer: &mut Checkpointer) {
 /// A failure is logged; the counters stand where the reading stopped, and the next pass goes
 /// on from there (meanwhile a restart reads more of the day, nothing worse).
 fn save_counters(parts: &MaintenanceParts, upkeep: &mut CountersUpkeep) {
-    if let Err(e) = upkeep
+    let saved = upkeep
         .counters
         .catch_up(&parts.store, parts.clock.now())
-        .and_then(|_| upkeep.counters.save(&upkeep.path))
-    {
+        .and_then(|_| {
+            let (day, marks) = upkeep.counters.position();
+            if upkeep.saved.as_ref() == Some(&(day, marks.clone())) {
+                return Ok(());
+            }
+            upkeep.counters.save(&upkeep.path)?;
+            upkeep.saved = Some((day, marks.clone()));
+            Ok(())
+        });
+    if let Err(e) = saved {
         tracing::error!(error = %e, "cannot save today's counters; will retry");
     }
 }

@@ -240,6 +240,19 @@ fn gauges(out: &mut Text, stats: &StatsSnapshot, server: &ServerStatsSnapshot) {
          since start-up.",
         stats.history.restart_hold_max_us as f64 / 1e6,
     );
+    out.single(
+        "gatewarden_counters_start_from_snapshot",
+        "gauge",
+        "1 if start-up read today's counters from the snapshot and the entries after it, 0 if \
+         it read the whole day.",
+        u8::from(stats.counters_start.from_snapshot),
+    );
+    out.single(
+        "gatewarden_counters_start_passages",
+        "gauge",
+        "Passages start-up read from the entry log to rebuild today's counters.",
+        stats.counters_start.passages_read,
+    );
 }
 
 /// The registry follower's counters, on the PostgreSQL store only.

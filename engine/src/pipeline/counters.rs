@@ -22,12 +22,12 @@
 //!   right up to its marks, and only committed, hence synced, rows are behind them; the rows
 //!   after them are read), or torn, which its checksum catches.
 //!
-//! The one difference from a whole-day reading: a local day spans two UTC day files, and a
-//! whole reading counts the earlier file first. After a snapshot, a row committed to the
-//! earlier file after rows of the later one (an event decided just before UTC midnight whose
-//! commit came after the first of the next UTC day) is counted after those rows. Both are
-//! orders in which the decisions were made within a few milliseconds; they differ only if
-//! one person passed twice in those milliseconds.
+//! Equal to a whole-day reading, which counts a local day's two UTC day files one after the
+//! other: should a file gain rows after a later file already has a mark (an event decided just
+//! before UTC midnight that committed after the next UTC day's first; a clock stepped back; a
+//! bulk load into a stopped site), the counters start over from the whole day. So do they
+//! when a marked file no longer holds its mark (retention deleted it, or it was replaced), and
+//! after a failed reading, which may have counted part of a file.
 //!
 //! On PostgreSQL there are no marks (ids of several nodes commit out of order), no snapshot,
 //! and start-up reads the day's passages as before.
@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 
 use gatewarden_protocol::UnixMillis;
 
+use super::stats::CountersStart;
 use super::tally::{Tally, take};
 use crate::clock::UtcOffset;
 use crate::store::{PassageMark, PassageMarks, Store, StoreError};
@@ -49,6 +50,13 @@ use crate::store::{PassageMark, PassageMarks, Store, StoreError};
 pub(crate) const SNAPSHOT_FILE: &str = "counters.snap";
 
 const MAGIC: &[u8; 8] = b"GWCNTR01";
+
+/// A larger file is not read: 17 bytes per person and market visited today, so a gigabyte is
+/// some 60 million, far beyond any site's day.
+const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
+/// Why a start read the whole day when there was no snapshot to read.
+const NO_SNAPSHOT: &str = "no snapshot yet";
 
 /// Bytes of one mark: UTC day, row id, gate, seq.
 const MARK_BYTES: usize = 4 * 8;
@@ -123,13 +131,17 @@ impl CommittedCounters {
         now: UnixMillis,
         offset: UtcOffset,
     ) -> Result<Self, String> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+        let bytes = match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err("no snapshot yet".to_owned());
+                return Err(NO_SNAPSHOT.to_owned());
             }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
+            Ok(meta) if meta.len() > MAX_SNAPSHOT_BYTES => {
+                return Err("the snapshot is larger than any this version writes".to_owned());
+            }
+            Ok(_) => std::fs::read(path),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| format!("{}: {e}", path.display()))?;
         let counters = Self::decode(&bytes).ok_or("the snapshot is damaged")?;
         if counters.offset != offset {
             return Err("the snapshot is of another UTC offset".to_owned());
@@ -147,16 +159,42 @@ impl CommittedCounters {
         Ok(counters)
     }
 
-    /// Reads the passages recorded since the last reading into the counters, starting over
-    /// when the local day has changed. Returns how many it read.
+    /// Reads the passages recorded since the last reading into the counters. Starts over from
+    /// the whole day when the local day has changed, when a marked day file no longer holds
+    /// its mark, or when the reading found rows committed out of the order a whole-day reading
+    /// counts them in (module docs). Returns how many passages it read.
     ///
     /// # Errors
-    /// A store failure; the counters and marks then stand at the last row read, so the next
-    /// call goes on from there.
+    /// A store failure. The counters then start over at the next call: the failed reading may
+    /// have counted part of a file whose mark did not move.
     pub(crate) fn catch_up(&mut self, store: &Store, now: UnixMillis) -> Result<u64, StoreError> {
-        if self.offset.day_of(now) != self.day {
-            *self = Self::empty(now, self.offset);
+        let fresh = Self::empty(now, self.offset);
+        if self.day != fresh.day || !self.marks_hold(store)? {
+            *self = fresh.clone();
         }
+        let before = self.marks.clone();
+        let read = self.read_after_marks(store, now);
+        if read.is_err() {
+            *self = fresh;
+            return read;
+        }
+        if !committed_in_order(&before, &self.marks) {
+            *self = fresh;
+            return self.read_after_marks(store, now);
+        }
+        read
+    }
+
+    fn marks_hold(&self, store: &Store) -> Result<bool, StoreError> {
+        for (&day, mark) in &self.marks {
+            if !store.passage_mark_holds(day, mark)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn read_after_marks(&mut self, store: &Store, now: UnixMillis) -> Result<u64, StoreError> {
         let (since, _) = self.offset.day_bounds(now);
         let (tally, offset) = (&mut self.tally, self.offset);
         let mut read = 0;
@@ -165,6 +203,12 @@ impl CommittedCounters {
             read += 1;
         })?;
         Ok(read)
+    }
+
+    /// The local day of the counters, and where in each day file they stop: what a save
+    /// would write besides the counters, which follow from them.
+    pub(crate) fn position(&self) -> (i64, &PassageMarks) {
+        (self.day, &self.marks)
     }
 
     /// The counters.
@@ -248,15 +292,35 @@ impl CommittedCounters {
     }
 }
 
+/// True unless a reading that moved the marks from `before` to `after` read rows of a day
+/// file after a later day file already had a mark: those rows are counted after the later
+/// file's, where a whole-day reading counts them before.
+fn committed_in_order(before: &PassageMarks, after: &PassageMarks) -> bool {
+    let Some(&latest_marked) = before.keys().next_back() else {
+        return true;
+    };
+    after
+        .iter()
+        .filter(|(day, mark)| before.get(day) != Some(mark))
+        .all(|(&day, _)| day >= latest_marked)
+}
+
 fn temporary_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".tmp");
     path.with_file_name(name)
 }
 
+/// Today's counters for the pipeline, how they were read, and the committed counters the
+/// maintenance thread goes on keeping (with a snapshot only).
+pub(crate) struct Today {
+    pub(crate) tally: Tally,
+    pub(crate) start: CountersStart,
+    pub(crate) committed: Option<CommittedCounters>,
+}
+
 /// Today's counters for the pipeline at start-up, or after a commit failed: from the snapshot
 /// and what was recorded after it when there is one (`snapshot`), else from the whole day.
-/// Also returns the committed counters, which the maintenance thread keeps up to date.
 ///
 /// # Errors
 /// A store failure while reading passages.
@@ -265,28 +329,64 @@ pub(crate) fn today(
     snapshot: Option<&Path>,
     now: UnixMillis,
     offset: UtcOffset,
-) -> Result<(Tally, Option<CommittedCounters>), StoreError> {
+) -> Result<Today, StoreError> {
     let Some(path) = snapshot else {
-        return Ok((Tally::rebuild(store, now, offset)?, None));
+        let (tally, passages_read) = Tally::rebuild(store, now, offset)?;
+        let why = if store.supports_passage_marks() {
+            "snapshots are off (counters_snapshot_ms = 0)"
+        } else {
+            "the PostgreSQL store keeps no snapshot"
+        };
+        return Ok(Today {
+            tally,
+            start: CountersStart {
+                from_snapshot: false,
+                passages_read,
+                why_not_snapshot: Some(why.to_owned()),
+            },
+            committed: None,
+        });
     };
     let (counters, origin) = CommittedCounters::load(store, path, now, offset)?;
-    match origin {
+    let start = match origin {
         Origin::Snapshot { passages_after } => {
             tracing::info!(
                 passages_after,
                 "today's counters: the snapshot, and what followed it"
             );
+            CountersStart {
+                from_snapshot: true,
+                passages_read: passages_after,
+                why_not_snapshot: None,
+            }
         }
         Origin::Rebuilt { why, passages } => {
-            tracing::info!(passages, why, "today's counters: read from the whole day");
+            if why == NO_SNAPSHOT {
+                tracing::info!(passages, why, "today's counters: read from the whole day");
+            } else {
+                tracing::warn!(
+                    passages,
+                    why,
+                    "today's counters: snapshot not used, read the whole day"
+                );
+            }
+            CountersStart {
+                from_snapshot: false,
+                passages_read: passages,
+                why_not_snapshot: Some(why),
+            }
         }
-    }
-    Ok((counters.tally().clone(), Some(counters)))
+    };
+    Ok(Today {
+        tally: counters.tally().clone(),
+        start,
+        committed: Some(counters),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use gatewarden_protocol::{Decision, Direction};
+    use gatewarden_protocol::{Decision, Direction, MarketId, SubjectId};
 
     use super::*;
     use crate::store::ModeKind;
@@ -354,7 +454,7 @@ mod tests {
     }
 
     fn whole_day(store: &Store, now: UnixMillis) -> Tally {
-        Tally::rebuild(store, now, OFFSET).unwrap()
+        Tally::rebuild(store, now, OFFSET).unwrap().0
     }
 
     #[test]
@@ -367,7 +467,7 @@ mod tests {
         assert_eq!(
             origin,
             Origin::Rebuilt {
-                why: "no snapshot yet".to_owned(),
+                why: NO_SNAPSHOT.to_owned(),
                 passages: 3
             }
         );
@@ -484,6 +584,7 @@ mod tests {
         assert_eq!(counters.day, OFFSET.day_of(tomorrow));
     }
 
+    #[cfg(unix)]
     #[test]
     fn the_snapshot_is_owner_only_and_replaces_a_leftover() {
         use std::os::unix::fs::PermissionsExt;
@@ -502,5 +603,101 @@ mod tests {
             CommittedCounters::decode(&std::fs::read(&path).unwrap()),
             Some(counters)
         );
+    }
+
+    /// Bytes with a good checksum that this version still refuses: decoding checks more than
+    /// the CRC.
+    #[test]
+    fn a_well_checksummed_file_with_the_wrong_contents_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        morning(&store);
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let (counters, _) = CommittedCounters::load(&store, &path, at(60), OFFSET).unwrap();
+        let good = counters.encode();
+        assert_eq!(CommittedCounters::decode(&good), Some(counters));
+        let resealed = |mut body: Vec<u8>| {
+            body.truncate(body.len() - 4);
+            let crc = crc32fast::hash(&body);
+            body.extend_from_slice(&crc.to_le_bytes());
+            body
+        };
+        let mut magic = good.clone();
+        magic[7] = b'2';
+        let mut trailing = good.clone();
+        trailing.splice(good.len() - 4..good.len() - 4, [0u8]);
+        let mut marks = good;
+        marks[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        for bad in [magic, trailing, marks] {
+            assert_eq!(CommittedCounters::decode(&resealed(bad)), None);
+        }
+    }
+
+    /// The local day's first day file starts at UTC midnight, hours before the local day: its
+    /// earlier rows are skipped, the first time and after the marks alike.
+    #[test]
+    fn rows_before_the_local_day_are_not_counted() {
+        use {Decision::*, Direction::*, ModeKind::*};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let path = dir.path().join(SNAPSHOT_FILE);
+        // Local midnight is 19 h 33 min after T0; UTC midnight 3 h 33 min after it.
+        let (yesterday, today) = (4 * HOUR_S, 20 * HOUR_S);
+        record(
+            &store,
+            1,
+            1,
+            &[
+                (Some(7), Entry, Admit, Verify, yesterday),
+                (Some(8), Entry, Admit, Verify, today),
+            ],
+        );
+        let now = at(today + 60);
+        let (counters, origin) = CommittedCounters::load(&store, &path, now, OFFSET).unwrap();
+        assert_eq!(
+            origin,
+            Origin::Rebuilt {
+                why: NO_SNAPSHOT.to_owned(),
+                passages: 1
+            }
+        );
+        counters.save(&path).unwrap();
+        // A late retry of yesterday, recorded today in the same file, and one of today.
+        record(
+            &store,
+            1,
+            3,
+            &[
+                (Some(9), Entry, Admit, Verify, yesterday + 1),
+                (Some(10), Entry, Admit, Verify, today + 1),
+            ],
+        );
+        let (counters, origin) = CommittedCounters::load(&store, &path, now, OFFSET).unwrap();
+        assert_eq!(origin, Origin::Snapshot { passages_after: 1 });
+        assert_eq!(counters.tally(), &whole_day(&store, now));
+    }
+
+    /// A row committed to the earlier day file after the later one was read into the counters
+    /// would be counted after the later file's rows; a whole-day reading counts it before. The
+    /// counters notice and read the whole day again.
+    #[test]
+    fn a_row_committed_out_of_file_order_makes_the_counters_start_over() {
+        use {Decision::*, Direction::*, ModeKind::*};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let path = dir.path().join(SNAPSHOT_FILE);
+        morning(&store);
+        afternoon(&store); // person 8 leaves
+        let later = at(5 * HOUR_S);
+        let (counters, _) = CommittedCounters::load(&store, &path, later, OFFSET).unwrap();
+        counters.save(&path).unwrap();
+        // Decided before UTC midnight, committed only now: person 8 came in again before
+        // leaving. In decision order 8 is outside; counted last, 8 would be inside.
+        record(&store, 3, 1, &[(Some(8), Entry, Admit, Verify, 100)]);
+        let (counters, _) = CommittedCounters::load(&store, &path, later, OFFSET).unwrap();
+        let mut whole = whole_day(&store, later);
+        assert_eq!(counters.tally(), &whole);
+        let eight = whole.person(SubjectId(8), MarketId(1), later, OFFSET);
+        assert_eq!(eight.inside, Some(false));
     }
 }

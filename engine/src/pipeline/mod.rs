@@ -58,7 +58,7 @@ use crate::policy::PolicyBook;
 use crate::store::Store;
 
 pub use batch::BatchPolicy;
-pub use stats::StatsSnapshot;
+pub use stats::{CountersStart, StatsSnapshot};
 pub use submit::Submission;
 
 use exactly_once::{EventIdentity, ExactlyOnce, InFlightClaim};
@@ -137,6 +137,8 @@ struct Shared {
     /// The committed counters' snapshot (counters.rs), read by rebuilds; none on PostgreSQL,
     /// or with `counters_snapshot_ms = 0`.
     snapshot: Option<PathBuf>,
+    /// How start-up read today's counters (for the statistics).
+    counters_start: CountersStart,
     stats: stats::PipelineStats,
     clock: Arc<dyn Clock>,
     offset: UtcOffset,
@@ -165,9 +167,11 @@ impl Shared {
         }
     }
 
-    /// Rebuilds today's counters from the entry log. The counters move when a verdict is
-    /// decided; when its record then fails to commit (or was already recorded), the log is the
-    /// truth to return to. Rare, so a full rebuild is cheaper than tracking undo records.
+    /// Reads today's counters back from the entry log (the committed counters' snapshot and
+    /// what was recorded after it, when there is one; else the whole day). The counters move
+    /// when a verdict is decided; when its record then fails to commit (or was already
+    /// recorded), the log is the truth to return to. Rare, so reading it back is cheaper than
+    /// tracking undo records.
     fn resync_tally(&self) {
         let _one_rebuild_at_a_time = self
             .rebuilding
@@ -175,7 +179,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner);
         let snapshot = self.snapshot.as_deref();
         match counters::today(&self.store, snapshot, self.clock.now(), self.offset) {
-            Ok((fresh, _)) => {
+            Ok(counters::Today { tally: fresh, .. }) => {
                 *self.tally.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
             }
             Err(e) => tracing::error!(error = %e, "cannot rebuild today's counters"),
@@ -265,11 +269,12 @@ impl Pipeline {
             snapshot,
         } = parts;
         let offset = cfg.utc_offset();
-        let (tally, committed) = counters::today(&store, snapshot.as_deref(), clock.now(), offset)?;
+        let today = counters::today(&store, snapshot.as_deref(), clock.now(), offset)?;
         let shared = Arc::new(Shared {
-            tally: Mutex::new(tally),
+            tally: Mutex::new(today.tally),
             rebuilding: Mutex::new(()),
             snapshot,
+            counters_start: today.start,
             keys: ExactlyOnce::load(&store)?,
             admission: admission::Admission::for_deadline(
                 cfg.deadline(),
@@ -297,7 +302,7 @@ impl Pipeline {
             capacity: cfg.queue_capacity,
             threads: Mutex::new(threads.handles),
         };
-        Ok((pipeline, committed))
+        Ok((pipeline, today.committed))
     }
 
     /// Queues a job; a full or standing queue answers Busy at once.
@@ -385,6 +390,7 @@ impl Pipeline {
             history: self.shared.store.history_counters(),
             registry: self.shared.store.registry_follow_counters(),
             policy_version: self.shared.policies.load().version().to_string(),
+            counters_start: self.shared.counters_start.clone(),
             ..self.shared.stats.snapshot(depth, capacity)
         }
     }

@@ -213,6 +213,19 @@ pub struct MarketStats {
     pub decisions: DecisionSnapshot,
 }
 
+/// How this process read today's counters (occupancy, anti-passback, entries per day,
+/// sign-ins) at start-up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CountersStart {
+    /// True when they came from the snapshot the previous process saved and the entries
+    /// recorded after it; false when every entry of the day was read.
+    pub from_snapshot: bool,
+    /// Passages (admitted entries and exits of known people) read from the entry log.
+    pub passages_read: u64,
+    /// Why the snapshot was not used, when it was not.
+    pub why_not_snapshot: Option<String>,
+}
+
 /// A point-in-time copy of the pipeline's counters.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StatsSnapshot {
@@ -258,6 +271,8 @@ pub struct StatsSnapshot {
     pub history: crate::store::HistoryCounters,
     /// How far this node follows other nodes' registry writes (PostgreSQL store only).
     pub registry: Option<crate::store::RegistryFollowCounters>,
+    /// How start-up read today's counters.
+    pub counters_start: CountersStart,
 }
 
 impl PipelineStats {
@@ -284,6 +299,7 @@ impl PipelineStats {
             commit_size: self.commit_size.snapshot(),
             history: crate::store::HistoryCounters::default(),
             registry: None,
+            counters_start: CountersStart::default(),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! who has signed in, and each market's occupancy.
 //!
 //! Kept in memory, updated when a verdict is decided (so two quick events of one person see
-//! each other), rebuilt from the entry records at start-up, and reset when the local day
-//! changes. Pure: the day and times are arguments.
+//! each other), read back from the entry records at start-up (from the committed counters'
+//! snapshot and the records after it when there is one, counters.rs), and reset when the
+//! local day changes. Pure: the day and times are arguments.
 
 use gatewarden_protocol::{Decision, Direction, MarketId, SubjectId, UnixMillis};
 
@@ -44,7 +45,7 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    /// Today's counters, rebuilt from today's entry records.
+    /// Today's counters, rebuilt from today's entry records, and how many passages that read.
     ///
     /// # Errors
     /// A store failure.
@@ -52,11 +53,15 @@ impl Tally {
         store: &crate::store::Store,
         now: UnixMillis,
         offset: UtcOffset,
-    ) -> Result<Self, crate::store::StoreError> {
+    ) -> Result<(Self, u64), crate::store::StoreError> {
         let mut tally = Self::default();
+        let mut read = 0;
         let (day_start, _) = offset.day_bounds(now);
-        store.for_each_passage_since(day_start, None, |p| tally.observe_passage(p, offset))?;
-        Ok(tally)
+        store.for_each_passage_since(day_start, None, |p| {
+            tally.observe_passage(p, offset);
+            read += 1;
+        })?;
+        Ok((tally, read))
     }
 
     /// Today's counters of `markets` only, rebuilt from their entry records.

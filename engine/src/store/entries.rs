@@ -365,68 +365,79 @@ impl SqliteStore {
 
     /// Streams the [`Passage`]s decided at or after `since` and recorded after `marks`, day
     /// file by day file, each in the order its rows were recorded, and moves each file's mark
-    /// to its last row read. So a reader that keeps its marks reads each row once however
-    /// often it asks (the counters' snapshot, which catches up every few seconds).
+    /// to its last row. So a reader that keeps its marks reads each row once however often it
+    /// asks (the committed counters, which catch up every few seconds).
     ///
-    /// Each file is read by row id: `id` is the row id, which the one writer assigns in commit
-    /// order and nothing deletes, so the rows after a mark are exactly those committed after
-    /// it, and reading them is a range of the table's own B-tree: no sort and no index. (No
-    /// index of a day file leads with the time: with the time condition in the query, the
-    /// planner walked another index and fetched every row by its own descent, three quarters
-    /// of a late restart's start-up, measured, and a sort by time spilled to temporary files.)
-    /// The file `since` falls inside is read whole the first time: most of its rows are
-    /// before `since` (with the default UTC+8, it holds the local day's first eight hours),
-    /// and they are skipped here.
+    /// Each file is read by row id: `id` is the row id, which SQLite assigns in commit order
+    /// (every writer, the bulk loaders too, holds the file's write lock), and no row of a day
+    /// file is ever deleted (retention deletes whole files), so the rows after a mark are
+    /// exactly those committed after it. Reading them is a range of the table's own B-tree,
+    /// `NOT INDEXED`: no sort and no index. (No index of a day file leads with the time: with
+    /// the time condition alone, the planner walked another index and fetched every row by its
+    /// own descent, three quarters of a late restart's start-up, measured, and a sort by time
+    /// spilled to temporary files.) The file `since` falls inside is read whole the first
+    /// time: most of its rows are before `since` (with the default UTC+8, it holds the local
+    /// day's first eight hours), and the condition skips them.
     ///
     /// # Errors
     /// SQLite failures, or [`StoreError::Corrupt`] for a row gatewarden could not have
-    /// written; the marks then stand at the last row read before it.
+    /// written. `f` may have seen some of a file's passages by then, and that file's mark has
+    /// not moved: a caller that keeps counting from these marks must start over.
     pub(crate) fn for_each_passage_after(
         &self,
         since: UnixMillis,
         marks: &mut PassageMarks,
         mut f: impl FnMut(&Passage),
     ) -> Result<(), StoreError> {
-        let since_sql = sql_time(since);
-        let admit = i64::from(Decision::Admit.code());
         for part in self.history.in_range(since, UnixMillis(u64::MAX)) {
             let conn = part.readers.get()?;
             let sql = |e| StoreError::from_sqlite(&part.path, "reading passages", e);
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, gate, seq, decision, subject, market, mode, direction, decided_at
-                     FROM entries WHERE id > ?1 ORDER BY id",
-                )
+            let last = conn
+                .prepare_cached("SELECT id, gate, seq FROM entries ORDER BY id DESC LIMIT 1")
+                .and_then(|mut stmt| {
+                    stmt.query_row([], |row| {
+                        Ok(PassageMark {
+                            id: row.get(0)?,
+                            gate: row.get(1)?,
+                            seq: row.get(2)?,
+                        })
+                    })
+                    .optional()
+                })
                 .map_err(sql)?;
             let after = marks.get(&part.day).map_or(0, |m| m.id);
-            let mut rows = stmt.query([after]).map_err(sql)?;
+            let Some(last) = last.filter(|last| last.id > after) else {
+                continue;
+            };
+            // Bounded by the last row found above: a row committed meanwhile is after the new
+            // mark, and is read next time.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT subject, market, mode, direction, decided_at FROM entries NOT INDEXED
+                     WHERE id > ?1 AND id <= ?2 AND decided_at >= ?3 AND decision = ?4
+                       AND subject IS NOT NULL
+                     ORDER BY id",
+                )
+                .map_err(sql)?;
+            let admit = i64::from(Decision::Admit.code());
+            let mut rows = stmt
+                .query(params![after, last.id, sql_time(since), admit])
+                .map_err(sql)?;
             while let Some(row) = rows.next().map_err(sql)? {
-                let mark = PassageMark {
-                    id: row.get(0).map_err(sql)?,
-                    gate: row.get(1).map_err(sql)?,
-                    seq: row.get(2).map_err(sql)?,
-                };
-                let decision: i64 = row.get(3).map_err(sql)?;
-                let subject: Option<i64> = row.get(4).map_err(sql)?;
-                let decided_at: i64 = row.get(8).map_err(sql)?;
-                if let (true, Some(subject), true) =
-                    (decision == admit, subject, decided_at >= since_sql)
-                {
-                    let passage = Passage::from_columns(
-                        subject,
-                        MarketId(row.get(5).map_err(sql)?),
-                        row.get(6).map_err(sql)?,
-                        row.get(7).map_err(sql)?,
-                        decided_at,
-                    )
-                    .map_err(|detail| StoreError::Corrupt {
-                        path: part.path.clone(),
-                        detail,
-                    })?;
-                    f(&passage);
-                }
-                marks.insert(part.day, mark);
+                let passage = Passage::from_columns(
+                    row.get(0).map_err(sql)?,
+                    MarketId(row.get(1).map_err(sql)?),
+                    row.get(2).map_err(sql)?,
+                    row.get(3).map_err(sql)?,
+                    row.get(4).map_err(sql)?,
+                )
+                .map_err(|detail| StoreError::Corrupt {
+                    path: part.path.clone(),
+                    detail,
+                })?;
+                f(&passage);
             }
+            marks.insert(part.day, last);
         }
         Ok(())
     }

@@ -506,8 +506,9 @@ impl Store {
     }
 
     /// Streams the admitted passages of known people decided at or after `since`, day by day
-    /// and within a day in the order they were decided (PostgreSQL) or recorded (SQLite,
-    /// see [`Passage::query`]), from the indexed columns alone (today's counters); only those
+    /// and within a day in the order they were decided (PostgreSQL, [`Passage::query`]) or
+    /// recorded (SQLite, [`SqliteStore::for_each_passage_after`]), from the indexed columns
+    /// alone (today's counters); only those
     /// of `markets` if given (a takeover's rebuild of the markets it took).
     ///
     /// # Errors

@@ -355,6 +355,8 @@ fn todays_counters_come_back_from_the_snapshot_and_what_followed_it() {
     std::fs::write(dir.path().join("passback.toml"), policy).unwrap();
     let mut config = support::config();
     config.engine.policy = Some("passback.toml".into());
+    // Often, so that the test sees a save while the engine serves.
+    config.engine.counters_snapshot_ms = 200;
     let snapshot = dir.path().join("store").join("counters.snap");
     let enters = |engine: &Engine, seq, subject| {
         let v = verdict(engine.submit_blocking(verify_event(1, seq, subject, now())));
@@ -371,14 +373,39 @@ fn todays_counters_come_back_from_the_snapshot_and_what_followed_it() {
     let older = std::fs::read(&snapshot).expect("a shutdown saves the counters");
     {
         let engine = Engine::open(dir.path(), config.clone()).unwrap();
+        let start = engine.stats().counters_start;
+        assert!(start.from_snapshot && start.passages_read == 0, "{start:?}");
         assert_eq!(enters(&engine, 3, 7), inside, "from the snapshot");
         assert_eq!(enters(&engine, 4, 8), (Decision::Admit, Outcome::Pass));
         engine.shutdown();
     }
     std::fs::write(&snapshot, older).unwrap();
+    {
+        let engine = Engine::open(dir.path(), config.clone()).unwrap();
+        let start = engine.stats().counters_start;
+        assert!(start.from_snapshot && start.passages_read == 1, "{start:?}");
+        assert_eq!(enters(&engine, 5, 7), inside, "from the older snapshot");
+        assert_eq!(enters(&engine, 6, 8), inside, "from the entry after it");
+        // The maintenance thread saves while serving, not only at shutdown (a kill -9 leaves
+        // the last of those saves).
+        let saved = std::fs::metadata(&snapshot).unwrap().modified().unwrap();
+        let deadline = SystemClock.instant() + std::time::Duration::from_secs(30);
+        while std::fs::metadata(&snapshot).unwrap().modified().unwrap() == saved {
+            assert!(SystemClock.instant() < deadline, "no save while serving");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        drop(engine);
+    }
+    // Snapshots turned off: nothing reads the file, so it is deleted (it holds who is inside).
+    config.engine.counters_snapshot_ms = 0;
     let engine = Engine::open(dir.path(), config).unwrap();
-    assert_eq!(enters(&engine, 5, 7), inside, "from the older snapshot");
-    assert_eq!(enters(&engine, 6, 8), inside, "from the entry after it");
+    let start = engine.stats().counters_start;
+    assert!(
+        !start.from_snapshot && start.passages_read == 2,
+        "{start:?}"
+    );
+    assert!(!snapshot.exists());
+    assert_eq!(enters(&engine, 7, 8), inside, "from the whole day");
 }
 
 #[test]
