@@ -453,15 +453,30 @@ mod tests {
         );
     }
 
+    /// A store in a temporary folder (removed when the first value is dropped) and where its
+    /// snapshot goes.
+    fn site() -> (tempfile::TempDir, Store, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let path = dir.path().join(SNAPSHOT_FILE);
+        (dir, store, path)
+    }
+
+    /// Records the morning, and saves its counters to `path`.
+    fn saved_morning(store: &Store, path: &Path) -> CommittedCounters {
+        morning(store);
+        let (counters, _) = CommittedCounters::load(store, path, at(60), OFFSET).unwrap();
+        counters.save(path).unwrap();
+        counters
+    }
+
     fn whole_day(store: &Store, now: UnixMillis) -> Tally {
         Tally::rebuild(store, now, OFFSET).unwrap().0
     }
 
     #[test]
     fn the_snapshot_and_what_followed_it_are_the_whole_day() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let path = dir.path().join(SNAPSHOT_FILE);
+        let (_dir, store, path) = site();
         morning(&store);
         let (first, origin) = CommittedCounters::load(&store, &path, at(60), OFFSET).unwrap();
         assert_eq!(
@@ -493,12 +508,8 @@ mod tests {
 
     #[test]
     fn a_damaged_snapshot_is_read_around_and_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let path = dir.path().join(SNAPSHOT_FILE);
-        morning(&store);
-        let (counters, _) = CommittedCounters::load(&store, &path, at(60), OFFSET).unwrap();
-        counters.save(&path).unwrap();
+        let (_dir, store, path) = site();
+        saved_morning(&store, &path);
         afternoon(&store);
         let good = std::fs::read(&path).unwrap();
         let later = at(5 * HOUR_S);
@@ -527,12 +538,8 @@ mod tests {
 
     #[test]
     fn a_snapshot_of_another_day_offset_or_file_is_not_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let path = dir.path().join(SNAPSHOT_FILE);
-        morning(&store);
-        let (counters, _) = CommittedCounters::load(&store, &path, at(60), OFFSET).unwrap();
-        counters.save(&path).unwrap();
+        let (_dir, store, path) = site();
+        saved_morning(&store, &path);
         let why = |now, offset| match CommittedCounters::load(&store, &path, now, offset) {
             Ok((_, Origin::Rebuilt { why, .. })) => why,
             other => panic!("{other:?}"),
@@ -571,9 +578,7 @@ mod tests {
 
     #[test]
     fn a_new_local_day_starts_from_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let path = dir.path().join(SNAPSHOT_FILE);
+        let (_dir, store, path) = site();
         morning(&store);
         let (mut counters, _) = CommittedCounters::load(&store, &path, at(60), OFFSET).unwrap();
         assert_ne!(counters.tally(), &Tally::default());
@@ -588,9 +593,7 @@ mod tests {
     #[test]
     fn the_snapshot_is_owner_only_and_replaces_a_leftover() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let path = dir.path().join(SNAPSHOT_FILE);
+        let (_dir, store, path) = site();
         morning(&store);
         std::fs::write(temporary_path(&path), b"an interrupted save").unwrap();
         let (counters, _) = CommittedCounters::load(&store, &path, at(60), OFFSET).unwrap();
@@ -609,10 +612,8 @@ mod tests {
     /// the CRC.
     #[test]
     fn a_well_checksummed_file_with_the_wrong_contents_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
+        let (_dir, store, path) = site();
         morning(&store);
-        let path = dir.path().join(SNAPSHOT_FILE);
         let (counters, _) = CommittedCounters::load(&store, &path, at(60), OFFSET).unwrap();
         let good = counters.encode();
         assert_eq!(CommittedCounters::decode(&good), Some(counters));
@@ -638,9 +639,7 @@ mod tests {
     #[test]
     fn rows_before_the_local_day_are_not_counted() {
         use {Decision::*, Direction::*, ModeKind::*};
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let path = dir.path().join(SNAPSHOT_FILE);
+        let (_dir, store, path) = site();
         // Local midnight is 19 h 33 min after T0; UTC midnight 3 h 33 min after it.
         let (yesterday, today) = (4 * HOUR_S, 20 * HOUR_S);
         record(
@@ -683,9 +682,7 @@ mod tests {
     #[test]
     fn a_row_committed_out_of_file_order_makes_the_counters_start_over() {
         use {Decision::*, Direction::*, ModeKind::*};
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let path = dir.path().join(SNAPSHOT_FILE);
+        let (_dir, store, path) = site();
         morning(&store);
         afternoon(&store); // person 8 leaves
         let later = at(5 * HOUR_S);
