@@ -814,7 +814,6 @@ pub struct Duplicate {
     pub existing_index: Option<usize>,
 }
 
-/// Adds "delete the folder to rebuild it" to the gallery errors that deleting it cures.
 /// Deletes a counters snapshot that nothing will read or update (snapshots turned off, or
 /// the site moved to PostgreSQL): it holds personal data (who was inside, who signed in).
 fn remove_stale_snapshot(path: &Path) {
@@ -829,6 +828,7 @@ fn remove_stale_snapshot(path: &Path) {
     }
 }
 
+/// Adds "delete the folder to rebuild it" to the gallery errors that deleting it cures.
 fn rebuild_hint(e: crate::gallery::GalleryError, dir: PathBuf) -> Error {
     use crate::gallery::GalleryError as G;
     match e {

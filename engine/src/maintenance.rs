@@ -152,16 +152,21 @@ fn checkpoint(parts: &MaintenanceParts, checkpointer: &mut Checkpointer) {
     }
 }
 
-/// Reads what was recorded since the last time into the committed counters and saves them.
-/// A failure is logged; the counters stand where the reading stopped, and the next pass goes
-/// on from there (meanwhile a restart reads more of the day, nothing worse).
+/// Reads what was recorded since the last time into the committed counters and saves them,
+/// unless nothing was. A failure is logged and tried again at the next pass (a failed reading
+/// makes the counters start over from the whole day then); meanwhile a restart reads more of
+/// the day after an older snapshot, nothing worse.
 fn save_counters(parts: &MaintenanceParts, upkeep: &mut CountersUpkeep) {
     let saved = upkeep
         .counters
         .catch_up(&parts.store, parts.clock.now())
         .and_then(|_| {
             let (day, marks) = upkeep.counters.position();
-            if upkeep.saved.as_ref() == Some(&(day, marks.clone())) {
+            if upkeep
+                .saved
+                .as_ref()
+                .is_some_and(|(saved_day, saved_marks)| *saved_day == day && saved_marks == marks)
+            {
                 return Ok(());
             }
             upkeep.counters.save(&upkeep.path)?;

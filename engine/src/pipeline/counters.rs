@@ -76,7 +76,8 @@ pub(crate) struct CommittedCounters {
 pub(crate) enum Origin {
     /// From the snapshot, and the passages recorded after it.
     Snapshot {
-        /// Passages read after the snapshot's marks.
+        /// Passages read after the snapshot's marks (all of the day's, if the reading found
+        /// rows committed out of order and started over).
         passages_after: u64,
     },
     /// From every passage of the day.
