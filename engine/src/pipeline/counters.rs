@@ -150,14 +150,11 @@ impl CommittedCounters {
         if counters.day != offset.day_of(now) {
             return Err("the snapshot is of another day".to_owned());
         }
-        for (&day, mark) in &counters.marks {
-            match store.passage_mark_holds(day, mark) {
-                Ok(true) => {}
-                Ok(false) => return Err("a day file changed since the snapshot".to_owned()),
-                Err(e) => return Err(format!("cannot check the snapshot's marks: {e}")),
-            }
+        match counters.marks_hold(store) {
+            Ok(true) => Ok(counters),
+            Ok(false) => Err("a day file changed since the snapshot".to_owned()),
+            Err(e) => Err(format!("cannot check the snapshot's marks: {e}")),
         }
-        Ok(counters)
     }
 
     /// Reads the passages recorded since the last reading into the counters. Starts over from
@@ -174,14 +171,13 @@ impl CommittedCounters {
             *self = fresh.clone();
         }
         let before = self.marks.clone();
-        let read = self.read_after_marks(store, now);
+        let mut read = self.read_after_marks(store, now);
+        if read.is_ok() && !committed_in_order(&before, &self.marks) {
+            *self = fresh.clone();
+            read = self.read_after_marks(store, now);
+        }
         if read.is_err() {
             *self = fresh;
-            return read;
-        }
-        if !committed_in_order(&before, &self.marks) {
-            *self = fresh;
-            return self.read_after_marks(store, now);
         }
         read
     }
